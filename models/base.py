@@ -88,11 +88,16 @@ class Model(Protocol):
       the state holds only plain Python values, numpy arrays, bytes and tensors.
     * Two models built with the same parameters and seed and fed the same batches
       give the same predictions.
+    * An empty batch (``n == 0``) is valid: ``predict`` returns an empty array and
+      ``learn`` changes nothing. ``learn`` only ever receives finite targets.
     """
 
     @property
     def updates(self) -> int:
-        """How many ``learn`` calls changed the model (its version number)."""
+        """How many ``learn`` calls changed the model (its version number).
+
+        Stays 0 for models that do not learn (the baselines).
+        """
         ...
 
     def predict(self, batch: FeatureBatch) -> FloatArray: ...

@@ -1,0 +1,173 @@
+"""Baselines that every learned model must beat: persistence and EWMA.
+
+They think in levels: each computes a level from the raw window and returns
+``level - offset`` (the learning-target space of :mod:`models.base`). They do not learn:
+``learn`` leaves them unchanged and ``updates`` stays 0, which the metrics show as a
+model whose version never moves. A row without any history (an all-NaN window) gets
+0, i.e. "the offset itself", the only finite guess that needs no data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from models.base import FeatureBatch, FloatArray, Model, ModelContext
+from models.registry import ModelParams, ModelSpec, register
+
+__all__ = ["EWMA", "EWMAParams", "Persistence", "PersistenceParams", "ewm_level"]
+
+
+class _Baseline:
+    """Shared plumbing of the stateless baselines: no learning, no state."""
+
+    @property
+    def updates(self) -> int:
+        """Always 0: a baseline never changes, so its version never moves."""
+        return 0
+
+    def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
+        """Do nothing: baselines are fixed functions of the window."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Empty: everything a baseline needs is in its constructor arguments."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Accept only an empty state, so a state saved by another kind is not ignored."""
+        if state:
+            raise ValueError(
+                f"{type(self).__name__} has no state; got keys {sorted(state)} "
+                "(was the state saved by another model kind?)"
+            )
+
+
+class Persistence(_Baseline):
+    """Predict that the next value equals the last observed one.
+
+    The random-walk forecast: hard to beat on prices, and the reference a forecaster's
+    skill is measured against. In change mode its output is 0.
+
+    >>> batch = FeatureBatch(
+    ...     x=np.zeros((2, 0)),
+    ...     window=np.array([[1.0, 2.0], [np.nan, 5.0]]),
+    ...     offset=np.array([0.0, 4.0]),
+    ...     keys=["a", "b"],
+    ...     feature_names=[],
+    ... )
+    >>> Persistence().predict(batch).tolist()
+    [2.0, 1.0]
+    """
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        """``last - offset`` per row; 0 where the key has no history yet."""
+        last = batch.last
+        out: FloatArray = np.where(np.isfinite(last), last - batch.offset, 0.0)
+        return out
+
+    def clone(self) -> Persistence:
+        """A new Persistence (it has neither parameters nor state)."""
+        return Persistence()
+
+
+def ewm_level(window: FloatArray, alpha: float) -> FloatArray:
+    """Exponentially weighted mean of each row of ``window``, skipping NaN.
+
+    Same recursion as ``pandas.Series.ewm(alpha=alpha, adjust=False, ignore_na=True)``
+    read at the newest value: ``s = v_0`` for the oldest finite value, then
+    ``s = alpha * v_i + (1 - alpha) * s`` for each newer finite value. Unrolled, the
+    finite values ``v_0 .. v_{m-1}`` (oldest first) get weights
+    ``(1 - alpha) ** (m - 1)`` for ``v_0`` and ``alpha * (1 - alpha) ** (m - 1 - i)``
+    for ``i >= 1``; these are non-negative and sum to 1, so the result is a convex
+    combination of the finite values. Computing the weights directly vectorises the
+    recursion over the whole batch. The result is clipped to the row's finite range to
+    keep that guarantee exact under rounding. Rows without a finite value give NaN.
+
+    >>> ewm_level(np.array([[np.nan, 1.0, 3.0], [2.0, 2.0, 2.0]]), alpha=0.5).tolist()
+    [2.0, 2.0]
+    """
+    finite = np.isfinite(window)
+    count = finite.sum(axis=1)
+    # rank of each finite value counted from the newest (0 = newest)
+    rank = np.maximum(np.cumsum(finite[:, ::-1], axis=1)[:, ::-1] - 1, 0)
+    decay = (1.0 - alpha) ** rank
+    oldest = rank == (count - 1)[:, None]
+    weights = np.where(finite, np.where(oldest, decay, alpha * decay), 0.0)
+    values = np.where(finite, window, 0.0)
+    level = np.einsum("ij,ij->i", weights, values)
+    lo = np.min(np.where(finite, window, np.inf), axis=1)
+    hi = np.max(np.where(finite, window, -np.inf), axis=1)
+    out: FloatArray = np.where(count > 0, np.clip(level, lo, hi), np.nan)
+    return out
+
+
+class EWMA(_Baseline):
+    """Predict the exponentially weighted mean of the window (see :func:`ewm_level`).
+
+    Smooths noise that persistence passes straight through, at the price of lagging
+    trends; ``alpha`` near 1 approaches persistence.
+
+    >>> batch = FeatureBatch(
+    ...     x=np.zeros((1, 0)),
+    ...     window=np.array([[1.0, 3.0]]),
+    ...     offset=np.array([3.0]),
+    ...     keys=["a"],
+    ...     feature_names=[],
+    ... )
+    >>> EWMA(alpha=0.5).predict(batch).tolist()
+    [-1.0]
+    """
+
+    def __init__(self, alpha: float = 0.3) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        """``ewma(window) - offset`` per row; 0 where the key has no history yet."""
+        level = ewm_level(batch.window, self.alpha)
+        out: FloatArray = np.where(np.isfinite(level), level - batch.offset, 0.0)
+        return out
+
+    def clone(self) -> EWMA:
+        """A new EWMA with the same ``alpha``."""
+        return EWMA(alpha=self.alpha)
+
+
+class PersistenceParams(ModelParams):
+    """``persistence`` takes no params."""
+
+
+class EWMAParams(ModelParams):
+    """Params of ``ewma``: the smoothing factor (weight of the newest value)."""
+
+    alpha: float = Field(default=0.3, gt=0.0, le=1.0)
+
+
+def _build_persistence(params: PersistenceParams, context: ModelContext) -> Model:
+    return Persistence()
+
+
+def _build_ewma(params: EWMAParams, context: ModelContext) -> Model:
+    return EWMA(alpha=params.alpha)
+
+
+register(
+    ModelSpec(
+        kind="persistence",
+        params=PersistenceParams,
+        build=_build_persistence,
+        summary="last observed value (random-walk forecast)",
+    )
+)
+register(
+    ModelSpec(
+        kind="ewma",
+        params=EWMAParams,
+        build=_build_ewma,
+        summary="exponentially weighted mean of the window",
+    )
+)

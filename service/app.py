@@ -1,0 +1,121 @@
+"""The daemon: wiring, the poll loop and signals. Processing lives elsewhere.
+
+SIGTERM or SIGINT sets a flag; the loop finishes the batch in hand, completes it
+(flush, commit: see :mod:`service.checkpoint`), closes the consumer (leaving the group
+so partitions move at once) and returns 0. A broker that refuses writes or commits
+raises :class:`~service.errors.BrokerError`: the daemon exits non-zero and lets its
+supervisor restart it from the last committed offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+
+from service.checkpoint import complete_batch
+from service.config import Settings
+from service.health import HealthServer
+from service.metrics import Metrics
+from service.processor import Processor
+from service.sinks import KafkaSink, Sink
+from service.sources import KafkaSource, Source
+
+log = logging.getLogger(__name__)
+
+
+def default_registry() -> CollectorRegistry:
+    """A fresh registry with the standard process, platform and GC collectors."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
+
+
+@dataclass
+class Daemon:
+    """One forecastd process: a source, a processor, a sink and the HTTP port."""
+
+    settings: Settings
+    registry: CollectorRegistry = field(default_factory=default_registry)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.registry, self.settings)
+        self.sink: Sink = KafkaSink(self.settings.kafka)
+        self.processor = Processor(self.settings, self.sink, self.metrics)
+        self.source: Source = KafkaSource(self.settings.kafka, self.processor)
+        self.server = HealthServer(
+            self.registry, self.ready, self.settings.metrics.host, self.settings.metrics.port
+        )
+
+    def ready(self) -> bool:
+        return self.processor.assignments > 0 and self.source.reachable()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit status."""
+        self.server.start()
+        log.info("metrics on port %d", self.server.port)
+        try:
+            run_loop(
+                self.settings,
+                self.source,
+                self.sink,
+                self.processor,
+                self.metrics,
+                self.stop_event.is_set,
+            )
+        finally:
+            self._close()
+        return 0
+
+    def _close(self) -> None:
+        for close in (self.source.close, self.sink.close, self.server.stop):
+            try:
+                close()
+            except Exception:  # a failing close must not hide the first error
+                log.exception("error while closing")
+
+
+def run_loop(
+    settings: Settings,
+    source: Source,
+    sink: Sink,
+    processor: Processor,
+    metrics: Metrics,
+    should_stop: Callable[[], bool],
+) -> None:
+    """Poll, process, complete; until ``should_stop()`` or a finite source ends."""
+    kafka = settings.kafka
+    timeout_s = kafka.poll_timeout_ms / 1000
+    while not should_stop():
+        records = source.poll(kafka.max_poll_records, timeout_s)
+        if records:
+            result = processor.process(records)
+            complete_batch(result, sink, source, processor, metrics)
+        processor.record_lag(source.lag())
+        if source.exhausted:
+            break
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """SIGTERM and SIGINT request a graceful stop (main thread only)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing the batch, then stopping", signal.Signals(signum).name)
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,255 @@
+"""Frozen, validated settings: the only place that reads YAML and the environment.
+
+Precedence, lowest first: built-in defaults, the YAML file, then environment variables
+named ``FORECASTD_`` + the key path in upper case with ``__`` between levels
+(``FORECASTD_KAFKA__BOOTSTRAP_SERVERS=broker:9092``). A numeric level indexes a list
+(``FORECASTD_MODELS__0__PARAMS__LR=0.01``). Environment values are parsed as YAML
+scalars/flow collections, so ``6000`` is a number and ``[a, b]`` a list.
+
+Why hand-rolled env merging rather than pydantic-settings: we need list indexing and
+the YAML file as the base layer with one error format for both; the merge is twenty
+lines and keeps a single path from raw data to validated settings.
+
+Any invalid value fails start-up with :class:`~service.errors.ConfigError`, whose
+message is one line naming the key path and the reason; the CLI exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models import registry
+from service.errors import ConfigError
+
+ENV_PREFIX = "FORECASTD_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Where records come from and go to. ``security`` is passed to the client as is
+    (e.g. ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``)."""
+
+    bootstrap_servers: str = "localhost:9092"
+    client: Literal["kafka-python"] = "kafka-python"
+    group_id: str = Field("forecastd", min_length=1)
+    input_topic: str = Field("ticks", min_length=1)
+    output_topic: str = Field("predictions", min_length=1)
+    dead_letter_topic: str = Field("ticks.dlq", min_length=1)
+    session_timeout_ms: int = Field(10000, ge=1000, le=300000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = Field(500, ge=1, le=100000)
+    poll_timeout_ms: int = Field(200, ge=1, le=60000)
+    linger_ms: int = Field(5, ge=0, le=1000)
+    security: dict[str, Any] = Field(default_factory=dict)
+
+
+class SchemaSettings(_Section):
+    """Field names inside input JSON objects. ``features`` lists the exogenous
+    feature names models use (in this order); extra names in ``x`` are ignored and a
+    missing one is imputed with its running mean."""
+
+    key_field: str = "key"
+    time_field: str = "ts"
+    target_field: str = "y"
+    features_field: str = "x"
+    features: tuple[str, ...] = ()
+    max_message_bytes: int = Field(1_048_576, ge=64)
+
+
+class ForecastSettings(_Section):
+    """Forecasting semantics (SPEC "Forecasting semantics")."""
+
+    horizon: int = Field(1, ge=0, le=10000)
+    window: int = Field(32, ge=2, le=100000)
+    target: Literal["change", "level"] = "change"
+    lags: int = Field(8, ge=1)
+    key_ttl_s: float = Field(86400.0, gt=0)
+    max_keys: int = Field(100_000, ge=1)
+    out_of_order: Literal["dlq", "accept"] = "dlq"
+
+    @model_validator(mode="after")
+    def _lags_fit_window(self) -> ForecastSettings:
+        if self.lags > self.window - 1:
+            raise ValueError(f"lags ({self.lags}) must be at most window - 1 ({self.window - 1})")
+        return self
+
+
+class ModelSettings(_Section):
+    """One model of the zoo; ``params`` are validated by the model kind itself."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,62}$")
+    kind: str
+    primary: bool = False
+    publish: bool = False
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScoringSettings(_Section):
+    rolling_window: int = Field(1000, ge=2)
+    interval_coverage: float = Field(0.9, gt=0, lt=1)
+    interval_min_samples: int = Field(30, ge=2)
+
+
+class DriftSettings(_Section):
+    detectors: tuple[Literal["adwin", "page_hinkley"], ...] = ("adwin", "page_hinkley")
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+    page_hinkley_threshold: float = Field(50.0, gt=0)
+    page_hinkley_delta: float = Field(0.005, ge=0)
+
+
+class MetricsSettings(_Section):
+    host: str = "0.0.0.0"  # noqa: S104 - a pod's metrics port must be reachable from Prometheus
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class ProcessingSettings(_Section):
+    seed: int = 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+_DEFAULT_MODELS = (
+    {"name": "linear", "kind": "river.linear", "primary": True},
+    {"name": "last", "kind": "persistence"},
+)
+
+
+class Settings(_Section):
+    kafka: KafkaSettings = KafkaSettings()
+    schema_: SchemaSettings = Field(SchemaSettings(), alias="schema")
+    forecast: ForecastSettings = ForecastSettings()
+    models: tuple[ModelSettings, ...] = Field(
+        default_factory=lambda: tuple(ModelSettings(**m) for m in _DEFAULT_MODELS), min_length=1
+    )
+    scoring: ScoringSettings = ScoringSettings()
+    drift: DriftSettings = DriftSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_primary_unique_names(self) -> Settings:
+        primaries = [m.name for m in self.models if m.primary]
+        if len(primaries) != 1:
+            raise ValueError(f"exactly one model must have primary: true (found {len(primaries)})")
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique (repeated: {', '.join(dupes)})")
+        return self
+
+    @property
+    def primary(self) -> ModelSettings:
+        return next(m for m in self.models if m.primary)
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read ``path`` (optional), apply ``FORECASTD_*`` overrides and validate.
+
+    Raises:
+        ConfigError: one line, ``<key.path>: <reason>``.
+    """
+    data = _read_yaml(Path(path)) if path is not None else {}
+    for dotted, value in _env_overrides(os.environ if env is None else env):
+        _set_path(data, dotted, value)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    _validate_model_params(settings)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    overrides = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        if any(not part for part in path):
+            raise ConfigError(f"{name}: empty key level (use '__' between levels)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        overrides.append((path, value))
+    return overrides
+
+
+def _set_path(data: Any, path: list[str], value: Any) -> None:
+    """Set ``data[path[0]][path[1]]... = value``, creating mappings on the way."""
+    node = data
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        dotted = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{dotted}: no such list item (the list has {len(node)})")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{dotted}: cannot override inside a {type(node).__name__}")
+
+
+def _validate_model_params(settings: Settings) -> None:
+    for index, model in enumerate(settings.models):
+        try:
+            registry.validate_params(model.kind, model.params)
+        except registry.UnknownModelKind as exc:
+            raise ConfigError(f"models[{index}].kind: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix=("models", index, "params"))) from exc
+
+
+def _describe(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
+    """The first error as ``key.path[0].leaf: reason (got value)`` on one line."""
+    error = exc.errors()[0]
+    loc = (*prefix, *error["loc"])
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + ("schema" if part == "schema_" else str(part))
+    reason = error["msg"].removeprefix("Value error, ")
+    got = ""
+    if error["type"] not in {"missing", "extra_forbidden"} and "input" in error:
+        got = f" (got {error['input']!r})" if not isinstance(error["input"], dict) else ""
+    if error["type"] == "extra_forbidden":
+        reason = "unknown key (check the spelling against SPEC's configuration section)"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{path or '<top level>'}: {reason}{got}{more}"

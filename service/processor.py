@@ -1,0 +1,166 @@
+"""Batches of raw records in, predictions and dead letters out, through partition tasks.
+
+The processor knows nothing about Kafka: it is a :class:`RebalanceListener` for any
+source and writes to any :class:`Sink`. The daemon, the offline replay and the tests
+all drive this same class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from models import registry
+from models.base import Model, ModelContext
+from service.config import Settings
+from service.decode import Decoder
+from service.features import FeaturePipeline
+from service.metrics import Metrics
+from service.records import Event, Invalid, Prediction, RawRecord, dead_letter_headers
+from service.scoring import ScoreStats
+from service.sinks import Sink
+from service.sources import TopicPartition
+from service.tasks import PartitionTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Offsets to commit (next offset per partition) and what was sent for them."""
+
+    offsets: dict[TopicPartition, int]
+    predictions: list[Prediction]
+    dead_letters: int
+
+
+def build_prototypes(settings: Settings, pipeline: FeaturePipeline) -> dict[str, Model]:
+    """One untrained model per configured entry; each task clones its own."""
+    context = ModelContext(
+        feature_names=pipeline.names,
+        window=settings.forecast.window,
+        horizon=settings.forecast.horizon,
+        seed=settings.processing.seed,
+    )
+    return {m.name: registry.build(m.kind, m.params, context) for m in settings.models}
+
+
+class Processor:
+    """Owns the partition tasks of this process and runs batches through them."""
+
+    def __init__(self, settings: Settings, sink: Sink, metrics: Metrics) -> None:
+        self._settings = settings
+        self._sink = sink
+        self._metrics = metrics
+        self._decoder = Decoder(settings.schema_)
+        self._pipeline = FeaturePipeline(
+            settings.forecast.lags, settings.forecast.target, settings.schema_.features
+        )
+        self._prototypes = build_prototypes(settings, self._pipeline)
+        self.tasks: dict[TopicPartition, PartitionTask] = {}
+        self.assignments = 0
+        metrics.watch_scores(self.pooled_scores)
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp not in self.tasks:
+                self.tasks[tp] = self._new_task(tp)
+        self.assignments += 1
+        self._metrics.assigned.set(len(self.tasks))
+        log.info("assigned %s; now own %d partitions", list(partitions), len(self.tasks))
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            if self.tasks.pop(tp, None) is not None:
+                with contextlib.suppress(KeyError):  # no lag reported yet
+                    self._metrics.lag.remove(tp[0], str(tp[1]))
+        self._metrics.assigned.set(len(self.tasks))
+        self._metrics.active_series.set(self.active_series)
+        log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
+
+    @property
+    def active_series(self) -> int:
+        return sum(task.active_series for task in self.tasks.values())
+
+    def pooled_scores(self) -> dict[str, tuple[ScoreStats, ScoreStats]]:
+        pooled: dict[str, tuple[ScoreStats, ScoreStats]] = {
+            m.name: (ScoreStats(), ScoreStats()) for m in self._settings.models
+        }
+        for task in list(self.tasks.values()):
+            for name, (total, rolling) in task.scores().items():
+                pooled_total, pooled_rolling = pooled[name]
+                pooled[name] = (pooled_total.merge(total), pooled_rolling.merge(rolling))
+        return pooled
+
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        """Decode, process per partition task, and send every output to the sink."""
+        self._metrics.consumed.inc(len(records))
+        self._metrics.batches.inc()
+        offsets: dict[TopicPartition, int] = {}
+        predictions: list[Prediction] = []
+        dead = 0
+        for tp, group in _by_partition(records).items():
+            events: list[Event] = []
+            invalid: list[Invalid] = []
+            for record in group:
+                decoded = self._decoder.decode(record)
+                if isinstance(decoded, Invalid):
+                    invalid.append(decoded)
+                else:
+                    events.append(decoded)
+            task = self.tasks.get(tp)
+            if task is None:  # records of a partition we were never told about
+                task = self.tasks[tp] = self._new_task(tp)
+            output = task.process(events)
+            invalid.extend(output.invalid)
+            self._send_predictions(output.predictions)
+            self._send_dead_letters(invalid)
+            predictions.extend(output.predictions)
+            dead += len(invalid)
+            offsets[tp] = group[-1].offset + 1
+        self._metrics.active_series.set(self.active_series)
+        return BatchResult(offsets, predictions, dead)
+
+    def acknowledged(self, result: BatchResult) -> None:
+        """Account for a batch whose outputs the sink has confirmed."""
+        now = time.monotonic()
+        latency = self._metrics.latency
+        produced: dict[str, int] = {}
+        for prediction in result.predictions:
+            latency.observe(now - prediction.consumed_at)
+            produced[prediction.model] = produced.get(prediction.model, 0) + 1
+        for model, count in produced.items():
+            self._metrics.produced.labels(model).inc(count)
+
+    def record_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        for (topic, partition), lag in lags.items():
+            if (topic, partition) in self.tasks:
+                self._metrics.lag.labels(topic, str(partition)).set(lag)
+
+    def _new_task(self, tp: TopicPartition) -> PartitionTask:
+        return PartitionTask(
+            tp[0], tp[1], self._settings, self._prototypes, self._pipeline, self._metrics
+        )
+
+    def _send_predictions(self, predictions: list[Prediction]) -> None:
+        topic = self._settings.kafka.output_topic
+        produced_at = time.time_ns() // 1_000_000
+        for prediction in predictions:
+            self._sink.send(topic, prediction.key.encode(), prediction.to_json(produced_at))
+
+    def _send_dead_letters(self, invalid: list[Invalid]) -> None:
+        topic = self._settings.kafka.dead_letter_topic
+        for item in invalid:
+            self._metrics.invalid.labels(item.reason).inc()
+            record = item.record
+            self._sink.send(topic, record.key, record.value or b"", dead_letter_headers(item))
+
+
+def _by_partition(records: Sequence[RawRecord]) -> dict[TopicPartition, list[RawRecord]]:
+    groups: dict[TopicPartition, list[RawRecord]] = {}
+    for record in records:
+        groups.setdefault((record.topic, record.partition), []).append(record)
+    return groups

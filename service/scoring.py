@@ -1,0 +1,144 @@
+"""Prequential scores: MAE, MSE, RMSE and R², since start and over a rolling window.
+
+Scores are kept as *sufficient statistics* (:class:`ScoreStats`) so that the scores of
+several partition tasks pool exactly (Chan's parallel merge for the target variance),
+which is what the Prometheus export needs: one value per model for the whole process.
+Definitions match ``river.metrics`` (R² is 0 with fewer than two samples or a constant
+target), which the tests check on the same stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreStats:
+    """Sufficient statistics of a set of scored predictions."""
+
+    n: int = 0
+    sum_abs: float = 0.0
+    sum_sq: float = 0.0
+    y_mean: float = 0.0
+    y_m2: float = 0.0
+
+    @classmethod
+    def of(cls, y_true: FloatArray, y_pred: FloatArray) -> ScoreStats:
+        if len(y_true) == 0:
+            return cls()
+        err = y_true - y_pred
+        mean = float(np.mean(y_true))
+        return cls(
+            n=len(y_true),
+            sum_abs=float(np.sum(np.abs(err))),
+            sum_sq=float(np.dot(err, err)),
+            y_mean=mean,
+            y_m2=float(np.sum((y_true - mean) ** 2)),
+        )
+
+    def merge(self, other: ScoreStats) -> ScoreStats:
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.y_mean - self.y_mean
+        return ScoreStats(
+            n=n,
+            sum_abs=self.sum_abs + other.sum_abs,
+            sum_sq=self.sum_sq + other.sum_sq,
+            y_mean=self.y_mean + delta * other.n / n,
+            y_m2=self.y_m2 + other.y_m2 + delta * delta * self.n * other.n / n,
+        )
+
+    @staticmethod
+    def pool(parts: Iterable[ScoreStats]) -> ScoreStats:
+        total = ScoreStats()
+        for part in parts:
+            total = total.merge(part)
+        return total
+
+    @property
+    def mae(self) -> float:
+        return self.sum_abs / self.n if self.n else 0.0
+
+    @property
+    def mse(self) -> float:
+        return self.sum_sq / self.n if self.n else 0.0
+
+    @property
+    def rmse(self) -> float:
+        return math.sqrt(self.mse)
+
+    @property
+    def r2(self) -> float:
+        if self.n < 2 or self.y_m2 == 0.0:
+            return 0.0
+        return 1.0 - self.sum_sq / self.y_m2
+
+
+class Scorer:
+    """Scores of one model in one task: cumulative and over the last ``window`` events.
+
+    The rolling part keeps the signed errors and targets in ring buffers; the
+    prediction-interval code reads the recent residuals from it as well.
+
+    >>> scorer = Scorer(window=2)
+    >>> scorer.update(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 1.0]))
+    >>> scorer.total.mae, scorer.rolling().mae
+    (1.3333333333333333, 2.0)
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.total = ScoreStats()
+        self._err = np.zeros(window)
+        self._y = np.zeros(window)
+        self._filled = 0
+        self._head = 0
+
+    def update(self, y_true: FloatArray, y_pred: FloatArray) -> None:
+        self.total = self.total.merge(ScoreStats.of(y_true, y_pred))
+        err = y_true - y_pred
+        if len(err) >= self.window:
+            err, y_true = err[-self.window :], y_true[-self.window :]
+        positions = (self._head + np.arange(len(err))) % self.window
+        self._err[positions] = err
+        self._y[positions] = y_true
+        self._head = int((self._head + len(err)) % self.window)
+        self._filled = min(self.window, self._filled + len(err))
+
+    def recent_errors(self) -> FloatArray:
+        """The signed errors ``y - y_hat`` of the rolling window (unordered)."""
+        return self._err[: self._filled].copy() if self._filled < self.window else self._err.copy()
+
+    def rolling(self) -> ScoreStats:
+        if self._filled == 0:
+            return ScoreStats()
+        y = self._y[: self._filled] if self._filled < self.window else self._y
+        err = self.recent_errors()
+        return ScoreStats.of(y, y - err)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "err": self._err.copy(),
+            "y": self._y.copy(),
+            "filled": self._filled,
+            "head": self._head,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total = state["total"]
+        self._err = np.asarray(state["err"], dtype=np.float64).copy()
+        self._y = np.asarray(state["y"], dtype=np.float64).copy()
+        self._filled = int(state["filled"])
+        self._head = int(state["head"])

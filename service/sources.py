@@ -1,0 +1,208 @@
+"""Where records come from: the Source protocol, Kafka, and an in-memory list.
+
+A source hands out batches of :class:`RawRecord`, tells its owner which partitions it
+was assigned or lost (through :class:`RebalanceListener`, always from inside
+``poll``, between batches), and commits the offsets it is told to commit. A file
+replay and a test run through the very same processing code by using
+:class:`ListSource`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTopicPartition
+
+from service.config import KafkaSettings
+from service.errors import BrokerError
+from service.records import RawRecord
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+
+class RebalanceListener(Protocol):
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+
+class Source(Protocol):
+    """A partitioned, committable stream of records."""
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """Up to ``max_records`` records in offset order per partition; waits at most
+        ``timeout_s`` and returns an empty list when nothing arrived."""
+        ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record that every offset below ``offsets[tp]`` is fully processed."""
+        ...
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records behind the end of each assigned partition, where known."""
+        ...
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has handed out everything (never for Kafka)."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether the source's broker currently answers (for ``/readyz``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ListSource:
+    """A finite in-memory source for tests and offline replays.
+
+    All partitions present in the records are assigned on the first poll; commits
+    are kept in :attr:`committed`.
+    """
+
+    def __init__(self, records: Iterable[RawRecord], listener: RebalanceListener) -> None:
+        self._records = list(records)
+        self._listener = listener
+        self._position = 0
+        self._assigned = False
+        self.committed: dict[TopicPartition, int] = {}
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        if not self._assigned:
+            partitions = sorted({(r.topic, r.partition) for r in self._records})
+            self._listener.on_assigned(partitions)
+            self._assigned = True
+        now = time.monotonic()
+        batch = [
+            _stamped(r, now) for r in self._records[self._position : self._position + max_records]
+        ]
+        self._position += len(batch)
+        return batch
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return {}
+
+    @property
+    def exhausted(self) -> bool:
+        return self._assigned and self._position >= len(self._records)
+
+    def reachable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _stamped(record: RawRecord, now: float) -> RawRecord:
+    return RawRecord(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        record.headers,
+        record.timestamp_ms,
+        now,
+    )
+
+
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Options shared by consumer, producer and admin: servers plus ``security``."""
+    return {"bootstrap_servers": settings.bootstrap_servers.split(","), **settings.security}
+
+
+class KafkaSource:
+    """kafka-python consumer in a group, manual commits, rebalance callbacks."""
+
+    def __init__(self, settings: KafkaSettings, listener: RebalanceListener) -> None:
+        self._settings = settings
+        self._consumer = KafkaConsumer(
+            group_id=settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
+            max_poll_records=settings.max_poll_records,
+            client_id="forecastd",
+            **client_options(settings),
+        )
+        self._consumer.subscribe([settings.input_topic], listener=_Listener(listener))
+        self.committed: dict[TopicPartition, int] = {}
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        fetched = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        now = time.monotonic()
+        records = []
+        for tp, messages in fetched.items():
+            for m in messages:
+                records.append(
+                    RawRecord(
+                        tp.topic,
+                        tp.partition,
+                        m.offset,
+                        m.key,
+                        m.value,
+                        tuple((k, v if v is not None else b"") for k, v in (m.headers or ())),
+                        m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None,
+                        now,
+                    )
+                )
+        return records
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        payload = {
+            KafkaTopicPartition(topic, partition): OffsetAndMetadata(offset, None, -1)
+            for (topic, partition), offset in offsets.items()
+        }
+        try:
+            self._consumer.commit(payload)
+        except KafkaError as exc:
+            raise BrokerError(f"offset commit failed: {exc}") from exc
+        self.committed.update(offsets)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        lags = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            lags[(tp.topic, tp.partition)] = max(0, high - self._consumer.position(tp))
+        return lags
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def reachable(self) -> bool:
+        """True while the group coordinator is known, i.e. the broker answers."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        return coordinator is not None and not coordinator.coordinator_unknown()
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Adapts kafka-python's ConsumerRebalanceListener to :class:`RebalanceListener`."""
+
+    def __init__(self, inner: RebalanceListener) -> None:
+        self._inner = inner
+
+    def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        self._inner.on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        self._inner.on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))

@@ -1,0 +1,151 @@
+"""Per-key rolling windows with bounded memory.
+
+All keys of a partition task share one ``(capacity, W)`` float64 matrix; a key owns a
+row (its *slot*), ordered oldest to newest and left-padded with NaN while the key is
+young. Pushing shifts the row by one: O(W) in C, no Python-level ring arithmetic, and
+the feature pipeline can read many windows at once by fancy indexing.
+
+Memory is bounded twice: keys unseen for ``ttl_s`` seconds of processing time are
+evicted, and so are the least recently seen keys beyond ``max_keys``. The owner drops
+whatever else it keeps for an evicted key (pending predictions).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_NO_TS = np.iinfo(np.int64).min
+
+
+class WindowStore:
+    """The last ``window`` target values of every live key of one task.
+
+    >>> store = WindowStore(window=3)
+    >>> for t, y in enumerate([1.0, 2.0, 3.0, 4.0]):
+    ...     store.push(store.slot("a"), t, y)
+    >>> store.row(store.slot("a")).tolist()
+    [2.0, 3.0, 4.0]
+    """
+
+    def __init__(
+        self,
+        window: int,
+        ttl_s: float = float("inf"),
+        max_keys: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+        initial_capacity: int = 64,
+    ) -> None:
+        self.window = window
+        self._ttl_s = ttl_s
+        self._max_keys = max_keys
+        self._clock = clock
+        self._values = np.full((initial_capacity, window), np.nan)
+        self._counts = np.zeros(initial_capacity, dtype=np.int64)
+        self._newest_ts = np.full(initial_capacity, _NO_TS, dtype=np.int64)
+        self._slots: dict[str, int] = {}
+        self._free: list[int] = list(range(initial_capacity - 1, -1, -1))
+        self._last_seen: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slots
+
+    def keys(self) -> list[str]:
+        return list(self._slots)
+
+    def slot(self, key: str) -> int:
+        """The key's row, allocated on first sight; marks the key as just seen."""
+        slot = self._slots.get(key)
+        if slot is None:
+            if not self._free:
+                self._grow()
+            slot = self._free.pop()
+            self._slots[key] = slot
+        self._last_seen[key] = self._clock()
+        self._last_seen.move_to_end(key)
+        return slot
+
+    def push(self, slot: int, ts_ms: int, y: float) -> None:
+        """Append ``y`` observed at ``ts_ms`` to the window of ``slot``."""
+        row = self._values[slot]
+        row[:-1] = row[1:]
+        row[-1] = y
+        self._counts[slot] += 1
+        self._newest_ts[slot] = max(int(self._newest_ts[slot]), ts_ms)
+
+    def row(self, slot: int) -> npt.NDArray[np.float64]:
+        """A copy of the window of ``slot``, oldest first."""
+        row: npt.NDArray[np.float64] = self._values[slot].copy()
+        return row
+
+    def count(self, slot: int) -> int:
+        """How many values were ever pushed for ``slot`` (not capped at ``window``)."""
+        return int(self._counts[slot])
+
+    def newest_ts(self, slot: int) -> int | None:
+        """The newest event time pushed for ``slot``, or None for a new key."""
+        ts = int(self._newest_ts[slot])
+        return None if ts == _NO_TS else ts
+
+    def evict(self) -> list[str]:
+        """Drop keys idle for longer than the TTL, then the least recently seen keys
+        beyond ``max_keys``; return the evicted keys."""
+        now = self._clock()
+        evicted = []
+        while self._last_seen:
+            key, seen = next(iter(self._last_seen.items()))
+            if now - seen <= self._ttl_s and len(self._last_seen) <= self._max_keys:
+                break
+            self._drop(key)
+            evicted.append(key)
+        return evicted
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for a checkpoint: per key its window, count and newest time."""
+        keys = list(self._last_seen)
+        slots = np.array([self._slots[k] for k in keys], dtype=np.intp)
+        return {
+            "window": self.window,
+            "keys": keys,
+            "values": self._values[slots].copy(),
+            "counts": self._counts[slots].copy(),
+            "newest_ts": self._newest_ts[slots].copy(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace every window with those of a :meth:`snapshot`."""
+        if state["window"] != self.window:
+            raise ValueError(f"snapshot window {state['window']} != store window {self.window}")
+        for key in list(self._slots):
+            self._drop(key)
+        for index, key in enumerate(state["keys"]):
+            slot = self.slot(key)
+            self._values[slot] = state["values"][index]
+            self._counts[slot] = state["counts"][index]
+            self._newest_ts[slot] = state["newest_ts"][index]
+
+    def _drop(self, key: str) -> None:
+        slot = self._slots.pop(key)
+        del self._last_seen[key]
+        self._values[slot] = np.nan
+        self._counts[slot] = 0
+        self._newest_ts[slot] = _NO_TS
+        self._free.append(slot)
+
+    def _grow(self) -> None:
+        old = len(self._counts)
+        new = old * 2
+        values = np.full((new, self.window), np.nan)
+        values[:old] = self._values
+        self._values = values
+        self._counts = np.concatenate([self._counts, np.zeros(old, dtype=np.int64)])
+        self._newest_ts = np.concatenate([self._newest_ts, np.full(old, _NO_TS, dtype=np.int64)])
+        self._free.extend(range(new - 1, old - 1, -1))

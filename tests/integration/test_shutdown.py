@@ -1,0 +1,91 @@
+"""SIGTERM in mid-stream, then a restart: nothing committed is lost (at-least-once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaAdminClient
+
+from service.broker import EmbeddedBroker
+from tests.integration.kafka_helpers import consume_all, fresh_topics, produce, settings_env
+from tests.integration.streams import linear_trends
+
+pytestmark = pytest.mark.integration
+
+CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "run", "-c", CONFIG],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _committed(bootstrap: str, group: str) -> dict[int, int]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+
+def _predicted_sources(bootstrap: str, topic: str) -> set[str]:
+    return {orjson.loads(r.value)["source"] for r in consume_all(bootstrap, topic, 10**9, 3.0)}
+
+
+def test_sigterm_mid_stream_then_restart_loses_no_committed_record(broker: EmbeddedBroker) -> None:
+    topics = fresh_topics(broker)
+    stream = linear_trends(events_per_key=2000, seed=3)
+    # Small polls and a slow-ish producer keep the daemon busy mid-stream at SIGTERM.
+    env = settings_env(broker, topics, FORECASTD_KAFKA__MAX_POLL_RECORDS="50")
+    daemon = _start(env)
+    try:
+        produce(broker.bootstrap, topics.input, stream[:3000])
+        deadline = time.monotonic() + 60
+        while not _committed(broker.bootstrap, topics.group) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        produce(broker.bootstrap, topics.input, stream[3000:])
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    assert daemon.returncode == 0, output.decode()[-2000:]
+    assert b"finishing the batch" in output
+
+    committed = _committed(broker.bootstrap, topics.group)
+    assert committed, "the first run committed nothing"
+    assert sum(committed.values()) < len(stream), "SIGTERM came too late to test mid-stream"
+    predicted = _predicted_sources(broker.bootstrap, topics.output)
+    for partition, next_offset in committed.items():
+        for offset in range(next_offset):
+            assert f"{topics.input}:{partition}:{offset}" in predicted
+
+    restarted = _start(env)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if sum(_committed(broker.bootstrap, topics.group).values()) >= len(stream):
+                break
+            time.sleep(0.3)
+        restarted.send_signal(signal.SIGTERM)
+        output, _ = restarted.communicate(timeout=60)
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+    assert restarted.returncode == 0, output.decode()[-2000:]
+    assert sum(_committed(broker.bootstrap, topics.group).values()) == len(stream)
+    inputs = consume_all(broker.bootstrap, topics.input, len(stream))
+    every_source = {f"{r.topic}:{r.partition}:{r.offset}" for r in inputs}
+    assert every_source <= _predicted_sources(broker.bootstrap, topics.output)

@@ -39,24 +39,31 @@ __all__ = [
 
 
 class RiverLinearParams(ModelParams):
-    """``river.linear``: online-scaled linear regression trained by plain SGD.
+    """``river.linear``: linear regression on scaled inputs and targets, trained by SGD.
+
+    Inputs arrive standardised by the shared feature pipeline (running mean/variance,
+    clipped to ±10 standard deviations). The target is standardised online as well
+    (River's ``TargetStandardScaler``), so ``lr`` and ``clip_gradient`` mean the same
+    on prices in dollars and flows in litres. No second River ``StandardScaler`` sits
+    in front: re-scaling already-scaled inputs from its first few samples gives huge
+    values and made SGD diverge on spiky series (WaterFlow: MAE 2.5e8 vs 0.68).
 
     Attributes:
         lr: SGD learning rate of the weights.
         l2: ridge penalty (0 = none).
         intercept_lr: learning rate of the intercept (River's default 0.01).
-        clip_gradient: clip each loss gradient to +-this (River's default: no clipping
-            in practice); lower it for heavy-tailed targets.
-        mini_batch: one mean-gradient step per micro-batch instead of one per event
-            (faster, but the step per event shrinks with the batch size; see
-            :mod:`models.river`).
+        clip_gradient: clip each loss gradient to ±this, in standard deviations of the
+            target: one outlier moves the weights by a bounded step.
+
+    It learns one event at a time (River's ``TargetStandardScaler`` has no
+    ``learn_many``), so how fast it learns does not depend on batching; use
+    ``river.custom`` with ``mini_batch: true`` for mean-gradient batch steps.
     """
 
-    lr: float = Field(default=0.01, gt=0.0)
+    lr: float = Field(default=0.005, gt=0.0)
     l2: float = Field(default=0.0, ge=0.0)
     intercept_lr: float = Field(default=0.01, ge=0.0)
-    clip_gradient: float = Field(default=1e12, gt=0.0)
-    mini_batch: bool = False
+    clip_gradient: float = Field(default=3.0, gt=0.0)
 
 
 class RiverTreeParams(ModelParams):
@@ -145,14 +152,18 @@ class RiverCustomParams(ModelParams):
     Attributes:
         estimator: ``"module.ClassName"`` relative to ``river``.
         args: constructor keyword arguments.
-        scale: put a ``preprocessing.StandardScaler`` in front (online scaling).
-        mini_batch: as in :class:`RiverLinearParams`; needs an estimator with
+        scale: put a ``preprocessing.StandardScaler`` in front. Off by default: the
+            feature pipeline already standardises inputs, and a second scaler fed
+            few samples can blow up SGD-trained models (see ``river.linear``).
+        mini_batch: one mean-gradient step per micro-batch instead of one per event
+            (faster, but the step per event shrinks with the batch size; see
+            :mod:`models.river`); needs an estimator with
             ``learn_many``.
     """
 
     estimator: str
     args: dict[str, Any] = Field(default_factory=dict)
-    scale: bool = True
+    scale: bool = False
     mini_batch: bool = False
 
     @field_validator("estimator")
@@ -188,7 +199,8 @@ def _build_linear(params: RiverLinearParams, context: ModelContext) -> Model:
         intercept_lr=params.intercept_lr,
         clip_gradient=params.clip_gradient,
     )
-    return RiverModel(preprocessing.StandardScaler() | regressor, mini_batch=params.mini_batch)
+    scaled = preprocessing.TargetStandardScaler(regressor=regressor)
+    return RiverModel(scaled)
 
 
 def _build_tree(params: RiverTreeParams, context: ModelContext) -> Model:
@@ -249,6 +261,6 @@ register(
         kind="river.custom",
         params=RiverCustomParams,
         build=_build_custom,
-        summary="any River regressor by name, optionally scaled",
+        summary="any River regressor by name",
     )
 )

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from models import registry
 from service.errors import ConfigError
@@ -136,16 +143,19 @@ class Settings(_Section):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
-    @model_validator(mode="after")
-    def _one_primary_unique_names(self) -> Settings:
-        primaries = [m.name for m in self.models if m.primary]
+    @field_validator("models")
+    @classmethod
+    def _one_primary_unique_names(
+        cls, models: tuple[ModelSettings, ...]
+    ) -> tuple[ModelSettings, ...]:
+        primaries = [m.name for m in models if m.primary]
         if len(primaries) != 1:
             raise ValueError(f"exactly one model must have primary: true (found {len(primaries)})")
-        names = [m.name for m in self.models]
+        names = [m.name for m in models]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique (repeated: {', '.join(dupes)})")
-        return self
+        return models
 
     @property
     def primary(self) -> ModelSettings:

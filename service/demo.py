@@ -29,6 +29,8 @@ DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 def run_demo(config: str | None, dataset: str, duration: float, rate: float, bad_every: int) -> int:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # logs and CI: don't squeeze the table to 80 columns
     base = load_settings(config or DEMO_CONFIG)
     pairs = _with_malformed(
         replay.encode(replay.load_input(dataset), replay.Columns(), base.schema_), bad_every
@@ -70,12 +72,14 @@ def run_demo(config: str | None, dataset: str, duration: float, rate: float, bad
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping cleanly[/]")
         finally:
+            # Scores live in partition tasks, which leave with the partitions on close.
+            summary = _table(daemon, len(pairs), time.monotonic() - started, title="summary")
             stop.set()
             daemon.stop()
             worker.join(timeout=30)
             producer.join(timeout=10)
-        elapsed = time.monotonic() - started
-        console.print(_table(daemon, len(pairs), elapsed, title="summary"))
+        console.print(summary)
+        console.print("stopped: daemon committed and closed, broker stopped")
     return 0
 
 
@@ -94,7 +98,7 @@ def _with_malformed(pairs: list[tuple[bytes, bytes]], every: int) -> list[tuple[
         b"not json",
         b'{"key": "X", "y": "n/a"}',
         b"[1, 2]",
-        b'{"y": 1.0}',
+        b'{"key": "X", "ts": 1}',
         b'{"key": "X", "y": NaN}',
     ]
     out = []
@@ -125,16 +129,17 @@ def _value(daemon: Daemon, name: str, **labels: str) -> float:
 
 def _table(daemon: Daemon, total: int, elapsed: float, title: str) -> Group:
     scores = daemon.processor.pooled_scores()
-    table = Table(title=f"forecastd {title}: per-model prequential scores (since start)")
+    table = Table(title=f"forecastd {title}: prequential scores per model (since start)")
     for column in ("model", "kind", "scored", "MAE", "RMSE", "R²", "rolling MAE", "drift"):
-        table.add_column(column, justify="left" if column in {"model", "kind"} else "right")
+        justify = "left" if column in {"model", "kind"} else "right"
+        table.add_column(column, justify=justify, no_wrap=True)
     for model in daemon.settings.models:
         total_stats, rolling = scores[model.name]
         drift = sum(
             _value(daemon, "forecastd_drift_detections_total", model=model.name, detector=d)
             for d in daemon.settings.drift.detectors
         )
-        name = f"[bold]{model.name}[/] (primary)" if model.primary else model.name
+        name = f"[bold]{model.name}*[/]" if model.primary else model.name
         table.add_row(
             name,
             model.kind,
@@ -153,14 +158,16 @@ def _table(daemon: Daemon, total: int, elapsed: float, title: str) -> Group:
     invalid = _invalid_by_reason(daemon)
     stats = Table.grid(padding=(0, 2))
     stats.add_row(
-        f"consumed {consumed:.0f}/{total}",
+        f"* primary (published)   consumed {consumed:.0f}/{total}",
         f"published {produced:.0f}",
-        f"events/s {consumed / max(elapsed, 1e-9):.0f}",
+        f"{consumed / max(elapsed, 1e-9):.0f} events/s",
         f"keys {daemon.processor.active_series}",
-        f"dead-lettered {sum(invalid.values()):.0f} {dict(invalid) if invalid else ''}",
         f"{elapsed:.0f}s",
     )
-    return Group(table, stats)
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(invalid.items()))
+    dead = Table.grid()
+    dead.add_row(f"dead-lettered {sum(invalid.values())}" + (f" ({reasons})" if reasons else ""))
+    return Group(table, stats, dead)
 
 
 def _invalid_by_reason(daemon: Daemon) -> dict[str, int]:

@@ -24,7 +24,6 @@ REQUIRED_PARAMS: dict[str, dict[str, Any]] = {
 
 # Non-default configurations that take other code paths.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    ("river.linear", {"mini_batch": True}),
     ("river.custom", {"estimator": "tree.HoeffdingAdaptiveTreeRegressor", "scale": False}),
     ("river.custom", {"estimator": "linear_model.BayesianLinearRegression", "mini_batch": True}),
 ]
@@ -41,6 +40,12 @@ def test_variants_conform(kind: str, params: dict[str, Any]) -> None:
     run_all(lambda: registry.build(kind, params, CONTEXT), STREAM)
 
 
-@pytest.mark.parametrize("params", [{}, {"mini_batch": True}])
-def test_linear_conforms_on_big_batches(params: dict[str, Any]) -> None:
-    run_all(lambda: registry.build("river.linear", params, CONTEXT), BIG_STREAM)
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("river.linear", {}),
+        ("river.custom", {"estimator": "linear_model.LinearRegression", "mini_batch": True}),
+    ],
+)
+def test_linear_conforms_on_big_batches(kind: str, params: dict[str, Any]) -> None:
+    run_all(lambda: registry.build(kind, params, CONTEXT), BIG_STREAM)

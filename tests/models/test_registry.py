@@ -42,7 +42,7 @@ def test_unknown_kind_names_the_known_kinds() -> None:
 
 def test_defaults_are_filled_in() -> None:
     params = registry.validate_params("river.linear", {})
-    assert params == RiverLinearParams(lr=0.01, l2=0.0, intercept_lr=0.01, clip_gradient=1e12)
+    assert params == RiverLinearParams(lr=0.005, l2=0.0, intercept_lr=0.01, clip_gradient=3.0)
 
 
 def test_unknown_params_are_rejected_with_their_name() -> None:

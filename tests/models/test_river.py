@@ -30,11 +30,13 @@ def linear_batch(rng: np.random.Generator, n: int) -> tuple[FeatureBatch, np.nda
     return batch, y
 
 
-def train_and_score(params: dict[str, Any], rows: int, batch_size: int) -> float:
+def train_and_score(
+    params: dict[str, Any], rows: int, batch_size: int, kind: str = "river.linear"
+) -> float:
     rng = np.random.default_rng(0)
     train, target = linear_batch(rng, rows)
     test, y = linear_batch(rng, 500)
-    model = registry.build("river.linear", params, CONTEXT)
+    model = registry.build(kind, params, CONTEXT)
     for start in range(0, rows, batch_size):
         idx = np.arange(start, min(start + batch_size, rows))
         model.learn(train.take(idx), target[idx])
@@ -52,8 +54,11 @@ def test_linear_learning_does_not_depend_on_batch_size() -> None:
     )
 
 
-def test_linear_mini_batch_mode_learns_with_a_larger_step() -> None:
-    assert train_and_score({"mini_batch": True, "lr": 0.5}, rows=3000, batch_size=16) < 0.05
+def test_custom_mini_batch_mode_learns_with_one_step_per_batch() -> None:
+    params = {"estimator": "linear_model.LinearRegression", "mini_batch": True}
+    untrained = train_and_score(params, rows=0, batch_size=16, kind="river.custom")
+    trained = train_and_score(params, rows=3000, batch_size=16, kind="river.custom")
+    assert trained < 0.5 * untrained
 
 
 def test_predict_many_and_predict_one_agree() -> None:
@@ -135,7 +140,7 @@ def test_custom_resolves_the_estimator_and_passes_args() -> None:
         "river.custom", {"estimator": "linear_model.PARegressor", "args": {"C": 0.5}}, CONTEXT
     )
     assert isinstance(model, RiverModel)
-    regressor = model.estimator[-1]  # type: ignore[index]  # behind the StandardScaler
+    regressor = model.estimator  # no StandardScaler in front by default
     assert isinstance(regressor, linear_model.PARegressor)
     assert regressor.C == 0.5
 

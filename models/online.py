@@ -1,0 +1,690 @@
+"""Online training for forecastd's torch networks: any ``nn.Module`` as a :class:`Model`.
+
+:class:`OnlineRegressor` owns everything a network needs to learn from a stream, so
+that the networks themselves (:mod:`models.mlp`, :mod:`models.attention`) stay pure
+functions with parameters:
+
+Inputs. ``FeatureBatch.x`` (already standardised by the task) goes in as it is. The
+raw window (levels, NaN-padded on the left) is turned into *deviations from the row's
+newest value* divided by a running RMS of such deviations, clipped to ±10, with NaN
+replaced by 0 and a boolean ``mask`` marking observed steps; so a network sees the
+shape of the recent path, not the key's level. Networks that ignore the window
+(``uses_window = False``) skip this work. With ``key_embedding > 0`` each key is
+hashed (CRC-32, stable across processes and Python versions) into ``key_buckets``
+buckets whose learned vectors are appended to ``x``: one network per partition task,
+shared by its keys, that can still learn per-key offsets. Colliding keys share a
+vector, which bounds memory however many keys a partition carries.
+
+Targets. The learning target is standardised with its running mean and variance
+(all targets learned so far); predictions are mapped back, so callers only ever see
+the original scale. The network's output layer starts at zero, so an untrained model
+predicts the running mean (0 before any data: "no change").
+
+Updates. ``learn`` appends the finite rows to a pending set; once it holds at least
+``learn_every`` rows, *one* optimizer step (Adam or SGD, L2 weight decay, gradient
+norm clipping) runs on the pending rows plus ``replay_samples`` rows drawn uniformly
+from a ring buffer of the last ``replay_size`` learned rows (against catastrophic
+forgetting when a partition's mix of keys shifts). ``updates`` counts optimizer steps.
+``learn_every`` trades freshness for cost at small micro-batches: per step, Python and
+dispatch overhead dominate until a batch holds hundreds of rows.
+
+Safety. A non-finite loss, gradient norm, running statistic or parameter aborts the
+step: parameters, optimizer moments and normalisers are restored to the last good
+values (taken just before ``optimizer.step()``; between calls the current state *is*
+the last good state, so checkpoints never hold a bad one), the rows of that step are
+dropped, :attr:`OnlineRegressor.nonfinite_events` is incremented, and the next batch
+learns as usual. Rows with a non-finite target or feature are dropped (and counted)
+before they reach the normaliser. ``predict`` maps any non-finite output to 0 ("no
+change"), so it always returns finite values.
+
+Determinism. Initial weights come from ``torch.manual_seed(seed)`` inside
+``torch.random.fork_rng`` (the global generator is left as it was), replay sampling
+from a NumPy generator seeded with ``seed`` and saved in the state, and dropout masks
+from a per-step seed drawn from that generator. So on CPU, same seed and same batches
+give bit-identical predictions, including after a ``state_dict`` round trip. CUDA
+kernels are not guaranteed deterministic.
+
+Threads. Nothing here calls ``torch.set_num_threads``: it is process-wide. The
+``threads`` param of the torch kinds sets it at build time when configured; otherwise
+torch's default applies (``OMP_NUM_THREADS`` if set, which the Kubernetes deployment
+sets to the container's CPU limit, else one thread per core).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.base import FeatureBatch, FloatArray
+
+__all__ = ["Explainable", "KeyedNetwork", "OnlineConfig", "OnlineRegressor", "key_bucket"]
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+_CLIP = 10.0  # normalised window values beyond ±10 RMS are clipped, as features are
+_EPS = 1e-12
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineConfig:
+    """How a network is trained online (validated user-facing by the kinds' params).
+
+    Attributes:
+        optimizer: ``"adam"`` or ``"sgd"``.
+        lr: learning rate.
+        momentum: SGD momentum (ignored by Adam).
+        weight_decay: L2 penalty added to the gradient (``torch.optim`` semantics).
+        clip_norm: clip the global gradient norm to this; ``None`` disables clipping.
+        replay_size: capacity of the replay ring buffer, in rows (0 disables replay).
+        replay_samples: replay rows mixed into each step (fewer while the buffer fills).
+        learn_every: step once at least this many rows are pending.
+        key_embedding: dimensions of the hashed key embedding (0: none).
+        key_buckets: hash buckets of the key embedding.
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` etc. also work).
+        seed: seeds initial weights, replay sampling and dropout.
+    """
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+    replay_size: int = 1024
+    replay_samples: int = 32
+    learn_every: int = 1
+    key_embedding: int = 0
+    key_buckets: int = 1024
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0.0 and np.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.clip_norm is not None and not self.clip_norm > 0.0:
+            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
+        for name in ("replay_size", "replay_samples", "key_embedding", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learn_every < 1 or self.key_buckets < 1:
+            raise ValueError("learn_every and key_buckets must be >= 1")
+
+
+@lru_cache(maxsize=1 << 16)
+def _crc32(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8"))
+
+
+def key_bucket(keys: Sequence[str], buckets: int) -> I64:
+    """Stable bucket of each key: ``crc32(utf-8 key) % buckets``.
+
+    Python's ``hash`` is salted per process, so it would give each replica (and each
+    restart) a different embedding row for the same key.
+
+    >>> key_bucket(["AAPL", "MSFT", "AAPL"], 1024).tolist()
+    [860, 635, 860]
+    """
+    crc = np.fromiter((_crc32(key) for key in keys), dtype=np.int64, count=len(keys))
+    out: I64 = crc % buckets
+    return out
+
+
+@runtime_checkable
+class Explainable(Protocol):
+    """A network that can say which window steps a prediction attended to."""
+
+    def explain(self, x: Tensor, window: Tensor, mask: Tensor) -> Tensor: ...
+
+
+class KeyedNetwork(nn.Module):
+    """``body(x ⊕ E[bucket(key)], window, mask)``: a network plus the optional key embedding.
+
+    Bodies declare ``uses_window``: ``False`` means ``forward(x)`` (the MLP), ``True``
+    means ``forward(x, window, mask)`` (the attention hybrid).
+    """
+
+    def __init__(self, body: nn.Module, key_buckets: int, key_dims: int) -> None:
+        super().__init__()
+        self.body = body
+        self.uses_window = bool(getattr(body, "uses_window", False))
+        self.embedding = nn.Embedding(key_buckets, key_dims) if key_dims > 0 else None
+
+    def _join(self, x: Tensor, key: Tensor) -> Tensor:
+        if self.embedding is None:
+            return x
+        return torch.cat([x, self.embedding(key)], dim=-1)  # (B, F + D)
+
+    def forward(self, x: Tensor, window: Tensor, mask: Tensor, key: Tensor) -> Tensor:
+        x = self._join(x, key)  # (B, F + D)
+        y: Tensor = self.body(x, window, mask) if self.uses_window else self.body(x)  # (B,)
+        return y
+
+    def explain(self, x: Tensor, window: Tensor, mask: Tensor, key: Tensor) -> Tensor:
+        if not isinstance(self.body, Explainable):
+            raise TypeError(f"{type(self.body).__name__} has no attention weights to explain")
+        return self.body.explain(self._join(x, key), window, mask)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Learnable rows, as stored in the pending set and the replay buffer.
+
+    Attributes:
+        x: ``(n, F)`` features.
+        dev: ``(n, W)`` window minus its newest value, NaN where missing (``W`` is 0 for
+            networks that ignore the window, so they store nothing).
+        key: ``(n,)`` hashed key bucket (0 without a key embedding).
+        target: ``(n,)`` learning target, original scale.
+    """
+
+    x: F32
+    dev: F32
+    key: I64
+    target: FloatArray
+
+    def __len__(self) -> int:
+        return int(self.target.shape[0])
+
+    def take(self, rows: npt.NDArray[np.intp]) -> _Rows:
+        return _Rows(self.x[rows], self.dev[rows], self.key[rows], self.target[rows])
+
+    @staticmethod
+    def concat(parts: Sequence[_Rows]) -> _Rows:
+        if len(parts) == 1:
+            return parts[0]
+        return _Rows(
+            np.concatenate([p.x for p in parts]),
+            np.concatenate([p.dev for p in parts]),
+            np.concatenate([p.key for p in parts]),
+            np.concatenate([p.target for p in parts]),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"x": self.x.copy(), "dev": self.dev.copy(), "key": self.key.copy(),
+                "target": self.target.copy()}  # fmt: skip
+
+    @staticmethod
+    def from_state(state: Mapping[str, Any]) -> _Rows:
+        return _Rows(
+            np.array(state["x"], dtype=np.float32),
+            np.array(state["dev"], dtype=np.float32),
+            np.array(state["key"], dtype=np.int64),
+            np.array(state["target"], dtype=np.float64),
+        )
+
+    @staticmethod
+    def empty(n_features: int, width: int) -> _Rows:
+        return _Rows(
+            np.zeros((0, n_features), np.float32),
+            np.zeros((0, width), np.float32),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float64),
+        )
+
+
+class _ReplayBuffer:
+    """Ring buffer of the last ``capacity`` learned rows; uniform sampling."""
+
+    def __init__(self, capacity: int, n_features: int, width: int) -> None:
+        self.capacity = capacity
+        self._rows = _Rows(
+            np.zeros((capacity, n_features), np.float32),
+            np.zeros((capacity, width), np.float32),
+            np.zeros(capacity, np.int64),
+            np.zeros(capacity, np.float64),
+        )
+        self._size = 0
+        self._pos = 0  # next slot to write
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, rows: _Rows) -> None:
+        n = len(rows)
+        if self.capacity == 0 or n == 0:
+            return
+        if n > self.capacity:
+            rows = rows.take(np.arange(n - self.capacity, n))
+            n = self.capacity
+        slots = (self._pos + np.arange(n)) % self.capacity
+        for name in ("x", "dev", "key", "target"):
+            getattr(self._rows, name)[slots] = getattr(rows, name)
+        self._pos = int((self._pos + n) % self.capacity)
+        self._size = min(self.capacity, self._size + n)
+
+    def sample(self, rng: np.random.Generator, k: int) -> _Rows:
+        """``k`` rows drawn uniformly with replacement (needs a non-empty buffer)."""
+        return self._rows.take(rng.integers(0, self._size, size=k))
+
+    def state_dict(self) -> dict[str, Any]:
+        live = self._rows.take(np.arange(self._size))
+        return {"rows": live.state_dict(), "pos": self._pos}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        rows = _Rows.from_state(state["rows"])
+        size = len(rows)
+        if size > self.capacity or rows.x.shape[1:] != self._rows.x.shape[1:]:
+            raise ValueError(
+                f"replay state holds {size} rows of shape {rows.x.shape[1:]}, "
+                f"buffer holds {self.capacity} of shape {self._rows.x.shape[1:]}"
+            )
+        if rows.dev.shape[1:] != self._rows.dev.shape[1:]:
+            raise ValueError("replay state has another window width")
+        for name in ("x", "dev", "key", "target"):
+            getattr(self._rows, name)[:size] = getattr(rows, name)
+        self._size = size
+        self._pos = int(state["pos"])
+
+
+@dataclass(slots=True)
+class _Moments:
+    """Running count, mean and sum of squared deviations (Chan et al.'s batch merge)."""
+
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def update(self, values: FloatArray) -> None:
+        n_b = float(values.size)
+        if n_b == 0:
+            return
+        mean_b = float(values.mean())
+        m2_b = float(((values - mean_b) ** 2).sum())
+        total = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / total
+        self.m2 += m2_b + delta * delta * self.count * n_b / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Standard deviation, or 1 while undefined or degenerate (no scaling then)."""
+        var = self.m2 / self.count if self.count > 0 else 0.0
+        return float(np.sqrt(var)) if var > _EPS else 1.0
+
+    @property
+    def rms(self) -> float:
+        """Root mean square (the scale of values centred at 0 by construction), or 1."""
+        square = self.m2 / self.count + self.mean * self.mean if self.count > 0 else 0.0
+        return float(np.sqrt(square)) if square > _EPS else 1.0
+
+    def finite(self) -> bool:
+        return bool(np.isfinite(self.count) and np.isfinite(self.mean) and np.isfinite(self.m2))
+
+    def copy(self) -> _Moments:
+        return _Moments(self.count, self.mean, self.m2)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    @staticmethod
+    def from_state(state: Mapping[str, Any]) -> _Moments:
+        return _Moments(float(state["count"]), float(state["mean"]), float(state["m2"]))
+
+
+class _LastGood:
+    """Parameters and optimizer state as they were before a step, to undo a bad one.
+
+    Buffers are allocated once and overwritten in place, so guarding costs one copy
+    of the parameters and moments per step, no allocation.
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+        self._params = [p.detach().clone() for p in params]
+        self._state: list[dict[str, Any] | None] = [None] * len(params)
+
+    def save(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            for buf, p in zip(self._params, params, strict=True):
+                buf.copy_(p)
+        for i, p in enumerate(params):
+            state = optimizer.state.get(p)
+            if not state:
+                self._state[i] = None
+                continue
+            saved = self._state[i] or {}
+            for name, value in state.items():
+                old = saved.get(name)
+                if (
+                    isinstance(value, Tensor)
+                    and isinstance(old, Tensor)
+                    and (old.shape, old.dtype) == (value.shape, value.dtype)
+                ):
+                    old.copy_(value)
+                    continue
+                saved[name] = value.detach().clone() if isinstance(value, Tensor) else value
+            self._state[i] = saved
+
+    def restore(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            for buf, p in zip(self._params, params, strict=True):
+                p.copy_(buf)
+        for saved, p in zip(self._state, params, strict=True):
+            if saved is None:
+                optimizer.state.pop(p, None)
+                continue
+            state = optimizer.state[p]
+            for name, value in saved.items():
+                current = state.get(name)
+                if isinstance(value, Tensor) and isinstance(current, Tensor):
+                    current.copy_(value)
+                else:
+                    state[name] = value.clone() if isinstance(value, Tensor) else value
+
+
+class OnlineRegressor:
+    """A torch network trained online behind the :class:`~models.base.Model` protocol.
+
+    Args:
+        make_network: builds a fresh, untrained body (called under the seed, once per
+            model and once per :meth:`clone`); its input width must be
+            ``n_features + config.key_embedding``.
+        n_features: ``F``, the width of ``FeatureBatch.x``.
+        window: ``W``, the width of ``FeatureBatch.window``.
+        config: training settings.
+
+    >>> from models.mlp import MLP, MLPConfig
+    >>> model = OnlineRegressor(lambda: MLP(MLPConfig(in_features=1, hidden=(8,))),
+    ...                         n_features=1, window=2, config=OnlineConfig(lr=0.01))
+    >>> batch = FeatureBatch(x=np.array([[1.0], [-1.0]]), window=np.zeros((2, 2)),
+    ...                      offset=np.zeros(2), keys=["a", "b"], feature_names=["f"])
+    >>> model.predict(batch).tolist()
+    [0.0, 0.0]
+    >>> for _ in range(50):
+    ...     model.learn(batch, np.array([1.0, -1.0]))
+    >>> model.updates, bool(model.predict(batch)[0] > 0.5), model.nonfinite_events
+    (50, True, 0)
+    """
+
+    def __init__(
+        self,
+        make_network: Callable[[], nn.Module],
+        n_features: int,
+        window: int,
+        config: OnlineConfig,
+    ) -> None:
+        self._make_network = make_network
+        self._n_features = n_features
+        self._window = window
+        self.config = config
+        self._device = torch.device(config.device)
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {config.device!r} requested, but torch.cuda.is_available() is "
+                f"False (torch {torch.__version__}); use device: cpu or a CUDA build/node"
+            )
+        with torch.random.fork_rng(devices=[]):  # built on the CPU, then moved
+            torch.default_generator.manual_seed(config.seed)
+            net = KeyedNetwork(make_network(), config.key_buckets, config.key_embedding)
+        self._net = net.to(self._device).eval()
+        self._params = [p for p in self._net.parameters() if p.requires_grad]
+        self._optimizer = self._make_optimizer()
+        self._stochastic = any(isinstance(m, nn.Dropout) and m.p > 0.0 for m in self._net.modules())
+        self._width = window if self._net.uses_window else 0
+        self._replay = _ReplayBuffer(config.replay_size, n_features, self._width)
+        self._pending: list[_Rows] = []
+        self._pending_rows = 0
+        self._targets = _Moments()
+        self._scale = _Moments()  # of window deviations
+        self._rng = np.random.default_rng(config.seed)
+        self._good = _LastGood(self._params)
+        self._updates = 0
+        self._nonfinite = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "adam":
+            return torch.optim.Adam(self._params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(
+                self._params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+            )
+        raise ValueError(f"unknown optimizer {c.optimizer!r}")
+
+    # -- the Model protocol ---------------------------------------------------------
+
+    @property
+    def updates(self) -> int:
+        """Optimizer steps taken (aborted steps do not count)."""
+        return self._updates
+
+    @property
+    def nonfinite_events(self) -> int:
+        """Non-finite inputs, losses, gradients or parameters met and undone so far.
+
+        Exported as ``forecastd_model_nonfinite_total{model}``; a rising count means the
+        learning rate is too high or the data carries values it should not.
+        """
+        return self._nonfinite
+
+    @property
+    def network(self) -> nn.Module:
+        """The trained body (for inspection; do not train it from outside)."""
+        body: nn.Module = self._net.body
+        return body
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        """Predictions in learning-target space, finite; changes nothing."""
+        n = len(batch)
+        if n == 0:
+            return np.zeros(0, dtype=np.float64)
+        rows = self._rows(batch, None)
+        with torch.inference_mode():
+            out = self._net(*self._tensors(rows))  # (n,)
+        z = out.to(device="cpu", dtype=torch.float64).numpy()
+        y = z * self._targets.std + self._targets.mean
+        result: FloatArray = np.where(np.isfinite(y), y, 0.0)
+        return result
+
+    def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
+        """Queue the batch's finite rows; step once ``learn_every`` rows are pending."""
+        n = len(batch)
+        if target.shape != (n,):
+            raise ValueError(f"target has shape {target.shape}, expected ({n},)")
+        if n == 0:
+            return
+        rows = self._rows(batch, target)
+        finite = np.isfinite(rows.target) & np.isfinite(rows.x).all(axis=1)
+        if not finite.all():
+            self._nonfinite += 1
+            rows = rows.take(np.flatnonzero(finite))
+            if len(rows) == 0:
+                return
+        self._pending.append(rows)
+        self._pending_rows += len(rows)
+        if self._pending_rows < self.config.learn_every:
+            return
+        new = _Rows.concat(self._pending)
+        self._pending.clear()
+        self._pending_rows = 0
+        self._step(new)
+
+    def clone(self) -> OnlineRegressor:
+        """A fresh, untrained model: same network factory, config and seed."""
+        return OnlineRegressor(self._make_network, self._n_features, self._window, self.config)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Network, optimizer moments, normalisers, replay, pending rows, RNG, counters.
+
+        Tensors are copied to the CPU, so a checkpoint taken on a GPU node restores on
+        any node.
+        """
+        optimizer: dict[str, Any] = {}
+        for i, p in enumerate(self._params):
+            state = self._optimizer.state.get(p)
+            if state:
+                optimizer[str(i)] = {
+                    name: value.detach().cpu().clone() if isinstance(value, Tensor) else value
+                    for name, value in state.items()
+                }
+        pending = _Rows.concat(self._pending or [_Rows.empty(self._n_features, self._width)])
+        return {
+            "network": {k: v.detach().cpu().clone() for k, v in self._net.state_dict().items()},
+            "optimizer": optimizer,
+            "targets": self._targets.state_dict(),
+            "window_scale": self._scale.state_dict(),
+            "replay": self._replay.state_dict(),
+            "pending": pending.state_dict(),
+            "rng": _plain_copy(self._rng.bit_generator.state),
+            "updates": self._updates,
+            "nonfinite_events": self._nonfinite,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict` of a model with the same network and config.
+
+        Raises ``ValueError`` when the network's shapes differ (another kind or params).
+        """
+        try:
+            self._net.load_state_dict(dict(state["network"]))
+        except RuntimeError as exc:
+            raise ValueError(f"state does not fit this network: {exc}") from exc
+        opt_state = {
+            int(i): {
+                name: value.clone() if isinstance(value, Tensor) else value
+                for name, value in entry.items()
+            }
+            for i, entry in state["optimizer"].items()
+        }
+        groups = self._optimizer.state_dict()["param_groups"]
+        self._optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        self._targets = _Moments.from_state(state["targets"])
+        self._scale = _Moments.from_state(state["window_scale"])
+        self._replay.load_state_dict(state["replay"])
+        pending = _Rows.from_state(state["pending"])
+        self._pending = [pending] if len(pending) else []
+        self._pending_rows = len(pending)
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = _plain_copy(state["rng"])
+        self._updates = int(state["updates"])
+        self._nonfinite = int(state["nonfinite_events"])
+
+    # -- beyond the protocol ----------------------------------------------------------
+
+    def explain(self, batch: FeatureBatch) -> npt.NDArray[np.float64]:
+        """Attention weights behind each row's prediction, ``(n, heads, W)``.
+
+        Raises ``TypeError`` for networks without attention (``torch.mlp``).
+        """
+        rows = self._rows(batch, None)
+        with torch.inference_mode():
+            weights = self._net.explain(*self._tensors(rows))
+        out: npt.NDArray[np.float64] = weights.to("cpu", torch.float64).numpy()
+        return out
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _rows(self, batch: FeatureBatch, target: FloatArray | None) -> _Rows:
+        """Copy a batch into the stored form (never a view: the task keeps the batch)."""
+        n = len(batch)
+        if batch.x.shape != (n, self._n_features):
+            raise ValueError(
+                f"batch.x has shape {batch.x.shape}, this model was built for "
+                f"{self._n_features} features"
+            )
+        if self._width:
+            if batch.window.shape != (n, self._width):
+                raise ValueError(
+                    f"batch.window has shape {batch.window.shape}, expected ({n}, {self._width})"
+                )
+            dev = (batch.window - batch.last[:, None]).astype(np.float32)
+        else:
+            dev = np.zeros((n, 0), np.float32)
+        if self.config.key_embedding:
+            key = key_bucket(batch.keys, self.config.key_buckets)
+        else:
+            key = np.zeros(n, np.int64)
+        y = np.zeros(n) if target is None else np.array(target, dtype=np.float64)
+        return _Rows(np.array(batch.x, dtype=np.float32), dev, key, y)
+
+    def _tensors(self, rows: _Rows) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x, window, mask, key)`` network inputs on the model's device."""
+        dev = rows.dev
+        mask = np.isfinite(dev)
+        window = np.clip(np.where(mask, dev, 0.0) / np.float32(self._scale.rms), -_CLIP, _CLIP)
+        to = self._device
+        return (
+            torch.from_numpy(rows.x).to(to),
+            torch.from_numpy(window.astype(np.float32, copy=False)).to(to),
+            torch.from_numpy(mask).to(to),
+            torch.from_numpy(rows.key).to(to),
+        )
+
+    def _step(self, new: _Rows) -> None:
+        """One guarded optimizer step on ``new`` plus replayed rows."""
+        k = min(self.config.replay_samples, len(self._replay))
+        rows = _Rows.concat([new, self._replay.sample(self._rng, k)]) if k else new
+        torch_seed = int(self._rng.integers(2**63)) if self._stochastic else 0
+        targets, scale = self._targets.copy(), self._scale.copy()
+        self._targets.update(new.target)
+        deviations = new.dev[:, :-1]
+        self._scale.update(deviations[np.isfinite(deviations)].astype(np.float64))
+        if self._targets.finite() and self._scale.finite() and self._try_step(rows, torch_seed):
+            self._replay.add(new)
+            self._updates += 1
+        else:
+            self._targets, self._scale = targets, scale
+            self._nonfinite += 1
+
+    def _try_step(self, rows: _Rows, torch_seed: int) -> bool:
+        """Forward, backward, clip, step; ``False`` (and no change) if anything is non-finite."""
+        z = (rows.target - self._targets.mean) / self._targets.std
+        target = torch.from_numpy(z.astype(np.float32)).to(self._device)
+        inputs = self._tensors(rows)
+        self._net.train()
+        try:
+            with self._dropout_seed(torch_seed):
+                loss = F.mse_loss(self._net(*inputs), target)
+                if not bool(torch.isfinite(loss)):
+                    return False
+                self._optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+            max_norm = self.config.clip_norm if self.config.clip_norm is not None else np.inf
+            norm = nn.utils.clip_grad_norm_(self._params, max_norm)
+            if not bool(torch.isfinite(norm)):
+                self._optimizer.zero_grad(set_to_none=True)
+                return False
+            self._good.save(self._params, self._optimizer)
+            self._optimizer.step()
+            if not all(bool(torch.isfinite(p).all()) for p in self._params):
+                self._good.restore(self._params, self._optimizer)
+                return False
+            return True
+        finally:
+            self._net.eval()
+
+    @contextlib.contextmanager
+    def _dropout_seed(self, seed: int) -> Iterator[None]:
+        """Seed torch's generator for this step only, leaving the global one untouched.
+
+        Dropout draws from the global generator; forking it keeps two models in one
+        process (replicas, shadows, tests) from consuming each other's randomness.
+        """
+        if not self._stochastic:
+            yield
+            return
+        if self._device.type == "cuda":
+            with torch.random.fork_rng(devices=[self._device.index or 0], device_type="cuda"):
+                torch.manual_seed(seed)
+                yield
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seed)
+                yield
+
+
+def _plain_copy(value: Any) -> Any:
+    """Deep copy of nested dicts of plain values (a NumPy bit generator's state)."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    return value

@@ -1,0 +1,196 @@
+"""The PyTorch model kinds: ``torch.mlp`` and ``torch.attention``.
+
+Each kind is a params class (validated at start-up, so a typo or an impossible value
+fails before any record is read) and a builder that sizes the network from the
+:class:`~models.base.ModelContext` and wraps it in
+:class:`~models.online.OnlineRegressor`. The training params are shared (see
+:class:`TorchParams`); the network params are the kind's own. For example::
+
+    - {name: mlp, kind: torch.mlp, primary: true,
+       params: {hidden: [64, 64], lr: 0.001, weight_decay: 0.0001}}
+    - {name: attn, kind: torch.attention,
+       params: {width: 16, heads: 2, learn_every: 64, key_embedding: 4}}
+
+This module imports torch; the registry imports it on its first lookup, not before.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+
+from models.attention import AttentionConfig, AttentionNet
+from models.base import Model, ModelContext
+from models.mlp import MLP, Activation, MLPConfig
+from models.online import OnlineConfig, OnlineRegressor
+from models.registry import ModelParams, ModelSpec, register
+
+__all__ = ["TorchAttentionParams", "TorchMLPParams", "TorchParams"]
+
+Width = Annotated[int, Field(ge=1, le=4096)]
+_DEVICE = re.compile(r"cpu|cuda(?::\d+)?")
+
+
+class TorchParams(ModelParams):
+    """Training params shared by every torch kind (see :mod:`models.online`).
+
+    Attributes:
+        optimizer: ``adam`` or ``sgd``.
+        lr: learning rate.
+        momentum: SGD momentum (Adam ignores it).
+        weight_decay: L2 penalty.
+        clip_norm: clip the global gradient norm to this; ``null`` disables clipping.
+        replay_size: rows kept in the replay buffer (0 disables replay).
+        replay_samples: replay rows mixed into each optimizer step.
+        learn_every: take a step once this many rows are pending (1: every ``learn``).
+        key_embedding: dimensions of a learned embedding of the hashed series key
+            (0: none; the network then treats all keys alike).
+        key_buckets: hash buckets for the key embedding.
+        activation: ``relu``, ``gelu``, ``silu`` or ``tanh``.
+        dropout: dropout probability in the network's hidden layers.
+        threads: call ``torch.set_num_threads(threads)`` when the model is built. The
+            setting is process-wide, so the last torch model built wins; leave it unset
+            to keep torch's default (``OMP_NUM_THREADS``, which the Kubernetes manifests
+            set to the CPU limit). On a 2-core container, 1 leaves a core for the
+            consumer, decoding and the other models.
+        device: ``cpu`` or ``cuda`` (``cuda:N``); ``cuda`` needs a CUDA build of torch
+            and a visible GPU, checked here so a wrong node fails at start-up.
+    """
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0.0, le=1.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    clip_norm: float | None = Field(default=1.0, gt=0.0)
+    replay_size: int = Field(default=1024, ge=0, le=1_000_000)
+    replay_samples: int = Field(default=32, ge=0, le=65_536)
+    learn_every: int = Field(default=1, ge=1, le=1_000_000)
+    key_embedding: int = Field(default=0, ge=0, le=256)
+    key_buckets: int = Field(default=1024, ge=1, le=1 << 20)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device_available(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        if value.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"device {value!r} needs CUDA, but torch.cuda.is_available() is False "
+                    f"(torch {torch.__version__}); use device: cpu or run on a GPU node"
+                )
+            index = int(value.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"{value!r}: only {torch.cuda.device_count()} GPU(s) visible")
+        return value
+
+
+class TorchMLPParams(TorchParams):
+    """``torch.mlp``: a fully connected network over the feature vector.
+
+    Attributes:
+        hidden: hidden layer widths, input side first.
+    """
+
+    hidden: tuple[Width, ...] = Field(default=(64, 64), min_length=1, max_length=16)
+
+
+class TorchAttentionParams(TorchParams):
+    """``torch.attention``: conv encoder + self-attention over the window + MLP head.
+
+    The defaults are small on purpose (see the README's cost table): attention costs
+    per row and per window step, and this model runs beside the primary in the same
+    process.
+
+    Attributes:
+        width: channels of the encoder and attention layer.
+        heads: attention heads; must divide ``width``.
+        kernel: time steps seen by the causal convolution.
+        head_hidden: hidden widths of the MLP head.
+    """
+
+    width: int = Field(default=16, ge=1, le=1024)
+    heads: int = Field(default=2, ge=1, le=64)
+    kernel: int = Field(default=3, ge=1, le=64)
+    head_hidden: tuple[Width, ...] = Field(default=(32,), min_length=1, max_length=16)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide_width(cls, value: int, info: ValidationInfo) -> int:
+        width = info.data.get("width")
+        if width is not None and width % value:
+            raise ValueError(f"heads ({value}) must divide width ({width})")
+        return value
+
+
+def _online_config(params: TorchParams, context: ModelContext) -> OnlineConfig:
+    if params.threads is not None:
+        torch.set_num_threads(params.threads)
+    return OnlineConfig(
+        optimizer=params.optimizer,
+        lr=params.lr,
+        momentum=params.momentum,
+        weight_decay=params.weight_decay,
+        clip_norm=params.clip_norm,
+        replay_size=params.replay_size,
+        replay_samples=params.replay_samples,
+        learn_every=params.learn_every,
+        key_embedding=params.key_embedding,
+        key_buckets=params.key_buckets,
+        device=params.device,
+        seed=context.seed,
+    )
+
+
+def _build_mlp(params: TorchMLPParams, context: ModelContext) -> Model:
+    config = MLPConfig(
+        in_features=context.n_features + params.key_embedding,
+        hidden=params.hidden,
+        activation=params.activation,
+        dropout=params.dropout,
+    )
+    online = _online_config(params, context)
+    return OnlineRegressor(partial(MLP, config), context.n_features, context.window, online)
+
+
+def _build_attention(params: TorchAttentionParams, context: ModelContext) -> Model:
+    config = AttentionConfig(
+        window=context.window,
+        in_features=context.n_features + params.key_embedding,
+        width=params.width,
+        heads=params.heads,
+        kernel=params.kernel,
+        head_hidden=params.head_hidden,
+        activation=params.activation,
+        dropout=params.dropout,
+    )
+    online = _online_config(params, context)
+    return OnlineRegressor(
+        partial(AttentionNet, config), context.n_features, context.window, online
+    )
+
+
+register(
+    ModelSpec(
+        kind="torch.mlp",
+        params=TorchMLPParams,
+        build=_build_mlp,
+        summary="PyTorch MLP over the feature vector, trained online",
+    )
+)
+register(
+    ModelSpec(
+        kind="torch.attention",
+        params=TorchAttentionParams,
+        build=_build_attention,
+        summary="PyTorch conv + self-attention over the window with an MLP head, online",
+    )
+)

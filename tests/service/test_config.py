@@ -1,0 +1,138 @@
+"""Config: defaults, shipped files, environment overrides, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import load_settings
+from service.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "stocks.yaml", "sensors.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    settings = load_settings(ROOT / "configs" / name, env={})
+    assert sum(m.primary for m in settings.models) == 1
+
+
+def test_packaged_demo_config_equals_the_one_in_configs() -> None:
+    packaged = load_settings(ROOT / "service" / "demo.yaml", env={})
+    assert packaged == load_settings(ROOT / "configs" / "demo.yaml", env={})
+
+
+def test_defaults_follow_the_spec() -> None:
+    settings = load_settings(None, env={})
+    assert settings.kafka.bootstrap_servers == "localhost:9092"
+    assert settings.kafka.input_topic == "ticks"
+    assert settings.schema_.target_field == "y"
+    assert settings.forecast.horizon == 1
+    assert settings.forecast.window == 32
+    assert settings.forecast.target == "change"
+    assert settings.metrics.port == 9108
+
+
+def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "models:\n  - {name: a, kind: river.linear, primary: true, params: {lr: 0.1}}\n"
+    )
+    env = {
+        "FORECASTD_KAFKA__BOOTSTRAP_SERVERS": "broker:9092",
+        "FORECASTD_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "FORECASTD_MODELS__0__PARAMS__LR": "0.02",
+        "FORECASTD_SCHEMA__FEATURES": "[temp, load]",
+        "OTHER_VARIABLE": "ignored",
+    }
+    settings = load_settings(config, env=env)
+    assert settings.kafka.bootstrap_servers == "broker:9092"
+    assert settings.kafka.session_timeout_ms == 6000
+    assert settings.models[0].params == {"lr": 0.02}
+    assert settings.schema_.features == ("temp", "load")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "env", "expected"),
+    [
+        (
+            "forecast:\n  horizon: -1\n",
+            {},
+            "forecast.horizon: Input should be greater than or equal to 0 (got -1)",
+        ),
+        ("kafka:\n  bootstrap_server: x:1\n", {}, "kafka.bootstrap_server: unknown key"),
+        (
+            "models:\n  - {name: m, kind: river.linear, primary: true, params: {lr: -1}}\n",
+            {},
+            "models[0].params.lr:",
+        ),
+        (
+            "models:\n  - {name: m, kind: no.such.kind, primary: true}\n",
+            {},
+            "models[0].kind: unknown model kind 'no.such.kind'",
+        ),
+        (
+            "models:\n  - {name: m, kind: ewma}\n",
+            {},
+            "models: exactly one model must have primary: true (found 0)",
+        ),
+        (
+            "forecast:\n  window: 4\n  lags: 8\n",
+            {},
+            "forecast: lags (8) must be at most window - 1 (3)",
+        ),
+        ("", {"FORECASTD_METRICS__PORT": "http"}, "metrics.port: Input should be a valid integer"),
+        ("kafka: [1, 2]\n", {}, "kafka: Input should be a valid dictionary"),
+    ],
+)
+def test_bad_config_names_the_key_and_the_reason(
+    tmp_path: Path, yaml_text: str, env: dict[str, str], expected: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, env=env)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("forecast:\n  horizon: -1\n", "forecast.horizon"),
+        ("kafka:\n  session_timeout_ms: fast\n", "kafka.session_timeout_ms"),
+        (
+            "models:\n  - {name: m, kind: river.linear, primary: true, params: {lr: -1}}\n",
+            "models[0].params.lr",
+        ),
+    ],
+)
+def test_cli_exits_2_with_one_line_for_a_bad_config(
+    tmp_path: Path, yaml_text: str, key: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"forecastd: config error: {key}:")
+
+
+def test_missing_file_and_broken_yaml_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.yaml", env={})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("kafka: {bootstrap_servers: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_settings(broken, env={})

@@ -1,0 +1,83 @@
+"""The processing loop offline: list source -> processor -> list sink, same code as live."""
+
+from __future__ import annotations
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from service.app import run_loop
+from service.config import Settings
+from service.metrics import Metrics
+from service.processor import Processor
+from service.records import RawRecord
+from service.sinks import ListSink
+from service.sources import ListSource
+
+SETTINGS = Settings.model_validate(
+    {
+        "kafka": {"max_poll_records": 10},
+        "forecast": {"window": 8, "lags": 4},
+        "models": [
+            {"name": "lin", "kind": "river.linear", "primary": True},
+            {"name": "last", "kind": "persistence", "publish": True},
+        ],
+        "scoring": {"interval_min_samples": 5},
+    }
+)
+
+
+def _run(records: list[RawRecord]) -> tuple[Processor, ListSource, ListSink, CollectorRegistry]:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, SETTINGS)
+    sink = ListSink()
+    processor = Processor(SETTINGS, sink, metrics)
+    source = ListSource(records, processor)
+    run_loop(SETTINGS, source, sink, processor, metrics, lambda: False)
+    return processor, source, sink, registry
+
+
+def _record(partition: int, offset: int, value: bytes, key: bytes | None = b"k") -> RawRecord:
+    return RawRecord("ticks", partition, offset, key, value, (("trace", b"1"),), 1000 + offset)
+
+
+def test_valid_and_invalid_records_all_end_up_somewhere() -> None:
+    records = [_record(0, i, orjson.dumps({"ts": i, "y": float(i % 5)})) for i in range(40)]
+    records.append(_record(0, 40, b"garbage"))
+    records += [_record(1, i, orjson.dumps({"ts": i, "y": 1.0}), b"other") for i in range(10)]
+    _, source, sink, registry = _run(records)
+    predictions = [orjson.loads(r.value) for r in sink.on("predictions")]
+    assert len(predictions) == 2 * 50  # primary + published shadow
+    assert {p["model"] for p in predictions} == {"lin", "last"}
+    assert [p for p in predictions if p["lower"] is not None], "intervals appear once scored"
+    dead = sink.on("ticks.dlq")
+    assert len(dead) == 1
+    assert dead[0].value == b"garbage"
+    headers = dict(dead[0].headers)
+    assert headers["trace"] == b"1"  # original headers kept
+    assert headers["forecastd.error.reason"] == b"not_json"
+    assert headers["forecastd.source.offset"] == b"40"
+    assert source.committed == {("ticks", 0): 41, ("ticks", 1): 10}
+    assert (
+        registry.get_sample_value("forecastd_invalid_messages_total", {"reason": "not_json"}) == 1
+    )
+    assert registry.get_sample_value("forecastd_messages_consumed_total") == 51
+    assert registry.get_sample_value("forecastd_predictions_produced_total", {"model": "lin"}) == 50
+    assert registry.get_sample_value("forecastd_active_series") == 2
+    mae = registry.get_sample_value("forecastd_model_mae", {"model": "last", "window": "total"})
+    assert mae is not None
+    assert mae > 0
+
+
+def test_revoked_partitions_drop_their_state_and_others_keep_it() -> None:
+    registry = CollectorRegistry()
+    processor = Processor(SETTINGS, ListSink(), Metrics(registry, SETTINGS))
+    processor.on_assigned([("ticks", 0), ("ticks", 1)])
+    processor.process([_record(0, 0, b'{"y": 1}'), _record(1, 0, b'{"y": 2}', b"b")])
+    kept = processor.tasks[("ticks", 1)]
+    processor.on_revoked([("ticks", 0)])
+    assert list(processor.tasks) == [("ticks", 1)]
+    assert processor.tasks[("ticks", 1)] is kept
+    processor.on_assigned([("ticks", 0)])
+    assert processor.tasks[("ticks", 0)].active_series == 0  # fresh, nothing mixed in
+    assert kept.active_series == 1
+    assert registry.get_sample_value("forecastd_assigned_partitions") == 2

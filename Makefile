@@ -4,13 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test unit lint demo bench clean
+.PHONY: venv tools test unit lint demo bench clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -23,7 +22,11 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -m "not integration and not e2e and not deploy" -q
 
-test: lint
+# promtool/prometheus (Debian) and the CRD schema validators (npm) for tests/deploy.
+tools:
+	bash deploy/tools/install.sh
+
+test: lint tools
 	$(BIN)/pytest -q
 
 demo: venv

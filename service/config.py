@@ -3,8 +3,10 @@
 Precedence, lowest first: built-in defaults, the YAML file, then environment variables
 named ``FORECASTD_`` + the key path in upper case with ``__`` between levels
 (``FORECASTD_KAFKA__BOOTSTRAP_SERVERS=broker:9092``). A numeric level indexes a list
-(``FORECASTD_MODELS__0__PARAMS__LR=0.01``). Environment values are parsed as YAML
-scalars/flow collections, so ``6000`` is a number and ``[a, b]`` a list.
+(``FORECASTD_MODELS__0__PARAMS__LR=0.01``). Environment values are strings that the
+field's type converts (``6000`` becomes an int where an int is expected); ``[a, b]``
+and ``{k: v}`` are read as YAML lists and maps. Values in free-form maps
+(``kafka.security``) stay strings, so a password is never reinterpreted.
 
 Why hand-rolled env merging rather than pydantic-settings: we need list indexing and
 the YAML file as the base layer with one error format for both; the merge is twenty
@@ -205,12 +207,22 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str], Any]]:
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if any(not part for part in path):
             raise ConfigError(f"{name}: empty key level (use '__' between levels)")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
-        overrides.append((path, value))
+        overrides.append((path, _env_value(name, raw)))
     return overrides
+
+
+def _env_value(name: str, raw: str) -> Any:
+    """Lists and maps (``[a, b]``, ``{k: v}``) are parsed as YAML flow collections;
+    anything else stays the string it is, and the field's type converts it
+    (``"6000"`` to an int, ``"true"`` to a bool). Parsing scalars as YAML would turn
+    a Secret password ``yes`` into ``True`` or ``0123`` into ``123``."""
+    text = raw.strip()
+    if not text.startswith(("[", "{")):
+        return raw
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name}: not a valid YAML list or map: {raw[:80]!r}") from exc
 
 
 def _set_path(data: Any, path: list[str], value: Any) -> None:

@@ -131,8 +131,8 @@ def _table(daemon: Daemon, total: int, elapsed: float, title: str) -> Group:
     scores = daemon.processor.pooled_scores()
     table = Table(title=f"forecastd {title}: prequential scores per model (since start)")
     for column in ("model", "kind", "scored", "MAE", "RMSE", "R²", "rolling MAE", "drift"):
-        justify = "left" if column in {"model", "kind"} else "right"
-        table.add_column(column, justify=justify, no_wrap=True)
+        text_column = column in {"model", "kind"}
+        table.add_column(column, justify="left" if text_column else "right", no_wrap=True)
     for model in daemon.settings.models:
         total_stats, rolling = scores[model.name]
         drift = sum(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from models import registry
 from service.config import load_settings
 from service.errors import ConfigError
 
@@ -46,13 +47,21 @@ def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> Non
         "FORECASTD_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "FORECASTD_MODELS__0__PARAMS__LR": "0.02",
         "FORECASTD_SCHEMA__FEATURES": "[temp, load]",
+        "FORECASTD_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": "yes",
+        "FORECASTD_KAFKA__SECURITY__SASL_PLAIN_USERNAME": "0123",
+        "FORECASTD_KAFKA__GROUP_ID": "42",
         "OTHER_VARIABLE": "ignored",
     }
     settings = load_settings(config, env=env)
     assert settings.kafka.bootstrap_servers == "broker:9092"
     assert settings.kafka.session_timeout_ms == 6000
-    assert settings.models[0].params == {"lr": 0.02}
+    assert registry.validate_params("river.linear", settings.models[0].params) == (
+        registry.validate_params("river.linear", {"lr": 0.02})
+    )
     assert settings.schema_.features == ("temp", "load")
+    # secrets and names stay exactly the strings they were
+    assert settings.kafka.security == {"sasl_plain_password": "yes", "sasl_plain_username": "0123"}
+    assert settings.kafka.group_id == "42"
 
 
 @pytest.mark.parametrize(

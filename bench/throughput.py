@@ -1,0 +1,206 @@
+"""End-to-end throughput and latency through the real (embedded Tansu) broker.
+
+Prints, in one run on the same records:
+
+* raw: kafka-python consume -> JSON decode -> JSON encode -> produce (acks=all) ->
+  commit, the transport ceiling for this client on this machine;
+* daemon: forecastd with a config (default ``configs/demo.yaml``) from first record
+  consumed to last offset committed, and the ratio daemon / raw;
+* latency p50/p99 of the daemon at a paced input rate (default: half the daemon's
+  maximum), from the input record's broker timestamp to the prediction's
+  ``produced_at``.
+
+Usage: ``python bench/throughput.py [--records 20000] [--config configs/demo.yaml]``.
+Timings on a shared 2-core machine are noisy: compare the ratio, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from service import replay
+from service.app import Daemon
+from service.broker import EmbeddedBroker, free_port
+from service.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_raw(bootstrap: str, topic: str, records: int) -> float:
+    """Events/s of a plain kafka-python consume-decode-produce-commit loop."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        max_poll_records=500,
+    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    done = 0
+    started = None
+    while done < records:
+        batches = consumer.poll(timeout_ms=200, max_records=500)
+        if not batches:
+            continue
+        started = started or time.perf_counter()
+        for messages in batches.values():
+            for message in messages:
+                event = orjson.loads(message.value)
+                out = {"key": event["key"], "y_hat": event["y"], "source": message.offset}
+                producer.send("raw-out", key=message.key, value=orjson.dumps(out))
+                done += 1
+        producer.flush()
+        consumer.commit()
+    elapsed = time.perf_counter() - (started or time.perf_counter())
+    consumer.close()
+    producer.close()
+    return records / elapsed
+
+
+def _daemon_settings(config: Path, bootstrap: str, topic: str, output: str) -> Settings:
+    env = {
+        "FORECASTD_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "FORECASTD_KAFKA__INPUT_TOPIC": topic,
+        "FORECASTD_KAFKA__OUTPUT_TOPIC": output,
+        "FORECASTD_KAFKA__DEAD_LETTER_TOPIC": f"{topic}.dlq",
+        "FORECASTD_KAFKA__GROUP_ID": f"bench-{uuid.uuid4().hex[:6]}",
+        "FORECASTD_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "FORECASTD_METRICS__HOST": "127.0.0.1",
+        "FORECASTD_METRICS__PORT": str(free_port()),
+    }
+    return load_settings(config, env=env)
+
+
+def bench_daemon(settings: Settings, records: int) -> float:
+    """Events/s of the daemon on an input topic already holding ``records`` records."""
+    daemon = Daemon(settings)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    started = None
+    while True:
+        consumed = daemon.registry.get_sample_value("forecastd_messages_consumed_total") or 0
+        if consumed and started is None:
+            started = time.perf_counter()
+        if sum(getattr(daemon.source, "committed", {}).values()) >= records:
+            break
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - (started or 0)
+    daemon.stop()
+    thread.join(timeout=30)
+    return records / elapsed
+
+
+def bench_latency(
+    broker: EmbeddedBroker, config: Path, pairs: list[tuple[bytes, bytes]], rate: float
+) -> tuple[float, float]:
+    """p50 and p99 milliseconds from input broker timestamp to prediction produced_at."""
+    topic, output = f"lat-{uuid.uuid4().hex[:6]}", f"lat-out-{uuid.uuid4().hex[:6]}"
+    broker.create_topics([topic], partitions=3)
+    broker.create_topics([output, f"{topic}.dlq"])
+    settings = _daemon_settings(config, broker.bootstrap, topic, output)
+    daemon = Daemon(settings)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    while daemon.processor.assignments == 0:
+        time.sleep(0.05)
+    replay.to_kafka(pairs, topic, broker.bootstrap, rate=rate, show_progress=False)
+    while sum(getattr(daemon.source, "committed", {}).values()) < len(pairs):
+        time.sleep(0.05)
+    daemon.stop()
+    thread.join(timeout=30)
+    sent_at = _timestamps(broker.bootstrap, topic, len(pairs))
+    latencies = []
+    for record in _read(broker.bootstrap, output, len(pairs)):
+        prediction = orjson.loads(record.value)
+        latencies.append(prediction["produced_at"] - sent_at[prediction["source"]])
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return float(p50), float(p99)
+
+
+def _read(bootstrap: str, topic: str, count: int) -> list:  # type: ignore[type-arg]
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    found = []
+    for record in consumer:
+        found.append(record)
+        if len(found) >= count:
+            break
+    consumer.close()
+    return found
+
+
+def _timestamps(bootstrap: str, topic: str, count: int) -> dict[str, int]:
+    return {
+        f"{r.topic}:{r.partition}:{r.offset}": r.timestamp for r in _read(bootstrap, topic, count)
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    parser.add_argument("--dataset", default="sp500")
+    args = parser.parse_args()
+    console = Console()
+    base = load_settings(args.config, env={})
+    frame = replay.load_input(args.dataset)
+    pairs = replay.encode(frame, replay.Columns(), base.schema_)
+    pairs = (pairs * (args.records // len(pairs) + 1))[: args.records]
+    pairs = _monotonic(pairs)
+    with EmbeddedBroker() as broker:
+        topic = f"bench-{uuid.uuid4().hex[:6]}"
+        broker.create_topics([topic], partitions=3)
+        broker.create_topics(["raw-out", "bench-out", f"{topic}.dlq"])
+        replay.to_kafka(pairs, topic, broker.bootstrap, show_progress=False)
+        console.print(f"{len(pairs)} records of {args.dataset} on {topic}; config {args.config}")
+        raw = bench_raw(broker.bootstrap, topic, len(pairs))
+        settings = _daemon_settings(args.config, broker.bootstrap, topic, "bench-out")
+        daemon = bench_daemon(settings, len(pairs))
+        latency_pairs = pairs[: min(len(pairs), int(daemon * 10))]
+        p50, p99 = bench_latency(broker, args.config, latency_pairs, rate=daemon / 2)
+    table = Table(title="forecastd throughput (kafka-python client, Tansu broker, this machine)")
+    for column in (
+        "raw events/s",
+        "daemon events/s",
+        "daemon / raw",
+        "p50 ms",
+        "p99 ms",
+        "at rate",
+    ):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{raw:,.0f}",
+        f"{daemon:,.0f}",
+        f"{daemon / raw:.0%}",
+        f"{p50:.0f}",
+        f"{p99:.0f}",
+        f"{daemon / 2:,.0f}/s",
+    )
+    console.print(table)
+
+
+def _monotonic(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Repeated history gets fresh, increasing times so nothing is out of order."""
+    out = []
+    for index, (key, value) in enumerate(pairs):
+        event = orjson.loads(value)
+        event["ts"] = 1_700_000_000_000 + index
+        out.append((key, orjson.dumps(event)))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,22 @@ import orjson
 from service.config import SchemaSettings
 from service.records import Event, Invalid, RawRecord
 
+REASONS = (
+    "empty",
+    "oversized",
+    "not_json",
+    "not_object",
+    "missing_key",
+    "bad_key",
+    "missing_target",
+    "bad_target",
+    "non_finite",
+    "bad_time",
+    "bad_features",
+    "out_of_order",
+)
+"""Every dead-letter reason: the bounded label values of ``forecastd_invalid_messages_total``."""
+
 MAX_KEY_CHARS = 256
 _SECONDS_LIMIT = 1e11
 _TS_MS_LIMIT = 253_402_300_800_000  # 9999-12-31

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.config import Settings
+from service.decode import REASONS
 from service.scoring import ScoreStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -109,6 +110,8 @@ class Metrics:
             ["model", "kind", "primary"],
             registry=registry,
         )
+        for reason in REASONS:  # present from the start, so rate() and alerts see 0, not nothing
+            self.invalid.labels(reason)
         for model in settings.models:
             info.labels(model.name, model.kind, str(model.primary).lower()).set(1)
             for detector in settings.drift.detectors:

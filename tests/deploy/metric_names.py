@@ -27,22 +27,9 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-_REASONS = frozenset(
-    {
-        "not_json",
-        "not_object",
-        "empty",
-        "oversized",
-        "missing_key",
-        "bad_key",
-        "missing_target",
-        "bad_target",
-        "non_finite",
-        "bad_time",
-        "bad_features",
-        "out_of_order",
-    }
-)
+from service.decode import REASONS
+
+_REASONS = frozenset(REASONS)
 
 CONTRACT: Mapping[str, frozenset[str]] = {
     # name as queried -> its labels (besides the target labels Prometheus adds)

@@ -93,7 +93,7 @@ def bench_daemon(settings: Settings, records: int) -> float:
         consumed = daemon.registry.get_sample_value("forecastd_messages_consumed_total") or 0
         if consumed and started is None:
             started = time.perf_counter()
-        if sum(getattr(daemon.source, "committed", {}).values()) >= records:
+        if sum(daemon.source.committed.values()) >= records:
             break
         time.sleep(0.005)
     elapsed = time.perf_counter() - (started or 0)
@@ -116,7 +116,7 @@ def bench_latency(
     while daemon.processor.assignments == 0:
         time.sleep(0.05)
     replay.to_kafka(pairs, topic, broker.bootstrap, rate=rate, show_progress=False)
-    while sum(getattr(daemon.source, "committed", {}).values()) < len(pairs):
+    while sum(daemon.source.committed.values()) < len(pairs):
         time.sleep(0.05)
     daemon.stop()
     thread.join(timeout=30)

@@ -38,6 +38,9 @@ class RebalanceListener(Protocol):
 class Source(Protocol):
     """A partitioned, committable stream of records."""
 
+    committed: dict[TopicPartition, int]
+    """The offsets this process committed so far (next offset per partition)."""
+
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to ``max_records`` records in offset order per partition; waits at most
         ``timeout_s`` and returns an empty list when nothing arrived."""

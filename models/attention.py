@@ -7,11 +7,12 @@ network reads the raw window itself, step by step, and learns which past steps m
    (channels: the normalised value and an "observed" flag, so NaN padding of young
    keys is visible rather than mistaken for "no change"), plus a learned position
    embedding (how far back a step is);
-2. one multi-head self-attention layer (residual + layer norm) mixes the steps; padded
+2. one multi-head self-attention layer (residual + layer norm) across the steps, read
+   out at the newest step: its query attends to every step of the window; padded
    steps are masked out as keys, so they get exactly zero weight;
-3. the newest step's output summarises the window; it is joined with the standardised
-   feature vector ``x`` (exogenous features included) and an :class:`~models.mlp.MLP`
-   head maps both to the prediction.
+3. that output summarises the window; it is joined with the standardised feature
+   vector ``x`` (exogenous features included) and an :class:`~models.mlp.MLP` head
+   maps both to the prediction.
 
 The attention weights of the newest step over the window (``(B, heads, W)``, each row
 sums to 1) are what :meth:`AttentionNet.explain` returns: which past events the
@@ -78,7 +79,14 @@ class AttentionConfig:
 
 
 class AttentionNet(nn.Module):
-    """Conv encoder, self-attention across time steps, MLP head (see the module docs)."""
+    """Conv encoder, self-attention across time steps, MLP head (see the module docs).
+
+    Only the newest step's row of the self-attention is computed: with one attention
+    layer read out at the newest step, the other ``W - 1`` rows would never reach the
+    output, so computing them would cost ``W`` times the work for the same function.
+    The attention is written out (rather than ``nn.MultiheadAttention``) for that
+    reason, and because its weights are then a by-product instead of a slower path.
+    """
 
     uses_window = True  # see models.online.KeyedNetwork
 
@@ -89,7 +97,9 @@ class AttentionNet(nn.Module):
         self.conv = nn.Conv1d(2, d, kernel_size=config.kernel)
         self.act = make_activation(config.activation)
         self.position = nn.Parameter(torch.randn(config.window, d) * 0.02)
-        self.attention = nn.MultiheadAttention(d, config.heads, batch_first=True)
+        self.query = nn.Linear(d, d)
+        self.key_value = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d)
         self.head = MLP(
             MLPConfig(
@@ -112,11 +122,26 @@ class AttentionNet(nn.Module):
         ignore[:, -1] = False
         return h, ignore
 
-    def forward(self, x: Tensor, window: Tensor, mask: Tensor) -> Tensor:
+    def _attend(self, window: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The newest step after attending to the window ``(B, d)``, and the weights.
+
+        Products are written as broadcast multiply-and-sum: with one query per row the
+        matrices are ``1 x dh`` by ``dh x W``, far too small for batched matmul kernels.
+        """
         h, ignore = self._encode(window, mask)  # (B, W, d), (B, W)
-        a, _ = self.attention(h, h, h, key_padding_mask=ignore, need_weights=False)  # (B, W, d)
-        h = self.norm(h + a)  # (B, W, d)
-        z = h[:, -1]  # (B, d): the newest step, having attended to the window
+        B, W, d = h.shape
+        H, dh = self.config.heads, d // self.config.heads
+        q = self.query(h[:, -1]).view(B, 1, H, dh)  # (B, 1, H, dh): newest step only
+        k, v = self.key_value(h).view(B, W, 2, H, dh).unbind(2)  # (B, W, H, dh) each
+        scores = (q * k).sum(-1) * dh**-0.5  # (B, W, H)
+        scores = scores.masked_fill(ignore[:, :, None], float("-inf"))  # (B, W, H)
+        weights = torch.softmax(scores, dim=1)  # (B, W, H), sums to 1 over W
+        a = (weights[..., None] * v).sum(1).reshape(B, d)  # (B, d): heads side by side
+        z = self.norm(h[:, -1] + self.out(a))  # (B, d): residual + layer norm
+        return z, weights.transpose(1, 2)  # (B, d), (B, H, W)
+
+    def forward(self, x: Tensor, window: Tensor, mask: Tensor) -> Tensor:
+        z, _ = self._attend(window, mask)  # (B, d)
         y: Tensor = self.head(torch.cat([z, x], dim=-1))  # (B,)
         return y
 
@@ -126,9 +151,5 @@ class AttentionNet(nn.Module):
         ``x`` is unused (attention never sees it) but accepted so every explainable
         network has the signature of its ``forward``.
         """
-        h, ignore = self._encode(window, mask)
-        _, weights = self.attention(
-            h, h, h, key_padding_mask=ignore, need_weights=True, average_attn_weights=False
-        )  # (B, heads, W, W)
-        newest: Tensor = weights[:, :, -1, :]  # (B, heads, W)
-        return newest
+        _, weights = self._attend(window, mask)  # (B, heads, W)
+        return weights

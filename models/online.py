@@ -25,8 +25,11 @@ Updates. ``learn`` appends the finite rows to a pending set; once it holds at le
 norm clipping) runs on the pending rows plus ``replay_samples`` rows drawn uniformly
 from a ring buffer of the last ``replay_size`` learned rows (against catastrophic
 forgetting when a partition's mix of keys shifts). ``updates`` counts optimizer steps.
-``learn_every`` trades freshness for cost at small micro-batches: per step, Python and
-dispatch overhead dominate until a batch holds hundreds of rows.
+``learn_every`` trades freshness for cost at small micro-batches (per step, Python and
+dispatch overhead dominate until a batch holds hundreds of rows); ``max_step_rows``
+caps the rows of one step (a seeded uniform sample of the pending rows; all of them
+still enter the replay buffer), which bounds the cost of learning per event at large
+micro-batches, where the cost per row dominates.
 
 Safety. A non-finite loss, gradient norm, running statistic or parameter aborts the
 step: parameters, optimizer moments and normalisers are restored to the last good
@@ -89,6 +92,9 @@ class OnlineConfig:
         replay_size: capacity of the replay ring buffer, in rows (0 disables replay).
         replay_samples: replay rows mixed into each step (fewer while the buffer fills).
         learn_every: step once at least this many rows are pending.
+        max_step_rows: at most this many of the pending rows (a seeded uniform sample)
+            go into a step; ``None``: all. With ``learn_every`` it bounds the cost of
+            learning per event, whatever the micro-batch size.
         key_embedding: dimensions of the hashed key embedding (0: none).
         key_buckets: hash buckets of the key embedding.
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` etc. also work).
@@ -96,13 +102,14 @@ class OnlineConfig:
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = 1e-3
+    lr: float = 3e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
     replay_size: int = 1024
     replay_samples: int = 32
     learn_every: int = 1
+    max_step_rows: int | None = None
     key_embedding: int = 0
     key_buckets: int = 1024
     device: str = "cpu"
@@ -118,6 +125,8 @@ class OnlineConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.learn_every < 1 or self.key_buckets < 1:
             raise ValueError("learn_every and key_buckets must be >= 1")
+        if self.max_step_rows is not None and self.max_step_rows < 1:
+            raise ValueError(f"max_step_rows must be >= 1 or None, got {self.max_step_rows}")
 
 
 @lru_cache(maxsize=1 << 16)
@@ -175,6 +184,9 @@ class KeyedNetwork(nn.Module):
         return self.body.explain(self._join(x, key), window, mask)
 
 
+_ROW_FIELDS = ("x", "dev", "key", "target")
+
+
 @dataclass(frozen=True, slots=True)
 class _Rows:
     """Learnable rows, as stored in the pending set and the replay buffer.
@@ -210,8 +222,7 @@ class _Rows:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"x": self.x.copy(), "dev": self.dev.copy(), "key": self.key.copy(),
-                "target": self.target.copy()}  # fmt: skip
+        return {name: getattr(self, name).copy() for name in _ROW_FIELDS}
 
     @staticmethod
     def from_state(state: Mapping[str, Any]) -> _Rows:
@@ -257,7 +268,7 @@ class _ReplayBuffer:
             rows = rows.take(np.arange(n - self.capacity, n))
             n = self.capacity
         slots = (self._pos + np.arange(n)) % self.capacity
-        for name in ("x", "dev", "key", "target"):
+        for name in _ROW_FIELDS:
             getattr(self._rows, name)[slots] = getattr(rows, name)
         self._pos = int((self._pos + n) % self.capacity)
         self._size = min(self.capacity, self._size + n)
@@ -280,7 +291,7 @@ class _ReplayBuffer:
             )
         if rows.dev.shape[1:] != self._rows.dev.shape[1:]:
             raise ValueError("replay state has another window width")
-        for name in ("x", "dev", "key", "target"):
+        for name in _ROW_FIELDS:
             getattr(self._rows, name)[:size] = getattr(rows, name)
         self._size = size
         self._pos = int(state["pos"])
@@ -443,11 +454,17 @@ class OnlineRegressor:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
+        # fused: one kernel for all parameters instead of a Python loop over them; on
+        # networks this small the loop, not the arithmetic, is the cost of a step.
         if c.optimizer == "adam":
-            return torch.optim.Adam(self._params, lr=c.lr, weight_decay=c.weight_decay)
+            return torch.optim.Adam(self._params, lr=c.lr, weight_decay=c.weight_decay, fused=True)
         if c.optimizer == "sgd":
             return torch.optim.SGD(
-                self._params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+                self._params,
+                lr=c.lr,
+                momentum=c.momentum,
+                weight_decay=c.weight_decay,
+                fused=True,
             )
         raise ValueError(f"unknown optimizer {c.optimizer!r}")
 
@@ -621,9 +638,13 @@ class OnlineRegressor:
         )
 
     def _step(self, new: _Rows) -> None:
-        """One guarded optimizer step on ``new`` plus replayed rows."""
+        """One guarded optimizer step on ``new`` (at most ``max_step_rows`` of it) plus
+        replayed rows; every new row updates the normalisers and enters the replay."""
+        fit, cap = new, self.config.max_step_rows
+        if cap is not None and len(new) > cap:
+            fit = new.take(np.sort(self._rng.choice(len(new), size=cap, replace=False)))
         k = min(self.config.replay_samples, len(self._replay))
-        rows = _Rows.concat([new, self._replay.sample(self._rng, k)]) if k else new
+        rows = _Rows.concat([fit, self._replay.sample(self._rng, k)]) if k else fit
         torch_seed = int(self._rng.integers(2**63)) if self._stochastic else 0
         targets, scale = self._targets.copy(), self._scale.copy()
         self._targets.update(new.target)
@@ -641,7 +662,10 @@ class OnlineRegressor:
         z = (rows.target - self._targets.mean) / self._targets.std
         target = torch.from_numpy(z.astype(np.float32)).to(self._device)
         inputs = self._tensors(rows)
-        self._net.train()
+        # Train mode only matters for dropout; toggling walks every submodule, which
+        # costs more than a small network's forward pass, so skip it when it is moot.
+        if self._stochastic:
+            self._net.train()
         try:
             with self._dropout_seed(torch_seed):
                 loss = F.mse_loss(self._net(*inputs), target)
@@ -656,12 +680,13 @@ class OnlineRegressor:
                 return False
             self._good.save(self._params, self._optimizer)
             self._optimizer.step()
-            if not all(bool(torch.isfinite(p).all()) for p in self._params):
+            if not _all_finite(self._params):
                 self._good.restore(self._params, self._optimizer)
                 return False
             return True
         finally:
-            self._net.eval()
+            if self._stochastic:
+                self._net.eval()
 
     @contextlib.contextmanager
     def _dropout_seed(self, seed: int) -> Iterator[None]:
@@ -681,6 +706,18 @@ class OnlineRegressor:
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)
                 yield
+
+
+_total_norm: Callable[[list[nn.Parameter]], Tensor] | None = getattr(
+    nn.utils, "get_total_norm", None
+)  # torch >= 2.6: one fused reduction over all tensors
+
+
+def _all_finite(tensors: list[nn.Parameter]) -> bool:
+    """Whether every element is finite (a norm beyond float range counts as not)."""
+    if _total_norm is not None:
+        return bool(torch.isfinite(_total_norm(tensors)))
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _plain_copy(value: Any) -> Any:

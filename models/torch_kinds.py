@@ -40,13 +40,17 @@ class TorchParams(ModelParams):
 
     Attributes:
         optimizer: ``adam`` or ``sgd``.
-        lr: learning rate.
+        lr: learning rate. Above the usual offline 1e-3 because online a model gets
+            one step per micro-batch, not many epochs: on a nonlinear stream 3e-3 halved
+            the MLP's error after 5,000 rows (batches of 16) compared with 1e-3.
         momentum: SGD momentum (Adam ignores it).
         weight_decay: L2 penalty.
         clip_norm: clip the global gradient norm to this; ``null`` disables clipping.
         replay_size: rows kept in the replay buffer (0 disables replay).
         replay_samples: replay rows mixed into each optimizer step.
         learn_every: take a step once this many rows are pending (1: every ``learn``).
+        max_step_rows: learn from at most this many pending rows per step (a seeded
+            sample; ``null``: all). All rows still update the normalisers and replay.
         key_embedding: dimensions of a learned embedding of the hashed series key
             (0: none; the network then treats all keys alike).
         key_buckets: hash buckets for the key embedding.
@@ -55,20 +59,23 @@ class TorchParams(ModelParams):
         threads: call ``torch.set_num_threads(threads)`` when the model is built. The
             setting is process-wide, so the last torch model built wins; leave it unset
             to keep torch's default (``OMP_NUM_THREADS``, which the Kubernetes manifests
-            set to the CPU limit). On a 2-core container, 1 leaves a core for the
-            consumer, decoding and the other models.
+            set to the CPU limit, else one thread per core). For a 2-core container use
+            1: these networks are too small to split, and on a 2-core machine with one
+            other busy process, two threads made ``torch.mlp`` 40x slower than one
+            (``bench/models.py``: OpenMP workers waiting on a descheduled sibling).
         device: ``cpu`` or ``cuda`` (``cuda:N``); ``cuda`` needs a CUDA build of torch
             and a visible GPU, checked here so a wrong node fails at start-up.
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(default=1e-3, gt=0.0, le=1.0)
+    lr: float = Field(default=3e-3, gt=0.0, le=1.0)
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
     clip_norm: float | None = Field(default=1.0, gt=0.0)
     replay_size: int = Field(default=1024, ge=0, le=1_000_000)
     replay_samples: int = Field(default=32, ge=0, le=65_536)
     learn_every: int = Field(default=1, ge=1, le=1_000_000)
+    max_step_rows: int | None = Field(default=None, ge=1, le=1_000_000)
     key_embedding: int = Field(default=0, ge=0, le=256)
     key_buckets: int = Field(default=1024, ge=1, le=1 << 20)
     activation: Activation = "relu"
@@ -106,17 +113,22 @@ class TorchMLPParams(TorchParams):
 class TorchAttentionParams(TorchParams):
     """``torch.attention``: conv encoder + self-attention over the window + MLP head.
 
-    The defaults are small on purpose (see the README's cost table): attention costs
-    per row and per window step, and this model runs beside the primary in the same
-    process.
+    The defaults are chosen so that it does not cap the daemon (see the README's cost
+    table): it works on ``W x width`` numbers per row where the MLP works on ``F``, so
+    the encoder is small, and learning is bounded per event: a step at most every
+    ``learn_every`` rows, on at most ``max_step_rows`` of them plus
+    ``replay_samples`` replayed rows. Predictions still cover every event.
 
     Attributes:
         width: channels of the encoder and attention layer.
         heads: attention heads; must divide ``width``.
         kernel: time steps seen by the causal convolution.
         head_hidden: hidden widths of the MLP head.
+        learn_every, max_step_rows: as in :class:`TorchParams`, with cheaper defaults.
     """
 
+    learn_every: int = Field(default=32, ge=1, le=1_000_000)
+    max_step_rows: int | None = Field(default=128, ge=1, le=1_000_000)
     width: int = Field(default=16, ge=1, le=1024)
     heads: int = Field(default=2, ge=1, le=64)
     kernel: int = Field(default=3, ge=1, le=64)
@@ -143,6 +155,7 @@ def _online_config(params: TorchParams, context: ModelContext) -> OnlineConfig:
         replay_size=params.replay_size,
         replay_samples=params.replay_samples,
         learn_every=params.learn_every,
+        max_step_rows=params.max_step_rows,
         key_embedding=params.key_embedding,
         key_buckets=params.key_buckets,
         device=params.device,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from prometheus_client import (
 
 from service.checkpoint import complete_batch
 from service.config import Settings
+from service.errors import ConfigError
 from service.health import HealthServer
 from service.metrics import Metrics
 from service.processor import Processor
@@ -31,6 +33,8 @@ from service.sinks import KafkaSink, Sink
 from service.sources import KafkaSource, Source
 
 log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 1.0
 
 
 def default_registry() -> CollectorRegistry:
@@ -51,9 +55,7 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(self.registry, self.settings)
-        self.sink: Sink = KafkaSink(self.settings.kafka)
-        self.processor = Processor(self.settings, self.sink, self.metrics)
-        self.source: Source = KafkaSource(self.settings.kafka, self.processor)
+        self.sink, self.processor, self.source = _connect(self.settings, self.metrics)
         self.server = HealthServer(
             self.registry, self.ready, self.settings.metrics.host, self.settings.metrics.port
         )
@@ -89,6 +91,29 @@ class Daemon:
                 log.exception("error while closing")
 
 
+def _connect(settings: Settings, metrics: Metrics) -> tuple[Sink, Processor, Source]:
+    """The sink, the processor writing to it, and the source feeding it, for the
+    configured client."""
+    kafka = settings.kafka
+    sink: Sink
+    source: Source
+    if kafka.client == "confluent":
+        try:
+            from service.confluent import ConfluentSink, ConfluentSource
+        except ImportError as exc:
+            raise ConfigError(
+                "kafka.client: confluent needs confluent-kafka: pip install 'forecastd[confluent]'"
+            ) from exc
+        sink = ConfluentSink(kafka)
+        processor = Processor(settings, sink, metrics)
+        source = ConfluentSource(kafka, processor)
+    else:
+        sink = KafkaSink(kafka)
+        processor = Processor(settings, sink, metrics)
+        source = KafkaSource(kafka, processor)
+    return sink, processor, source
+
+
 def run_loop(
     settings: Settings,
     source: Source,
@@ -100,12 +125,15 @@ def run_loop(
     """Poll, process, complete; until ``should_stop()`` or a finite source ends."""
     kafka = settings.kafka
     timeout_s = kafka.poll_timeout_ms / 1000
+    next_lag = 0.0
     while not should_stop():
         records = source.poll(kafka.max_poll_records, timeout_s)
         if records:
             result = processor.process(records)
             complete_batch(result, sink, source, processor, metrics)
-        processor.record_lag(source.lag())
+        if time.monotonic() >= next_lag:  # a lag query may cost a broker round trip
+            processor.record_lag(source.lag())
+            next_lag = time.monotonic() + LAG_INTERVAL_S
         if source.exhausted:
             break
 

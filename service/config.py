@@ -44,11 +44,12 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
-    """Where records come from and go to. ``security`` is passed to the client as is
+    """Where records come from and go to. ``client`` picks kafka-python (default) or
+    confluent-kafka (the ``confluent`` extra). ``security`` is passed to the client
     (e.g. ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``)."""
 
     bootstrap_servers: str = "localhost:9092"
-    client: Literal["kafka-python"] = "kafka-python"
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
     group_id: str = Field("forecastd", min_length=1)
     input_topic: str = Field("ticks", min_length=1)
     output_topic: str = Field("predictions", min_length=1)

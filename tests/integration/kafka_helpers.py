@@ -34,9 +34,12 @@ def fresh_topics(broker: EmbeddedBroker, partitions: int = 3) -> Topics:
     return topics
 
 
-def settings_env(broker: EmbeddedBroker, topics: Topics, **extra: str) -> dict[str, str]:
+def settings_env(
+    broker: EmbeddedBroker, topics: Topics, client: str = "kafka-python", **extra: str
+) -> dict[str, str]:
     """FORECASTD_* variables that point a daemon at the test broker and topics."""
     env = {
+        "FORECASTD_KAFKA__CLIENT": client,
         "FORECASTD_KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
         "FORECASTD_KAFKA__INPUT_TOPIC": topics.input,
         "FORECASTD_KAFKA__OUTPUT_TOPIC": topics.output,

@@ -40,13 +40,13 @@ def _done(daemon: Any, records: int) -> bool:
 
 
 def test_every_event_gets_one_typed_prediction_and_linear_beats_persistence(
-    broker: EmbeddedBroker,
+    broker: EmbeddedBroker, client: str
 ) -> None:
     topics = fresh_topics(broker)
     stream = linear_trends(events_per_key=600)
     # Micro-batches of at most 100 records: models learn between batches, so smaller
     # batches let them adapt sooner on this short stream.
-    env = settings_env(broker, topics, FORECASTD_KAFKA__MAX_POLL_RECORDS="100")
+    env = settings_env(broker, topics, client, FORECASTD_KAFKA__MAX_POLL_RECORDS="100")
     settings = make_settings(CONFIG, env)
     with running_daemon(settings) as daemon:
         produce(broker.bootstrap, topics.input, stream)
@@ -123,7 +123,7 @@ def _malformed(count: int) -> tuple[list[Any], dict[bytes, str]]:
 
 
 def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(
-    broker: EmbeddedBroker,
+    broker: EmbeddedBroker, client: str
 ) -> None:
     topics = fresh_topics(broker)
     valid = linear_trends(events_per_key=200)
@@ -135,7 +135,7 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(
             stream.append(rest[index])
         if index < len(bad):
             stream.append(bad[index])
-    env = settings_env(broker, topics, FORECASTD_SCHEMA__MAX_MESSAGE_BYTES="2048")
+    env = settings_env(broker, topics, client, FORECASTD_SCHEMA__MAX_MESSAGE_BYTES="2048")
     settings = make_settings(CONFIG, env)
     with running_daemon(settings) as daemon:
         produce(broker.bootstrap, topics.input, stream)
@@ -171,6 +171,11 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(
     assert {orjson.loads(r.value)["source"] for r in out} == valid_sources
 
 
+def _lag_lines(text: str) -> list[str]:
+    """One ``forecastd_consumer_lag`` sample per partition, once known."""
+    return [line for line in text.splitlines() if line.startswith("forecastd_consumer_lag{")]
+
+
 def _recompute(inputs: list[Any], predictions: list[Any]) -> dict[str, dict[str, float]]:
     """MAE, MSE, RMSE, R² per model from the topics alone (horizon 1)."""
     following: dict[str, float] = {}
@@ -203,17 +208,25 @@ def _recompute(inputs: list[Any], predictions: list[Any]) -> dict[str, dict[str,
     return scores
 
 
-def test_scraped_scores_equal_scores_recomputed_from_the_topics(broker: EmbeddedBroker) -> None:
+def test_scraped_scores_equal_scores_recomputed_from_the_topics(
+    broker: EmbeddedBroker, client: str
+) -> None:
     topics = fresh_topics(broker)
     stream = linear_trends(events_per_key=300, seed=11)
     env = settings_env(
-        broker, topics, FORECASTD_MODELS__1__PUBLISH="true", FORECASTD_MODELS__2__PUBLISH="true"
+        broker,
+        topics,
+        client,
+        FORECASTD_MODELS__1__PUBLISH="true",
+        FORECASTD_MODELS__2__PUBLISH="true",
     )
     settings = make_settings(CONFIG, env)
     with running_daemon(settings) as daemon:
         wait_for(lambda: scrape(settings.metrics.port, "/readyz")[0] == 200, 60, "readiness")
         produce(broker.bootstrap, topics.input, stream)
         wait_for(lambda: _done(daemon, len(stream)), 90, "all input processed")
+        # lag is refreshed about once a second, from the broker's high watermarks
+        wait_for(lambda: len(_lag_lines(scrape(settings.metrics.port)[1])) == 3, 10, "lag")
         status, text = scrape(settings.metrics.port)
         assert scrape(settings.metrics.port, "/healthz")[0] == 200
     assert status == 200
@@ -232,4 +245,6 @@ def test_scraped_scores_equal_scores_recomputed_from_the_topics(broker: Embedded
             got = scraped[(model, f"forecastd_model_{stat}")]
             assert got == pytest.approx(value, rel=1e-6, abs=1e-9), (model, stat)
     assert "forecastd_processing_latency_seconds_bucket" in text
-    assert 'forecastd_consumer_lag{partition="0"' in text
+    lag_lines = _lag_lines(text)
+    assert all(f'topic="{topics.input}"' in line for line in lag_lines)
+    assert all(line.endswith(" 0.0") for line in lag_lines), lag_lines  # all caught up

@@ -44,11 +44,13 @@ def _predicted_sources(bootstrap: str, topic: str) -> set[str]:
     return {orjson.loads(r.value)["source"] for r in consume_all(bootstrap, topic, 10**9, 3.0)}
 
 
-def test_sigterm_mid_stream_then_restart_loses_no_committed_record(broker: EmbeddedBroker) -> None:
+def test_sigterm_mid_stream_then_restart_loses_no_committed_record(
+    broker: EmbeddedBroker, client: str
+) -> None:
     topics = fresh_topics(broker)
     stream = linear_trends(events_per_key=2000, seed=3)
     # Small polls and a slow-ish producer keep the daemon busy mid-stream at SIGTERM.
-    env = settings_env(broker, topics, FORECASTD_KAFKA__MAX_POLL_RECORDS="50")
+    env = settings_env(broker, topics, client, FORECASTD_KAFKA__MAX_POLL_RECORDS="50")
     daemon = _start(env)
     try:
         produce(broker.bootstrap, topics.input, stream[:3000])

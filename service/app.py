@@ -54,6 +54,7 @@ class Daemon:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        _set_torch_threads(self.settings.processing.torch_threads)
         self.metrics = Metrics(self.registry, self.settings)
         self.sink, self.processor, self.source = _connect(self.settings, self.metrics)
         self.server = HealthServer(
@@ -89,6 +90,14 @@ class Daemon:
                 close()
             except Exception:  # a failing close must not hide the first error
                 log.exception("error while closing")
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    """Process-wide, so set once here, by the process owner, not by a model."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _connect(settings: Settings, metrics: Metrics) -> tuple[Sink, Processor, Source]:

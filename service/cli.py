@@ -61,6 +61,22 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(handler=_replay)
 
+    backtest = commands.add_parser(
+        "backtest", help="replay a file or dataset offline through the pipeline; score models"
+    )
+    backtest.add_argument("source", help="file path, or a dataset: sp500, nonlinear-ar, ...")
+    backtest.add_argument("-c", "--config", help="the config whose models and semantics to test")
+    backtest.add_argument("--key-col", default="key")
+    backtest.add_argument("--time-col", default="ts", help="'' to use no time column")
+    backtest.add_argument("--target-col", default="y")
+    backtest.add_argument(
+        "--features", help="comma-separated feature columns (default: all numeric)"
+    )
+    backtest.add_argument(
+        "--warmup", type=float, default=0.2, help="leave out this fraction (<1) or count of scores"
+    )
+    backtest.set_defaults(handler=_backtest)
+
     demo = commands.add_parser("demo", help="embedded broker + real data + live table")
     demo.add_argument("-c", "--config", help="YAML config (default: the built-in demo config)")
     demo.add_argument("--dataset", default="sp500", help="bundled dataset to replay")
@@ -94,18 +110,59 @@ def _replay(args: argparse.Namespace) -> int:
     from service import replay
 
     settings = load_settings(args.config)
-    frame = replay.load_input(args.source)
-    if args.limit:
-        frame = frame.head(args.limit)
-    features = tuple(f for f in args.features.split(",") if f) if args.features else None
-    columns = replay.Columns(args.key_col, args.time_col or None, args.target_col, features)
-    pairs = replay.encode(frame, columns, settings.schema_)
+    pairs = _records_of(args, settings)
     topic = args.topic or settings.kafka.input_topic
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
     sent = replay.to_kafka(
         pairs, topic, bootstrap, args.rate, not args.quiet, dict(settings.kafka.security)
     )
     print(f"sent {sent} records to {topic}")
+    return 0
+
+
+def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[bytes, bytes]]:
+    from service import replay
+
+    frame = replay.load_input(args.source)
+    if getattr(args, "limit", 0):
+        frame = frame.head(args.limit)
+    features = tuple(f for f in args.features.split(",") if f) if args.features else None
+    columns = replay.Columns(args.key_col, args.time_col or None, args.target_col, features)
+    return replay.encode(frame, columns, settings.schema_)
+
+
+def _backtest(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from service import replay
+    from service.backtest import run_backtest
+
+    settings = load_settings(args.config)
+    records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
+    result = run_backtest(records, settings, warmup=args.warmup)
+    table = Table(title=f"backtest of {args.source}: prequential scores after warm-up")
+    for column in ("model", "kind", "scored", "MAE", "RMSE", "R²"):
+        table.add_column(column, justify="left" if column in {"model", "kind"} else "right")
+    for model in settings.models:
+        stats = result.scores.get(model.name)
+        if stats is None:
+            continue
+        name = f"{model.name}*" if model.primary else model.name
+        table.add_row(
+            name,
+            model.kind,
+            str(stats.n),
+            f"{stats.mae:.4f}",
+            f"{stats.rmse:.4f}",
+            f"{stats.r2:.4f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"{len(records)} records, {result.dead_letters} dead-lettered, "
+        f"{result.events_per_s:,.0f} events/s; * primary"
+    )
     return 0
 
 

@@ -122,7 +122,12 @@ class MetricsSettings(_Section):
 
 
 class ProcessingSettings(_Section):
+    """``torch_threads``: intra-op threads for the PyTorch models of this process.
+    1 suits a small container: measured here, two threads made a 64-64 MLP up to
+    100x slower at micro-batch sizes (bench/models.py). ``null`` keeps torch's default."""
+
     seed: int = 0
+    torch_threads: int | None = Field(1, ge=1, le=256)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -12,12 +12,21 @@ optional feature columns, sorted by time: one row per event, as it would arrive.
 * ``chick-weights``: 50 chicks weighed every few days, feature ``diet`` (578 events).
 * ``trump-approval``: approval rating with five pollsters as features (1,001 events;
   made for ``horizon: 0`` regression).
+
+Synthetic, seeded (for accuracy benchmarks and tests):
+
+* ``nonlinear-ar``: four keys of the chaotic logistic map with noise,
+  ``y_t = 3.7 y_{t-1} (1 - y_{t-1}) + e``, ``e ~ N(0, 0.01²)``, kept in (0, 1): a
+  stationary series that no linear model of its lags fits.
+* ``friedman-drift``: River's ``FriedmanDrift`` (12,000 events, ten features, the target a nonlinear
+  function of five; the function changes at 1/3 and 2/3 of the stream), one key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 
 from service.errors import DatasetError
@@ -78,6 +87,34 @@ def trump_approval() -> pd.DataFrame:
     )
 
 
+def nonlinear_ar(events_per_key: int = 2500, keys: int = 4, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = []
+    for index in range(keys):
+        y = [float(rng.uniform(0.1, 0.9))]
+        for _ in range(events_per_key):
+            following = 3.7 * y[-1] * (1.0 - y[-1]) + rng.normal(0.0, 0.01)
+            y.append(float(np.clip(following, 0.001, 0.999)))
+        for step, value in enumerate(y[1:]):
+            rows.append((f"ar-{index}", start + pd.Timedelta(seconds=step), float(value)))
+    return _finish(pd.DataFrame(rows, columns=["key", "ts", "y"]))
+
+
+def friedman_drift(events: int = 12000, seed: int = 42) -> pd.DataFrame:
+    from river.datasets import synth
+
+    stream = synth.FriedmanDrift(
+        drift_type="gra", position=(events // 3, 2 * events // 3), seed=seed
+    )
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = []
+    for step, (x, y) in enumerate(stream.take(events)):
+        rows.append({"key": "friedman", "ts": start + pd.Timedelta(seconds=step), "y": y, **x})
+    frame = pd.DataFrame(rows)
+    return _finish(frame.rename(columns={i: f"x{i}" for i in range(10)}))
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -90,6 +127,8 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "waterflow": waterflow,
     "chick-weights": chick_weights,
     "trump-approval": trump_approval,
+    "nonlinear-ar": nonlinear_ar,
+    "friedman-drift": friedman_drift,
 }
 
 

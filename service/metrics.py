@@ -81,6 +81,13 @@ class Metrics:
         self.updates = Counter(
             "forecastd_model_updates", "Model learn steps, by model.", ["model"], registry=registry
         )
+        self.nonfinite = Counter(
+            "forecastd_model_nonfinite",
+            "Non-finite losses, gradients, parameters or inputs a model caught and recovered"
+            " from (last good parameters restored), by model.",
+            ["model"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "forecastd_processing_latency_seconds",
             "Seconds from record consumed to its prediction acknowledged by the broker.",
@@ -119,6 +126,7 @@ class Metrics:
             for family in (self.predictions, self.scored, self.abs_error, self.sq_error):
                 family.labels(model.name)
             self.updates.labels(model.name)
+            self.nonfinite.labels(model.name)
             self.produced.labels(model.name)
         build = Gauge("forecastd_build_info", "Build (value 1).", ["version"], registry=registry)
         build.labels(_package_version()).set(1)

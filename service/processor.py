@@ -23,7 +23,7 @@ from service.records import Event, Invalid, Prediction, RawRecord, dead_letter_h
 from service.scoring import ScoreStats
 from service.sinks import Sink
 from service.sources import TopicPartition
-from service.tasks import PartitionTask
+from service.tasks import PartitionTask, ScoredCallback
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,15 @@ def build_prototypes(settings: Settings, pipeline: FeaturePipeline) -> dict[str,
 class Processor:
     """Owns the partition tasks of this process and runs batches through them."""
 
-    def __init__(self, settings: Settings, sink: Sink, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        metrics: Metrics,
+        on_scored: ScoredCallback | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_scored = on_scored
         self._sink = sink
         self._metrics = metrics
         self._decoder = Decoder(settings.schema_)
@@ -142,7 +149,13 @@ class Processor:
 
     def _new_task(self, tp: TopicPartition) -> PartitionTask:
         return PartitionTask(
-            tp[0], tp[1], self._settings, self._prototypes, self._pipeline, self._metrics
+            tp[0],
+            tp[1],
+            self._settings,
+            self._prototypes,
+            self._pipeline,
+            self._metrics,
+            self._on_scored,
         )
 
     def _send_predictions(self, predictions: list[Prediction]) -> None:

@@ -26,7 +26,7 @@ it only seeds the window and gets no prediction.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +39,9 @@ from service.metrics import Metrics
 from service.records import Event, Invalid, Prediction
 from service.scoring import Scorer, ScoreStats
 from service.windows import WindowStore
+
+ScoredCallback = Callable[[str, FloatArray, FloatArray], None]
+"""Called with (model name, true values, predictions) for every scored batch."""
 
 
 @dataclass(slots=True)
@@ -83,8 +86,10 @@ class PartitionTask:
         prototypes: Mapping[str, Model],
         pipeline: FeaturePipeline,
         metrics: Metrics,
+        on_scored: ScoredCallback | None = None,
     ) -> None:
         self.topic = topic
+        self._on_scored = on_scored
         self.partition = partition
         forecast = settings.forecast
         self._horizon = forecast.horizon
@@ -240,6 +245,8 @@ class PartitionTask:
             y_hat = offset + outputs[:, column]
             scale = slot.scorer.total.mae
             slot.scorer.update(y_true, y_hat)
+            if self._on_scored is not None:
+                self._on_scored(slot.name, y_true, y_hat)
             abs_err = np.abs(y_true - y_hat)
             metrics.scored.labels(slot.name).inc(len(resolved))
             metrics.abs_error.labels(slot.name).inc(float(abs_err.sum()))
@@ -247,9 +254,10 @@ class PartitionTask:
             for detector, count in slot.drift.update(abs_err, scale).items():
                 if count:
                     metrics.drift.labels(slot.name, detector).inc(count)
-            before = slot.model.updates
+            before = slot.model.updates, _nonfinite(slot.model)
             slot.model.learn(batch, target)
-            metrics.updates.labels(slot.name).inc(slot.model.updates - before)
+            metrics.updates.labels(slot.name).inc(slot.model.updates - before[0])
+            metrics.nonfinite.labels(slot.name).inc(_nonfinite(slot.model) - before[1])
 
     def _evict(self) -> None:
         evicted = self._windows.evict()
@@ -257,3 +265,9 @@ class PartitionTask:
             self._pending.pop(key, None)
         if evicted:
             self._metrics.evicted.inc(len(evicted))
+
+
+def _nonfinite(model: Model) -> int:
+    """Non-finite events a model reports (``nonfinite_events``, torch models); 0 for
+    models that have no such guard."""
+    return int(getattr(model, "nonfinite_events", 0))

@@ -1,0 +1,34 @@
+"""The command line: backtest end to end offline, and clear errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_backtest_prints_a_score_per_model(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(ROOT / "configs" / "demo.yaml")
+    assert main(["backtest", "chick-weights", "-c", config, "--features", "diet"]) == 0
+    out = capsys.readouterr().out
+    for model in ("mlp*", "linear", "ewma", "last"):
+        assert model in out
+    assert "578 records, 0 dead-lettered" in out
+
+
+def test_unknown_dataset_exits_2_naming_the_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["backtest", "no-such-data"]) == 2
+    err = capsys.readouterr().err
+    assert "neither a file nor a bundled dataset" in err
+    assert "sp500" in err
+
+
+def test_missing_column_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data = tmp_path / "d.csv"
+    data.write_text("symbol,price\nA,1\n")
+    assert main(["backtest", str(data)]) == 2
+    assert "columns not found" in capsys.readouterr().err

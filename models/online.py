@@ -100,6 +100,10 @@ class OnlineConfig:
             backlog arrives in large micro-batches, and one step per batch would then
             learn from hundreds of rows with the step size of one: on FriedmanDrift in
             batches of 100, the MLP trailed River linear until updates took 32-row steps.
+        max_steps: at most this many steps per update: larger updates get proportionally
+            larger steps. A step costs about half a millisecond whatever its size, so this
+            bounds the learning cost of a backlog's 500-record batches, while the small
+            batches of a live stream keep their ``minibatch_rows``-row steps.
         key_embedding: dimensions of the hashed key embedding (0: none).
         key_buckets: hash buckets of the key embedding.
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` etc. also work).
@@ -116,6 +120,7 @@ class OnlineConfig:
     learn_every: int = 1
     max_step_rows: int | None = None
     minibatch_rows: int | None = None
+    max_steps: int = 8
     key_embedding: int = 0
     key_buckets: int = 1024
     device: str = "cpu"
@@ -135,6 +140,8 @@ class OnlineConfig:
             raise ValueError(f"max_step_rows must be >= 1 or None, got {self.max_step_rows}")
         if self.minibatch_rows is not None and self.minibatch_rows < 1:
             raise ValueError(f"minibatch_rows must be >= 1 or None, got {self.minibatch_rows}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
 
 @lru_cache(maxsize=1 << 16)
@@ -532,7 +539,7 @@ class OnlineRegressor:
         new = _Rows.concat(self._pending)
         self._pending.clear()
         self._pending_rows = 0
-        size = self.config.minibatch_rows or len(new)
+        size = max(self.config.minibatch_rows or len(new), -(-len(new) // self.config.max_steps))
         for start in range(0, len(new), size):
             self._step(new.take(np.arange(start, min(start + size, len(new)))))
 

@@ -53,6 +53,7 @@ class TorchParams(ModelParams):
             sample; ``null``: all). All rows still update the normalisers and replay.
         minibatch_rows: split an update into steps of at most this many rows
             (``null``: one step per update); see :class:`~models.online.OnlineConfig`.
+        max_steps: at most this many steps per update (bounds the cost of a backlog).
         key_embedding: dimensions of a learned embedding of the hashed series key
             (0: none; the network then treats all keys alike).
         key_buckets: hash buckets for the key embedding.
@@ -79,6 +80,7 @@ class TorchParams(ModelParams):
     learn_every: int = Field(default=1, ge=1, le=1_000_000)
     max_step_rows: int | None = Field(default=None, ge=1, le=1_000_000)
     minibatch_rows: int | None = Field(default=None, ge=1, le=1_000_000)
+    max_steps: int = Field(default=8, ge=1, le=10_000)
     key_embedding: int = Field(default=0, ge=0, le=256)
     key_buckets: int = Field(default=1024, ge=1, le=1 << 20)
     activation: Activation = "relu"
@@ -165,6 +167,7 @@ def _online_config(params: TorchParams, context: ModelContext) -> OnlineConfig:
         learn_every=params.learn_every,
         max_step_rows=params.max_step_rows,
         minibatch_rows=params.minibatch_rows,
+        max_steps=params.max_steps,
         key_embedding=params.key_embedding,
         key_buckets=params.key_buckets,
         device=params.device,

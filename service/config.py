@@ -46,7 +46,9 @@ class _Section(BaseModel):
 class KafkaSettings(_Section):
     """Where records come from and go to. ``client`` picks kafka-python (default) or
     confluent-kafka (the ``confluent`` extra). ``security`` is passed to the client
-    (e.g. ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``)."""
+    (e.g. ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``).
+    ``fetch_max_wait_ms`` bounds how long the broker may hold a fetch with too little
+    data: a floor on latency when the stream is quiet (Kafka's default is 500)."""
 
     bootstrap_servers: str = "localhost:9092"
     client: Literal["kafka-python", "confluent"] = "kafka-python"
@@ -59,6 +61,7 @@ class KafkaSettings(_Section):
     max_poll_records: int = Field(500, ge=1, le=100000)
     poll_timeout_ms: int = Field(200, ge=1, le=60000)
     linger_ms: int = Field(5, ge=0, le=1000)
+    fetch_max_wait_ms: int = Field(100, ge=0, le=60000)
     security: dict[str, Any] = Field(default_factory=dict)
 
 

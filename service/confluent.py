@@ -73,6 +73,7 @@ class ConfluentSource:
                 "auto.offset.reset": settings.auto_offset_reset,
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 6),
+                "fetch.wait.max.ms": settings.fetch_max_wait_ms,
                 "client.id": "forecastd",
                 "error_cb": self._on_error,
             }
@@ -96,7 +97,13 @@ class ConfluentSource:
         self._listener.on_revoked(sorted((tp.topic, tp.partition) for tp in partitions))
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
-        messages = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        # consume() waits for num_messages or the timeout, whichever comes first: wait
+        # for the first record only, then take what is already there.
+        messages = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not messages:
+            messages = self._consumer.consume(num_messages=1, timeout=timeout_s)
+            if messages and max_records > 1:
+                messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         now = time.monotonic()
         records = []
         for message in messages:

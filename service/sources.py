@@ -139,6 +139,7 @@ class KafkaSource:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
             max_poll_records=settings.max_poll_records,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             client_id="forecastd",
             **client_options(settings),
         )

@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -14,7 +14,13 @@ import pytest
 from kafka import KafkaAdminClient
 
 from service.broker import EmbeddedBroker
-from tests.integration.kafka_helpers import consume_all, fresh_topics, produce, settings_env
+from tests.integration.kafka_helpers import (
+    consume_all,
+    fresh_topics,
+    produce,
+    settings_env,
+    wait_for,
+)
 from tests.integration.streams import linear_trends
 
 pytestmark = pytest.mark.integration
@@ -29,6 +35,19 @@ def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def _run_then_sigterm(env: dict[str, str], meanwhile: Callable[[], None]) -> tuple[int, bytes]:
+    """Start ``forecastd run``, call ``meanwhile()``, send SIGTERM; (exit status, output)."""
+    daemon = _start(env)
+    try:
+        meanwhile()
+        daemon.send_signal(signal.SIGTERM)
+        output, _ = daemon.communicate(timeout=60)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    return daemon.returncode, output
 
 
 def _committed(bootstrap: str, group: str) -> dict[int, int]:
@@ -51,19 +70,14 @@ def test_sigterm_mid_stream_then_restart_loses_no_committed_record(
     stream = linear_trends(events_per_key=2000, seed=3)
     # Small polls and a slow-ish producer keep the daemon busy mid-stream at SIGTERM.
     env = settings_env(broker, topics, client, FORECASTD_KAFKA__MAX_POLL_RECORDS="50")
-    daemon = _start(env)
-    try:
+
+    def feed_then_interrupt() -> None:
         produce(broker.bootstrap, topics.input, stream[:3000])
-        deadline = time.monotonic() + 60
-        while not _committed(broker.bootstrap, topics.group) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: bool(_committed(broker.bootstrap, topics.group)), 60, "a commit")
         produce(broker.bootstrap, topics.input, stream[3000:])
-        daemon.send_signal(signal.SIGTERM)
-        output, _ = daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
-    assert daemon.returncode == 0, output.decode()[-2000:]
+
+    returncode, output = _run_then_sigterm(env, feed_then_interrupt)
+    assert returncode == 0, output.decode()[-2000:]
     assert b"finishing the batch" in output
 
     committed = _committed(broker.bootstrap, topics.group)
@@ -74,19 +88,15 @@ def test_sigterm_mid_stream_then_restart_loses_no_committed_record(
         for offset in range(next_offset):
             assert f"{topics.input}:{partition}:{offset}" in predicted
 
-    restarted = _start(env)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if sum(_committed(broker.bootstrap, topics.group).values()) >= len(stream):
-                break
-            time.sleep(0.3)
-        restarted.send_signal(signal.SIGTERM)
-        output, _ = restarted.communicate(timeout=60)
-    finally:
-        if restarted.poll() is None:
-            restarted.kill()
-    assert restarted.returncode == 0, output.decode()[-2000:]
+    def until_all_committed() -> None:
+        wait_for(
+            lambda: sum(_committed(broker.bootstrap, topics.group).values()) >= len(stream),
+            90,
+            "every offset committed",
+        )
+
+    returncode, output = _run_then_sigterm(env, until_all_committed)
+    assert returncode == 0, output.decode()[-2000:]
     assert sum(_committed(broker.bootstrap, topics.group).values()) == len(stream)
     inputs = consume_all(broker.bootstrap, topics.input, len(stream))
     every_source = {f"{r.topic}:{r.partition}:{r.offset}" for r in inputs}

@@ -120,10 +120,6 @@ class PartitionTask:
     def active_series(self) -> int:
         return len(self._windows)
 
-    @property
-    def pending_predictions(self) -> int:
-        return sum(len(queue) for queue in self._pending.values())
-
     def scores(self) -> dict[str, tuple[ScoreStats, ScoreStats]]:
         """Per model: (since-start stats, rolling stats) of this task."""
         return {s.name: (s.scorer.total, s.scorer.rolling()) for s in self._slots}

@@ -79,7 +79,7 @@ def run_demo(config: str | None, dataset: str, duration: float, rate: float, bad
             worker.join(timeout=30)
             producer.join(timeout=10)
         console.print(summary)
-        console.print("stopped: daemon committed and closed, broker stopped")
+    console.print("stopped: daemon committed and closed, broker stopped")
     return 0
 
 

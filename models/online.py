@@ -69,6 +69,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import FeatureBatch, FloatArray
+from models.guard import LastGood, all_finite
+from models.moments import Moments
+from models.replay import ReplayBuffer, Rows
 
 __all__ = ["Explainable", "KeyedNetwork", "OnlineConfig", "OnlineRegressor", "key_bucket"]
 
@@ -199,215 +202,6 @@ class KeyedNetwork(nn.Module):
         return self.body.explain(self._join(x, key), window, mask)
 
 
-_ROW_FIELDS = ("x", "dev", "key", "target")
-
-
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    """Learnable rows, as stored in the pending set and the replay buffer.
-
-    Attributes:
-        x: ``(n, F)`` features.
-        dev: ``(n, W)`` window minus its newest value, NaN where missing (``W`` is 0 for
-            networks that ignore the window, so they store nothing).
-        key: ``(n,)`` hashed key bucket (0 without a key embedding).
-        target: ``(n,)`` learning target, original scale.
-    """
-
-    x: F32
-    dev: F32
-    key: I64
-    target: FloatArray
-
-    def __len__(self) -> int:
-        return int(self.target.shape[0])
-
-    def take(self, rows: npt.NDArray[np.intp]) -> _Rows:
-        return _Rows(self.x[rows], self.dev[rows], self.key[rows], self.target[rows])
-
-    @staticmethod
-    def concat(parts: Sequence[_Rows]) -> _Rows:
-        if len(parts) == 1:
-            return parts[0]
-        return _Rows(
-            np.concatenate([p.x for p in parts]),
-            np.concatenate([p.dev for p in parts]),
-            np.concatenate([p.key for p in parts]),
-            np.concatenate([p.target for p in parts]),
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name).copy() for name in _ROW_FIELDS}
-
-    @staticmethod
-    def from_state(state: Mapping[str, Any]) -> _Rows:
-        return _Rows(
-            np.array(state["x"], dtype=np.float32),
-            np.array(state["dev"], dtype=np.float32),
-            np.array(state["key"], dtype=np.int64),
-            np.array(state["target"], dtype=np.float64),
-        )
-
-    @staticmethod
-    def empty(n_features: int, width: int) -> _Rows:
-        return _Rows(
-            np.zeros((0, n_features), np.float32),
-            np.zeros((0, width), np.float32),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.float64),
-        )
-
-
-class _ReplayBuffer:
-    """Ring buffer of the last ``capacity`` learned rows; uniform sampling."""
-
-    def __init__(self, capacity: int, n_features: int, width: int) -> None:
-        self.capacity = capacity
-        self._rows = _Rows(
-            np.zeros((capacity, n_features), np.float32),
-            np.zeros((capacity, width), np.float32),
-            np.zeros(capacity, np.int64),
-            np.zeros(capacity, np.float64),
-        )
-        self._size = 0
-        self._pos = 0  # next slot to write
-
-    def __len__(self) -> int:
-        return self._size
-
-    def add(self, rows: _Rows) -> None:
-        n = len(rows)
-        if self.capacity == 0 or n == 0:
-            return
-        if n > self.capacity:
-            rows = rows.take(np.arange(n - self.capacity, n))
-            n = self.capacity
-        slots = (self._pos + np.arange(n)) % self.capacity
-        for name in _ROW_FIELDS:
-            getattr(self._rows, name)[slots] = getattr(rows, name)
-        self._pos = int((self._pos + n) % self.capacity)
-        self._size = min(self.capacity, self._size + n)
-
-    def sample(self, rng: np.random.Generator, k: int) -> _Rows:
-        """``k`` rows drawn uniformly with replacement (needs a non-empty buffer)."""
-        return self._rows.take(rng.integers(0, self._size, size=k))
-
-    def state_dict(self) -> dict[str, Any]:
-        live = self._rows.take(np.arange(self._size))
-        return {"rows": live.state_dict(), "pos": self._pos}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        rows = _Rows.from_state(state["rows"])
-        size = len(rows)
-        if size > self.capacity or rows.x.shape[1:] != self._rows.x.shape[1:]:
-            raise ValueError(
-                f"replay state holds {size} rows of shape {rows.x.shape[1:]}, "
-                f"buffer holds {self.capacity} of shape {self._rows.x.shape[1:]}"
-            )
-        if rows.dev.shape[1:] != self._rows.dev.shape[1:]:
-            raise ValueError("replay state has another window width")
-        for name in _ROW_FIELDS:
-            getattr(self._rows, name)[:size] = getattr(rows, name)
-        self._size = size
-        self._pos = int(state["pos"])
-
-
-@dataclass(slots=True)
-class _Moments:
-    """Running count, mean and sum of squared deviations (Chan et al.'s batch merge)."""
-
-    count: float = 0.0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    def update(self, values: FloatArray) -> None:
-        n_b = float(values.size)
-        if n_b == 0:
-            return
-        mean_b = float(values.mean())
-        m2_b = float(((values - mean_b) ** 2).sum())
-        total = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / total
-        self.m2 += m2_b + delta * delta * self.count * n_b / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        """Standard deviation, or 1 while undefined or degenerate (no scaling then)."""
-        var = self.m2 / self.count if self.count > 0 else 0.0
-        return float(np.sqrt(var)) if var > _EPS else 1.0
-
-    @property
-    def rms(self) -> float:
-        """Root mean square (the scale of values centred at 0 by construction), or 1."""
-        square = self.m2 / self.count + self.mean * self.mean if self.count > 0 else 0.0
-        return float(np.sqrt(square)) if square > _EPS else 1.0
-
-    def finite(self) -> bool:
-        return bool(np.isfinite(self.count) and np.isfinite(self.mean) and np.isfinite(self.m2))
-
-    def copy(self) -> _Moments:
-        return _Moments(self.count, self.mean, self.m2)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    @staticmethod
-    def from_state(state: Mapping[str, Any]) -> _Moments:
-        return _Moments(float(state["count"]), float(state["mean"]), float(state["m2"]))
-
-
-class _LastGood:
-    """Parameters and optimizer state as they were before a step, to undo a bad one.
-
-    Buffers are allocated once and overwritten in place, so guarding costs one copy
-    of the parameters and moments per step, no allocation.
-    """
-
-    def __init__(self, params: Sequence[nn.Parameter]) -> None:
-        self._params = [p.detach().clone() for p in params]
-        self._state: list[dict[str, Any] | None] = [None] * len(params)
-
-    def save(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
-        with torch.no_grad():
-            for buf, p in zip(self._params, params, strict=True):
-                buf.copy_(p)
-        for i, p in enumerate(params):
-            state = optimizer.state.get(p)
-            if not state:
-                self._state[i] = None
-                continue
-            saved = self._state[i] or {}
-            for name, value in state.items():
-                old = saved.get(name)
-                if (
-                    isinstance(value, Tensor)
-                    and isinstance(old, Tensor)
-                    and (old.shape, old.dtype) == (value.shape, value.dtype)
-                ):
-                    old.copy_(value)
-                    continue
-                saved[name] = value.detach().clone() if isinstance(value, Tensor) else value
-            self._state[i] = saved
-
-    def restore(self, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
-        with torch.no_grad():
-            for buf, p in zip(self._params, params, strict=True):
-                p.copy_(buf)
-        for saved, p in zip(self._state, params, strict=True):
-            if saved is None:
-                optimizer.state.pop(p, None)
-                continue
-            state = optimizer.state[p]
-            for name, value in saved.items():
-                current = state.get(name)
-                if isinstance(value, Tensor) and isinstance(current, Tensor):
-                    current.copy_(value)
-                else:
-                    state[name] = value.clone() if isinstance(value, Tensor) else value
-
-
 class OnlineRegressor:
     """A torch network trained online behind the :class:`~models.base.Model` protocol.
 
@@ -457,13 +251,13 @@ class OnlineRegressor:
         self._optimizer = self._make_optimizer()
         self._stochastic = any(isinstance(m, nn.Dropout) and m.p > 0.0 for m in self._net.modules())
         self._width = window if self._net.uses_window else 0
-        self._replay = _ReplayBuffer(config.replay_size, n_features, self._width)
-        self._pending: list[_Rows] = []
+        self._replay = ReplayBuffer(config.replay_size, n_features, self._width)
+        self._pending: list[Rows] = []
         self._pending_rows = 0
-        self._targets = _Moments()
-        self._scale = _Moments()  # of window deviations
+        self._targets = Moments()
+        self._scale = Moments()  # of window deviations
         self._rng = np.random.default_rng(config.seed)
-        self._good = _LastGood(self._params)
+        self._good = LastGood(self._params)
         self._updates = 0
         self._nonfinite = 0
 
@@ -536,7 +330,7 @@ class OnlineRegressor:
         self._pending_rows += len(rows)
         if self._pending_rows < self.config.learn_every:
             return
-        new = _Rows.concat(self._pending)
+        new = Rows.concat(self._pending)
         self._pending.clear()
         self._pending_rows = 0
         size = max(self.config.minibatch_rows or len(new), -(-len(new) // self.config.max_steps))
@@ -561,7 +355,7 @@ class OnlineRegressor:
                     name: value.detach().cpu().clone() if isinstance(value, Tensor) else value
                     for name, value in state.items()
                 }
-        pending = _Rows.concat(self._pending or [_Rows.empty(self._n_features, self._width)])
+        pending = Rows.concat(self._pending or [Rows.empty(self._n_features, self._width)])
         return {
             "network": {k: v.detach().cpu().clone() for k, v in self._net.state_dict().items()},
             "optimizer": optimizer,
@@ -592,10 +386,10 @@ class OnlineRegressor:
         }
         groups = self._optimizer.state_dict()["param_groups"]
         self._optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-        self._targets = _Moments.from_state(state["targets"])
-        self._scale = _Moments.from_state(state["window_scale"])
+        self._targets = Moments.from_state(state["targets"])
+        self._scale = Moments.from_state(state["window_scale"])
         self._replay.load_state_dict(state["replay"])
-        pending = _Rows.from_state(state["pending"])
+        pending = Rows.from_state(state["pending"])
         self._pending = [pending] if len(pending) else []
         self._pending_rows = len(pending)
         self._rng = np.random.default_rng()
@@ -618,7 +412,7 @@ class OnlineRegressor:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _rows(self, batch: FeatureBatch, target: FloatArray | None) -> _Rows:
+    def _rows(self, batch: FeatureBatch, target: FloatArray | None) -> Rows:
         """Copy a batch into the stored form (never a view: the task keeps the batch)."""
         n = len(batch)
         if batch.x.shape != (n, self._n_features):
@@ -639,9 +433,9 @@ class OnlineRegressor:
         else:
             key = np.zeros(n, np.int64)
         y = np.zeros(n) if target is None else np.array(target, dtype=np.float64)
-        return _Rows(np.array(batch.x, dtype=np.float32), dev, key, y)
+        return Rows(np.array(batch.x, dtype=np.float32), dev, key, y)
 
-    def _tensors(self, rows: _Rows) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _tensors(self, rows: Rows) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(x, window, mask, key)`` network inputs on the model's device."""
         dev = rows.dev
         mask = np.isfinite(dev)
@@ -654,14 +448,14 @@ class OnlineRegressor:
             torch.from_numpy(rows.key).to(to),
         )
 
-    def _step(self, new: _Rows) -> None:
+    def _step(self, new: Rows) -> None:
         """One guarded optimizer step on ``new`` (at most ``max_step_rows`` of it) plus
         replayed rows; every new row updates the normalisers and enters the replay."""
         fit, cap = new, self.config.max_step_rows
         if cap is not None and len(new) > cap:
             fit = new.take(np.sort(self._rng.choice(len(new), size=cap, replace=False)))
         k = min(self.config.replay_samples, len(self._replay))
-        rows = _Rows.concat([fit, self._replay.sample(self._rng, k)]) if k else fit
+        rows = Rows.concat([fit, self._replay.sample(self._rng, k)]) if k else fit
         torch_seed = int(self._rng.integers(2**63)) if self._stochastic else 0
         targets, scale = self._targets.copy(), self._scale.copy()
         self._targets.update(new.target)
@@ -674,7 +468,7 @@ class OnlineRegressor:
             self._targets, self._scale = targets, scale
             self._nonfinite += 1
 
-    def _try_step(self, rows: _Rows, torch_seed: int) -> bool:
+    def _try_step(self, rows: Rows, torch_seed: int) -> bool:
         """Forward, backward, clip, step; ``False`` (and no change) if anything is non-finite."""
         z = (rows.target - self._targets.mean) / self._targets.std
         target = torch.from_numpy(z.astype(np.float32)).to(self._device)
@@ -697,7 +491,7 @@ class OnlineRegressor:
                 return False
             self._good.save(self._params, self._optimizer)
             self._optimizer.step()
-            if not _all_finite(self._params):
+            if not all_finite(self._params):
                 self._good.restore(self._params, self._optimizer)
                 return False
             return True
@@ -723,18 +517,6 @@ class OnlineRegressor:
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)
                 yield
-
-
-_total_norm: Callable[[list[nn.Parameter]], Tensor] | None = getattr(
-    nn.utils, "get_total_norm", None
-)  # torch >= 2.6: one fused reduction over all tensors
-
-
-def _all_finite(tensors: list[nn.Parameter]) -> bool:
-    """Whether every element is finite (a norm beyond float range counts as not)."""
-    if _total_norm is not None:
-        return bool(torch.isfinite(_total_norm(tensors)))
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _plain_copy(value: Any) -> Any:

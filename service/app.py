@@ -24,7 +24,7 @@ from prometheus_client import (
 )
 
 from service.checkpoint import complete_batch
-from service.config import Settings
+from service.config import KafkaSettings, Settings
 from service.errors import ConfigError
 from service.health import HealthServer
 from service.metrics import Metrics
@@ -104,8 +104,8 @@ def _connect(settings: Settings, metrics: Metrics) -> tuple[Sink, Processor, Sou
     """The sink, the processor writing to it, and the source feeding it, for the
     configured client."""
     kafka = settings.kafka
-    sink: Sink
-    source: Source
+    make_sink: Callable[[KafkaSettings], Sink] = KafkaSink
+    make_source: Callable[[KafkaSettings, Processor], Source] = KafkaSource
     if kafka.client == "confluent":
         try:
             from service.confluent import ConfluentSink, ConfluentSource
@@ -113,14 +113,10 @@ def _connect(settings: Settings, metrics: Metrics) -> tuple[Sink, Processor, Sou
             raise ConfigError(
                 "kafka.client: confluent needs confluent-kafka: pip install 'forecastd[confluent]'"
             ) from exc
-        sink = ConfluentSink(kafka)
-        processor = Processor(settings, sink, metrics)
-        source = ConfluentSource(kafka, processor)
-    else:
-        sink = KafkaSink(kafka)
-        processor = Processor(settings, sink, metrics)
-        source = KafkaSource(kafka, processor)
-    return sink, processor, source
+        make_sink, make_source = ConfluentSink, ConfluentSource
+    sink = make_sink(kafka)
+    processor = Processor(settings, sink, metrics)
+    return sink, processor, make_source(kafka, processor)
 
 
 def run_loop(

@@ -54,7 +54,7 @@ class Daemon:
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        _set_torch_threads(self.settings.processing.torch_threads)
+        set_torch_threads(self.settings.processing.torch_threads)
         self.metrics = Metrics(self.registry, self.settings)
         self.sink, self.processor, self.source = _connect(self.settings, self.metrics)
         self.server = HealthServer(
@@ -92,7 +92,7 @@ class Daemon:
                 log.exception("error while closing")
 
 
-def _set_torch_threads(threads: int | None) -> None:
+def set_torch_threads(threads: int | None) -> None:
     """Process-wide, so set once here, by the process owner, not by a model."""
     if threads is not None:
         import torch

@@ -136,9 +136,11 @@ def _backtest(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from service import replay
+    from service.app import set_torch_threads
     from service.backtest import run_backtest
 
     settings = load_settings(args.config)
+    set_torch_threads(settings.processing.torch_threads)
     records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
     result = run_backtest(records, settings, warmup=args.warmup)
     table = Table(title=f"backtest of {args.source}: prequential scores after warm-up")

@@ -73,7 +73,9 @@ class KafkaSink:
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
         try:
-            future = self._producer.send(topic, key=key, value=value, headers=list(headers))
+            future = self._producer.send(
+                topic, key=key, value=value, headers=list(headers) if headers else None
+            )
         except KafkaError as exc:
             raise BrokerError(f"cannot send to {topic}: {exc}") from exc
         self._futures.append(future)

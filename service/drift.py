@@ -45,9 +45,3 @@ class DriftMonitor:
                 if detector.drift_detected:
                     detections[name] += 1
         return detections
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"detectors": dict(self._detectors)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._detectors = dict(state["detectors"])

@@ -22,7 +22,6 @@ target.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -103,11 +102,3 @@ class RunningScaler:
         std = np.sqrt(self.m2 / np.maximum(self.count, 1.0))
         scaled = (raw - self.mean) / np.where(std > _EPS, std, 1.0)
         return np.clip(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), -_CLIP, _CLIP)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count = np.asarray(state["count"], dtype=np.float64).copy()
-        self.mean = np.asarray(state["mean"], dtype=np.float64).copy()
-        self.m2 = np.asarray(state["m2"], dtype=np.float64).copy()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -126,19 +125,3 @@ class Scorer:
         y = self._y[: self._filled] if self._filled < self.window else self._y
         err = self.recent_errors()
         return ScoreStats.of(y, y - err)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "err": self._err.copy(),
-            "y": self._y.copy(),
-            "filled": self._filled,
-            "head": self._head,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.total = state["total"]
-        self._err = np.asarray(state["err"], dtype=np.float64).copy()
-        self._y = np.asarray(state["y"], dtype=np.float64).copy()
-        self._filled = int(state["filled"])
-        self._head = int(state["head"])

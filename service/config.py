@@ -48,7 +48,11 @@ class KafkaSettings(_Section):
     confluent-kafka (the ``confluent`` extra). ``security`` is passed to the client
     (e.g. ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``).
     ``fetch_max_wait_ms`` bounds how long the broker may hold a fetch with too little
-    data: a floor on latency when the stream is quiet (Kafka's default is 500)."""
+    data: a floor on latency when the stream is quiet (Kafka's default is 500).
+    ``producer_batch_bytes`` is the producer's per-partition batch buffer (Kafka's
+    ``batch.size``; 1 MiB is librdkafka's default): predictions are ~250-byte JSON, and
+    the Java client's 16 KiB default fills after ~60 of them, so kafka-python spent
+    half its per-record cost opening batches."""
 
     bootstrap_servers: str = "localhost:9092"
     client: Literal["kafka-python", "confluent"] = "kafka-python"
@@ -62,6 +66,7 @@ class KafkaSettings(_Section):
     poll_timeout_ms: int = Field(200, ge=1, le=60000)
     linger_ms: int = Field(5, ge=0, le=1000)
     fetch_max_wait_ms: int = Field(100, ge=0, le=60000)
+    producer_batch_bytes: int = Field(1_048_576, ge=1024, le=16_777_216)
     security: dict[str, Any] = Field(default_factory=dict)
 
 

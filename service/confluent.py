@@ -191,6 +191,11 @@ class ConfluentSink:
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": settings.linger_ms,
+                "batch.size": settings.producer_batch_bytes,
+                # Java's (and kafka-python's) murmur2 key hash, so a key lands in the same
+                # output partition whichever client produced it (librdkafka's default,
+                # consistent_random, hashes with CRC32).
+                "partitioner": "murmur2_random",
                 "client.id": "forecastd",
             }
         )

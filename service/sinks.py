@@ -15,6 +15,7 @@ from kafka.errors import KafkaError
 
 from service.config import KafkaSettings
 from service.errors import BrokerError
+from service.partitioner import CachedHashPartitioner
 from service.records import Headers
 from service.sources import client_options
 
@@ -64,6 +65,8 @@ class KafkaSink:
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.linger_ms,
+            batch_size=settings.producer_batch_bytes,
+            partitioner=CachedHashPartitioner(),
             retries=2**31 - 1,
             delivery_timeout_ms=120_000,
             client_id="forecastd",

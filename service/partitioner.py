@@ -47,5 +47,5 @@ class CachedHashPartitioner(DefaultPartitioner):  # type: ignore[misc]
                 topic, key, serialized_key, value, serialized_value, cluster
             )
             return chosen
-        ordered = sorted(partitions)
+        ordered: list[int] = sorted(partitions)
         return ordered[positive_murmur2(serialized_key) % len(ordered)]

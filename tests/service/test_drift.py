@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -13,7 +15,7 @@ from service.drift import DriftMonitor, PageHinkley
 
 
 def _river_detections(values: np.ndarray, threshold: float, delta: float) -> list[int]:
-    detector = drift.PageHinkley(threshold=threshold, delta=delta)
+    detector: Any = drift.PageHinkley(threshold=threshold, delta=delta)
     found = []
     for index, value in enumerate(values.tolist()):
         detector.update(value)
@@ -46,7 +48,8 @@ def test_detects_where_river_does(seed: int, threshold: float, delta: float) -> 
     assert expected, "the stream must drift, or the comparison says nothing"
     singles = PageHinkley(threshold=threshold, delta=delta)
     assert _one_at_a_time(values, singles) == expected
-    found, start = [], 0
+    found: list[int] = []
+    start = 0
     detector = PageHinkley(threshold=threshold, delta=delta)
     rng = np.random.default_rng(seed)
     while start < len(values):  # batches of random size, as micro-batches come

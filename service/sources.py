@@ -149,22 +149,20 @@ class KafkaSource:
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         fetched = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         now = time.monotonic()
-        records = []
-        for tp, messages in fetched.items():
-            for m in messages:
-                records.append(
-                    RawRecord(
-                        tp.topic,
-                        tp.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        tuple((k, v if v is not None else b"") for k, v in (m.headers or ())),
-                        m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None,
-                        now,
-                    )
-                )
-        return records
+        return [
+            RawRecord(
+                tp.topic,
+                tp.partition,
+                m.offset,
+                m.key,
+                m.value,
+                _headers(m.headers) if m.headers else (),
+                m.timestamp if m.timestamp is not None and m.timestamp >= 0 else None,
+                now,
+            )
+            for tp, messages in fetched.items()
+            for m in messages
+        ]
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         payload = {
@@ -197,6 +195,11 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
+
+
+def _headers(pairs: Iterable[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
+    """kafka-python's header list as :data:`~service.records.Headers` (None -> b"")."""
+    return tuple((key, value if value is not None else b"") for key, value in pairs)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -188,29 +188,32 @@ class PartitionTask:
     def _publishable(
         self, new: list[_Pending], offset: FloatArray, outputs: FloatArray
     ) -> list[Prediction]:
-        predictions = []
+        predictions: list[Prediction] = []
         for column in self._primary_first:
             slot = self._slots[column]
             if not slot.published:
                 continue
             y_hat = offset + outputs[:, column]
             lower, upper = self._interval(slot, y_hat)
-            version = slot.model.updates
-            for row, entry in enumerate(new):
-                predictions.append(
-                    Prediction(
-                        key=entry.key,
-                        ts=entry.ts_ms,
-                        horizon=self._horizon,
-                        y_hat=float(y_hat[row]),
-                        lower=None if lower is None else float(lower[row]),
-                        upper=None if upper is None else float(upper[row]),
-                        model=slot.name,
-                        model_version=version,
-                        source=entry.source,
-                        consumed_at=entry.consumed_at,
-                    )
+            unbounded = [None] * len(new)
+            lows = unbounded if lower is None else lower.tolist()
+            highs = unbounded if upper is None else upper.tolist()
+            version, horizon, name = slot.model.updates, self._horizon, slot.name
+            predictions.extend(
+                Prediction(
+                    entry.key,
+                    entry.ts_ms,
+                    horizon,
+                    value,
+                    low,
+                    high,
+                    name,
+                    version,
+                    entry.source,
+                    entry.consumed_at,
                 )
+                for entry, value, low, high in zip(new, y_hat.tolist(), lows, highs, strict=True)
+            )
         return predictions
 
     def _interval(

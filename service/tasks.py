@@ -8,10 +8,13 @@ dropped) whole, so state of two partitions is never mixed.
 One call of :meth:`PartitionTask.process` handles one micro-batch of a partition's
 events, in offset order:
 
-1. per event: out-of-order check, resolve the pending prediction this event is the
-   true value of (horizon ``h >= 1``: the prediction made ``h`` events earlier for the
-   same key), push the value into the key's window, and queue a new prediction;
-2. one feature computation and one ``predict`` per model for all new rows;
+1. per event, in Python only what must be sequential: the out-of-order check, which
+   pending prediction this event is the true value of (horizon ``h >= 1``: the one
+   made ``h`` events earlier for the same key), and queueing its own;
+2. every value pushed into its key's window, every event's window gathered, one
+   feature computation and one ``predict`` per model for all new rows (NumPy, per
+   batch: a batch's rows live in one set of arrays, and a pending prediction is a
+   reference to its row);
 3. score every resolved prediction (all models), feed drift detectors, then one
    ``learn`` per model on the resolved rows.
 
@@ -44,18 +47,27 @@ ScoredCallback = Callable[[str, FloatArray, FloatArray], None]
 """Called with (model name, true values, predictions) for every scored batch."""
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A prediction (of every model) waiting for its true value."""
+@dataclass(eq=False, slots=True)
+class _Rows:
+    """The rows one batch predicted (every model), kept while any waits for its truth.
 
-    key: str
-    ts_ms: int
-    source: str
-    consumed_at: float
-    window: FloatArray
-    x: FloatArray = field(default_factory=lambda: np.empty(0))
-    offset: float = 0.0
-    outputs: FloatArray = field(default_factory=lambda: np.empty(0))
+    Pending predictions are references ``(rows, index)`` into these arrays rather than
+    an object per event: a batch's rows are gathered with one fancy index each.
+    """
+
+    keys: list[str]
+    window: FloatArray  # (n, W)
+    x: FloatArray = field(default_factory=lambda: np.empty((0, 0)))  # (n, F)
+    offset: FloatArray = field(default_factory=lambda: np.empty(0))  # (n,)
+    outputs: FloatArray = field(default_factory=lambda: np.empty((0, 0)))  # (n, models)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+_Ref = tuple[_Rows, int]
+_COMPACT_EVERY = 64  # batches between checks of what waiting rows keep alive
+_COMPACT_SLACK = 4096  # rows kept beyond twice the waiting ones before compacting
 
 
 @dataclass(slots=True)
@@ -100,7 +112,8 @@ class PartitionTask:
         self._metrics = metrics
         self._windows = WindowStore(forecast.window, forecast.key_ttl_s, forecast.max_keys)
         self._scaler = RunningScaler(len(pipeline.names))
-        self._pending: dict[str, deque[_Pending]] = {}
+        self._pending: dict[str, deque[_Ref]] = {}
+        self._batches = 0
         self._slots = [
             _ModelSlot(
                 name=m.name,
@@ -127,66 +140,86 @@ class PartitionTask:
     def process(self, events: Sequence[Event]) -> TaskOutput:
         self._evict()
         invalid: list[Invalid] = []
-        new: list[_Pending] = []
-        exogenous: list[FloatArray] = []
-        resolved: list[_Pending] = []
+        pushed: list[Event] = []  # every accepted event: its value enters the window
+        slots: list[int] = []
+        seen: list[int] = []  # per event: its key's values pushed in this batch before it
+        predicted: list[int] = []  # indices into ``pushed`` of events that get a prediction
+        refs: list[_Ref] = []  # predictions resolved by this batch, in event order
         truth: list[float] = []
+        rows = _Rows([], np.empty((0, self._windows.window)))
+        batch_counts: dict[int, int] = {}
+        newest: dict[int, int | None] = {}
+        windows, horizon = self._windows, self._horizon
         for event in events:
-            slot = self._windows.slot(event.key)
-            newest = self._windows.newest_ts(slot)
-            if self._reject_out_of_order and newest is not None and event.ts_ms < newest:
-                detail = f"event time {event.ts_ms} is older than the key's newest {newest}"
-                invalid.append(Invalid("out_of_order", detail, event.record))
-                continue
-            if self._horizon == 0:
-                if self._change and self._windows.count(slot) == 0:
-                    self._windows.push(slot, event.ts_ms, event.y)
-                    self.seeded_only += 1
+            slot = windows.slot(event.key)
+            if self._reject_out_of_order:
+                latest = newest[slot] if slot in newest else windows.newest_ts(slot)
+                if latest is not None and event.ts_ms < latest:
+                    detail = f"event time {event.ts_ms} is older than the key's newest {latest}"
+                    invalid.append(Invalid("out_of_order", detail, event.record))
                     continue
-                entry = self._entry(event, self._windows.row(slot))
-                self._windows.push(slot, event.ts_ms, event.y)
-                resolved.append(entry)
+                newest[slot] = event.ts_ms if latest is None else max(latest, event.ts_ms)
+            position = batch_counts.get(slot, 0)
+            batch_counts[slot] = position + 1
+            pushed.append(event)
+            slots.append(slot)
+            seen.append(position)
+            if horizon == 0:
+                if self._change and windows.count(slot) + position == 0:
+                    self.seeded_only += 1  # nothing to change from: it only seeds
+                    continue
+                refs.append((rows, len(predicted)))
                 truth.append(event.y)
             else:
                 queue = self._pending.setdefault(event.key, deque())
-                if len(queue) >= self._horizon:
-                    resolved.append(queue.popleft())
+                if len(queue) >= horizon:
+                    refs.append(queue.popleft())
                     truth.append(event.y)
-                self._windows.push(slot, event.ts_ms, event.y)
-                entry = self._entry(event, self._windows.row(slot))
-                queue.append(entry)
-            new.append(entry)
-            exogenous.append(event.x)
-        predictions = self._predict(new, exogenous) if new else []
-        if resolved:
-            self._score_and_learn(resolved, np.asarray(truth))
+                queue.append((rows, len(predicted)))
+            predicted.append(len(pushed) - 1)
+        if not pushed:
+            return TaskOutput([], invalid)
+        index = np.asarray(predicted, dtype=np.intp)
+        all_windows = windows.push_many(
+            np.asarray(slots, dtype=np.intp),
+            np.fromiter((e.ts_ms for e in pushed), dtype=np.int64, count=len(pushed)),
+            np.fromiter((e.y for e in pushed), dtype=np.float64, count=len(pushed)),
+            np.asarray(seen, dtype=np.intp) + (1 if horizon else 0),
+        )
+        new = [pushed[i] for i in predicted]
+        predictions = self._predict(new, rows, all_windows[index]) if new else []
+        if refs:
+            self._score_and_learn(refs, np.asarray(truth))
+        self._batches += 1
+        if self._batches % _COMPACT_EVERY == 0:
+            self._compact_pending()
         return TaskOutput(predictions, invalid)
 
-    @staticmethod
-    def _entry(event: Event, window: FloatArray) -> _Pending:
-        record = event.record
-        return _Pending(event.key, event.ts_ms, record.source, record.consumed_at, window)
-
-    def _predict(self, new: list[_Pending], exogenous: list[FloatArray]) -> list[Prediction]:
-        windows = np.stack([entry.window for entry in new])
-        raw = self._pipeline.compute(windows, np.stack(exogenous))
+    def _predict(self, new: list[Event], rows: _Rows, windows: FloatArray) -> list[Prediction]:
+        """Features and every model's prediction for the new rows, kept in ``rows``."""
+        exogenous = np.stack([event.x for event in new])
+        raw = self._pipeline.compute(windows, exogenous)
         self._scaler.update(raw)
         x = self._scaler.transform(raw)
         offset = windows[:, -1].copy() if self._change else np.zeros(len(new))
-        batch = FeatureBatch(x, windows, offset, [e.key for e in new], self._pipeline.names)
+        keys = [event.key for event in new]
+        batch = FeatureBatch(x, windows, offset, keys, self._pipeline.names)
         outputs = np.empty((len(new), len(self._slots)))
         for column, slot in enumerate(self._slots):
             predicted = np.asarray(slot.model.predict(batch), dtype=np.float64)
             outputs[:, column] = np.nan_to_num(predicted, nan=0.0, posinf=0.0, neginf=0.0)
             self._metrics.predictions.labels(slot.name).inc(len(new))
-        for row, entry in enumerate(new):
-            entry.x = x[row]
-            entry.offset = float(offset[row])
-            entry.outputs = outputs[row]
+        rows.keys, rows.window, rows.x, rows.offset, rows.outputs = (
+            keys,
+            windows,
+            x,
+            offset,
+            outputs,
+        )
         return self._publishable(new, offset, outputs)
 
     def _publishable(
-        self, new: list[_Pending], offset: FloatArray, outputs: FloatArray
+        self, new: list[Event], offset: FloatArray, outputs: FloatArray
     ) -> list[Prediction]:
         predictions: list[Prediction] = []
         for column in self._primary_first:
@@ -201,18 +234,18 @@ class PartitionTask:
             version, horizon, name = slot.model.updates, self._horizon, slot.name
             predictions.extend(
                 Prediction(
-                    entry.key,
-                    entry.ts_ms,
+                    event.key,
+                    event.ts_ms,
                     horizon,
                     value,
                     low,
                     high,
                     name,
                     version,
-                    entry.source,
-                    entry.consumed_at,
+                    event.record.source,
+                    event.record.consumed_at,
                 )
-                for entry, value, low, high in zip(new, y_hat.tolist(), lows, highs, strict=True)
+                for event, value, low, high in zip(new, y_hat.tolist(), lows, highs, strict=True)
             )
         return predictions
 
@@ -228,16 +261,9 @@ class PartitionTask:
         low, high = np.quantile(errors, [alpha / 2, 1 - alpha / 2])
         return y_hat + low, y_hat + high
 
-    def _score_and_learn(self, resolved: list[_Pending], y_true: FloatArray) -> None:
-        offset = np.fromiter((e.offset for e in resolved), dtype=np.float64, count=len(resolved))
-        outputs = np.stack([e.outputs for e in resolved])
-        batch = FeatureBatch(
-            np.stack([e.x for e in resolved]),
-            np.stack([e.window for e in resolved]),
-            offset,
-            [e.key for e in resolved],
-            self._pipeline.names,
-        )
+    def _score_and_learn(self, refs: list[_Ref], y_true: FloatArray) -> None:
+        batch, outputs = _gather(refs, self._pipeline.names)
+        offset = batch.offset
         target = y_true - offset
         metrics = self._metrics
         for column, slot in enumerate(self._slots):
@@ -247,7 +273,7 @@ class PartitionTask:
             if self._on_scored is not None:
                 self._on_scored(slot.name, y_true, y_hat)
             abs_err = np.abs(y_true - y_hat)
-            metrics.scored.labels(slot.name).inc(len(resolved))
+            metrics.scored.labels(slot.name).inc(len(refs))
             metrics.abs_error.labels(slot.name).inc(float(abs_err.sum()))
             metrics.sq_error.labels(slot.name).inc(float(np.dot(abs_err, abs_err)))
             for detector, count in slot.drift.update(abs_err, scale).items():
@@ -258,12 +284,59 @@ class PartitionTask:
             metrics.updates.labels(slot.name).inc(slot.model.updates - before[0])
             metrics.nonfinite.labels(slot.name).inc(_nonfinite(slot.model) - before[1])
 
+    def _compact_pending(self) -> None:
+        """Copy the waiting rows out of the batches they came from, when those batches
+        hold mostly resolved rows.
+
+        A batch's arrays live while any of its rows waits; a key that goes quiet would
+        otherwise keep its whole batch alive (on a stream with keys of very different
+        rates, most batches). This bounds what is kept to about twice what waits.
+        """
+        refs = [ref for queue in self._pending.values() for ref in queue]
+        kept = sum(len(rows) for rows in {id(r): r for r, _ in refs}.values())
+        if kept <= 2 * len(refs) + _COMPACT_SLACK:
+            return
+        batch, outputs = _gather(refs, self._pipeline.names)
+        rows = _Rows(list(batch.keys), batch.window, batch.x, batch.offset, outputs)
+        index = 0
+        for queue in self._pending.values():
+            for position in range(len(queue)):
+                queue[position] = (rows, index)
+                index += 1
+
     def _evict(self) -> None:
         evicted = self._windows.evict()
         for key in evicted:
             self._pending.pop(key, None)
         if evicted:
             self._metrics.evicted.inc(len(evicted))
+
+
+def _gather(refs: list[_Ref], names: Sequence[str]) -> tuple[FeatureBatch, FloatArray]:
+    """The referenced rows as one batch, and their model outputs, in ``refs`` order.
+
+    References point into a few batches' arrays (those still waiting): each of those
+    is concatenated once and indexed once.
+    """
+    sources = list(dict.fromkeys(rows for rows, _ in refs))
+    starts, start = {}, 0
+    for rows in sources:
+        starts[id(rows)] = start
+        start += len(rows)
+    index = np.fromiter((starts[id(rows)] + row for rows, row in refs), np.intp, len(refs))
+
+    def column(part: Callable[[_Rows], FloatArray]) -> FloatArray:
+        whole = (
+            part(sources[0]) if len(sources) == 1 else np.concatenate([part(r) for r in sources])
+        )
+        picked: FloatArray = whole[index]
+        return picked
+
+    keys = [rows.keys[row] for rows, row in refs]
+    batch = FeatureBatch(
+        column(lambda r: r.x), column(lambda r: r.window), column(lambda r: r.offset), keys, names
+    )
+    return batch, column(lambda r: r.outputs)
 
 
 def _nonfinite(model: Model) -> int:

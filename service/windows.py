@@ -81,6 +81,56 @@ class WindowStore:
         self._counts[slot] += 1
         self._newest_ts[slot] = max(int(self._newest_ts[slot]), ts_ms)
 
+    def push_many(
+        self,
+        slots: npt.NDArray[np.intp],
+        ts_ms: npt.NDArray[np.int64],
+        ys: npt.NDArray[np.float64],
+        seen: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.float64]:
+        """Push a batch of values in order, and return some windows as they were.
+
+        Row ``i`` of the result is the window of ``slots[i]`` holding the values pushed
+        before this batch plus the first ``seen[i]`` values of ``slots[i]`` in it: so
+        ``seen`` = its position among its slot's values (0-based) gives the window just
+        before a value, and position + 1 the window just after. Same result as
+        :meth:`push` one by one with :meth:`row` in between, without a Python step per
+        value: every window is gathered with one fancy index into (old rows ⊕ new
+        values, grouped by slot).
+
+        >>> store = WindowStore(window=3)
+        >>> store.push(store.slot("a"), 0, 1.0)
+        >>> b, a = store.slot("b"), store.slot("a")
+        >>> slots = np.array([a, b, a], dtype=np.intp)
+        >>> store.push_many(slots, np.arange(3), np.array([2.0, 7.0, 3.0]),
+        ...                 seen=np.array([1, 0, 2], dtype=np.intp)).tolist()
+        [[nan, 1.0, 2.0], [nan, nan, nan], [1.0, 2.0, 3.0]]
+        >>> store.row(a).tolist(), store.count(a)
+        ([1.0, 2.0, 3.0], 3)
+        """
+        width = self.window
+        order = np.argsort(slots, kind="stable")
+        grouped, counts = np.unique(slots[order], return_counts=True)
+        starts = np.cumsum(counts) - counts  # of each group in the grouped values
+        group_of = np.searchsorted(grouped, slots)
+        old = self._values.size
+        values = np.concatenate([self._values.ravel(), ys[order]])
+        offsets = np.arange(width) - width  # column j reads the value j - W from the end
+
+        def gather(
+            slot: npt.NDArray[np.intp], start: npt.NDArray[np.intp], upto: npt.NDArray[np.intp]
+        ) -> npt.NDArray[np.float64]:
+            t = upto[:, None] + offsets[None, :]  # position among the batch's values
+            index = np.where(t >= 0, old + start[:, None] + t, slot[:, None] * width + width + t)
+            out: npt.NDArray[np.float64] = values[index]
+            return out
+
+        windows = gather(slots, starts[group_of], seen)
+        self._values[grouped] = gather(grouped, starts, counts)
+        self._counts[grouped] += counts
+        np.maximum.at(self._newest_ts, slots, ts_ms)
+        return windows
+
     def row(self, slot: int) -> npt.NDArray[np.float64]:
         """A copy of the window of ``slot``, oldest first."""
         row: npt.NDArray[np.float64] = self._values[slot].copy()

@@ -153,3 +153,38 @@ def test_keys_do_not_share_windows() -> None:
     out = task.process(mixed)
     assert {p.key: p.y_hat for p in out.predictions} == {"a": 2.5, "b": 200.5}
     assert task.active_series == 2
+
+
+def _quiet_keys(task: PartitionTask, batches: int) -> set[int]:
+    """Each batch brings a new key once (then it goes quiet) and a busy key; returns
+    the ids of the batches whose rows are kept alive by waiting predictions."""
+    for index in range(batches):
+        events = _events([float(index)], key=f"quiet-{index}", start=index)
+        busy = _events([float(index)] * 5, key="busy", start=5 * index)
+        task.process(events + busy)  # 6 rows, of which 1 (or 2) still wait afterwards
+    return {id(rows) for queue in task._pending.values() for rows, _ in queue}
+
+
+@pytest.mark.parametrize("compact_every", [64, 10**9])
+def test_quiet_keys_do_not_keep_old_batches_alive(
+    monkeypatch: pytest.MonkeyPatch, compact_every: int
+) -> None:
+    """Waiting rows are copied out of mostly resolved batches every 64 batches; the
+    quiet keys' predictions are then scored and learned exactly as without that."""
+    import service.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_COMPACT_SLACK", 0)
+    monkeypatch.setattr(tasks, "_COMPACT_EVERY", compact_every)
+    log: list[tuple[str, Any]] = []
+    task = _task(log)
+    live = _quiet_keys(task, 200)
+    if compact_every == 64:
+        assert len(live) <= 200 - 192 + 1  # one copy, plus the batches since
+    else:
+        assert len(live) == 200  # the behaviour compaction exists to bound
+    returning = [e for i in range(200) for e in _events([i + 0.5], f"quiet-{i}", start=1000 + i)]
+    task.process(returning)
+    window, target = log[-1][1]
+    expected = [[np.nan, np.nan, np.nan, float(i)] for i in range(200)]
+    np.testing.assert_array_equal(window, np.array(expected))  # rows from the copies too
+    assert target.tolist() == [0.5] * 200

@@ -67,3 +67,36 @@ def test_least_recently_seen_keys_beyond_max_keys_are_evicted() -> None:
     store.slot("a")  # a is now more recent than b
     assert store.evict() == ["b"]
     assert sorted(store.keys()) == ["a", "c"]
+
+
+@given(events, events, st.integers(1, 6), st.booleans())
+def test_push_many_equals_pushing_one_by_one(
+    before: list[tuple[str, float]], batch: list[tuple[str, float]], window: int, after: bool
+) -> None:
+    """Windows just before (or after) each value, and the final state, as with push()."""
+    one, many = WindowStore(window, initial_capacity=1), WindowStore(window, initial_capacity=1)
+    for ts, (key, y) in enumerate(before):
+        one.push(one.slot(key), ts, y)
+        many.push(many.slot(key), ts, y)
+    expected, slots, seen, positions = [], [], [], dict[str, int]()
+    for ts, (key, y) in enumerate(batch, start=len(before)):
+        slot = one.slot(key)
+        if not after:
+            expected.append(one.row(slot))
+        one.push(slot, ts, y)
+        if after:
+            expected.append(one.row(slot))
+        slots.append(many.slot(key))
+        seen.append(positions.get(key, 0) + after)
+        positions[key] = positions.get(key, 0) + 1
+    got = many.push_many(
+        np.array(slots, dtype=np.intp),
+        np.arange(len(before), len(before) + len(batch), dtype=np.int64),
+        np.array([y for _, y in batch], dtype=np.float64),
+        np.array(seen, dtype=np.intp),
+    )
+    np.testing.assert_array_equal(got, np.array(expected).reshape(len(batch), window))
+    for key in {k for k, _ in before + batch}:
+        np.testing.assert_array_equal(many.row(many.slot(key)), one.row(one.slot(key)))
+        assert many.count(many.slot(key)) == one.count(one.slot(key))
+        assert many.newest_ts(many.slot(key)) == one.newest_ts(one.slot(key))

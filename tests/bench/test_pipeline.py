@@ -1,0 +1,31 @@
+"""bench/pipeline.py's variants are valid configs that differ only where they say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.pipeline import _plumbing, _without, micros_per_event, records_for, variant
+from service.config import load_settings
+
+DEMO = load_settings(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", env={})
+
+
+def test_removing_the_primary_promotes_the_next_model() -> None:
+    without_mlp = variant(DEMO, _without("mlp"))
+    assert [m.name for m in without_mlp.models] == ["linear", "ewma", "last"]
+    assert [m.primary for m in without_mlp.models] == [True, False, False]
+    assert without_mlp.forecast == DEMO.forecast
+
+
+def test_plumbing_keeps_the_pipeline_and_drops_models_and_detectors() -> None:
+    plumbing = variant(DEMO, _plumbing)
+    assert [(m.kind, m.primary) for m in plumbing.models] == [("persistence", True)]
+    assert plumbing.drift.detectors == ()
+    assert plumbing.kafka == DEMO.kafka
+
+
+def test_cost_per_event_is_measured_on_the_real_pipeline() -> None:
+    records = records_for(DEMO, "sp500", 600)
+    assert len(records) == 600
+    assert {r.partition for r in records} == {0, 1, 2}
+    assert micros_per_event(variant(DEMO, _plumbing), records, repeats=1) > 0

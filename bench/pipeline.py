@@ -14,8 +14,9 @@ scoring, drift, intervals, encode; no broker) on the same records several times:
 * *full config*: all of it, the figure to compare with the transport's cost per event
   in ``python -m bench.throughput``.
 
-Each figure is the best of ``--repeats`` runs (the machine is shared and noisy), in
-microseconds per event on one core. Not a test: numbers depend on the machine.
+Each figure is the best of ``--repeats`` interleaved runs (the machine is shared and
+noisy), in microseconds per event on one core; a difference of a microsecond or two
+is within that noise. Not a test: numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -51,9 +52,23 @@ def records_for(settings: Settings, dataset: str, count: int) -> list[RawRecord]
 
 
 def micros_per_event(settings: Settings, records: list[RawRecord], repeats: int) -> float:
-    run_backtest(records[: len(records) // 10], settings)  # warm up torch and imports
-    best = max(run_backtest(records, settings).events_per_s for _ in range(repeats))
-    return 1e6 / best
+    """Best of ``repeats`` runs, after a warm-up run, in µs per event."""
+    return best_micros({"only": settings}, records, repeats)["only"]
+
+
+def best_micros(
+    variants: dict[str, Settings], records: list[RawRecord], repeats: int
+) -> dict[str, float]:
+    """Per variant, its best of ``repeats`` runs in µs per event. Runs are interleaved
+    (each round runs every variant once), so a slow spell on a shared machine costs
+    every variant a round rather than one variant all of them."""
+    for settings in variants.values():
+        run_backtest(records[: len(records) // 10], settings)  # warm up torch and imports
+    best = dict.fromkeys(variants, 0.0)
+    for _ in range(repeats):
+        for name, settings in variants.items():
+            best[name] = max(best[name], run_backtest(records, settings).events_per_s)
+    return {name: 1e6 / rate for name, rate in best.items()}
 
 
 def variant(settings: Settings, change: Callable[[dict[str, Any]], None]) -> Settings:
@@ -92,23 +107,28 @@ def main() -> None:
     settings = load_settings(args.config, env={})
     set_torch_threads(settings.processing.torch_threads)
     records = records_for(settings, args.dataset, args.records)
-    plumbing = micros_per_event(variant(settings, _plumbing), records, args.repeats)
-    single = micros_per_event(variant(settings, _only_persistence), records, args.repeats)
-    full = micros_per_event(settings, records, args.repeats)
-    rows = [("plumbing (persistence, no drift)", plumbing)]
-    rows.append((f"drift detectors {list(settings.drift.detectors)}", single - plumbing))
+    variants = {"plumbing": variant(settings, _plumbing)}
+    variants["single"] = variant(settings, _only_persistence)
+    variants["full"] = settings
     if len(settings.models) > 1:
         for model in settings.models:
-            without = micros_per_event(
-                variant(settings, _without(model.name)), records, args.repeats
-            )
-            rows.append((f"model {model.name} ({model.kind})", full - without))
+            variants[f"without {model.name}"] = variant(settings, _without(model.name))
+    micros = best_micros(variants, records, args.repeats)
+    full = micros["full"]
+    rows = [("plumbing (persistence, no drift)", micros["plumbing"])]
+    detectors = list(settings.drift.detectors)
+    rows.append((f"drift detectors {detectors}", micros["single"] - micros["plumbing"]))
+    if len(settings.models) > 1:
+        rows += [
+            (f"model {m.name} ({m.kind})", full - micros[f"without {m.name}"])
+            for m in settings.models
+        ]
     rows.append(("full config", full))
     table = Table(title=f"{args.config.name}, {args.dataset}, {len(records):,} events, offline")
     table.add_column("part")
     table.add_column("µs / event", justify="right")
-    for part, micros in rows:
-        table.add_row(part, f"{micros:.1f}")
+    for part, cost in rows:
+        table.add_row(part, f"{cost:.1f}")
     Console().print(table)
     Console().print(f"full config: {1e6 / full:,.0f} events/s on one core")
 

@@ -55,14 +55,25 @@ class _Rows:
     an object per event: a batch's rows are gathered with one fancy index each.
     """
 
-    keys: list[str]
-    window: FloatArray  # (n, W)
+    keys: list[str] = field(default_factory=list)
+    window: FloatArray = field(default_factory=lambda: np.empty((0, 0)))  # (n, W)
     x: FloatArray = field(default_factory=lambda: np.empty((0, 0)))  # (n, F)
     offset: FloatArray = field(default_factory=lambda: np.empty(0))  # (n,)
     outputs: FloatArray = field(default_factory=lambda: np.empty((0, 0)))  # (n, models)
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def fill(
+        self,
+        keys: list[str],
+        window: FloatArray,
+        x: FloatArray,
+        offset: FloatArray,
+        outputs: FloatArray,
+    ) -> None:
+        """Set the rows once predicted (references to them are taken before)."""
+        self.keys, self.window, self.x, self.offset, self.outputs = keys, window, x, offset, outputs
 
 
 _Ref = tuple[_Rows, int]
@@ -146,9 +157,9 @@ class PartitionTask:
         predicted: list[int] = []  # indices into ``pushed`` of events that get a prediction
         refs: list[_Ref] = []  # predictions resolved by this batch, in event order
         truth: list[float] = []
-        rows = _Rows([], np.empty((0, self._windows.window)))
+        rows = _Rows()  # this batch's predictions, filled by _predict
         batch_counts: dict[int, int] = {}
-        newest: dict[int, int | None] = {}
+        newest: dict[int, int] = {}
         windows, horizon = self._windows, self._horizon
         for event in events:
             slot = windows.slot(event.key)
@@ -209,13 +220,7 @@ class PartitionTask:
             predicted = np.asarray(slot.model.predict(batch), dtype=np.float64)
             outputs[:, column] = np.nan_to_num(predicted, nan=0.0, posinf=0.0, neginf=0.0)
             self._metrics.predictions.labels(slot.name).inc(len(new))
-        rows.keys, rows.window, rows.x, rows.offset, rows.outputs = (
-            keys,
-            windows,
-            x,
-            offset,
-            outputs,
-        )
+        rows.fill(keys, windows, x, offset, outputs)
         return self._publishable(new, offset, outputs)
 
     def _publishable(

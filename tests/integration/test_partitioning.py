@@ -20,6 +20,7 @@ from tests.integration.kafka_helpers import (
     settings_env,
     wait_for,
 )
+from tests.integration.streams import Record
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def test_keys_are_partitioned_with_murmur2(broker: EmbeddedBroker, client: str) 
     broker.create_topics([topics.output], partitions=OUTPUT_PARTITIONS)
     broker.create_topics([topics.dlq])
     keys = [f"sensor-{i}".encode() for i in range(24)]
-    stream = [
+    stream: list[Record] = [
         (key, orjson.dumps({"ts": 1_700_000_000_000 + step, "y": float(step)}), [])
         for step in range(5)
         for key in keys

@@ -26,11 +26,12 @@ class Topics:
     group: str
 
 
-def fresh_topics(broker: EmbeddedBroker, partitions: int = 3) -> Topics:
+def fresh_topics(broker: EmbeddedBroker, partitions: int = 3, output_partitions: int = 1) -> Topics:
     tag = uuid.uuid4().hex[:8]
     topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
     broker.create_topics([topics.input], partitions=partitions)
-    broker.create_topics([topics.output, topics.dlq])
+    broker.create_topics([topics.output], partitions=output_partitions)
+    broker.create_topics([topics.dlq])
     return topics
 
 

@@ -3,7 +3,6 @@ either client: consumers of a multi-partition output topic find a key in one pla
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import orjson
@@ -12,8 +11,8 @@ import pytest
 from service.broker import EmbeddedBroker
 from service.partitioner import positive_murmur2
 from tests.integration.kafka_helpers import (
-    Topics,
     consume_all,
+    fresh_topics,
     make_settings,
     produce,
     running_daemon,
@@ -29,11 +28,7 @@ OUTPUT_PARTITIONS = 4
 
 
 def test_keys_are_partitioned_with_murmur2(broker: EmbeddedBroker, client: str) -> None:
-    tag = uuid.uuid4().hex[:8]
-    topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
-    broker.create_topics([topics.input], partitions=2)
-    broker.create_topics([topics.output], partitions=OUTPUT_PARTITIONS)
-    broker.create_topics([topics.dlq])
+    topics = fresh_topics(broker, partitions=2, output_partitions=OUTPUT_PARTITIONS)
     keys = [f"sensor-{i}".encode() for i in range(24)]
     stream: list[Record] = [
         (key, orjson.dumps({"ts": 1_700_000_000_000 + step, "y": float(step)}), [])

@@ -3,7 +3,9 @@
 Prints, in one run on the same records:
 
 * raw: kafka-python consume -> JSON decode -> JSON encode -> produce (acks=all) ->
-  commit, the transport ceiling for this client on this machine;
+  commit, the transport ceiling for this client on this machine, with the heap this
+  process imported (torch, River) frozen as the daemon freezes it, so that neither
+  pays the garbage collector for modules a bare consumer would not load;
 * daemon: forecastd with a config (default ``configs/demo.yaml``) from first record
   consumed to last offset committed, and the ratio daemon / raw;
 * latency p50/p99 of the daemon at a paced input rate of half the daemon's maximum,
@@ -32,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service import replay
-from service.app import Daemon
+from service.app import Daemon, frozen_heap
 from service.broker import EmbeddedBroker, free_port
 from service.config import Settings, load_settings
 
@@ -227,7 +229,8 @@ def main() -> None:
             broker.create_topics([topic], partitions=3)
             broker.create_topics(["raw-out", "bench-out", f"{topic}.dlq"])
             replay.to_kafka(pairs, topic, broker.bootstrap, show_progress=False)
-            raw = RAW[client](broker.bootstrap, topic, len(pairs))
+            with frozen_heap():  # as the daemon runs: torch's heap is not the transport's
+                raw = RAW[client](broker.bootstrap, topic, len(pairs))
             settings = _daemon_settings(args.config, broker.bootstrap, topic, "bench-out", client)
             daemon = bench_daemon(settings, len(pairs))
             latency_pairs = pairs[: min(len(pairs), int(daemon * 10))]

@@ -1,10 +1,16 @@
 """The values that flow through forecastd: raw records in, events, predictions and
-dead letters out. Frozen, slotted dataclasses: cheap to create, safe to share."""
+dead letters out.
+
+Immutable named tuples, safe to share: a few are created per record, and a
+``NamedTuple`` is built in about a fifth of the time of a frozen dataclass (whose
+``__init__`` goes through ``object.__setattr__`` field by field), which was ~2 µs of
+every event.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -13,8 +19,7 @@ import orjson
 Headers = tuple[tuple[str, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """A record as a source hands it over, before any parsing.
 
     ``consumed_at`` is ``time.monotonic()`` when the source returned the record; the
@@ -36,8 +41,7 @@ class RawRecord:
         return f"{self.topic}:{self.partition}:{self.offset}"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """A valid input event. ``x`` holds the configured exogenous features in
     ``schema.features`` order, NaN where the event lacks one."""
 
@@ -48,8 +52,7 @@ class Event:
     record: RawRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """A record that failed validation; ``reason`` is a bounded label value."""
 
     reason: str
@@ -57,8 +60,7 @@ class Invalid:
     record: RawRecord
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
+class Prediction(NamedTuple):
     """One published forecast, serialised exactly as SPEC "Output messages"."""
 
     key: str

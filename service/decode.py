@@ -68,6 +68,10 @@ class Decoder:
     def __init__(self, schema: SchemaSettings) -> None:
         self._schema = schema
         self._features = schema.features
+        # One shared, read-only all-NaN vector for events without features (most
+        # streams): no array per event.
+        self._no_features = np.full(len(schema.features), np.nan)
+        self._no_features.flags.writeable = False
 
     def decode(self, record: RawRecord) -> Event | Invalid:
         try:
@@ -135,17 +139,13 @@ class Decoder:
     def _exogenous(self, obj: dict[str, Any]) -> np.ndarray:
         field = self._schema.features_field
         raw = obj.get(field)
-        values = np.full(len(self._features), np.nan)
         if raw is None:
-            return values
+            return self._no_features
         if not isinstance(raw, dict):
             raise _Reject("bad_features", f"'{field}' must be an object of name -> number")
         for name in raw:
             _finite_number(raw, name, "bad_features", "bad_features")
-        for index, name in enumerate(self._features):
-            if name in raw:
-                values[index] = float(raw[name])
-        return values
+        return np.array([float(raw[name]) if name in raw else np.nan for name in self._features])
 
 
 def _parse_json(value: bytes) -> Any:

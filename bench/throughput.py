@@ -3,7 +3,8 @@
 Prints, in one run on the same records:
 
 * raw: kafka-python consume -> JSON decode -> JSON encode -> produce (acks=all) ->
-  commit, the transport ceiling for this client on this machine, with the heap this
+  commit per poll of the config's ``max_poll_records``, the transport ceiling for this
+  client on this machine, with the heap this
   process imported (torch, River) frozen as the daemon freezes it, so that neither
   pays the garbage collector for modules a bare consumer would not load;
 * daemon: forecastd with a config (default ``configs/demo.yaml``) from first record
@@ -42,7 +43,7 @@ from service.config import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_raw(bootstrap: str, topic: str, records: int) -> float:
+def bench_raw(bootstrap: str, topic: str, records: int, batch: int) -> float:
     """Events/s of a plain kafka-python consume-decode-produce-commit loop."""
     consumer = KafkaConsumer(
         topic,
@@ -51,13 +52,13 @@ def bench_raw(bootstrap: str, topic: str, records: int) -> float:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=6000,
-        max_poll_records=500,
+        max_poll_records=batch,
     )
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     done = 0
     started = None
     while done < records:
-        batches = consumer.poll(timeout_ms=200, max_records=500)
+        batches = consumer.poll(timeout_ms=200, max_records=batch)
         if not batches:
             continue
         started = started or time.perf_counter()
@@ -75,7 +76,7 @@ def bench_raw(bootstrap: str, topic: str, records: int) -> float:
     return records / elapsed
 
 
-def bench_raw_confluent(bootstrap: str, topic: str, records: int) -> float:
+def bench_raw_confluent(bootstrap: str, topic: str, records: int, batch: int) -> float:
     """Events/s of the same loop on confluent-kafka (librdkafka)."""
     from confluent_kafka import Consumer, Producer
 
@@ -93,7 +94,7 @@ def bench_raw_confluent(bootstrap: str, topic: str, records: int) -> float:
     done = 0
     started = None
     while done < records:
-        messages = consumer.consume(num_messages=500, timeout=0.2)
+        messages = consumer.consume(num_messages=batch, timeout=0.2)
         if not messages:
             continue
         started = started or time.perf_counter()
@@ -234,7 +235,8 @@ def main() -> None:
             raws, daemons = [], []
             for _ in range(args.repeats):  # interleaved: a slow spell hits both sides
                 with frozen_heap():  # as the daemon runs: torch's heap is not the transport's
-                    raws.append(RAW[client](broker.bootstrap, topic, len(pairs)))
+                    batch = base.kafka.max_poll_records  # polls as large as the daemon's
+                    raws.append(RAW[client](broker.bootstrap, topic, len(pairs), batch))
                 config, bootstrap = args.config, broker.bootstrap
                 settings = _daemon_settings(config, bootstrap, topic, "bench-out", client)
                 daemons.append(bench_daemon(settings, len(pairs)))

@@ -4,9 +4,9 @@ Prints, in one run on the same records:
 
 * raw: kafka-python consume -> JSON decode -> JSON encode -> produce (acks=all) ->
   commit per poll of the config's ``max_poll_records``, the transport ceiling for this
-  client on this machine, with the heap this
-  process imported (torch, River) frozen as the daemon freezes it, so that neither
-  pays the garbage collector for modules a bare consumer would not load;
+  client on this machine; run with this process's start-up heap (torch, River)
+  frozen, as the daemon runs, so neither pays the garbage collector for modules a
+  bare consumer would not load;
 * daemon: forecastd with a config (default ``configs/demo.yaml``) from first record
   consumed to last offset committed, and the ratio daemon / raw;
 * latency p50/p99 of the daemon at a paced input rate of half the daemon's maximum,
@@ -232,13 +232,14 @@ def main() -> None:
             broker.create_topics([topic], partitions=3)
             broker.create_topics(["raw-out", "bench-out", f"{topic}.dlq"])
             replay.to_kafka(pairs, topic, broker.bootstrap, show_progress=False)
+            batch = base.kafka.max_poll_records  # the raw loop polls as much as the daemon
             raws, daemons = [], []
             for _ in range(args.repeats):  # interleaved: a slow spell hits both sides
                 with frozen_heap():  # as the daemon runs: torch's heap is not the transport's
-                    batch = base.kafka.max_poll_records  # polls as large as the daemon's
                     raws.append(RAW[client](broker.bootstrap, topic, len(pairs), batch))
-                config, bootstrap = args.config, broker.bootstrap
-                settings = _daemon_settings(config, bootstrap, topic, "bench-out", client)
+                settings = _daemon_settings(
+                    args.config, broker.bootstrap, topic, "bench-out", client
+                )
                 daemons.append(bench_daemon(settings, len(pairs)))
             raw, daemon = max(raws), max(daemons)
             latency_pairs = pairs[: min(len(pairs), int(daemon * 10))]

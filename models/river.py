@@ -7,7 +7,10 @@ works in micro-batches. :class:`RiverModel` bridges the two:
   supports it and the batch is large enough to amortise the DataFrame overhead
   (:data:`MANY_MIN_ROWS`; below it, measured with River 0.26 and pandas 3, a loop over
   ``predict_one`` is faster), else loops over ``predict_one``. Both give the same
-  numbers up to floating-point rounding.
+  numbers up to floating-point rounding. A target transform (``river.linear``'s
+  ``TargetStandardScaler``) has no ``predict_many`` of its own; when the regressor it
+  wraps has, that runs and the transform's inverse is applied row by row, exactly what
+  its ``predict_one`` does.
 * ``learn`` loops over ``learn_one`` by default: one SGD step per event, exactly River's
   online semantics, whatever the batch size. River's ``learn_many`` takes *one*
   mean-gradient step per batch, so with it the effective learning rate per event would
@@ -69,6 +72,33 @@ def supports_mini_batch(estimator: object) -> bool:
     return hasattr(estimator, "learn_many") and hasattr(estimator, "predict_many")
 
 
+def predicts_many(estimator: object) -> bool:
+    """Whether :func:`predict_frame` can predict a whole DataFrame for ``estimator``.
+
+    >>> from river import linear_model, preprocessing, tree
+    >>> predicts_many(preprocessing.TargetStandardScaler(linear_model.LinearRegression()))
+    True
+    >>> predicts_many(preprocessing.TargetStandardScaler(tree.HoeffdingTreeRegressor()))
+    False
+    """
+    if supports_mini_batch(estimator):
+        return True
+    if isinstance(estimator, compose.TargetTransformRegressor):
+        return predicts_many(estimator.regressor)
+    return False
+
+
+def predict_frame(estimator: Any, frame: pd.DataFrame) -> FloatArray:
+    """``estimator``'s predictions for every row of ``frame`` (see :func:`predicts_many`)."""
+    if not supports_mini_batch(estimator) and isinstance(
+        estimator, compose.TargetTransformRegressor
+    ):
+        inner = predict_frame(estimator.regressor, frame).tolist()
+        inverse = estimator.inverse_func
+        return np.array([inverse(value) for value in inner], dtype=np.float64)
+    return np.asarray(estimator.predict_many(frame), dtype=np.float64)
+
+
 class RiverModel:
     """A River regressor driven in micro-batches (see the module docstring).
 
@@ -102,7 +132,7 @@ class RiverModel:
             )
         self._estimator = estimator
         self._mini_batch = mini_batch
-        self._many = supports_mini_batch(estimator)
+        self._many = predicts_many(estimator)
         self._updates = 0
 
     @property
@@ -121,8 +151,7 @@ class RiverModel:
         if n == 0:
             return np.zeros(0, dtype=np.float64)
         if self._many and n >= MANY_MIN_ROWS:
-            many = self._estimator.predict_many(_frame(batch))  # type: ignore[attr-defined]
-            raw = np.asarray(many, dtype=np.float64)
+            raw = predict_frame(self._estimator, _frame(batch))
         else:
             raw = np.fromiter(
                 (_to_float(self._estimator.predict_one(x)) for x in _dicts(batch)),

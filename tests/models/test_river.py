@@ -11,7 +11,7 @@ from river import linear_model, preprocessing, tree
 
 from models import registry
 from models.base import FeatureBatch, ModelContext
-from models.river import MANY_MIN_ROWS, RiverModel
+from models.river import MANY_MIN_ROWS, RiverModel, predicts_many
 
 CONTEXT = ModelContext(feature_names=("x1", "x2"), window=1, horizon=0, seed=11)
 
@@ -64,6 +64,8 @@ def test_custom_mini_batch_mode_learns_with_one_step_per_batch() -> None:
 def test_predict_many_and_predict_one_agree() -> None:
     rng = np.random.default_rng(1)
     model = registry.build("river.linear", {}, CONTEXT)
+    assert isinstance(model, RiverModel)
+    assert predicts_many(model.estimator)  # through the target scaler, see predict_frame
     model.learn(*linear_batch(rng, 300))
     big, _ = linear_batch(rng, MANY_MIN_ROWS + 8)  # predict_many path
     chunks = [big.take(np.arange(i, min(i + 10, len(big)))) for i in range(0, len(big), 10)]

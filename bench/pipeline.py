@@ -26,10 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 
+from bench.history import repeated_history
 from service import replay
 from service.app import set_torch_threads
 from service.backtest import run_backtest
@@ -41,14 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def records_for(settings: Settings, dataset: str, count: int) -> list[RawRecord]:
     """``count`` records of ``dataset`` (repeated, with increasing times), 3 partitions."""
-    frame = replay.load_input(dataset)
-    pairs = replay.encode(frame, replay.Columns(), settings.schema_)
-    pairs = (pairs * (count // len(pairs) + 1))[:count]
-    timed = [
-        (key, orjson.dumps({**orjson.loads(value), "ts": 1_700_000_000_000 + index}))
-        for index, (key, value) in enumerate(pairs)
-    ]
-    return replay.as_records(timed, settings.kafka.input_topic, partitions=3)
+    pairs = repeated_history(dataset, settings.schema_, count)
+    return replay.as_records(pairs, settings.kafka.input_topic, partitions=3)
 
 
 def micros_per_event(settings: Settings, records: list[RawRecord], repeats: int) -> float:

@@ -35,6 +35,7 @@ from prometheus_client import Counter
 from rich.console import Console
 from rich.table import Table
 
+from bench.history import repeated_history
 from service import replay
 from service.app import Daemon, frozen_heap
 from service.broker import EmbeddedBroker, free_port
@@ -217,9 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     base = load_settings(args.config, env={})
-    frame = replay.load_input(args.dataset)
-    pairs = replay.encode(frame, replay.Columns(), base.schema_)
-    pairs = _monotonic((pairs * (args.records // len(pairs) + 1))[: args.records])
+    pairs = repeated_history(args.dataset, base.schema_, args.records)
     table = Table(title=f"forecastd throughput, {len(pairs):,} records, {args.config.name}")
     for column in ("client", "raw events/s", "daemon events/s", "daemon / raw", "p50 ms"):
         table.add_column(column, justify="right")
@@ -257,16 +256,6 @@ def main() -> None:
             )
             console.print(f"{client}: raw {raw:,.0f}/s, daemon {daemon:,.0f}/s")
     console.print(table)
-
-
-def _monotonic(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Repeated history gets fresh, increasing times so nothing is out of order."""
-    out = []
-    for index, (key, value) in enumerate(pairs):
-        event = orjson.loads(value)
-        event["ts"] = 1_700_000_000_000 + index
-        out.append((key, orjson.dumps(event)))
-    return out
 
 
 if __name__ == "__main__":

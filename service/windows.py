@@ -74,12 +74,14 @@ class WindowStore:
         return slot
 
     def push(self, slot: int, ts_ms: int, y: float) -> None:
-        """Append ``y`` observed at ``ts_ms`` to the window of ``slot``."""
-        row = self._values[slot]
-        row[:-1] = row[1:]
-        row[-1] = y
-        self._counts[slot] += 1
-        self._newest_ts[slot] = max(int(self._newest_ts[slot]), ts_ms)
+        """Append ``y`` observed at ``ts_ms`` to the window of ``slot`` (a batch of one:
+        :meth:`push_many` is the one way values enter a window)."""
+        self.push_many(
+            np.array([slot], dtype=np.intp),
+            np.array([ts_ms], dtype=np.int64),
+            np.array([y], dtype=np.float64),
+            np.zeros(1, dtype=np.intp),
+        )
 
     def push_many(
         self,
@@ -93,9 +95,9 @@ class WindowStore:
         Row ``i`` of the result is the window of ``slots[i]`` holding the values pushed
         before this batch plus the first ``seen[i]`` values of ``slots[i]`` in it: so
         ``seen`` = its position among its slot's values (0-based) gives the window just
-        before a value, and position + 1 the window just after. Same result as
-        :meth:`push` one by one with :meth:`row` in between, without a Python step per
-        value: every window is gathered with one fancy index into (old rows ⊕ new
+        before a value, and position + 1 the window just after. Same result as pushing
+        the values one at a time and reading each window in between, without a Python
+        step per value: every window is gathered with one fancy index into (old rows ⊕ new
         values, grouped by slot).
 
         >>> store = WindowStore(window=3)

@@ -69,34 +69,46 @@ def test_least_recently_seen_keys_beyond_max_keys_are_evicted() -> None:
     assert sorted(store.keys()) == ["a", "c"]
 
 
+def _tail(values: list[float], window: int) -> list[float]:
+    """The last ``window`` of ``values``, NaN-padded on the left, as a window holds them."""
+    kept = values[-window:] if values else []
+    return [float("nan")] * (window - len(kept)) + kept
+
+
 @given(events, events, st.integers(1, 6), st.booleans())
-def test_push_many_equals_pushing_one_by_one(
+def test_push_many_holds_each_keys_values_in_order(
     before: list[tuple[str, float]], batch: list[tuple[str, float]], window: int, after: bool
 ) -> None:
-    """Windows just before (or after) each value, and the final state, as with push()."""
-    one, many = WindowStore(window, initial_capacity=1), WindowStore(window, initial_capacity=1)
+    """Windows just before (or after) each value of a batch, and the state it leaves,
+    are those of each key's plain history."""
+    store = WindowStore(window, initial_capacity=1)
+    history: dict[str, list[float]] = {}
     for ts, (key, y) in enumerate(before):
-        one.push(one.slot(key), ts, y)
-        many.push(many.slot(key), ts, y)
-    expected, slots, seen, positions = [], [], [], dict[str, int]()
-    for ts, (key, y) in enumerate(batch, start=len(before)):
-        slot = one.slot(key)
+        store.push(store.slot(key), ts, y)
+        history.setdefault(key, []).append(y)
+    expected: list[list[float]] = []
+    slots: list[int] = []
+    seen: list[int] = []
+    for key, y in batch:
+        values = history.setdefault(key, [])
+        seen.append(sum(k == key for k, _ in batch[: len(slots)]) + int(after))
         if not after:
-            expected.append(one.row(slot))
-        one.push(slot, ts, y)
+            expected.append(_tail(values, window))
+        values.append(y)
         if after:
-            expected.append(one.row(slot))
-        slots.append(many.slot(key))
-        seen.append(positions.get(key, 0) + after)
-        positions[key] = positions.get(key, 0) + 1
-    got = many.push_many(
+            expected.append(_tail(values, window))
+        slots.append(store.slot(key))
+    got = store.push_many(
         np.array(slots, dtype=np.intp),
         np.arange(len(before), len(before) + len(batch), dtype=np.int64),
         np.array([y for _, y in batch], dtype=np.float64),
         np.array(seen, dtype=np.intp),
     )
     np.testing.assert_array_equal(got, np.array(expected).reshape(len(batch), window))
-    for key in {k for k, _ in before + batch}:
-        np.testing.assert_array_equal(many.row(many.slot(key)), one.row(one.slot(key)))
-        assert many.count(many.slot(key)) == one.count(one.slot(key))
-        assert many.newest_ts(many.slot(key)) == one.newest_ts(one.slot(key))
+    for key, values in history.items():
+        slot = store.slot(key)
+        np.testing.assert_array_equal(store.row(slot), _tail(values, window))
+        assert store.count(slot) == len(values)
+        assert store.newest_ts(slot) == max(
+            [t for t, (k, _) in enumerate(before + batch) if k == key]
+        )

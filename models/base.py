@@ -7,22 +7,29 @@ batch with the one shared feature pipeline, so live and offline runs feed models
 very same numbers.
 
 Learning target. Models predict and learn a *learning target*, not the level:
-``target = y_true - batch.offset``. With ``forecast.target: change`` (the default),
-``offset`` is the last observed value of the series, so the model learns the change
-over the horizon, which is stationary for prices, loads and sensors that drift in
-level. With ``forecast.target: level`` the offset is 0. The task adds the offset back
-before publishing, so users always see predictions in the original scale. Baselines
-that think in levels (persistence, EWMA) compute a level and subtract ``offset``.
+``target = (y_true - batch.offset) / batch.scale``. With ``forecast.target: change``
+(the default), ``offset`` is the last observed value of the series and ``scale`` the
+typical size of the key's own changes, so the model learns the change over the
+horizon in units of that key: stationary for prices, loads and sensors that drift in
+level, and comparable across keys whose values differ by orders of magnitude (one
+network per partition serves all of them). With ``forecast.target: level`` the offset
+is 0 and the scale 1. The task maps predictions back (``offset + scale * output``)
+before publishing, so users always see the original scale. Baselines that think in
+levels (persistence, EWMA, seasonal naive) compute a level and map it with
+:meth:`FeatureBatch.to_target`.
 
-Ordering. The task always calls ``predict`` on a batch before ``learn`` ever sees the
-true values of those rows (prequential, test-then-train), exactly as River's
-``progressive_val_score`` does.
+Ordering. Every prediction is made before any model learned the value it predicts
+(prequential, test-then-train, as River's ``progressive_val_score``), and after it
+learned every value that arrived before it: a task hands a model a whole poll as a
+:class:`Plan`, and the model works through it in event order (:func:`run_plan`). So a
+poll of 1,000 records gives the numbers a poll of one record at a time gives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -46,6 +53,10 @@ class FeatureBatch:
             observed value with ``target: change``, 0 with ``target: level``).
         keys: the series key of each row (for models that keep per-key state).
         feature_names: names of the columns of ``x``.
+        scale: ``(n,)`` the unit of the learning target per row, positive (``None``:
+            1 everywhere).
+        seasonal: ``(n,)`` the key's value one season before the target's time, in
+            the original scale, NaN where no season is known (``None``: none known).
     """
 
     x: FloatArray
@@ -53,9 +64,42 @@ class FeatureBatch:
     offset: FloatArray
     keys: Sequence[str]
     feature_names: Sequence[str]
+    scale: FloatArray | None = None
+    seasonal: FloatArray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def units(self) -> FloatArray:
+        """``(n,)`` the learning target's unit per row (``scale``, or ones)."""
+        if self.scale is None:
+            return np.ones(len(self))
+        return self.scale
+
+    @property
+    def season_ago(self) -> FloatArray:
+        """``(n,)`` the level one season before the target (NaN where unknown)."""
+        if self.seasonal is None:
+            return np.full(len(self), np.nan)
+        return self.seasonal
+
+    def to_target(self, level: FloatArray) -> FloatArray:
+        """Levels in the original scale as learning targets, ``(level - offset) / scale``."""
+        out: FloatArray = (level - self.offset) / self.units
+        return out
+
+    def rows(self, start: int, stop: int) -> FeatureBatch:
+        """Rows ``start:stop`` as views (cheap; for readers that do not mutate)."""
+        return FeatureBatch(
+            x=self.x[start:stop],
+            window=self.window[start:stop],
+            offset=self.offset[start:stop],
+            keys=self.keys[start:stop],
+            feature_names=self.feature_names,
+            scale=None if self.scale is None else self.scale[start:stop],
+            seasonal=None if self.seasonal is None else self.seasonal[start:stop],
+        )
 
     @property
     def last(self) -> FloatArray:
@@ -70,7 +114,52 @@ class FeatureBatch:
             offset=self.offset[rows],
             keys=[self.keys[i] for i in rows],
             feature_names=self.feature_names,
+            scale=None if self.scale is None else self.scale[rows],
+            seasonal=None if self.seasonal is None else self.seasonal[rows],
         )
+
+
+IntArray = npt.NDArray[np.intp]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One poll of a partition task as a model must work through it, in event order.
+
+    Attributes:
+        predict: the rows to predict, in event order.
+        learn: the rows whose true value arrived in this poll, in arrival order (rows
+            predicted in an earlier poll, or earlier in this one).
+        target: ``(len(learn),)`` their learning targets, finite.
+        before: ``(len(learn),)`` non-decreasing: learn row ``j`` arrives after the
+            first ``before[j]`` rows of ``predict`` were predicted, and before the
+            others. A row predicted and resolved by the same event (``horizon: 0``)
+            is predicted first.
+
+    Working through a plan means: for each ``j``, predict every row before
+    ``before[j]`` not predicted yet, then learn row ``j``; finally predict the rest.
+    """
+
+    predict: FeatureBatch
+    learn: FeatureBatch
+    target: FloatArray
+    before: IntArray
+
+    @classmethod
+    def predict_only(cls, batch: FeatureBatch) -> Plan:
+        """A plan with nothing to learn."""
+        empty = batch.rows(0, 0)
+        return cls(batch, empty, np.zeros(0), np.zeros(0, dtype=np.intp))
+
+    def groups(self) -> list[tuple[int, int, int]]:
+        """``(predicted_before, start, stop)``: runs of learn rows with no prediction
+        between them, in order."""
+        n = len(self.before)
+        if n == 0:
+            return []
+        cuts = [0, *(np.flatnonzero(np.diff(self.before)) + 1).tolist(), n]
+        before = self.before.tolist()
+        return [(before[a], a, b) for a, b in pairwise(cuts)]
 
 
 @runtime_checkable
@@ -109,6 +198,37 @@ class Model(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class PlanRunner(Protocol):
+    """A model that works through a whole :class:`Plan` itself, faster than
+    :func:`run_plan`'s generic loop (same numbers)."""
+
+    def run(self, plan: Plan) -> FloatArray: ...
+
+
+def run_plan(model: Model, plan: Plan) -> FloatArray:
+    """Predictions for ``plan.predict``, learning ``plan.learn`` in event order.
+
+    Predictions between two learned rows are made in one ``predict`` call, and learned
+    rows between two predictions in one ``learn`` call: exactly the numbers of a
+    one-event-at-a-time loop, with as few calls as the interleaving allows. A model
+    that implements :class:`PlanRunner` does it its own way.
+    """
+    if isinstance(model, PlanRunner):
+        return model.run(plan)
+    n = len(plan.predict)
+    out = np.zeros(n)
+    done = 0
+    for before, start, stop in plan.groups():
+        if before > done:
+            out[done:before] = model.predict(plan.predict.rows(done, before))
+            done = before
+        model.learn(plan.learn.rows(start, stop), plan.target[start:stop])
+    if done < n:
+        out[done:] = model.predict(plan.predict.rows(done, n))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

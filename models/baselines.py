@@ -1,7 +1,7 @@
-"""Baselines that every learned model must beat: persistence and EWMA.
+"""Baselines that every learned model must beat: persistence, seasonal naive and EWMA.
 
-They think in levels: each computes a level from the raw window and returns
-``level - offset`` (the learning-target space of :mod:`models.base`). They do not learn:
+They think in levels: each computes a level from the raw window and returns it in the
+learning-target space of :mod:`models.base` (``FeatureBatch.to_target``). They do not learn:
 ``learn`` leaves them unchanged and ``updates`` stays 0, which the metrics show as a
 model whose version never moves. A row without any history (an all-NaN window) gets
 0, i.e. "the offset itself", the only finite guess that needs no data.
@@ -15,10 +15,18 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from models.base import FeatureBatch, FloatArray, Model, ModelContext
+from models.base import FeatureBatch, FloatArray, Model, ModelContext, Plan
 from models.registry import ModelParams, ModelSpec, register
 
-__all__ = ["EWMA", "EWMAParams", "Persistence", "PersistenceParams", "ewm_level"]
+__all__ = [
+    "EWMA",
+    "EWMAParams",
+    "Persistence",
+    "PersistenceParams",
+    "SeasonalNaive",
+    "SeasonalNaiveParams",
+    "ewm_level",
+]
 
 
 class _Baseline:
@@ -31,6 +39,10 @@ class _Baseline:
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Do nothing: baselines are fixed functions of the window."""
+
+    def run(self, plan: Plan) -> FloatArray:
+        """Every row in one call: nothing learned can change a baseline's output."""
+        return self.predict(plan.predict)  # type: ignore[attr-defined, no-any-return]
 
     def state_dict(self) -> dict[str, Any]:
         """Empty: everything a baseline needs is in its constructor arguments."""
@@ -63,14 +75,45 @@ class Persistence(_Baseline):
     """
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
-        """``last - offset`` per row; 0 where the key has no history yet."""
+        """The last value as a target per row; 0 where the key has no history yet."""
         last = batch.last
-        out: FloatArray = np.where(np.isfinite(last), last - batch.offset, 0.0)
+        out: FloatArray = np.where(np.isfinite(last), batch.to_target(last), 0.0)
         return out
 
     def clone(self) -> Persistence:
         """A new Persistence (it has neither parameters nor state)."""
         return Persistence()
+
+
+class SeasonalNaive(_Baseline):
+    """Predict the value one season before the target's time; the last value where
+    the key has no known season yet (see :mod:`service.seasons`).
+
+    The benchmark of seasonal series (Hyndman & Athanasopoulos, *Forecasting:
+    Principles and Practice*, 5.2): an hourly load with a daily cycle is better
+    predicted by yesterday's value at the same hour than by the last hour's.
+
+    >>> batch = FeatureBatch(
+    ...     x=np.zeros((2, 0)),
+    ...     window=np.array([[1.0, 2.0], [3.0, 5.0]]),
+    ...     offset=np.array([2.0, 5.0]),
+    ...     keys=["a", "b"],
+    ...     feature_names=[],
+    ...     seasonal=np.array([7.0, np.nan]),
+    ... )
+    >>> SeasonalNaive().predict(batch).tolist()
+    [5.0, 0.0]
+    """
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        """The level one season ago as a target; persistence where none is known."""
+        level = np.where(np.isfinite(batch.season_ago), batch.season_ago, batch.last)
+        out: FloatArray = np.where(np.isfinite(level), batch.to_target(level), 0.0)
+        return out
+
+    def clone(self) -> SeasonalNaive:
+        """A new SeasonalNaive (it has neither parameters nor state)."""
+        return SeasonalNaive()
 
 
 def ewm_level(window: FloatArray, alpha: float) -> FloatArray:
@@ -129,7 +172,7 @@ class EWMA(_Baseline):
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """``ewma(window) - offset`` per row; 0 where the key has no history yet."""
         level = ewm_level(batch.window, self.alpha)
-        out: FloatArray = np.where(np.isfinite(level), level - batch.offset, 0.0)
+        out: FloatArray = np.where(np.isfinite(level), batch.to_target(level), 0.0)
         return out
 
     def clone(self) -> EWMA:
@@ -141,6 +184,11 @@ class PersistenceParams(ModelParams):
     """``persistence`` takes no params."""
 
 
+class SeasonalNaiveParams(ModelParams):
+    """``seasonal_naive`` takes no params: the season is each key's own (configured in
+    ``forecast.seasonal_periods`` or detected)."""
+
+
 class EWMAParams(ModelParams):
     """Params of ``ewma``: the smoothing factor (weight of the newest value)."""
 
@@ -149,6 +197,10 @@ class EWMAParams(ModelParams):
 
 def _build_persistence(params: PersistenceParams, context: ModelContext) -> Model:
     return Persistence()
+
+
+def _build_seasonal_naive(params: SeasonalNaiveParams, context: ModelContext) -> Model:
+    return SeasonalNaive()
 
 
 def _build_ewma(params: EWMAParams, context: ModelContext) -> Model:
@@ -169,5 +221,13 @@ register(
         params=EWMAParams,
         build=_build_ewma,
         summary="exponentially weighted mean of the window",
+    )
+)
+register(
+    ModelSpec(
+        kind="seasonal_naive",
+        params=SeasonalNaiveParams,
+        build=_build_seasonal_naive,
+        summary="the value one season ago (the last value until a season is known)",
     )
 )

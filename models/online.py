@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import FeatureBatch, FloatArray
+from models.base import FeatureBatch, FloatArray, Plan
 from models.guard import LastGood, all_finite
 from models.moments import Moments
 from models.replay import ReplayBuffer, Rows
@@ -222,8 +222,8 @@ class OnlineRegressor:
     [0.0, 0.0]
     >>> for _ in range(50):
     ...     model.learn(batch, np.array([1.0, -1.0]))
-    >>> model.updates, bool(model.predict(batch)[0] > 0.5), model.nonfinite_events
-    (50, True, 0)
+    >>> model.updates, bool(model.predict(batch)[0] > 0.5), model.nonfinite_events  # rows learned
+    (100, True, 0)
     """
 
     def __init__(
@@ -281,7 +281,8 @@ class OnlineRegressor:
 
     @property
     def updates(self) -> int:
-        """Optimizer steps taken (aborted steps do not count)."""
+        """Rows learned through optimizer steps (rows of an aborted step do not count):
+        like every model kind's ``updates``, the number of events learned from."""
         return self._updates
 
     @property
@@ -311,6 +312,28 @@ class OnlineRegressor:
         y = z * self._targets.std + self._targets.mean
         result: FloatArray = np.where(np.isfinite(y), y, 0.0)
         return result
+
+    def run(self, plan: Plan) -> FloatArray:
+        """Work through a poll in event order (:func:`models.base.run_plan`'s numbers).
+
+        The network only changes when ``learn_every`` rows are pending, so every row
+        predicted between two optimizer steps is predicted in one forward pass: a poll
+        costs one forward pass per step it triggers, not one per event.
+        """
+        n = len(plan.predict)
+        out = np.zeros(n)
+        done, j, total = 0, 0, len(plan.target)
+        while j < total:
+            stop = min(total, j + max(1, self.config.learn_every - self._pending_rows))
+            before = int(plan.before[stop - 1])  # the row that may trigger a step
+            if before > done:
+                out[done:before] = self.predict(plan.predict.rows(done, before))
+                done = before
+            self.learn(plan.learn.rows(j, stop), plan.target[j:stop])
+            j = stop
+        if done < n:
+            out[done:] = self.predict(plan.predict.rows(done, n))
+        return out
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Queue the batch's finite rows; step once ``learn_every`` rows are pending."""
@@ -425,7 +448,7 @@ class OnlineRegressor:
                 raise ValueError(
                     f"batch.window has shape {batch.window.shape}, expected ({n}, {self._width})"
                 )
-            dev = (batch.window - batch.last[:, None]).astype(np.float32)
+            dev = ((batch.window - batch.last[:, None]) / batch.units[:, None]).astype(np.float32)
         else:
             dev = np.zeros((n, 0), np.float32)
         if self.config.key_embedding:
@@ -463,7 +486,7 @@ class OnlineRegressor:
         self._scale.update(deviations[np.isfinite(deviations)].astype(np.float64))
         if self._targets.finite() and self._scale.finite() and self._try_step(rows, torch_seed):
             self._replay.add(new)
-            self._updates += 1
+            self._updates += len(new)
         else:
             self._targets, self._scale = targets, scale
             self._nonfinite += 1

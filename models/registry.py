@@ -47,7 +47,12 @@ __all__ = [
 ]
 
 # Modules that register built-in kinds when imported. A new model module appends itself.
-_BUILTIN_MODULES: tuple[str, ...] = ("models.baselines", "models.river_kinds", "models.torch_kinds")
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "models.baselines",
+    "models.river_kinds",
+    "models.torch_kinds",
+    "models.ensemble",
+)
 
 
 class ModelParams(BaseModel):

@@ -11,6 +11,11 @@ works in micro-batches. :class:`RiverModel` bridges the two:
   ``TargetStandardScaler``) has no ``predict_many`` of its own; when the regressor it
   wraps has, that runs and the transform's inverse is applied row by row, exactly what
   its ``predict_one`` does.
+* ``run`` works through a task's whole poll (:class:`~models.base.Plan`) event by
+  event: ``predict_one`` for each new row, ``learn_one`` as soon as a row's truth
+  arrives, exactly River's online loop; rows predicted after the last learned one
+  go through ``predict_many`` when there are many. So the poll size never changes what
+  River learns before it predicts.
 * ``learn`` loops over ``learn_one`` by default: one SGD step per event, exactly River's
   online semantics, whatever the batch size. River's ``learn_many`` takes *one*
   mean-gradient step per batch, so with it the effective learning rate per event would
@@ -31,7 +36,7 @@ import numpy as np
 import pandas as pd
 from river import compose
 
-from models.base import FeatureBatch, FloatArray
+from models.base import FeatureBatch, FloatArray, Plan
 
 __all__ = ["MANY_MIN_ROWS", "RiverModel", "RiverRegressor", "supports_mini_batch"]
 
@@ -118,8 +123,8 @@ class RiverModel:
     >>> model.predict(batch).tolist()
     [0.0, 0.0]
     >>> model.learn(batch, np.array([1.0, -1.0]))
-    >>> model.updates
-    1
+    >>> model.updates  # events learned
+    2
     >>> bool(model.predict(batch)[0] > 0)
     True
     """
@@ -142,8 +147,40 @@ class RiverModel:
 
     @property
     def updates(self) -> int:
-        """Number of non-empty ``learn`` calls since construction (or the loaded state)."""
+        """Events learned since construction (or the loaded state): River learns one
+        event at a time, so each is one learning step."""
         return self._updates
+
+    def run(self, plan: Plan) -> FloatArray:
+        """Predict and learn in event order, one event at a time (module docstring)."""
+        n = len(plan.predict)
+        out = np.zeros(n)
+        names = list(plan.predict.feature_names)
+        rows = plan.predict.x.tolist()
+        learned = plan.learn.x.tolist()
+        targets = plan.target.tolist()
+        if not np.all(np.isfinite(plan.target)):
+            raise ValueError("run() got non-finite targets")
+        estimator, done = self._estimator, 0
+        if self._mini_batch:  # mean-gradient steps: one learn_many per run of rows
+            for before, start, stop in plan.groups():
+                if before > done:
+                    out[done:before] = self.predict(plan.predict.rows(done, before))
+                    done = before
+                self.learn(plan.learn.rows(start, stop), plan.target[start:stop])
+        else:
+            for j, before in enumerate(plan.before.tolist()):
+                while done < before:
+                    out[done] = _to_float(
+                        estimator.predict_one(dict(zip(names, rows[done], strict=True)))
+                    )
+                    done += 1
+                estimator.learn_one(dict(zip(names, learned[j], strict=True)), targets[j])
+            self._updates += len(targets)
+        if done < n:
+            out[done:] = self.predict(plan.predict.rows(done, n))
+        result: FloatArray = np.where(np.isfinite(out), out, 0.0)
+        return result
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """Learning-target predictions, finite, one per row; the model is unchanged."""
@@ -180,7 +217,7 @@ class RiverModel:
         else:
             for x, y_one in zip(_dicts(batch), target.tolist(), strict=True):
                 self._estimator.learn_one(x, y_one)
-        self._updates += 1
+        self._updates += n
 
     def clone(self) -> RiverModel:
         """A fresh, untrained copy: River's ``clone()`` keeps params (and the seed)."""

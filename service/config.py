@@ -77,21 +77,38 @@ class KafkaSettings(_Section):
 class SchemaSettings(_Section):
     """Field names inside input JSON objects. ``features`` lists the exogenous
     feature names models use (in this order); extra names in ``x`` are ignored and a
-    missing one is imputed with its running mean."""
+    missing one is imputed with its running mean. ``auto`` (the default) takes the
+    numeric fields of ``x`` in the first poll's records, sorted by name, at most
+    ``max_auto_features`` of them, and logs them once; names that only appear later
+    are ignored and counted (``forecastd_ignored_features_total``). A process
+    discovers its own list: give the list explicitly where replicas must agree on
+    it from the first record."""
 
     key_field: str = "key"
     time_field: str = "ts"
     target_field: str = "y"
     features_field: str = "x"
-    features: tuple[str, ...] = ()
+    features: tuple[str, ...] | Literal["auto"] = "auto"
+    max_auto_features: int = Field(32, ge=0, le=1024)
     max_message_bytes: int = Field(1_048_576, ge=64)
 
 
 class ForecastSettings(_Section):
-    """Forecasting semantics (SPEC "Forecasting semantics")."""
+    """Forecasting semantics (README "Forecasting").
+
+    ``window``: the recent values whose statistics are features (and which
+    ``torch.attention`` reads). ``history``: the values kept per key for seasonal lags,
+    season detection and the key's own scale (``max(window, history)`` are kept, 8
+    bytes each). ``seasonal_periods``: up to two periods, in events, for every key;
+    empty (the default) detects each key's own (:mod:`service.seasons`).
+    ``calendar``: time-of-day/week/year features where a key's spacing makes them
+    meaningful."""
 
     horizon: int = Field(1, ge=0, le=10000)
     window: int = Field(32, ge=2, le=100000)
+    history: int = Field(400, ge=2, le=100000)
+    seasonal_periods: tuple[int, ...] = Field((), max_length=2)
+    calendar: bool = True
     target: Literal["change", "level"] = "change"
     lags: int = Field(8, ge=1)
     key_ttl_s: float = Field(86400.0, gt=0)
@@ -102,7 +119,18 @@ class ForecastSettings(_Section):
     def _lags_fit_window(self) -> ForecastSettings:
         if self.lags > self.window - 1:
             raise ValueError(f"lags ({self.lags}) must be at most window - 1 ({self.window - 1})")
+        for period in self.seasonal_periods:
+            if not 2 <= period <= self.kept - 2:
+                raise ValueError(
+                    f"seasonal period {period} must be in [2, max(window, history) - 2 ="
+                    f" {self.kept - 2}]"
+                )
         return self
+
+    @property
+    def kept(self) -> int:
+        """Values kept per key: ``max(window, history)``."""
+        return max(self.window, self.history)
 
 
 class ModelSettings(_Section):
@@ -122,7 +150,14 @@ class ScoringSettings(_Section):
 
 
 class DriftSettings(_Section):
+    """Drift detectors on each model's absolute residuals. ``action``: what a confirmed
+    drift of an ensemble member does: ``shrink`` multiplies every key's ensemble memory
+    by ``shrink`` (so the ensemble re-learns whom to trust from the new regime's
+    errors), ``none`` only counts it."""
+
     detectors: tuple[Literal["adwin", "page_hinkley"], ...] = ("adwin", "page_hinkley")
+    action: Literal["shrink", "none"] = "shrink"
+    shrink: float = Field(0.2, ge=0.0, le=1.0)
     adwin_delta: float = Field(0.002, gt=0, lt=1)
     page_hinkley_threshold: float = Field(50.0, gt=0)
     page_hinkley_delta: float = Field(0.005, ge=0)
@@ -143,9 +178,15 @@ class ProcessingSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# The built-in default: an ensemble of complementary members (README "Models").
 _DEFAULT_MODELS = (
-    {"name": "linear", "kind": "river.linear", "primary": True},
+    {"name": "ensemble", "kind": "ensemble", "primary": True},
     {"name": "last", "kind": "persistence"},
+    {"name": "seasonal", "kind": "seasonal_naive"},
+    {"name": "ewma", "kind": "ewma", "params": {"alpha": 0.5}},
+    {"name": "linear", "kind": "river.linear"},
+    {"name": "tree", "kind": "river.tree"},
+    {"name": "mlp", "kind": "torch.mlp"},
 )
 
 
@@ -175,7 +216,28 @@ class Settings(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique (repeated: {', '.join(dupes)})")
+        for model in models:
+            if model.kind == "ensemble":
+                members = model.params.get("members") or [
+                    m.name for m in models if m.kind != "ensemble"
+                ]
+                for member in members:
+                    other = next((m for m in models if m.name == member), None)
+                    if other is None or other.kind == "ensemble":
+                        raise ValueError(
+                            f"ensemble {model.name!r}: member {member!r} is not a"
+                            " (non-ensemble) model of this config"
+                        )
+                if not members:
+                    raise ValueError(f"ensemble {model.name!r} has no member models")
         return models
+
+    def members(self, ensemble: ModelSettings) -> tuple[str, ...]:
+        """The names of the models ``ensemble`` combines, in config order."""
+        listed = tuple(ensemble.params.get("members") or ())
+        if listed:
+            return listed
+        return tuple(m.name for m in self.models if m.kind != "ensemble")
 
     @property
     def primary(self) -> ModelSettings:

@@ -67,6 +67,8 @@ class Decoder:
 
     def __init__(self, schema: SchemaSettings) -> None:
         self._schema = schema
+        if schema.features == "auto":
+            raise ValueError("the processor resolves schema.features: auto before decoding")
         self._features = schema.features
         # One shared, read-only all-NaN vector for events without features (most
         # streams): no array per event.
@@ -95,7 +97,9 @@ class Decoder:
         y = _finite_number(obj, schema.target_field, "missing_target", "bad_target")
         ts_ms = self._time(record, obj)
         x = self._exogenous(obj)
-        return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record)
+        named = obj.get(schema.features_field)
+        ignored = len(named) - int(np.isfinite(x).sum()) if isinstance(named, dict) else 0
+        return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record, ignored=ignored)
 
     def _key(self, record: RawRecord, obj: dict[str, Any]) -> str:
         if record.key:

@@ -30,8 +30,9 @@ _MIN_SCALE = 1e-12
 
 
 class BatchDetector(Protocol):
-    def update_many(self, values: FloatArray) -> int:
-        """Feed ``values`` in order; return how many drifts were detected."""
+    def update_many(self, values: FloatArray) -> list[int]:
+        """Feed ``values`` in order; return the index of each value at which a drift
+        was detected."""
         ...
 
 
@@ -45,7 +46,7 @@ class PageHinkley:
 
     >>> detector = PageHinkley(threshold=5.0)
     >>> detector.update_many(np.zeros(100)), detector.update_many(np.full(100, 3.0))
-    (0, 1)
+    ([], [1])
     """
 
     def __init__(
@@ -67,13 +68,14 @@ class PageHinkley:
         self._min_increase = float("inf")
         self._max_decrease = -1.0  # River's initial value
 
-    def update_many(self, values: FloatArray) -> int:
-        detections, start = 0, 0
+    def update_many(self, values: FloatArray) -> list[int]:
+        detections: list[int] = []
+        start = 0
         while start < len(values):
             hit = self._scan(values[start:])
             if hit is None:
                 break
-            detections += 1
+            detections.append(start + hit)
             start += hit + 1
             self._reset()
         return detections
@@ -112,12 +114,12 @@ class Adwin:
     def __init__(self, delta: float) -> None:
         self._detector: Any = drift.ADWIN(delta=delta)  # type: ignore[no-untyped-call]
 
-    def update_many(self, values: FloatArray) -> int:
-        detector, detections = self._detector, 0
-        for value in values.tolist():
+    def update_many(self, values: FloatArray) -> list[int]:
+        detector, detections = self._detector, []
+        for index, value in enumerate(values.tolist()):
             detector.update(value)
             if detector.drift_detected:
-                detections += 1
+                detections.append(index)
         return detections
 
 
@@ -137,12 +139,13 @@ class DriftMonitor:
             threshold=self._settings.page_hinkley_threshold, delta=self._settings.page_hinkley_delta
         )
 
-    def update(self, abs_errors: FloatArray, scale: float) -> dict[str, int]:
-        """Feed a batch of absolute errors; return detections per detector name.
+    def update(self, abs_errors: FloatArray, scale: float) -> dict[str, list[int]]:
+        """Feed a batch of absolute errors; return, per detector name, the indices of
+        the errors at which it detected a drift.
 
         With no error history yet (``scale`` 0) nothing is fed: there is no unit.
         """
         if scale <= 0:
-            return dict.fromkeys(self._detectors, 0)
+            return {name: [] for name in self._detectors}
         values = np.asarray(abs_errors, dtype=np.float64) / max(scale, _MIN_SCALE)
         return {name: detector.update_many(values) for name, detector in self._detectors.items()}

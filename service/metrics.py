@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -29,6 +30,20 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 ScoreSource = Callable[[], Mapping[str, tuple[ScoreStats, ScoreStats]]]
 """Returns, per model name, (since-start stats, rolling stats) pooled over tasks."""
+
+
+class CoverageLike(Protocol):
+    """Pooled interval statistics (``service.tasks.CoverageStats``)."""
+
+    @property
+    def coverage(self) -> float: ...
+
+    @property
+    def mean_width(self) -> float: ...
+
+
+CoverageSource = Callable[[], Mapping[str, tuple[CoverageLike, CoverageLike]]]
+"""Returns, per published model, (since-start, rolling) interval statistics."""
 
 
 class Metrics:
@@ -108,6 +123,18 @@ class Metrics:
         )
         self.batches = Counter("forecastd_batches", "Batches processed.", registry=registry)
         self.commits = Counter("forecastd_commits", "Offset commits.", registry=registry)
+        self.leads = Counter(
+            "forecastd_ensemble_leader",
+            "Predictions an ensemble published, by the member that led each.",
+            ["model", "member"],
+            registry=registry,
+        )
+        self.ignored_features = Counter(
+            "forecastd_ignored_features",
+            "Exogenous feature values ignored: names first seen after schema.features: auto"
+            " fixed the list.",
+            registry=registry,
+        )
         self.evicted = Counter(
             "forecastd_evicted_series", "Keys evicted (idle TTL or max_keys).", registry=registry
         )
@@ -120,6 +147,9 @@ class Metrics:
         for reason in REASONS:  # present from the start, so rate() and alerts see 0, not nothing
             self.invalid.labels(reason)
         for model in settings.models:
+            if model.kind == "ensemble":
+                for member in settings.members(model):
+                    self.leads.labels(model.name, member)
             info.labels(model.name, model.kind, str(model.primary).lower()).set(1)
             for detector in settings.drift.detectors:
                 self.drift.labels(model.name, detector)
@@ -134,6 +164,10 @@ class Metrics:
     def watch_scores(self, source: ScoreSource) -> None:
         """Export the pooled scores that ``source`` returns at each scrape."""
         self.registry.register(_ScoreCollector(source))
+
+    def watch_coverage(self, source: CoverageSource) -> None:
+        """Export the pooled interval coverage that ``source`` returns at each scrape."""
+        self.registry.register(_CoverageCollector(source))
 
 
 class _ScoreCollector(Collector):
@@ -159,6 +193,32 @@ class _ScoreCollector(Collector):
                 family.add_metric([model, "total"], getattr(total, attr))
                 family.add_metric([model, "rolling"], getattr(rolling, attr))
             yield family
+
+
+class _CoverageCollector(Collector):
+    def __init__(self, source: CoverageSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._source()
+        coverage = GaugeMetricFamily(
+            "forecastd_interval_coverage",
+            "Fraction of scored predictions inside their published interval, by model;"
+            " window=rolling|total.",
+            labels=["model", "window"],
+        )
+        width = GaugeMetricFamily(
+            "forecastd_interval_width",
+            "Mean width (upper - lower) of the published intervals of scored predictions,"
+            " by model; window=rolling|total.",
+            labels=["model", "window"],
+        )
+        for model, (total, rolling) in stats.items():
+            for window, part in (("total", total), ("rolling", rolling)):
+                coverage.add_metric([model, window], part.coverage)
+                width.add_metric([model, window], part.mean_width)
+        yield coverage
+        yield width
 
 
 def _package_version() -> str:

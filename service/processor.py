@@ -13,9 +13,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from models import registry
 from models.base import Model, ModelContext
-from service.config import Settings
+from service.config import SchemaSettings, Settings
 from service.decode import Decoder
 from service.features import FeaturePipeline
 from service.metrics import Metrics
@@ -23,7 +25,7 @@ from service.records import Event, Invalid, Prediction, RawRecord, dead_letter_h
 from service.scoring import ScoreStats
 from service.sinks import Sink
 from service.sources import TopicPartition
-from service.tasks import PartitionTask, ScoredCallback
+from service.tasks import CoverageStats, PartitionTask, ScoredCallback
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +40,47 @@ class BatchResult:
 
 
 def build_prototypes(settings: Settings, pipeline: FeaturePipeline) -> dict[str, Model]:
-    """One untrained model per configured entry; each task clones its own."""
+    """One untrained model per configured entry (ensembles are combined by the task,
+    not built); each task clones its own."""
     context = ModelContext(
         feature_names=pipeline.names,
         window=settings.forecast.window,
         horizon=settings.forecast.horizon,
         seed=settings.processing.seed,
     )
-    return {m.name: registry.build(m.kind, m.params, context) for m in settings.models}
+    return {
+        m.name: registry.build(m.kind, m.params, context)
+        for m in settings.models
+        if m.kind != "ensemble"
+    }
+
+
+def build_pipeline(settings: Settings, exogenous: tuple[str, ...] = ()) -> FeaturePipeline:
+    """The feature pipeline of ``settings`` with these exogenous features."""
+    forecast = settings.forecast
+    return FeaturePipeline(
+        forecast.lags, forecast.target, exogenous, forecast.window, forecast.horizon
+    )
+
+
+def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> tuple[str, ...]:
+    """``schema.features: auto``: the numeric fields of ``x`` in ``records``, sorted by
+    name, at most ``max_auto_features`` (the first names in sorted order)."""
+    names: set[str] = set()
+    for record in records:
+        try:
+            value = orjson.loads(record.value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(value, dict):
+            continue
+        features = value.get(schema.features_field)
+        if not isinstance(features, dict):
+            continue
+        for name, number in features.items():
+            if isinstance(number, int | float) and not isinstance(number, bool):
+                names.add(name)
+    return tuple(sorted(names)[: schema.max_auto_features])
 
 
 class Processor:
@@ -62,18 +97,33 @@ class Processor:
         self._on_scored = on_scored
         self._sink = sink
         self._metrics = metrics
-        self._decoder = Decoder(settings.schema_)
-        self._pipeline = FeaturePipeline(
-            settings.forecast.lags, settings.forecast.target, settings.schema_.features
-        )
-        self._prototypes = build_prototypes(settings, self._pipeline)
+        self._features: tuple[str, ...] | None = None
+        self._decoder: Decoder | None = None
+        self._pipeline = build_pipeline(settings)
+        self._prototypes: dict[str, Model] = {}
+        if settings.schema_.features != "auto":
+            self._fix_features(settings.schema_.features)
         self.tasks: dict[TopicPartition, PartitionTask] = {}
         self.assignments = 0
         metrics.watch_scores(self.pooled_scores)
+        metrics.watch_coverage(self.pooled_coverage)
+
+    @property
+    def features(self) -> tuple[str, ...] | None:
+        """The exogenous features models use (None until ``auto`` discovered them)."""
+        return self._features
+
+    def _fix_features(self, names: tuple[str, ...]) -> None:
+        """Fix the exogenous features, then build the decoder and the models."""
+        self._features = names
+        schema = self._settings.schema_.model_copy(update={"features": names})
+        self._decoder = Decoder(schema)
+        self._pipeline = build_pipeline(self._settings, names)
+        self._prototypes = build_prototypes(self._settings, self._pipeline)
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
-            if tp not in self.tasks:
+            if tp not in self.tasks and self._decoder is not None:
                 self.tasks[tp] = self._new_task(tp)
         self.assignments += 1
         self._metrics.assigned.set(len(self.tasks))
@@ -92,6 +142,14 @@ class Processor:
     def active_series(self) -> int:
         return sum(task.active_series for task in self.tasks.values())
 
+    def pooled_coverage(self) -> dict[str, tuple[CoverageStats, CoverageStats]]:
+        pooled: dict[str, tuple[CoverageStats, CoverageStats]] = {}
+        for task in list(self.tasks.values()):
+            for name, (total, rolling) in task.coverage().items():
+                old_total, old_rolling = pooled.get(name, (CoverageStats(), CoverageStats()))
+                pooled[name] = (old_total.merge(total), old_rolling.merge(rolling))
+        return pooled
+
     def pooled_scores(self) -> dict[str, tuple[ScoreStats, ScoreStats]]:
         pooled: dict[str, tuple[ScoreStats, ScoreStats]] = {
             m.name: (ScoreStats(), ScoreStats()) for m in self._settings.models
@@ -106,6 +164,13 @@ class Processor:
         """Decode, process per partition task, and send every output to the sink."""
         self._metrics.consumed.inc(len(records))
         self._metrics.batches.inc()
+        if self._decoder is None:
+            names = discover_features(records, self._settings.schema_)
+            log.info("schema.features: auto: using %s", list(names) or "no exogenous features")
+            self._fix_features(names)
+        decoder = self._decoder
+        if decoder is None:  # unreachable: _fix_features just built it
+            raise RuntimeError("no decoder after feature discovery")
         offsets: dict[TopicPartition, int] = {}
         predictions: list[Prediction] = []
         dead = 0
@@ -113,11 +178,13 @@ class Processor:
             events: list[Event] = []
             invalid: list[Invalid] = []
             for record in group:
-                decoded = self._decoder.decode(record)
+                decoded = decoder.decode(record)
                 if isinstance(decoded, Invalid):
                     invalid.append(decoded)
                 else:
                     events.append(decoded)
+            if self._features is not None and events:
+                self._count_ignored(events)
             task = self.tasks.get(tp)
             if task is None:  # records of a partition we were never told about
                 task = self.tasks[tp] = self._new_task(tp)
@@ -130,6 +197,15 @@ class Processor:
             offsets[tp] = group[-1].offset + 1
         self._metrics.active_series.set(self.active_series)
         return BatchResult(offsets, predictions, dead)
+
+    def _count_ignored(self, events: list[Event]) -> None:
+        """Count feature names outside the fixed list (``auto`` mode only: an explicit
+        list ignores extra names by design)."""
+        if self._settings.schema_.features != "auto":
+            return
+        ignored = sum(event.ignored for event in events)
+        if ignored:
+            self._metrics.ignored_features.inc(ignored)
 
     def acknowledged(self, result: BatchResult) -> None:
         """Account for a batch whose outputs the sink has confirmed."""

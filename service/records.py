@@ -50,6 +50,7 @@ class Event(NamedTuple):
     y: float
     x: npt.NDArray[np.float64]
     record: RawRecord
+    ignored: int = 0  # names in the features field that models do not use
 
 
 class Invalid(NamedTuple):
@@ -73,6 +74,7 @@ class Prediction(NamedTuple):
     model_version: int
     source: str
     consumed_at: float = 0.0
+    leader: str | None = None  # an ensemble's leading member; None for other models
 
     def to_json(self, produced_at_ms: int | None = None) -> bytes:
         produced = produced_at_ms if produced_at_ms is not None else time.time_ns() // 1_000_000
@@ -86,6 +88,7 @@ class Prediction(NamedTuple):
                 "upper": self.upper,
                 "model": self.model,
                 "model_version": self.model_version,
+                "leader": self.leader,
                 "source": self.source,
                 "produced_at": produced,
             }

@@ -73,6 +73,16 @@ class WindowStore:
         self._last_seen.move_to_end(key)
         return slot
 
+    def peek(self, key: str) -> int | None:
+        """The key's row if it has one, without marking it seen (an event that may
+        yet be rejected must not keep its key alive)."""
+        return self._slots.get(key)
+
+    def newest_of(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """The newest event time of each of ``slots`` (int64 min where none)."""
+        out: npt.NDArray[np.int64] = self._newest_ts[slots]
+        return out
+
     def push(self, slot: int, ts_ms: int, y: float) -> None:
         """Append ``y`` observed at ``ts_ms`` to the window of ``slot`` (a batch of one:
         :meth:`push_many` is the one way values enter a window)."""
@@ -115,20 +125,21 @@ class WindowStore:
         grouped, counts = np.unique(slots[order], return_counts=True)
         starts = np.cumsum(counts) - counts  # of each group in the grouped values
         group_of = np.searchsorted(grouped, slots)
-        old = self._values.size
-        values = np.concatenate([self._values.ravel(), ys[order]])
+        # only the touched rows: the cost is the batch's, whatever the number of keys
+        old = len(grouped) * width
+        values = np.concatenate([self._values[grouped].ravel(), ys[order]])
         offsets = np.arange(width) - width  # column j reads the value j - W from the end
 
         def gather(
-            slot: npt.NDArray[np.intp], start: npt.NDArray[np.intp], upto: npt.NDArray[np.intp]
+            group: npt.NDArray[np.intp], start: npt.NDArray[np.intp], upto: npt.NDArray[np.intp]
         ) -> npt.NDArray[np.float64]:
             t = upto[:, None] + offsets[None, :]  # position among the batch's values
-            index = np.where(t >= 0, old + start[:, None] + t, slot[:, None] * width + width + t)
+            index = np.where(t >= 0, old + start[:, None] + t, group[:, None] * width + width + t)
             out: npt.NDArray[np.float64] = values[index]
             return out
 
-        windows = gather(slots, starts[group_of], seen)
-        self._values[grouped] = gather(grouped, starts, counts)
+        windows = gather(group_of, starts[group_of], seen)
+        self._values[grouped] = gather(np.arange(len(grouped)), starts, counts)
         self._counts[grouped] += counts
         np.maximum.at(self._newest_ts, slots, ts_ms)
         return windows
@@ -137,6 +148,16 @@ class WindowStore:
         """A copy of the window of ``slot``, oldest first."""
         row: npt.NDArray[np.float64] = self._values[slot].copy()
         return row
+
+    @property
+    def capacity(self) -> int:
+        """Rows allocated: every slot handed out so far is below this."""
+        return len(self._counts)
+
+    def counts_of(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """How many values were ever pushed for each of ``slots``."""
+        out: npt.NDArray[np.int64] = self._counts[slots]
+        return out
 
     def count(self, slot: int) -> int:
         """How many values were ever pushed for ``slot`` (not capped at ``window``)."""
@@ -150,14 +171,19 @@ class WindowStore:
     def evict(self) -> list[str]:
         """Drop keys idle for longer than the TTL, then the least recently seen keys
         beyond ``max_keys``; return the evicted keys."""
+        return [key for key, _ in self.evict_slots()]
+
+    def evict_slots(self) -> list[tuple[str, int]]:
+        """As :meth:`evict`, with the slot each evicted key held (free again now), so
+        owners of per-slot state can reset it."""
         now = self._clock()
         evicted = []
         while self._last_seen:
             key, seen = next(iter(self._last_seen.items()))
             if now - seen <= self._ttl_s and len(self._last_seen) <= self._max_keys:
                 break
+            evicted.append((key, self._slots[key]))
             self._drop(key)
-            evicted.append(key)
         return evicted
 
     def snapshot(self) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def test_non_finite_targets_are_dropped_and_counted(bad: float) -> None:
     partly[::2] = bad
     model.learn(batch, partly)
     assert model.nonfinite_events == 2
-    assert model.updates == before["updates"] + 1
+    assert model.updates == before["updates"] + int(np.isfinite(partly).sum())  # rows learned
     assert np.all(np.isfinite(model.predict(batch)))
 
 
@@ -186,7 +186,7 @@ def test_a_non_finite_loss_skips_the_step(monkeypatch: pytest.MonkeyPatch) -> No
     assert model.state_dict()["targets"] == before["targets"]
     assert np.all(np.isfinite(model.predict(batch)))
     model.learn(batch, target)  # and learning goes on
-    assert model.updates == before["updates"] + 1
+    assert model.updates == before["updates"] + len(target)
 
 
 def test_a_non_finite_gradient_skips_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +198,7 @@ def test_a_non_finite_gradient_skips_the_step(monkeypatch: pytest.MonkeyPatch) -
     assert model.nonfinite_events == 1
     assert_same_tensors(model.state_dict()["network"], before["network"])
     model.learn(batch, target)
-    assert model.updates == before["updates"] + 1
+    assert model.updates == before["updates"] + len(target)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -223,7 +223,7 @@ def test_non_finite_parameters_are_restored(kind: str, monkeypatch: pytest.Monke
     assert_same_tensors(after["optimizer"], before["optimizer"])
     np.testing.assert_array_equal(model.predict(batch), good_prediction)
     model.learn(batch, target)
-    assert model.updates == before["updates"] + 1
+    assert model.updates == before["updates"] + len(target)
     assert model.state_dict()["nonfinite_events"] == 1
 
 
@@ -245,14 +245,14 @@ def test_learn_every_accumulates_rows_then_takes_one_step() -> None:
     for _ in range(6):
         model.learn(small, target[:4])
         counts.append(model.updates)
-    assert counts == [0, 0, 1, 1, 1, 2]  # steps at 12 and 12 more pending rows
+    assert counts == [0, 0, 12, 12, 12, 24]  # steps (of rows learned) at 12 and 12 more
 
 
 def test_max_step_rows_still_learns_every_row_into_replay() -> None:
     model = build("torch.mlp", {"max_step_rows": 4, "replay_size": 100})
     for batch, target in STREAM[:3]:
         model.learn(batch, target)
-    assert model.updates == 3
+    assert model.updates == 48  # every row learned, though each step fit 4 of them
     assert len(model.state_dict()["replay"]["rows"]["target"]) == 48
 
 

@@ -30,10 +30,10 @@ class Spy:
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
         self.log.append(("predict", batch.window.copy()))
-        return np.full(len(batch), 0.5)
+        return 0.5 / batch.units  # a change of 0.5 in the original scale
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
-        self.log.append(("learn", (batch.window.copy(), target.copy())))
+        self.log.append(("learn", (batch.window.copy(), target * batch.units)))  # as changes
         self._updates += 1
 
     def clone(self) -> Model:
@@ -46,14 +46,22 @@ class Spy:
         """Stateless."""
 
 
+@pytest.fixture(autouse=True)
+def _learn_from_young_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests follow a few events of a key: let rows of young keys be learned."""
+    import service.tasks as tasks
+
+    monkeypatch.setattr(tasks, "MATURE_VALUES", 0)
+
+
 def _task(log: list[tuple[str, Any]], **forecast: Any) -> PartitionTask:
     settings = Settings.model_validate(
         {
-            "forecast": {"window": 4, "lags": 2, **forecast},
+            "forecast": {"window": 4, "lags": 2, "history": 4, **forecast},
             "models": [{"name": "spy", "kind": "persistence", "primary": True}],
         }
     )
-    pipeline = FeaturePipeline(2, settings.forecast.target, ())
+    pipeline = FeaturePipeline(2, settings.forecast.target, (), 4, settings.forecast.horizon)
     metrics = Metrics(CollectorRegistry(), settings)
     return PartitionTask("t", 0, settings, {"spy": Spy(log)}, pipeline, metrics)
 
@@ -107,10 +115,12 @@ def test_horizon_zero_never_sees_its_own_target_and_seeds_new_keys() -> None:
     out = task.process(_events([10.0, 20.0, 30.0]))
     assert [p.source for p in out.predictions] == ["t:0:1", "t:0:2"]
     assert task.seeded_only == 1
-    windows = next(payload for kind, payload in log if kind == "predict")
+    windows = np.concatenate([payload for kind, payload in log if kind == "predict"])
     assert windows[:, -1].tolist() == [10.0, 20.0]  # the previous value, never the event's own
-    _, (_, targets) = next(e for e in log if e[0] == "learn")
+    targets = np.concatenate([t for kind, (_, t) in (e for e in log if e[0] == "learn")])
     np.testing.assert_allclose(targets, [10.0, 10.0])
+    # event by event: each row is predicted, then learned, before the next is predicted
+    assert [kind for kind, _ in log] == ["predict", "learn", "predict", "learn"]
     assert task.scores()["spy"][0].n == 2
 
 
@@ -183,8 +193,11 @@ def test_quiet_keys_do_not_keep_old_batches_alive(
     else:
         assert len(live) == 200  # the behaviour compaction exists to bound
     returning = [e for i in range(200) for e in _events([i + 0.5], f"quiet-{i}", start=1000 + i)]
+    start = len(log)
     task.process(returning)
-    window, target = log[-1][1]
+    learned = [payload for kind, payload in log[start:] if kind == "learn"]
+    window = np.concatenate([w for w, _ in learned])
+    target = np.concatenate([t for _, t in learned])
     expected = [[np.nan, np.nan, np.nan, float(i)] for i in range(200)]
     np.testing.assert_array_equal(window, np.array(expected))  # rows from the copies too
-    assert target.tolist() == [0.5] * 200
+    np.testing.assert_allclose(target, [0.5] * 200)

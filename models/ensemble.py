@@ -1,0 +1,230 @@
+"""The online ensemble: per key, a weighted average of the other models' predictions.
+
+No model wins everywhere: on daily prices the last value is best, on a seasonal load a
+seasonal model, on a nonlinear sensor a network, and keys of one topic differ. The
+ensemble learns, for each key, which of its members to trust, from their recent errors
+on that key, with the exponentially weighted average forecaster (Vovk's aggregating
+algorithm / Hedge, Cesa-Bianchi & Lugosi, *Prediction, Learning, and Games*, 2006,
+ch. 2-3) under two changes that make it track a best member that changes over time:
+
+* *fixed share* (Herbster & Warmuth, "Tracking the best expert", 1998): after every
+  update a fraction ``share`` of the weight is spread evenly, so a member that was bad
+  for a long time can take over within a few dozen events once it becomes the best;
+* *discounting*: past losses fade with a memory of ``memory`` events, and a confirmed
+  drift of a member shortens the memory of every key at once (``drift.action``), so
+  the ensemble re-learns whom to trust after a regime change instead of after weeks.
+
+The loss is the squared error divided by the key's best member's running mean squared
+error (each member's with the same memory), capped at :data:`LOSS_CAP`: the best
+member's loss is about 1 per event, one twice as bad about 2, on every key whatever its
+scale, so ``eta`` means the same everywhere, and one wild event cannot wipe a member
+out. With the squared loss the
+weighted average is the right combination (the loss is exp-concave on bounded
+predictions, where the aggregating algorithm's regret against the best member is
+``O(log M / eta)``); ``eta`` defaults to a value that lets a member that is clearly
+better over ``memory`` events dominate.
+
+New keys start from their task's pooled weights (the same update run over every
+key's errors), so a new key of a topic of random walks starts with persistence in
+front. The member with the largest weight *leads* a prediction; predictions name it.
+
+This module holds the arithmetic and the per-key state; the partition task runs it
+(:mod:`service.tasks`), because the ensemble consumes other models' outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+
+from models.base import FloatArray, IntArray
+from models.registry import ModelParams, ModelSpec, register
+
+__all__ = ["LOSS_CAP", "EnsembleParams", "Hedge"]
+
+LOSS_CAP = 25.0
+
+
+class EnsembleParams(ModelParams):
+    """``ensemble``: combine other configured models per key (module docstring).
+
+    Attributes:
+        members: names of the models it combines (others in ``models:``); empty
+            means every other model.
+        eta: learning rate of the weights, per unit of normalised squared loss.
+        memory: events after which a key's past losses have faded to ``1/e``.
+        share: weight spread evenly after every update (fixed share).
+    """
+
+    members: tuple[str, ...] = ()
+    eta: float = Field(default=0.5, gt=0.0, le=100.0)
+    memory: int = Field(default=200, ge=2, le=1_000_000)
+    share: float = Field(default=0.002, ge=0.0, lt=1.0)
+
+
+class Hedge:
+    """Per-slot weights of ``members`` members; slots as the task's window store's.
+
+    >>> hedge = Hedge(2, EnsembleParams(eta=1.0))
+    >>> hedge.ensure(1)
+    >>> slots = np.array([0, 0, 0], dtype=np.intp)
+    >>> outputs = np.array([[1.0, 0.0]] * 3)  # member 0 says 1, member 1 says 0
+    >>> learned = np.array([[1.0, 0.0]] * 3)
+    >>> y, leaders = hedge.run(slots, outputs, slots, learned, np.ones(3), np.arange(1, 4))
+    >>> [round(v, 2) for v in y.tolist()], leaders.tolist()
+    ([0.5, 1.0, 1.0], [0, 0, 0])
+    """
+
+    def __init__(self, members: int, params: EnsembleParams) -> None:
+        self.members = members
+        self.eta = params.eta
+        self.decay = math.exp(-1.0 / params.memory)
+        self.share = params.share
+        self.shrink_to = 1.0
+        self._log_w: list[list[float]] = []
+        self._mse: list[list[float]] = []
+        self._epoch: list[int] = []
+        self._known: list[bool] = []
+        self._drifts = 0
+        self.learned = 0
+        self._pool_log_w = [0.0] * members
+        self._pool_mse = [0.0] * members
+
+    def ensure(self, capacity: int) -> None:
+        """Room for ``capacity`` slots."""
+        missing = capacity - len(self._known)
+        if missing > 0:
+            self._log_w.extend([0.0] * self.members for _ in range(missing))
+            self._mse.extend([0.0] * self.members for _ in range(missing))
+            self._epoch.extend([0] * missing)
+            self._known.extend([False] * missing)
+
+    def reset(self, slots: Sequence[int]) -> None:
+        """Evicted keys' slots start again from the pool."""
+        for slot in slots:
+            self._known[slot] = False
+
+    def drift(self, factor: float) -> None:
+        """Shorten every key's memory by ``factor`` (applied lazily, per key)."""
+        self.shrink_to = factor
+        self._drifts += 1
+        self._pool_log_w = [v * factor for v in self._pool_log_w]
+
+    def weights(self, slot: int) -> list[float]:
+        """The slot's current weights (normalised, shared)."""
+        return _normalised(self._row(slot), self.share)
+
+    def _row(self, slot: int) -> list[float]:
+        if not self._known[slot]:
+            self._known[slot] = True
+            self._log_w[slot] = list(self._pool_log_w)
+            self._mse[slot] = list(self._pool_mse)
+            self._epoch[slot] = self._drifts
+        elif self._epoch[slot] != self._drifts:
+            factor = self.shrink_to ** (self._drifts - self._epoch[slot])
+            self._log_w[slot] = [v * factor for v in self._log_w[slot]]
+            self._epoch[slot] = self._drifts
+        return self._log_w[slot]
+
+    def run(
+        self,
+        predict_slots: IntArray,
+        outputs: FloatArray,
+        learn_slots: IntArray,
+        learned: FloatArray,
+        target: FloatArray,
+        before: IntArray,
+        drifts_after: Sequence[int] = (),
+        drift_factor: float = 1.0,
+    ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+        """Combined predictions and leading member of each predict row, learning in
+        event order (as :class:`~models.base.Plan`): ``outputs`` are the members'
+        predictions of the rows to predict, ``learned`` those of the rows whose
+        ``target`` arrived; after learn row ``j`` in ``drifts_after`` every key's
+        memory shrinks by ``drift_factor``."""
+        n = len(predict_slots)
+        combined = [0.0] * n
+        leaders = [0] * n
+        rows = outputs.tolist()
+        slots = predict_slots.tolist()
+        cache: dict[int, list[float]] = {}
+        done = 0
+
+        def predict_until(stop: int) -> None:
+            nonlocal done
+            while done < stop:
+                slot = slots[done]
+                w = cache.get(slot)
+                if w is None:
+                    w = cache[slot] = self.weights(slot)
+                row = rows[done]
+                combined[done] = sum(a * b for a, b in zip(w, row, strict=True))
+                leaders[done] = max(range(self.members), key=w.__getitem__)
+                done += 1
+
+        drift_rows = set(drifts_after)
+        learn_rows, learn_targets = learned.tolist(), target.tolist()
+        for j, (slot, stop) in enumerate(zip(learn_slots.tolist(), before.tolist(), strict=True)):
+            predict_until(stop)
+            self._learn(slot, learn_rows[j], learn_targets[j])
+            cache.pop(slot, None)
+            if j in drift_rows:
+                self.drift(drift_factor)
+                cache.clear()
+        predict_until(n)
+        return np.asarray(combined, dtype=np.float64), np.asarray(leaders, dtype=np.intp)
+
+    def _learn(self, slot: int, row: list[float], y: float) -> None:
+        self.learned += 1
+        errors = [(y - p) ** 2 for p in row]
+        log_w = self._row(slot)
+        self._log_w[slot], self._mse[slot] = self._update(log_w, self._mse[slot], errors)
+        self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
+
+    def _update(
+        self, log_w: list[float], mse: list[float], errors: list[float]
+    ) -> tuple[list[float], list[float]]:
+        decay, eta = self.decay, self.eta
+        fresh = max(mse) <= 0
+        unit = min(errors) if fresh else min(mse)
+        if unit <= 0:
+            unit = max(max(errors) * 1e-6, 1e-300)
+        # one wild error moves a member's running error by a bounded step
+        capped = [min(e, LOSS_CAP * unit) for e in errors]
+        new_mse = (
+            capped
+            if fresh
+            else [decay * m + (1 - decay) * e for m, e in zip(mse, capped, strict=True)]
+        )
+        moved = [
+            decay * v - eta * min(e / unit, LOSS_CAP) for v, e in zip(log_w, errors, strict=True)
+        ]
+        weights = _normalised(moved, self.share)
+        return [math.log(max(w, 1e-300)) for w in weights], new_mse
+
+
+def _normalised(log_w: list[float], share: float) -> list[float]:
+    """Weights from log-weights, with ``share`` of the mass spread evenly."""
+    top = max(log_w)
+    raw = [math.exp(v - top) for v in log_w]
+    total = sum(raw)
+    even = share / len(raw)
+    return [(1 - share) * r / total + even for r in raw]
+
+
+def _build(params: EnsembleParams, context: object) -> object:
+    raise TypeError("an ensemble is combined by its partition task, not built as a model")
+
+
+register(
+    ModelSpec(
+        kind="ensemble",
+        params=EnsembleParams,
+        build=_build,  # type: ignore[arg-type]
+        summary="per-key weighted average of other models, by their recent errors",
+    )
+)

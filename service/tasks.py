@@ -462,8 +462,10 @@ class PartitionTask:
         # An event first resolves an earlier prediction (h >= 1: its value is that
         # prediction's truth, and in its own history), then is predicted; with h = 0
         # it is predicted first, then resolves that very prediction.
-        side = "right" if self._horizon == 0 else "left"
-        before = np.searchsorted(predicted_at, resolved_at, side=side).astype(np.intp)
+        if self._horizon == 0:
+            before = np.searchsorted(predicted_at, resolved_at, side="right").astype(np.intp)
+        else:
+            before = np.searchsorted(predicted_at, resolved_at, side="left").astype(np.intp)
         plan = Plan(rows.batch(names), learned.batch(names).take(keep), target[keep], before[keep])
         learn_slots, learn_target, learn_before = learned.slots[keep], target[keep], before[keep]
         metrics = self._metrics

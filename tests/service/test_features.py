@@ -64,7 +64,8 @@ def test_calendar_features_only_for_keys_that_tick_within_the_cycle() -> None:
     computed = pipeline.compute(history, np.empty((2, 0)), ts, spacing)
     named = [dict(zip(pipeline.names, row, strict=True)) for row in computed.raw]
     assert named[0]["hour_sin"] == pytest.approx(1.0)  # the target is at 06:00
-    assert np.isnan(named[1]["hour_sin"]) and np.isnan(named[1]["dow_sin"])
+    assert np.isnan(named[1]["hour_sin"])
+    assert np.isnan(named[1]["dow_sin"])
     assert np.isfinite(named[1]["doy_sin"])
 
 
@@ -93,7 +94,8 @@ def test_sequential_scaling_does_not_depend_on_batching(data: np.ndarray, pieces
 def test_extreme_inputs_keep_the_scaler_finite() -> None:
     scaler = RunningScaler(1)
     scaler.fit_transform(np.array([[1.0], [1e300], [-1e308], [2.0]]))
-    assert np.isfinite(scaler.mean).all() and np.isfinite(scaler.m2).all()
+    assert np.isfinite(scaler.mean).all()
+    assert np.isfinite(scaler.m2).all()
 
 
 @settings(max_examples=50)

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
+from typing import Literal
+
 from pydantic import Field
 
 from models.base import FloatArray, IntArray
@@ -55,14 +57,18 @@ class EnsembleParams(ModelParams):
     Attributes:
         members: names of the models it combines (others in ``models:``); empty
             means every other model.
+        loss: ``absolute`` (the default: forecasts are judged by their MAE, and a
+            member that hedges rare spikes must not win over one that is right most
+            of the time) or ``squared``.
         eta: learning rate of the weights, per unit of normalised squared loss.
         memory: events after which a key's past losses have faded to ``1/e``.
         share: weight spread evenly after every update (fixed share).
     """
 
     members: tuple[str, ...] = ()
-    eta: float = Field(default=0.5, gt=0.0, le=100.0)
-    memory: int = Field(default=200, ge=2, le=1_000_000)
+    loss: Literal["absolute", "squared"] = "absolute"
+    eta: float = Field(default=0.3, gt=0.0, le=100.0)
+    memory: int = Field(default=1000, ge=2, le=1_000_000)
     share: float = Field(default=0.002, ge=0.0, lt=1.0)
 
 
@@ -84,12 +90,14 @@ class Hedge:
         self.eta = params.eta
         self.decay = math.exp(-1.0 / params.memory)
         self.share = params.share
+        self.squared = params.loss == "squared"
+        self._cap = LOSS_CAP if self.squared else math.sqrt(LOSS_CAP)
         self.shrink_to = 1.0
         self._log_w: list[list[float]] = []
         self._mse: list[list[float]] = []
-        self._epoch: list[int] = []
+        self._epoch: list[list[int]] = []
         self._known: list[bool] = []
-        self._drifts = 0
+        self._drifts = [0] * members
         self.learned = 0
         self._pool_log_w = [0.0] * members
         self._pool_mse = [0.0] * members
@@ -100,7 +108,7 @@ class Hedge:
         if missing > 0:
             self._log_w.extend([0.0] * self.members for _ in range(missing))
             self._mse.extend([0.0] * self.members for _ in range(missing))
-            self._epoch.extend([0] * missing)
+            self._epoch.extend([0] * self.members for _ in range(missing))
             self._known.extend([False] * missing)
 
     def reset(self, slots: Sequence[int]) -> None:
@@ -108,11 +116,14 @@ class Hedge:
         for slot in slots:
             self._known[slot] = False
 
-    def drift(self, factor: float) -> None:
-        """Shorten every key's memory by ``factor`` (applied lazily, per key)."""
+    def drift(self, member: int, factor: float) -> None:
+        """Forget most of ``member``'s past on every key: its log-weight moves to
+        ``factor`` of its distance from the leader's (lazily, per key). A member whose
+        errors changed is judged again on its new errors: one that got better can
+        take the lead soon, one that got worse loses it to its new errors."""
         self.shrink_to = factor
-        self._drifts += 1
-        self._pool_log_w = [v * factor for v in self._pool_log_w]
+        self._drifts[member] += 1
+        self._pool_log_w = _shrunk(self._pool_log_w, member, factor)
 
     def weights(self, slot: int) -> list[float]:
         """The slot's current weights (normalised, shared)."""
@@ -123,11 +134,13 @@ class Hedge:
             self._known[slot] = True
             self._log_w[slot] = list(self._pool_log_w)
             self._mse[slot] = list(self._pool_mse)
-            self._epoch[slot] = self._drifts
+            self._epoch[slot] = list(self._drifts)
         elif self._epoch[slot] != self._drifts:
-            factor = self.shrink_to ** (self._drifts - self._epoch[slot])
-            self._log_w[slot] = [v * factor for v in self._log_w[slot]]
-            self._epoch[slot] = self._drifts
+            epochs, log_w = self._epoch[slot], self._log_w[slot]
+            for member, (seen, now) in enumerate(zip(epochs, self._drifts, strict=True)):
+                if seen != now:
+                    log_w = _shrunk(log_w, member, self.shrink_to ** (now - seen))
+            self._log_w[slot], self._epoch[slot] = log_w, list(self._drifts)
         return self._log_w[slot]
 
     def run(
@@ -138,14 +151,14 @@ class Hedge:
         learned: FloatArray,
         target: FloatArray,
         before: IntArray,
-        drifts_after: Sequence[int] = (),
+        drifts_after: Sequence[tuple[int, int]] = (),
         drift_factor: float = 1.0,
     ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
         """Combined predictions and leading member of each predict row, learning in
         event order (as :class:`~models.base.Plan`): ``outputs`` are the members'
         predictions of the rows to predict, ``learned`` those of the rows whose
-        ``target`` arrived; after learn row ``j`` in ``drifts_after`` every key's
-        memory shrinks by ``drift_factor``."""
+        ``target`` arrived; after learn row ``j`` of each ``(j, member)`` in
+        ``drifts_after``, that member's past is shrunk by ``drift_factor``."""
         n = len(predict_slots)
         combined = [0.0] * n
         leaders = [0] * n
@@ -166,21 +179,24 @@ class Hedge:
                 leaders[done] = max(range(self.members), key=w.__getitem__)
                 done += 1
 
-        drift_rows = set(drifts_after)
+        drift_rows: dict[int, list[int]] = {}
+        for row, member in drifts_after:
+            drift_rows.setdefault(row, []).append(member)
         learn_rows, learn_targets = learned.tolist(), target.tolist()
         for j, (slot, stop) in enumerate(zip(learn_slots.tolist(), before.tolist(), strict=True)):
             predict_until(stop)
             self._learn(slot, learn_rows[j], learn_targets[j])
             cache.pop(slot, None)
             if j in drift_rows:
-                self.drift(drift_factor)
+                for member in drift_rows[j]:
+                    self.drift(member, drift_factor)
                 cache.clear()
         predict_until(n)
         return np.asarray(combined, dtype=np.float64), np.asarray(leaders, dtype=np.intp)
 
     def _learn(self, slot: int, row: list[float], y: float) -> None:
         self.learned += 1
-        errors = [(y - p) ** 2 for p in row]
+        errors = [(y - p) ** 2 for p in row] if self.squared else [abs(y - p) for p in row]
         log_w = self._row(slot)
         self._log_w[slot], self._mse[slot] = self._update(log_w, self._mse[slot], errors)
         self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
@@ -194,17 +210,25 @@ class Hedge:
         if unit <= 0:
             unit = max(max(errors) * 1e-6, 1e-300)
         # one wild error moves a member's running error by a bounded step
-        capped = [min(e, LOSS_CAP * unit) for e in errors]
+        capped = [min(e, self._cap * unit) for e in errors]
         new_mse = (
             capped
             if fresh
             else [decay * m + (1 - decay) * e for m, e in zip(mse, capped, strict=True)]
         )
         moved = [
-            decay * v - eta * min(e / unit, LOSS_CAP) for v, e in zip(log_w, errors, strict=True)
+            decay * v - eta * min(e / unit, self._cap) for v, e in zip(log_w, errors, strict=True)
         ]
         weights = _normalised(moved, self.share)
         return [math.log(max(w, 1e-300)) for w in weights], new_mse
+
+
+def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:
+    """``member``'s log-weight moved to ``factor`` of its distance from the top."""
+    top = max(log_w)
+    out = list(log_w)
+    out[member] = top + factor * (log_w[member] - top)
+    return out
 
 
 def _normalised(log_w: list[float], share: float) -> list[float]:

@@ -106,7 +106,7 @@ class ForecastSettings(_Section):
 
     horizon: int = Field(1, ge=0, le=10000)
     window: int = Field(32, ge=2, le=100000)
-    history: int = Field(400, ge=2, le=100000)
+    history: int = Field(720, ge=2, le=100000)
     seasonal_periods: tuple[int, ...] = Field((), max_length=2)
     calendar: bool = True
     target: Literal["change", "level"] = "change"

@@ -11,9 +11,12 @@ key. Otherwise each key's own are detected from its history (:func:`detect`) whe
 has seen :data:`FIRST_DETECTION` values, again at twice and four times that, and then
 every half history: the candidates are the calendar periods its spacing implies (a
 day, a week and a year in events, where they fit in its history) and the strongest
-autocorrelation peak; a candidate is kept when the autocorrelation of the detrended
-history has a real peak there (a local maximum standing :data:`MIN_PROMINENCE` above
-the trough before it, and at least :data:`MIN_CORRELATION`). A random walk's
+autocorrelation peak; a candidate ``p`` is kept when the history holds two cycles of
+it, the autocorrelation of the detrended history has a local maximum of at least
+:data:`MIN_CORRELATION` there, and the series repeats: its differences over ``p``
+events are smaller than over ``p/2`` (mean squares at most :data:`MAX_DIP` times), which
+a random walk's or a mean-reverting process's never are, since theirs only grow with
+the lag. A random walk's
 autocorrelation decays without peaks, so prices get no season; an hourly load gets
 24 and 168. The two strongest kept periods, strongest first, are the key's seasons.
 """
@@ -30,7 +33,7 @@ IntArray = npt.NDArray[np.intp]
 
 SPACING_GAPS = 32
 FIRST_DETECTION = 48
-MIN_PROMINENCE = 0.15
+MAX_DIP = 0.65
 MIN_CORRELATION = 0.2
 MAX_SEASONS = 2
 _DAY_S = 86_400.0
@@ -88,16 +91,34 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
             candidates.add(best[1])
     snapped = {_snap(acf, p) for p in candidates}
     kept = sorted(
-        ((_prominence(acf, p), p) for p in snapped if acf[p] >= MIN_CORRELATION), reverse=True
+        (
+            (1.0 - _dip(v, p), p)
+            for p in snapped
+            if n >= 2 * p + 8 and acf[p] >= MIN_CORRELATION and _prominence(acf, p) > 0
+        ),
+        reverse=True,
     )
     seasons: list[int] = []
     for prominence, p in kept:
-        if prominence < MIN_PROMINENCE or any(abs(p - q) <= 2 for q in seasons):
+        if prominence < 1.0 - MAX_DIP or any(abs(p - q) <= 2 for q in seasons):
             continue
         seasons.append(p)
         if len(seasons) == MAX_SEASONS:
             break
     return seasons
+
+
+def _dip(v: FloatArray, p: int) -> float:
+    """``mean((y_t - y_{t-p})^2) / mean((y_t - y_{t-p/2})^2)``: well below 1 where the
+    series repeats every ``p`` (in phase) and not every ``p/2`` (out of phase); a
+    random walk's or an AR process's squared differences only grow with the lag."""
+    half = max(p // 2, 1)
+    full = v[p:] - v[:-p]
+    anti = v[half:] - v[:-half]
+    denominator = float(np.mean(anti * anti))
+    if denominator <= 0:
+        return 1.0
+    return float(np.mean(full * full)) / denominator
 
 
 def _snap(acf: FloatArray, p: int) -> int:

@@ -493,9 +493,16 @@ class PartitionTask:
                 continue
             hedge.ensure(self._windows.capacity)
             members = slot.members
-            found = sorted({j for c in members for j in drifts[c]})
             # a drift found at learn row j acts after the last learned row up to j
-            shrink_after = np.searchsorted(keep, found, side="right") - 1
+            # Only a member whose errors fell is judged afresh: one whose errors rose
+            # loses weight through them anyway, and reviving it would hand a bad member
+            # weight it has not earned.
+            found = [
+                (int(np.searchsorted(keep, j, side="right")) - 1, m)
+                for m, c in enumerate(members)
+                if self._improving(c)
+                for j in drifts[c]
+            ]
             combined, lead = hedge.run(
                 rows.slots,
                 rows.outputs[:, members],
@@ -503,7 +510,7 @@ class PartitionTask:
                 learned.outputs[keep][:, members],
                 learn_target,
                 learn_before,
-                [int(j) for j in shrink_after if j >= 0] if self._shrink < 1.0 else (),
+                sorted(f for f in found if f[0] >= 0) if self._shrink < 1.0 else (),
                 self._shrink,
             )
             rows.outputs[:, column] = combined
@@ -526,6 +533,11 @@ class PartitionTask:
                 self._cover(slot, truth, learned, column, halves)
         self._score(truth, learned)
         return self._publishable(rows, new, leaders)
+
+    def _improving(self, column: int) -> bool:
+        """Whether the model's recent errors are below its errors since start."""
+        scorer = self._slots[column].scorer
+        return scorer.rolling().mae < scorer.total.mae
 
     def _drift(self, column: int, truth: FloatArray, learned: _Rows) -> list[int]:
         """Feed the column's absolute errors to its detectors; the learn rows after

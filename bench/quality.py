@@ -23,8 +23,8 @@ key's scorable events are left out. The daemon's MAE and coverage come from the
 predictions it published (the output topic of the backtest's in-memory sink), matched to
 the truth by their ``source`` offset.
 
-Usage: ``python -m bench.quality [--datasets a,b] [--json PATH]`` (a few minutes on
-two cores).
+Usage: ``python -m bench.quality [--datasets a,b] [--json PATH] [--markdown]`` (about
+three and a half minutes on two cores, most of it the reference's random forest).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ CASES: dict[str, Case] = {
     for case in (
         Case("tmy-temperature", "hourly temperature, daily cycle"),
         Case("waterflow", "hourly water flow"),
-        Case("traffic-volume", "hourly traffic + 2 features, daily/weekly"),
+        Case("traffic-volume", "hourly traffic, 2 features, daily/weekly"),
         Case("appliances-energy", "10-min energy use, daily/weekly"),
         Case("ppg", "117 Hz heart-beat waveform (PPG)"),
         Case("sp500", "daily prices, 10 stocks"),
@@ -103,6 +103,7 @@ class Quality:
     river_best: str
     ratio: float
     coverage: float
+    nominal: float
     with_interval: int
     seconds: float
 
@@ -218,6 +219,7 @@ def run_case(case: Case, limit: int | None = None) -> Quality:
         river_best=best,
         ratio=default_mae / min(persistence_mae, reference[best]),
         coverage=float(inside.mean()) if bounded.any() else math.nan,
+        nominal=settings.scoring.interval_coverage,
         with_interval=int(bounded.sum()),
         seconds=time.perf_counter() - started,
     )
@@ -227,32 +229,57 @@ def geometric_mean(values: list[float]) -> float:
     return float(np.exp(np.mean(np.log(values)))) if values else math.nan
 
 
+COLUMNS = ("dataset", "kind", "events", "h", "default", "persistence", "best River", "ratio")
+
+
+def _cells(result: Quality) -> list[str]:
+    return [
+        result.dataset,
+        result.kind,
+        f"{result.events:,}",
+        str(result.horizon),
+        f"{result.default_mae:.4g}",
+        f"{result.persistence_mae:.4g}",
+        f"{result.river_mae:.4g} {result.river_best}",
+        f"{result.ratio:.2f}",
+        f"{result.coverage:.1%}",
+    ]
+
+
+def _coverage_header(results: list[Quality]) -> str:
+    return f"{results[0].nominal:.0%} coverage" if results else "coverage"
+
+
 def table(results: list[Quality]) -> Table:
     title = (
         f"forecast quality of the defaults (MAE; first {WARMUP:.0%} of each series left out; "
         "ratio = default / min(persistence, best River))"
     )
     out = Table(title=title)
-    for column in ("dataset", "kind", "events", "h"):
-        out.add_column(column, justify="right" if column in {"events", "h"} else "left")
-    for column in ("default", "persistence", "best River", "ratio", "90% coverage"):
-        out.add_column(column, justify="right")
+    for column in (*COLUMNS, _coverage_header(results)):
+        out.add_column(column, justify="left" if column in {"dataset", "kind"} else "right")
     for result in results:
-        out.add_row(
-            result.dataset,
-            result.kind,
-            f"{result.events:,}",
-            str(result.horizon),
-            f"{result.default_mae:.4g}",
-            f"{result.persistence_mae:.4g}",
-            f"{result.river_mae:.4g} {result.river_best}",
-            f"{result.ratio:.2f}",
-            f"{result.coverage:.1%}",
-        )
+        out.add_row(*_cells(result))
     out.add_section()
     ratios = [r.ratio for r in results]
     out.add_row("geometric mean", "", "", "", "", "", "", f"{geometric_mean(ratios):.2f}", "")
     return out
+
+
+def markdown(results: list[Quality]) -> str:
+    """The table as GitHub Markdown (README's "Forecast quality"), MAE columns."""
+    header = [*COLUMNS, _coverage_header(results)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if c in {"dataset", "kind"} else "---:" for c in header) + "|",
+    ]
+    for result in results:
+        cells = _cells(result)
+        cells[0] = f"`{cells[0]}`"
+        lines.append("| " + " | ".join(cells) + " |")
+    mean = geometric_mean([r.ratio for r in results])
+    lines.append("| geometric mean | | | | | | | " + f"**{mean:.2f}** | |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,6 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         "--datasets", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}"
     )
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
     names = [name for name in args.datasets.split(",") if name]
     unknown = [name for name in names if name not in CASES]
@@ -275,7 +303,10 @@ def main(argv: list[str] | None = None) -> None:
         results.append(result)
     elapsed = time.perf_counter() - started
     console.print(table(results))
-    console.print(f"{elapsed:.0f} s in all; default primary: {results[0].default_model}")
+    primary = results[0].default_model if results else "-"
+    console.print(f"{elapsed:.0f} s in all; default primary: {primary}")
+    if args.markdown:
+        print(markdown(results))
     if args.json is not None:
         payload = {
             "warmup": WARMUP,

@@ -135,9 +135,12 @@ def test_one_dataset_end_to_end(name: str, limit: int | None) -> None:
     )
 
 
-def test_main_filters_datasets_and_writes_json(tmp_path: Path) -> None:
+def test_main_filters_datasets_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "quality.json"
-    quality.main(["--datasets", "diabetes", "--json", str(out)])
+    quality.main(["--datasets", "diabetes", "--json", str(out), "--markdown"])
+    assert "| `diabetes` | tabular" in capsys.readouterr().out
     payload = json.loads(out.read_text())
     assert [d["dataset"] for d in payload["datasets"]] == ["diabetes"]
     assert payload["geometric_mean_ratio"] == pytest.approx(payload["datasets"][0]["ratio"])

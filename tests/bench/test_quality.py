@@ -125,6 +125,7 @@ def test_features_are_named_only_while_the_default_does_not_discover_them(
 def test_one_dataset_end_to_end(name: str, limit: int | None) -> None:
     result = quality.run_case(quality.CASES[name], limit=limit)
     assert result.scored > 0.7 * result.events
+    assert result.default_predicted == result.scored
     for value in (result.default_mae, result.persistence_mae, result.river_mae, result.ratio):
         assert math.isfinite(value)
         assert value > 0

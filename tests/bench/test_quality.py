@@ -1,0 +1,153 @@
+"""bench/quality.py: the reference loop is prequential, the harness runs end to end.
+
+Numbers, not claims: no threshold on any dataset's ratio here (the defaults change),
+only that what the bench prints is computed on the right events, from the right
+predictions, and is finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import quality
+from bench.quality_reference import LAGS, Events, inputs, prequential, suite
+from service.config import SchemaSettings
+
+
+class Oracle:
+    """Returns what it learned for exactly these inputs (else 0) and logs every call:
+    a loop that learned a value before predicting it would let it answer perfectly."""
+
+    def __init__(self, log: list[tuple[str, float]]) -> None:
+        self.memory: dict[frozenset[tuple[str, float]], float] = {}
+        self.log = log
+
+    def predict_one(self, x: dict[str, float]) -> float:
+        self.log.append(("predict", x["lag0"]))
+        return self.memory.get(frozenset(x.items()), 0.0)
+
+    def learn_one(self, x: dict[str, float], y: float) -> None:
+        self.log.append(("learn", y))
+        self.memory[frozenset(x.items())] = y
+
+
+def _two_keys(n: int = 12) -> Events:
+    keys = ["a", "b"] * n
+    y = np.array([100.0 * (i % 2) + i + 1 for i in range(2 * n)])  # all distinct
+    return Events(keys, y, np.empty((2 * n, 0)))
+
+
+@pytest.mark.parametrize("horizon", [0, 1, 3])
+def test_reference_predicts_each_value_before_learning_it(horizon: int) -> None:
+    events = _two_keys()
+    log: list[tuple[str, float]] = []
+    predicted = prequential(events, horizon, {"oracle": lambda: Oracle(log)}, ("level",))
+    by_key = {k: [i for i, key in enumerate(events.keys) if key == k] for k in ("a", "b")}
+    for rows in by_key.values():
+        for position in range(len(rows) - horizon):
+            made_at, due_at = rows[position], rows[position + horizon]
+            truth = events.y[due_at]
+            # had the oracle learned (inputs, truth) before predicting, it would be exact
+            assert predicted["oracle", "level"][made_at] != truth
+            # the value is learned once, after the event that revealed it made its own
+            # prediction; that event's newest input is the value itself (horizon >= 1)
+            # or, for horizon 0, the key's previous value (0 before any)
+            previous = events.y[rows[position - 1]] if position else 0.0
+            newest = truth if horizon else previous
+            learned = [i for i, (kind, v) in enumerate(log) if kind == "learn" and v == truth]
+            revealing = log.index(("predict", newest))
+            assert len(learned) == 1
+            assert learned[0] > revealing
+
+
+def test_horizon_zero_inputs_never_hold_the_target() -> None:
+    events = _two_keys(4)
+    log: list[tuple[str, float]] = []
+    prequential(events, 0, {"oracle": lambda: Oracle(log)}, ("level",))
+    predicted_lag0 = [v for kind, v in log if kind == "predict"]
+    assert not set(predicted_lag0) & {float(v) for v in events.y[-2:]}  # last values unseen
+
+
+def test_inputs_are_lags_then_features_and_change_is_relative() -> None:
+    x, base = inputs([1.0, 2.0, 4.0], {"temp": 3.0}, "change")
+    assert base == 4.0
+    assert [x[f"lag{i}"] for i in range(LAGS)] == [0.0, -2.0, -3.0] + [-3.0] * (LAGS - 3)
+    assert x["temp"] == 3.0
+    level, base = inputs([1.0, 2.0], {}, "level")
+    assert base == 0.0
+    assert [level[f"lag{i}"] for i in range(LAGS)] == [2.0] + [1.0] * (LAGS - 1)
+    empty, _ = inputs([], {}, "level")
+    assert empty == {f"lag{i}": 0.0 for i in range(LAGS)}
+
+
+def test_every_suite_model_runs_on_a_small_stream() -> None:
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.normal(size=60))
+    events = Events(["k"] * 60, y, rng.normal(size=(60, 2)), ("f0", "f1"))
+    predicted = prequential(events, 1, suite())
+    assert len(predicted) == 2 * len(suite())
+    for values in predicted.values():
+        assert np.isfinite(values[10:]).all()
+
+
+def test_truth_leaves_out_the_start_of_each_key() -> None:
+    keys = pd.Series(["a"] * 10 + ["b"] * 5)
+    y = np.arange(15.0)
+    truth = quality.Truth.of(keys, y, horizon=1)
+    # a: 9 scorable, first int(0.2 * 9) = 1 left out; b: 4 scorable, none left out
+    assert truth.rows.tolist() == [*range(1, 9), *range(10, 14)]
+    assert truth.y.tolist() == [*range(2, 10), *range(11, 15)]
+
+
+def test_features_are_named_only_while_the_default_does_not_discover_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    explicit = quality.default_settings(1, ("temp",))
+    assert explicit["forecast"] == {"horizon": 1}
+    assert "models" not in explicit
+    if not isinstance(SchemaSettings().features, str):
+        assert explicit["schema"] == {"features": ["temp"]}
+
+    class Auto:
+        features = "auto"
+
+    monkeypatch.setattr(quality, "SchemaSettings", Auto)
+    assert "schema" not in quality.default_settings(1, ("temp",))
+
+
+@pytest.mark.parametrize(("name", "limit"), [("boston-housing", None), ("co2-weekly", 600)])
+def test_one_dataset_end_to_end(name: str, limit: int | None) -> None:
+    result = quality.run_case(quality.CASES[name], limit=limit)
+    assert result.scored > 0.7 * result.events
+    assert result.default_predicted == result.scored
+    for value in (result.default_mae, result.persistence_mae, result.river_mae, result.ratio):
+        assert math.isfinite(value)
+        assert value > 0
+    assert 0.0 <= result.coverage <= 1.0
+    assert result.with_interval > 0
+    assert result.ratio == pytest.approx(
+        result.default_mae / min(result.persistence_mae, result.river_mae)
+    )
+
+
+def test_main_filters_datasets_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "quality.json"
+    quality.main(["--datasets", "diabetes", "--json", str(out), "--markdown"])
+    assert "| `diabetes` | tabular" in capsys.readouterr().out
+    payload = json.loads(out.read_text())
+    assert [d["dataset"] for d in payload["datasets"]] == ["diabetes"]
+    assert payload["geometric_mean_ratio"] == pytest.approx(payload["datasets"][0]["ratio"])
+    with pytest.raises(SystemExit):
+        quality.main(["--datasets", "nope"])
+
+
+def test_geometric_mean() -> None:
+    assert quality.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)

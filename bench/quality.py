@@ -53,12 +53,6 @@ from service.scoring import FloatArray
 WARMUP = 0.2
 """Share of each key's scorable events left out of every column, from its start."""
 
-POLL_RECORDS = 100
-"""``kafka.max_poll_records`` for the daemon runs (as in bench/accuracy.py). A model
-learns between batches only; a live stream arrives in small polls, while a backtest's
-backlog would fill the default 1000-record polls and leave a 442-row table no batch to
-learn from before it is over. Smaller polls cost time: every batch pays fixed costs
-per model (an ensemble of seven took 2.3 times as long at 50 as at 1000)."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +129,7 @@ class Truth:
 
 def default_settings(horizon: int, features: tuple[str, ...]) -> dict[str, Any]:
     """The settings a user gives: a horizon; features only where not discovered."""
-    data: dict[str, Any] = {
-        "forecast": {"horizon": horizon},
-        "kafka": {"max_poll_records": POLL_RECORDS},
-    }
+    data: dict[str, Any] = {"forecast": {"horizon": horizon}}
     if features and not isinstance(SchemaSettings().features, str):
         data["schema"] = {"features": list(features)}
     return data
@@ -315,7 +306,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.json is not None:
         payload = {
             "warmup": WARMUP,
-            "max_poll_records": POLL_RECORDS,
             "seconds": elapsed,
             "geometric_mean_ratio": geometric_mean([r.ratio for r in results]),
             "datasets": [asdict(r) for r in results],

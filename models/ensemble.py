@@ -89,6 +89,7 @@ class Hedge:
         self.members = members
         self.eta = params.eta
         self.decay = math.exp(-1.0 / params.memory)
+        self.memory = params.memory
         self.share = params.share
         self.squared = params.loss == "squared"
         self._cap = LOSS_CAP if self.squared else math.sqrt(LOSS_CAP)
@@ -100,14 +101,14 @@ class Hedge:
         self._drifts = [0] * members
         self.learned = 0
         self._pool_log_w = [0.0] * members
-        self._pool_mse = [0.0] * members
+        self._pool_mse = [0.0] * (members + 1)
 
     def ensure(self, capacity: int) -> None:
         """Room for ``capacity`` slots."""
         missing = capacity - len(self._known)
         if missing > 0:
             self._log_w.extend([0.0] * self.members for _ in range(missing))
-            self._mse.extend([0.0] * self.members for _ in range(missing))
+            self._mse.extend([0.0] * (self.members + 1) for _ in range(missing))
             self._epoch.extend([0] * self.members for _ in range(missing))
             self._known.extend([False] * missing)
 
@@ -202,25 +203,28 @@ class Hedge:
         self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
 
     def _update(
-        self, log_w: list[float], mse: list[float], errors: list[float]
+        self, log_w: list[float], stats: list[float], errors: list[float]
     ) -> tuple[list[float], list[float]]:
+        """One event's errors into log-weights and the running errors ``stats``
+        (members' mean errors, then how many events they average: a plain mean up to
+        ``memory`` events, exponentially weighted after)."""
+        *running, count = stats
+        best = min(running) if count > 0 else 0.0
+        unit = best if best > 0 else sum(errors) / len(errors)
+        if unit <= 0:  # every member exact: no member earned or lost anything
+            return log_w, [*running, count + 1]
+        if best > 0:  # one wild error moves a member's running error by a bounded step
+            errors_in = [min(e, self._cap * unit) for e in errors]
+        else:
+            errors_in = errors
+        rate = 1.0 / min(count + 1, self.memory)
+        new = [m + rate * (e - m) for m, e in zip(running, errors_in, strict=True)]
         decay, eta = self.decay, self.eta
-        fresh = max(mse) <= 0
-        unit = min(errors) if fresh else min(mse)
-        if unit <= 0:
-            unit = max(max(errors) * 1e-6, 1e-300)
-        # one wild error moves a member's running error by a bounded step
-        capped = [min(e, self._cap * unit) for e in errors]
-        new_mse = (
-            capped
-            if fresh
-            else [decay * m + (1 - decay) * e for m, e in zip(mse, capped, strict=True)]
-        )
         moved = [
             decay * v - eta * min(e / unit, self._cap) for v, e in zip(log_w, errors, strict=True)
         ]
         weights = _normalised(moved, self.share)
-        return [math.log(max(w, 1e-300)) for w in weights], new_mse
+        return [math.log(max(w, 1e-300)) for w in weights], [*new, count + 1]
 
 
 def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:

@@ -128,7 +128,7 @@ class FeaturePipeline:
                     np.nanmax(recent, axis=1) - last,
                 ]
             )
-        scale = self._scale(unit, last)
+        scale = self._scale(unit, last, level_std)
         units = scale if self.change else np.ones(n)
         diffs = _newest(changes, self.lags)
         parts = [diffs / units[:, None], stats / units[:, None]]
@@ -149,12 +149,15 @@ class FeaturePipeline:
         return Computed(raw, units, seasonal_levels[:, 0])
 
     @staticmethod
-    def _scale(unit: FloatArray, last: FloatArray) -> FloatArray:
+    def _scale(unit: FloatArray, last: FloatArray, level_std: FloatArray) -> FloatArray:
         """The key's typical change; for a key too young to have one, 1% of its level
-        (a guess of the right order that keeps its first targets near unit size)."""
+        (a guess of the right order that keeps its first targets near unit size). At
+        least 1% of the spread of its levels: a key that sat still for most of its
+        history still moves in units of its range."""
         magnitude = np.where(np.isfinite(last), np.abs(last), 0.0)
         guess = np.maximum(0.01 * magnitude, 1e-6)
-        floor = 1e-9 * np.maximum(magnitude, 1.0)
+        spread = np.where(np.isfinite(level_std), 0.01 * level_std, 0.0)
+        floor = np.maximum(1e-9 * np.maximum(magnitude, 1.0), spread)
         scale: FloatArray = np.where(
             np.isfinite(unit) & (unit > floor), unit, np.maximum(guess, floor)
         )

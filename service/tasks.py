@@ -94,9 +94,12 @@ class _Rows:
 
 
 _Ref = tuple[_Rows, int]
-OUTPUT_LIMIT = 100.0
-"""With ``target: change``, model outputs are clipped to this many key units: a young
-or diverging model's wild output must not reach a published prediction."""
+OUTPUT_LIMIT = 30.0
+"""With ``target: change``, learning targets and model outputs are clipped to this many
+key units (typical changes): a jump of more than that is learned as that much (as a
+Huber loss would), so a key that was flat for a while and then moves cannot hand the
+models targets in the millions, and a young or diverging model's wild output never
+reaches a published prediction."""
 MATURE_VALUES = 4
 """Values a key's history needs before its rows are learned from: with fewer, its unit
 (the spread of its changes) is a guess, and a target in a guessed unit can be off by
@@ -458,6 +461,8 @@ class PartitionTask:
             )
         )
         target = (truth - learned.offset) / learned.scale
+        if self._change:
+            target = np.clip(target, -OUTPUT_LIMIT, OUTPUT_LIMIT)
         keep = np.flatnonzero(learned.mature & np.isfinite(target))  # rows that are learned
         # An event first resolves an earlier prediction (h >= 1: its value is that
         # prediction's truth, and in its own history), then is predicted; with h = 0

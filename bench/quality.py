@@ -127,11 +127,19 @@ class Truth:
         return cls(np.asarray(rows)[order], np.asarray(truth)[order])
 
 
-def default_settings(horizon: int, features: tuple[str, ...]) -> dict[str, Any]:
-    """The settings a user gives: a horizon; features only where not discovered."""
+def default_settings(
+    horizon: int, features: tuple[str, ...], members: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The settings a user gives: a horizon; features only where not discovered.
+    ``members``: model kinds added to the default models (and so to the default
+    ensemble), to measure what a candidate member earns."""
     data: dict[str, Any] = {"forecast": {"horizon": horizon}}
     if features and not isinstance(SchemaSettings().features, str):
         data["schema"] = {"features": list(features)}
+    if members:
+        defaults = [m.model_dump() for m in Settings().models]
+        extra = [{"name": kind.replace(".", "-"), "kind": kind} for kind in members]
+        data["models"] = [*defaults, *extra]
     return data
 
 
@@ -164,7 +172,7 @@ def _daemon(
     return y_hat[truth.rows], lower[truth.rows], upper[truth.rows]
 
 
-def run_case(case: Case, limit: int | None = None) -> Quality:
+def run_case(case: Case, limit: int | None = None, members: tuple[str, ...] = ()) -> Quality:
     """Score one dataset (its first ``limit`` events only, if given)."""
     started = time.perf_counter()
     frame = datasets.load(case.dataset)
@@ -174,7 +182,7 @@ def run_case(case: Case, limit: int | None = None) -> Quality:
     y = frame["y"].to_numpy(dtype=float)
     truth = Truth.of(frame["key"], y, case.horizon)
 
-    data = default_settings(case.horizon, features)
+    data = default_settings(case.horizon, features, members)
     settings = Settings.model_validate(data)
     persistence = Settings.model_validate(
         {**data, "models": [{"name": "persistence", "kind": "persistence", "primary": True}]}
@@ -285,6 +293,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument(
+        "--member",
+        action="append",
+        default=[],
+        help="a model kind to add to the defaults and their ensemble (repeatable)",
+    )
     args = parser.parse_args(argv)
     names = [name for name in args.datasets.split(",") if name]
     unknown = [name for name in names if name not in CASES]
@@ -294,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results = []
     for name in names:
-        result = run_case(CASES[name])
+        result = run_case(CASES[name], members=tuple(args.member))
         console.print(f"{name}: {result.seconds:.1f} s")
         results.append(result)
     elapsed = time.perf_counter() - started

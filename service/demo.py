@@ -130,9 +130,12 @@ def _value(daemon: Daemon, name: str, **labels: str) -> float:
 def _table(daemon: Daemon, total: int, elapsed: float, title: str) -> Group:
     scores = daemon.processor.pooled_scores()
     table = Table(title=f"forecastd {title}: prequential scores per model (since start)")
-    for column in ("model", "kind", "scored", "MAE", "RMSE", "R²", "rolling MAE", "drift"):
+    columns = ("model", "kind", "scored", "MAE", "RMSE", "R²", "rolling MAE", "drift", "led")
+    for column in columns:
         text_column = column in {"model", "kind"}
         table.add_column(column, justify="left" if text_column else "right", no_wrap=True)
+    led = _leads(daemon)
+    coverage = daemon.processor.pooled_coverage()
     for model in daemon.settings.models:
         total_stats, rolling = scores[model.name]
         drift = sum(
@@ -149,6 +152,7 @@ def _table(daemon: Daemon, total: int, elapsed: float, title: str) -> Group:
             f"{total_stats.r2:.4f}",
             f"{rolling.mae:.4f}",
             f"{drift:.0f}",
+            led.get(model.name, ""),
         )
     consumed = _value(daemon, "forecastd_messages_consumed_total")
     produced = sum(
@@ -164,10 +168,31 @@ def _table(daemon: Daemon, total: int, elapsed: float, title: str) -> Group:
         f"keys {daemon.processor.active_series}",
         f"{elapsed:.0f}s",
     )
+    for name, (total_cover, _) in coverage.items():
+        stats.add_row(
+            f"{name}: {total_cover.coverage:.1%} of {total_cover.n} inside their interval"
+            f" (nominal {daemon.settings.scoring.interval_coverage:.0%}),"
+            f" mean width {total_cover.mean_width:.4g}"
+        )
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(invalid.items()))
     dead = Table.grid()
     dead.add_row(f"dead-lettered {sum(invalid.values())}" + (f" ({reasons})" if reasons else ""))
     return Group(table, stats, dead)
+
+
+def _leads(daemon: Daemon) -> dict[str, str]:
+    """Per ensemble member: the share of the ensemble's predictions it led."""
+    counts: dict[str, float] = {}
+    for metric in daemon.registry.collect():
+        if metric.name == "forecastd_ensemble_leader":
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    member = sample.labels["member"]
+                    counts[member] = counts.get(member, 0.0) + sample.value
+    total = sum(counts.values())
+    if not total:
+        return {}
+    return {member: f"{count / total:.0%}" for member, count in counts.items()}
 
 
 def _invalid_by_reason(daemon: Daemon) -> dict[str, int]:

@@ -54,7 +54,6 @@ WARMUP = 0.2
 """Share of each key's scorable events left out of every column, from its start."""
 
 
-
 @dataclass(frozen=True)
 class Case:
     """A dataset and how it is forecast."""

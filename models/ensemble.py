@@ -36,11 +36,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from typing import Literal
-
 from pydantic import Field
 
 from models.base import FloatArray, IntArray
@@ -82,7 +81,7 @@ class Hedge:
     >>> learned = np.array([[1.0, 0.0]] * 3)
     >>> y, leaders = hedge.run(slots, outputs, slots, learned, np.ones(3), np.arange(1, 4))
     >>> [round(v, 2) for v in y.tolist()], leaders.tolist()
-    ([0.5, 1.0, 1.0], [0, 0, 0])
+    ([0.5, 0.88, 0.98], [0, 0, 0])
     """
 
     def __init__(self, members: int, params: EnsembleParams) -> None:
@@ -213,10 +212,8 @@ class Hedge:
         unit = best if best > 0 else sum(errors) / len(errors)
         if unit <= 0:  # every member exact: no member earned or lost anything
             return log_w, [*running, count + 1]
-        if best > 0:  # one wild error moves a member's running error by a bounded step
-            errors_in = [min(e, self._cap * unit) for e in errors]
-        else:
-            errors_in = errors
+        # one wild error moves a member's running error by a bounded step
+        errors_in = [min(e, self._cap * unit) for e in errors] if best > 0 else errors
         rate = 1.0 / min(count + 1, self.memory)
         new = [m + rate * (e - m) for m, e in zip(running, errors_in, strict=True)]
         decay, eta = self.decay, self.eta

@@ -102,7 +102,13 @@ class ForecastSettings(_Section):
     bytes each). ``seasonal_periods``: up to two periods, in events, for every key;
     empty (the default) detects each key's own (:mod:`service.seasons`).
     ``calendar``: time-of-day/week/year features where a key's spacing makes them
-    meaningful."""
+    meaningful. ``outliers``: what to do with a value further than
+    ``outlier_threshold`` typical changes (the key's unit) from the key's last value:
+    ``reject`` dead-letters it (reason ``outlier``), ``clip`` moves it to that bound,
+    ``accept`` takes it. After ``outlier_patience`` rejections or clips in a row the
+    next such value is taken as it is: the series has moved to a new level, and a
+    key must never be locked out. A value beyond ±1e100 is always rejected: no
+    measurement is that large, and its square overflows."""
 
     horizon: int = Field(1, ge=0, le=10000)
     window: int = Field(32, ge=2, le=100000)
@@ -114,6 +120,9 @@ class ForecastSettings(_Section):
     key_ttl_s: float = Field(86400.0, gt=0)
     max_keys: int = Field(100_000, ge=1)
     out_of_order: Literal["dlq", "accept"] = "dlq"
+    outliers: Literal["reject", "clip", "accept"] = "reject"
+    outlier_threshold: float = Field(50.0, gt=0)
+    outlier_patience: int = Field(3, ge=1)
 
     @model_validator(mode="after")
     def _lags_fit_window(self) -> ForecastSettings:

@@ -15,7 +15,8 @@ header) and a human ``detail``. Reasons, in the order they are checked:
 ``bad_time``        time field present but not epoch s/ms or ISO-8601
 ``bad_features``    features field not an object of name -> number
 
-``out_of_order`` is decided later, by the task, which knows each key's newest time.
+``out_of_order`` is decided later, by the task, which knows each key's newest time;
+so is ``outlier`` (``forecast.outliers``), which needs the key's recent values.
 
 Event time: numbers are epoch seconds when below 1e11 (until year 5138), else epoch
 milliseconds; ISO-8601 strings without a zone are taken as UTC.
@@ -47,6 +48,7 @@ REASONS = (
     "bad_time",
     "bad_features",
     "out_of_order",
+    "outlier",
 )
 """Every dead-letter reason: the bounded label values of ``forecastd_invalid_messages_total``."""
 

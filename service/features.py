@@ -58,7 +58,8 @@ class Computed:
     """Raw features and what else the models need of the same rows."""
 
     raw: FloatArray  # (n, F), NaN where undefined
-    scale: FloatArray  # (n,) the key's unit at this row, positive
+    scale: FloatArray  # (n,) the learning target's unit (the key's unit; 1 for levels)
+    unit: FloatArray  # (n,) the key's typical change at this row, positive
     seasonal: FloatArray  # (n,) the level one (first) season before the target, or NaN
 
 
@@ -111,7 +112,7 @@ class FeaturePipeline:
         """Raw (unscaled) features of each row; see the module docstring."""
         n = history.shape[0]
         if n == 0:
-            return Computed(np.empty((0, len(self.names))), np.ones(0), np.empty(0))
+            return Computed(np.empty((0, len(self.names))), np.ones(0), np.ones(0), np.empty(0))
         last = history[:, -1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of young keys
@@ -146,7 +147,7 @@ class FeaturePipeline:
         parts.append(self._calendar(n, ts_ms, spacing_s))
         parts.append(exogenous.reshape(n, -1))
         raw = np.concatenate(parts, axis=1)
-        return Computed(raw, units, seasonal_levels[:, 0])
+        return Computed(raw, units, scale, seasonal_levels[:, 0])
 
     @staticmethod
     def _scale(unit: FloatArray, last: FloatArray, level_std: FloatArray) -> FloatArray:

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+_LARGEST = 1e100
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +32,14 @@ class ScoreStats:
 
     @classmethod
     def of(cls, y_true: FloatArray, y_pred: FloatArray) -> ScoreStats:
+        """Statistics of these pairs. Values and errors are clipped to ±1e100 first,
+        so that one absurd value can make a score large but never infinite or NaN
+        (its square still fits a float)."""
         if len(y_true) == 0:
             return cls()
-        err = y_true - y_pred
+        y_true = np.clip(np.nan_to_num(y_true, nan=0.0), -_LARGEST, _LARGEST)
+        y_pred = np.clip(np.nan_to_num(y_pred, nan=0.0), -_LARGEST, _LARGEST)
+        err = np.clip(y_true - y_pred, -_LARGEST, _LARGEST)
         mean = float(np.mean(y_true))
         return cls(
             n=len(y_true),
@@ -106,7 +112,9 @@ class Scorer:
 
     def update(self, y_true: FloatArray, y_pred: FloatArray) -> None:
         self.total = self.total.merge(ScoreStats.of(y_true, y_pred))
-        err = y_true - y_pred
+        y_true = np.clip(np.nan_to_num(y_true, nan=0.0), -_LARGEST, _LARGEST)
+        y_pred = np.clip(np.nan_to_num(y_pred, nan=0.0), -_LARGEST, _LARGEST)
+        err = np.clip(y_true - y_pred, -_LARGEST, _LARGEST)
         if len(err) >= self.window:
             err, y_true = err[-self.window :], y_true[-self.window :]
         positions = (self._head + np.arange(len(err))) % self.window

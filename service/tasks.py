@@ -94,6 +94,7 @@ class _Rows:
 
 
 _Ref = tuple[_Rows, int]
+_LARGEST = 1e100
 OUTPUT_LIMIT = 30.0
 """With ``target: change``, learning targets and model outputs are clipped to this many
 key units (typical changes): a jump of more than that is learned as that much (as a
@@ -230,6 +231,11 @@ class PartitionTask:
             range(len(self._slots)), key=lambda i: not settings.models[i].primary
         )
         self.seeded_only = 0
+        self._outliers = forecast.outliers
+        self._outlier_threshold = forecast.outlier_threshold
+        self._outlier_patience = forecast.outlier_patience
+        self._units = np.full(0, np.nan)  # per slot: the key's unit as of its last row
+        self._strikes: dict[str, int] = {}  # keys whose last values were outliers
 
     @staticmethod
     def _slot(
@@ -295,6 +301,8 @@ class PartitionTask:
         rows = _Rows()  # this poll's predictions, filled below
         batch_counts: dict[int, int] = {}
         newest: dict[str, int] = {}
+        last_y: dict[str, float] = {}  # each key's newest accepted value in this poll
+        latest: int | None = None
         windows, horizon = self._windows, self._horizon
         for event in events:
             if self._reject_out_of_order:
@@ -306,7 +314,15 @@ class PartitionTask:
                     detail = f"event time {event.ts_ms} is older than the key's newest {latest}"
                     invalid.append(Invalid("out_of_order", detail, event.record))
                     continue
+            if abs(event.y) > _LARGEST or self._outliers != "accept":
+                checked = self._check_outlier(event, last_y)
+                if checked is None:
+                    invalid.append(Invalid("outlier", self._outlier_detail(event), event.record))
+                    continue
+                event = checked
+            if self._reject_out_of_order:
                 newest[event.key] = event.ts_ms if latest is None else max(latest, event.ts_ms)
+            last_y[event.key] = event.y
             slot = windows.slot(event.key)
             position = batch_counts.get(slot, 0)
             batch_counts[slot] = position + 1
@@ -362,6 +378,39 @@ class PartitionTask:
         if self._batches % _COMPACT_EVERY == 0:
             self._compact_pending()
         return TaskOutput(predictions, invalid)
+
+    def _check_outlier(self, event: Event, last_y: dict[str, float]) -> Event | None:
+        """The event as it enters the key's history (clipped under ``clip``), or None
+        to reject it (``forecast.outliers``)."""
+        if not abs(event.y) <= _LARGEST:
+            return None
+        slot = self._windows.peek(event.key)
+        last = last_y.get(event.key)
+        if last is None and slot is not None:
+            last = self._windows.last(slot)
+        unit = self._units[slot] if slot is not None and slot < len(self._units) else np.nan
+        if last is None or not np.isfinite(last) or not np.isfinite(unit):
+            return event  # nothing to judge against yet
+        bound = self._outlier_threshold * float(unit)
+        if abs(event.y - last) <= bound:
+            self._strikes.pop(event.key, None)
+            return event
+        strikes = self._strikes.get(event.key, 0)
+        if strikes >= self._outlier_patience:  # a new level, not an outlier
+            self._strikes.pop(event.key, None)
+            return event
+        self._strikes[event.key] = strikes + 1
+        if self._outliers == "clip":
+            return event._replace(y=last + bound if event.y > last else last - bound)
+        return None
+
+    def _outlier_detail(self, event: Event) -> str:
+        if not abs(event.y) <= _LARGEST:
+            return f"|y| > {_LARGEST:g}"
+        return (
+            f"further than {self._outlier_threshold:g} typical changes from the key's last"
+            " value (forecast.outliers)"
+        )
 
     def _observe_gaps(self, slots: IntArray, ts: npt.NDArray[np.int64]) -> None:
         """Each event's gap to its key's previous event, in seconds, into the spacing
@@ -432,6 +481,11 @@ class PartitionTask:
         rows.outputs = np.zeros((n, len(self._slots)))
         rows.halves = np.full((n, len(self._slots)), np.nan)
         rows.mature = np.isfinite(histories).sum(axis=1) >= MATURE_VALUES
+        if len(self._units) < self._windows.capacity:
+            grown = np.full(self._windows.capacity, np.nan)
+            grown[: len(self._units)] = self._units
+            self._units = grown
+        self._units[slots] = np.where(rows.mature, computed.unit, np.nan)
 
     def _run(
         self,
@@ -566,7 +620,7 @@ class PartitionTask:
         if not has.any() or slot.coverage is None:
             return
         y_hat = learned.offset + learned.scale * learned.outputs[:, column]
-        half = np.minimum(halves * learned.scale, 1e300)
+        half = np.minimum(halves * learned.scale, _LARGEST)
         covered = np.abs(truth - y_hat) <= half
         slot.coverage.update(covered[has], 2.0 * half[has])
 
@@ -579,7 +633,7 @@ class PartitionTask:
             slot.scorer.update(truth, y_hat)
             if self._on_scored is not None:
                 self._on_scored(slot.name, truth, y_hat)
-            abs_err = np.abs(truth - y_hat)
+            abs_err = np.minimum(np.nan_to_num(np.abs(truth - y_hat), nan=0.0), _LARGEST)
             metrics.scored.labels(slot.name).inc(len(truth))
             metrics.abs_error.labels(slot.name).inc(float(abs_err.sum()))
             metrics.sq_error.labels(slot.name).inc(float(np.dot(abs_err, abs_err)))
@@ -677,6 +731,8 @@ class PartitionTask:
         slots = [slot for _, slot in evicted]
         for key, _ in evicted:
             self._pending.pop(key, None)
+            self._strikes.pop(key, None)
+        self._units[[slot for slot in slots if slot < len(self._units)]] = np.nan
         self._seasons.reset(slots)
         for slot in self._slots:
             if slot.hedge is not None:

@@ -78,6 +78,10 @@ class WindowStore:
         yet be rejected must not keep its key alive)."""
         return self._slots.get(key)
 
+    def last(self, slot: int) -> float:
+        """The newest value of ``slot`` (NaN for a key without values)."""
+        return float(self._values[slot, -1])
+
     def newest_of(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
         """The newest event time of each of ``slots`` (int64 min where none)."""
         out: npt.NDArray[np.int64] = self._newest_ts[slots]

@@ -10,11 +10,19 @@ from service.config import load_settings
 DEMO = load_settings(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml", env={})
 
 
-def test_removing_the_primary_promotes_the_next_model() -> None:
+def test_removing_a_member_keeps_the_ensemble_and_removing_the_primary_promotes() -> None:
     without_mlp = variant(DEMO, _without("mlp"))
-    assert [m.name for m in without_mlp.models] == ["linear", "ewma", "last"]
-    assert [m.primary for m in without_mlp.models] == [True, False, False]
+    assert [m.name for m in without_mlp.models] == [
+        "ensemble",
+        "last",
+        "seasonal",
+        "ewma",
+        "linear",
+    ]
+    assert without_mlp.members(without_mlp.primary) == ("last", "seasonal", "ewma", "linear")
     assert without_mlp.forecast == DEMO.forecast
+    alone = variant(DEMO, _without("ensemble"))
+    assert [m.primary for m in alone.models] == [True, False, False, False, False]
 
 
 def test_plumbing_keeps_the_pipeline_and_drops_models_and_detectors() -> None:

@@ -15,7 +15,7 @@ def test_backtest_prints_a_score_per_model(capsys: pytest.CaptureFixture[str]) -
     config = str(ROOT / "configs" / "demo.yaml")
     assert main(["backtest", "chick-weights", "-c", config, "--features", "diet"]) == 0
     out = capsys.readouterr().out
-    for model in ("mlp*", "linear", "ewma", "last"):
+    for model in ("ensemble*", "mlp", "linear", "ewma", "last"):
         assert model in out
     assert "578 records, 0 dead-lettered" in out
 

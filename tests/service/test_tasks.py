@@ -48,16 +48,18 @@ class Spy:
 
 @pytest.fixture(autouse=True)
 def _learn_from_young_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    """These tests follow a few events of a key: let rows of young keys be learned."""
+    """These tests follow a few events of a key, whose unit is still a guess: let rows
+    of young keys be learned, and their outputs and targets unclipped."""
     import service.tasks as tasks
 
     monkeypatch.setattr(tasks, "MATURE_VALUES", 0)
+    monkeypatch.setattr(tasks, "OUTPUT_LIMIT", float("inf"))
 
 
 def _task(log: list[tuple[str, Any]], **forecast: Any) -> PartitionTask:
     settings = Settings.model_validate(
         {
-            "forecast": {"window": 4, "lags": 2, "history": 4, **forecast},
+            "forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept", **forecast},
             "models": [{"name": "spy", "kind": "persistence", "primary": True}],
         }
     )

@@ -108,8 +108,13 @@ class FeaturePipeline:
         ts_ms: npt.NDArray[np.int64] | None = None,
         spacing_s: FloatArray | None = None,
         periods: IntArray | None = None,
+        seasons: FloatArray | None = None,
     ) -> Computed:
-        """Raw (unscaled) features of each row; see the module docstring."""
+        """Raw (unscaled) features of each row; see the module docstring.
+
+        ``history`` may hold only the newest values (the statistics use what it
+        holds); ``seasons`` (``(n, 2, 3)``, from :func:`season_offsets`) then gives
+        the values one season back, which ``periods`` would otherwise locate in it."""
         n = history.shape[0]
         if n == 0:
             return Computed(np.empty((0, len(self.names))), np.ones(0), np.ones(0), np.empty(0))
@@ -140,9 +145,12 @@ class FeaturePipeline:
         parts.append((newest - level_mean[:, None]) / spread[:, None])
         seasonal_levels = np.full((n, MAX_SEASONS), np.nan)
         for j in range(MAX_SEASONS):
-            period = np.zeros(n, np.intp) if periods is None else periods[:, j]
-            around, level = self._season(history, period)
-            seasonal_levels[:, j] = level
+            if seasons is not None:
+                around = seasons[:, j, :]
+            else:
+                period = np.zeros(n, np.intp) if periods is None else periods[:, j]
+                around = self._season(history, period)
+            seasonal_levels[:, j] = around[:, 1]
             parts.append((around - last[:, None]) / scale[:, None])
         parts.append(self._calendar(n, ts_ms, spacing_s))
         parts.append(exogenous.reshape(n, -1))
@@ -164,19 +172,13 @@ class FeaturePipeline:
         )
         return scale
 
-    def _season(self, history: FloatArray, period: IntArray) -> tuple[FloatArray, FloatArray]:
-        """``(n, 3)`` the values one season before the target and its neighbours, and
-        ``(n,)`` the middle one; NaN where the row's key has no such season."""
+    def _season(self, history: FloatArray, period: IntArray) -> FloatArray:
+        """``(n, 3)`` the values one season before the target and its neighbours; NaN
+        where the row's key has no such season."""
         n, width = history.shape
-        h = self.horizon
-        safe = np.maximum(period, 1)
-        back = -(-max(h, 1) // safe) * safe  # whole seasons back so the value is known
-        column = width - 1 + h - back  # the target's time, ``back`` events earlier
-        columns = column[:, None] + np.array([-1, 0, 1])[None, :]
-        valid = (period >= 2)[:, None] & (columns >= 0) & (columns <= width - 1)
-        values = history[np.arange(n)[:, None], np.clip(columns, 0, width - 1)]
-        around = np.where(valid, values, np.nan)
-        return around, around[:, 1]
+        offsets, valid = season_offsets(period, self.horizon, width)
+        values = history[np.arange(n)[:, None], width + offsets]
+        return np.where(valid, values, np.nan)
 
     def _calendar(
         self, n: int, ts_ms: npt.NDArray[np.int64] | None, spacing_s: FloatArray | None
@@ -194,6 +196,27 @@ class FeaturePipeline:
             out[:, 2 * j] = np.where(mask[:, j], np.sin(phase), np.nan)
             out[:, 2 * j + 1] = np.where(mask[:, j], np.cos(phase), np.nan)
         return out
+
+
+def season_offsets(
+    period: IntArray, horizon: int, kept: int
+) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    """Per row, the offsets from the newest value (-1) of the value one season before
+    the target's time and of its two neighbours, ``(n, 3)``, and where they exist in a
+    history of ``kept`` values (clipped offsets elsewhere). Whole seasons back, as
+    many as the horizon needs for the value to be known.
+
+    >>> offsets, valid = season_offsets(np.array([24, 0]), horizon=1, kept=100)
+    >>> offsets[0].tolist(), valid.tolist()
+    ([-25, -24, -23], [[True, True, True], [False, False, False]])
+    """
+    safe = np.maximum(period, 1)
+    back = -(-max(horizon, 1) // safe) * safe
+    middle = horizon - back - 1
+    offsets = middle[:, None] + np.array([-1, 0, 1])[None, :]
+    valid = (period >= 2)[:, None] & (offsets >= -kept) & (offsets <= -1)
+    clipped: IntArray = np.clip(offsets, -kept, -1).astype(np.intp)
+    return clipped, valid
 
 
 def _newest(values: FloatArray, count: int) -> FloatArray:

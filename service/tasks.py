@@ -44,7 +44,7 @@ from models.base import FeatureBatch, FloatArray, Model, Plan, run_plan
 from models.ensemble import EnsembleParams, Hedge
 from service.config import ModelSettings, Settings
 from service.drift import DriftMonitor
-from service.features import FeaturePipeline, RunningScaler
+from service.features import FeaturePipeline, RunningScaler, season_offsets
 from service.intervals import Coverage, Intervals
 from service.metrics import Metrics
 from service.records import Event, Invalid, Prediction
@@ -94,6 +94,10 @@ class _Rows:
 
 
 _Ref = tuple[_Rows, int]
+STATS_SPAN = 128
+"""Newest values of a key whose statistics are features (its unit, where its level
+stands): enough for a stable spread, and a fraction of the cost of the whole history,
+which only season detection reads."""
 _LARGEST = 1e100
 OUTPUT_LIMIT = 30.0
 """With ``target: change``, learning targets and model outputs are clipped to this many
@@ -219,6 +223,7 @@ class PartitionTask:
         self._pipeline = pipeline
         self._metrics = metrics
         self._windows = WindowStore(forecast.kept, forecast.key_ttl_s, forecast.max_keys)
+        self._recent = min(forecast.kept, max(forecast.window, STATS_SPAN))
         self._seasons = SeasonBook(forecast.seasonal_periods)
         self._scaler = RunningScaler(len(pipeline.names))
         self._pending: dict[str, deque[_Ref]] = {}
@@ -357,13 +362,15 @@ class PartitionTask:
             ts,
             np.fromiter((e.y for e in pushed), dtype=np.float64, count=len(pushed)),
             np.asarray(seen, dtype=np.intp) + (1 if horizon else 0),
+            columns=self._recent,
         )
         count_at = counts_before + np.asarray(seen) + 1  # values of the key up to each event
-        periods = self._periods(slot_index, count_at, histories)
+        periods = self._periods(slot_index, count_at)
         index = np.asarray(predicted, dtype=np.intp)
         new = [pushed[i] for i in predicted]
         self._fill(
             rows,
+            index,
             new,
             slot_index[index],
             histories[index],
@@ -427,9 +434,7 @@ class PartitionTask:
         )
         self._seasons.observe_gaps(slots, (ts - before) / 1000.0)
 
-    def _periods(
-        self, slots: IntArray, count_at: npt.NDArray[np.int64], histories: FloatArray
-    ) -> IntArray:
+    def _periods(self, slots: IntArray, count_at: npt.NDArray[np.int64]) -> IntArray:
         """Each event's key's seasons as of that event, re-detected where due."""
         seasons = self._seasons
         periods = seasons.periods[slots].copy()
@@ -440,7 +445,8 @@ class PartitionTask:
             return periods
         spacing = seasons.spacing(slots)
         for i in due.tolist():
-            found = detect(histories[i], float(spacing[i]))
+            whole = self._windows.read(np.array([i]), np.arange(-self._windows.window, 0))
+            found = detect(whole[0], float(spacing[i]))
             new = np.zeros(periods.shape[1], dtype=np.intp)
             new[: len(found)] = found
             seasons.periods[slots[i]] = new
@@ -451,6 +457,7 @@ class PartitionTask:
     def _fill(
         self,
         rows: _Rows,
+        positions: IntArray,
         new: list[Event],
         slots: IntArray,
         histories: FloatArray,
@@ -470,7 +477,12 @@ class PartitionTask:
         if not self._calendar:
             spacing = np.full(n, np.nan)
         exogenous = np.stack([event.x for event in new])
-        computed = self._pipeline.compute(histories, exogenous, ts, spacing, periods)
+        offsets, valid = season_offsets(periods.reshape(-1), self._horizon, self._windows.window)
+        around = self._windows.read(np.repeat(positions, periods.shape[1]), offsets).reshape(
+            n, periods.shape[1], 3
+        )
+        seasons = np.where(valid.reshape(n, periods.shape[1], 3), around, np.nan)
+        computed = self._pipeline.compute(histories, exogenous, ts, spacing, periods, seasons)
         rows.keys = [event.key for event in new]
         rows.slots = slots
         rows.window = histories[:, -self._window :]

@@ -21,6 +21,11 @@ import numpy as np
 import numpy.typing as npt
 
 _NO_TS = np.iinfo(np.int64).min
+FloatArray = npt.NDArray[np.float64]
+
+
+def _no_batch(rows: npt.NDArray[np.intp], offsets: npt.NDArray[np.intp]) -> FloatArray:
+    raise RuntimeError("read() needs a push_many() first")
 
 
 class WindowStore:
@@ -51,6 +56,7 @@ class WindowStore:
         self._slots: dict[str, int] = {}
         self._free: list[int] = list(range(initial_capacity - 1, -1, -1))
         self._last_seen: OrderedDict[str, float] = OrderedDict()
+        self._reader: Callable[[npt.NDArray[np.intp], npt.NDArray[np.intp]], FloatArray] = _no_batch
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -103,6 +109,7 @@ class WindowStore:
         ts_ms: npt.NDArray[np.int64],
         ys: npt.NDArray[np.float64],
         seen: npt.NDArray[np.intp],
+        columns: int | None = None,
     ) -> npt.NDArray[np.float64]:
         """Push a batch of values in order, and return some windows as they were.
 
@@ -111,8 +118,10 @@ class WindowStore:
         ``seen`` = its position among its slot's values (0-based) gives the window just
         before a value, and position + 1 the window just after. Same result as pushing
         the values one at a time and reading each window in between, without a Python
-        step per value: every window is gathered with one fancy index into (old rows ⊕ new
-        values, grouped by slot).
+        step per value: every window is gathered with one fancy index into (the touched
+        old rows ⊕ new values, grouped by slot), so the cost is the batch's, whatever
+        the number of keys. ``columns``: only the newest that many columns of each
+        window; :meth:`read` gathers any others until the next push.
 
         >>> store = WindowStore(window=3)
         >>> store.push(store.slot("a"), 0, 1.0)
@@ -123,30 +132,49 @@ class WindowStore:
         [[nan, 1.0, 2.0], [nan, nan, nan], [1.0, 2.0, 3.0]]
         >>> store.row(a).tolist(), store.count(a)
         ([1.0, 2.0, 3.0], 3)
+        >>> store.read(np.array([2]), np.array([[-3, -1]])).tolist()
+        [[1.0, 3.0]]
         """
         width = self.window
         order = np.argsort(slots, kind="stable")
         grouped, counts = np.unique(slots[order], return_counts=True)
         starts = np.cumsum(counts) - counts  # of each group in the grouped values
         group_of = np.searchsorted(grouped, slots)
-        # only the touched rows: the cost is the batch's, whatever the number of keys
         old = len(grouped) * width
         values = np.concatenate([self._values[grouped].ravel(), ys[order]])
-        offsets = np.arange(width) - width  # column j reads the value j - W from the end
 
         def gather(
-            group: npt.NDArray[np.intp], start: npt.NDArray[np.intp], upto: npt.NDArray[np.intp]
+            group: npt.NDArray[np.intp],
+            start: npt.NDArray[np.intp],
+            upto: npt.NDArray[np.intp],
+            offsets: npt.NDArray[np.intp],
         ) -> npt.NDArray[np.float64]:
-            t = upto[:, None] + offsets[None, :]  # position among the batch's values
+            # offsets: (m, k) or (k,), -1 = the newest value of the window
+            t = upto[:, None] + offsets  # position among the batch's values
             index = np.where(t >= 0, old + start[:, None] + t, group[:, None] * width + width + t)
             out: npt.NDArray[np.float64] = values[index]
             return out
 
-        windows = gather(group_of, starts[group_of], seen)
-        self._values[grouped] = gather(np.arange(len(grouped)), starts, counts)
+        def read(rows: npt.NDArray[np.intp], offsets: npt.NDArray[np.intp]) -> FloatArray:
+            group = group_of[rows]
+            return gather(group, starts[group], seen[rows], offsets)
+
+        self._reader = read
+        take = width if columns is None else min(columns, width)
+        windows = gather(group_of, starts[group_of], seen, np.arange(-take, 0))
+        self._values[grouped] = gather(
+            np.arange(len(grouped)), starts, counts, np.arange(-width, 0)
+        )
         self._counts[grouped] += counts
         np.maximum.at(self._newest_ts, slots, ts_ms)
         return windows
+
+    def read(self, rows: npt.NDArray[np.intp], offsets: npt.NDArray[np.intp]) -> FloatArray:
+        """Values of the windows the last :meth:`push_many` returned (rows of its
+        batch), at ``offsets`` from their newest value (-1 = newest, ``-window`` =
+        oldest); ``offsets`` is ``(k,)`` or ``(len(rows), k)``. NaN where the window
+        had no value yet."""
+        return self._reader(rows, offsets)
 
     def row(self, slot: int) -> npt.NDArray[np.float64]:
         """A copy of the window of ``slot``, oldest first."""

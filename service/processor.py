@@ -8,6 +8,7 @@ all drive this same class.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -195,8 +196,34 @@ class Processor:
             predictions.extend(output.predictions)
             dead += len(invalid)
             offsets[tp] = group[-1].offset + 1
+        self._cap_keys()
         self._metrics.active_series.set(self.active_series)
         return BatchResult(offsets, predictions, dead)
+
+    def _cap_keys(self) -> None:
+        """``forecast.max_keys`` for the whole process: the least recently seen keys of
+        all tasks go first, so a flood of new keys on one partition cannot push the
+        process past its memory (README "Memory per key")."""
+        excess = self.active_series - self._settings.forecast.max_keys
+        if excess <= 0:
+            return
+        heap = []
+        for tp, task in self.tasks.items():
+            oldest = task.least_recent()
+            if oldest is not None:
+                heap.append((oldest[0], tp))
+        heapq.heapify(heap)
+        while excess > 0 and heap:
+            _, tp = heapq.heappop(heap)
+            task = self.tasks[tp]
+            oldest = task.least_recent()
+            if oldest is None:
+                continue
+            task.forget(oldest[1])
+            excess -= 1
+            following = task.least_recent()
+            if following is not None:
+                heapq.heappush(heap, (following[0], tp))
 
     def _count_ignored(self, events: list[Event]) -> None:
         """Count feature names outside the fixed list (``auto`` mode only: an explicit

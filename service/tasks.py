@@ -736,8 +736,18 @@ class PartitionTask:
                 queue[position] = (rows, index)
                 index += 1
 
+    def least_recent(self) -> tuple[float, str] | None:
+        """When this task's least recently seen key was seen, and the key."""
+        return self._windows.least_recent()
+
+    def forget(self, key: str) -> None:
+        """Evict ``key`` now (the process-wide key cap, see the processor)."""
+        self._forget([(key, self._windows.drop(key))])
+
     def _evict(self) -> None:
-        evicted = self._windows.evict_slots()
+        self._forget(self._windows.evict_slots())
+
+    def _forget(self, evicted: list[tuple[str, int]]) -> None:
         if not evicted:
             return
         slots = [slot for _, slot in evicted]

@@ -218,6 +218,18 @@ class WindowStore:
             self._drop(key)
         return evicted
 
+    def least_recent(self) -> tuple[float, str] | None:
+        """When the least recently seen key was seen, and the key; None if empty."""
+        for key, seen in self._last_seen.items():
+            return seen, key
+        return None
+
+    def drop(self, key: str) -> int:
+        """Forget ``key`` (its slot is free again); returns the slot it held."""
+        slot = self._slots[key]
+        self._drop(key)
+        return slot
+
     def snapshot(self) -> dict[str, Any]:
         """Plain data for a checkpoint: per key its window, count and newest time."""
         keys = list(self._last_seen)

@@ -81,3 +81,33 @@ def test_revoked_partitions_drop_their_state_and_others_keep_it() -> None:
     assert processor.tasks[("ticks", 0)].active_series == 0  # fresh, nothing mixed in
     assert kept.active_series == 1
     assert registry.get_sample_value("forecastd_assigned_partitions") == 2
+
+
+def test_the_key_cap_holds_for_the_whole_process_least_recent_keys_first() -> None:
+    """A flood of distinct keys over three partitions: the process never holds more
+    than ``forecast.max_keys`` keys, though each partition alone stays under it."""
+    settings = SETTINGS.model_copy(
+        update={"forecast": SETTINGS.forecast.model_copy(update={"max_keys": 50})}
+    )
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, settings)
+    processor = Processor(settings, ListSink(), metrics)
+    held = []
+    for batch in range(10):
+        records = [
+            _record(
+                p,
+                batch * 30 + i,
+                orjson.dumps({"ts": batch, "y": 1.0}),
+                f"k{p}-{batch}-{i}".encode(),
+            )
+            for p in range(3)
+            for i in range(30)
+        ]
+        processor.process(records)
+        held.append(processor.active_series)
+    assert max(held) == 50
+    newest = {f"k{p}-9-{i}" for p in range(3) for i in range(30)}
+    kept = {key for task in processor.tasks.values() for key in task._windows.keys()}
+    assert len(kept & newest) == 50  # the last batch's keys are the most recent
+    assert registry.get_sample_value("forecastd_evicted_series_total") == 10 * 90 - 50

@@ -118,7 +118,7 @@ class ForecastSettings(_Section):
     target: Literal["change", "level"] = "change"
     lags: int = Field(8, ge=1)
     key_ttl_s: float = Field(86400.0, gt=0)
-    max_keys: int = Field(100_000, ge=1)
+    max_keys: int = Field(50_000, ge=1)
     out_of_order: Literal["dlq", "accept"] = "dlq"
     outliers: Literal["reject", "clip", "accept"] = "reject"
     outlier_threshold: float = Field(50.0, gt=0)

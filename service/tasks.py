@@ -33,6 +33,7 @@ it only seeds the history and gets no prediction.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -240,7 +241,9 @@ class PartitionTask:
         self._outlier_threshold = forecast.outlier_threshold
         self._outlier_patience = forecast.outlier_patience
         self._units = np.full(0, np.nan)  # per slot: the key's unit as of its last row
-        self._strikes: dict[str, int] = {}  # keys whose last values were outliers
+        # keys whose last values were outliers: how many in a row, and the unit they
+        # were judged by (the outliers themselves must not widen the bound)
+        self._strikes: dict[str, tuple[int, float]] = {}
 
     @staticmethod
     def _slot(
@@ -309,7 +312,9 @@ class PartitionTask:
         last_y: dict[str, float] = {}  # each key's newest accepted value in this poll
         latest: int | None = None
         windows, horizon = self._windows, self._horizon
-        for event in events:
+        suspect, unit_at = self._suspects(events)
+        strikes = self._strikes
+        for number, event in enumerate(events):
             if self._reject_out_of_order:
                 known = windows.peek(event.key)
                 latest = newest.get(event.key)
@@ -319,8 +324,8 @@ class PartitionTask:
                     detail = f"event time {event.ts_ms} is older than the key's newest {latest}"
                     invalid.append(Invalid("out_of_order", detail, event.record))
                     continue
-            if abs(event.y) > _LARGEST or self._outliers != "accept":
-                checked = self._check_outlier(event, last_y)
+            if suspect[number] or (strikes and event.key in strikes):
+                checked = self._check_outlier(event, last_y, float(unit_at[number]))
                 if checked is None:
                     invalid.append(Invalid("outlier", self._outlier_detail(event), event.record))
                     continue
@@ -386,7 +391,57 @@ class PartitionTask:
             self._compact_pending()
         return TaskOutput(predictions, invalid)
 
-    def _check_outlier(self, event: Event, last_y: dict[str, float]) -> Event | None:
+    def _suspects(self, events: Sequence[Event]) -> tuple[list[bool], FloatArray]:
+        """Per event, whether :meth:`_check_outlier` must look at it: a value beyond
+        the bound from the value before it of its key in this poll (or in the store),
+        or of a key with strikes; and each event's key unit to judge it by (from the
+        store, or from the key's changes earlier in this poll). A vectorised pass, so
+        that the common case (nothing odd) costs little Python per event."""
+        ys = np.fromiter((e.y for e in events), dtype=np.float64, count=len(events))
+        huge = ~(np.abs(ys) <= _LARGEST)
+        if self._outliers == "accept" or len(events) == 0:
+            only_huge: list[bool] = huge.tolist()
+            return only_huge, np.full(len(events), np.nan)
+        lookup = self._windows.peek
+        slot_of = np.fromiter(
+            ((-1 if (s := lookup(e.key)) is None else s) for e in events), np.intp, len(events)
+        )
+        known = slot_of >= 0
+        stored = np.full(len(events), np.nan)
+        units = np.full(len(events), np.nan)
+        for i in np.flatnonzero(known).tolist():
+            stored[i] = self._windows.last(int(slot_of[i]))
+        inside = known & (slot_of < len(self._units))
+        units[inside] = self._units[slot_of[inside]]
+        keys = [e.key for e in events]
+        order = sorted(range(len(events)), key=keys.__getitem__)  # stable: by key, in order
+        ys = np.clip(np.nan_to_num(ys), -1e150, 1e150)  # changes and squares stay finite
+        previous = stored.copy()
+        # a key's changes earlier in this poll, for keys the store cannot judge yet
+        count = np.zeros(len(events))
+        total = np.zeros(len(events))
+        squares = np.zeros(len(events))
+        for before, after in itertools.pairwise(order):
+            if keys[before] == keys[after]:
+                previous[after] = ys[before]
+                change = ys[before] - (
+                    previous[before] if np.isfinite(previous[before]) else ys[before]
+                )
+                seen = np.isfinite(previous[before])
+                count[after] = count[before] + seen
+                total[after] = total[before] + (change if seen else 0.0)
+                squares[after] = squares[before] + (change * change if seen else 0.0)
+        young = ~np.isfinite(units) & (count >= MATURE_VALUES)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = np.sqrt(np.maximum(squares / count - (total / count) ** 2, 0.0))
+        units[young] = spread[young]
+        with np.errstate(invalid="ignore"):
+            far = np.abs(ys - previous) > self._outlier_threshold * units
+        flagged = huge | far  # (keys with strikes are checked in the loop, as they come)
+        out: list[bool] = flagged.tolist()
+        return out, units
+
+    def _check_outlier(self, event: Event, last_y: dict[str, float], unit: float) -> Event | None:
         """The event as it enters the key's history (clipped under ``clip``), or None
         to reject it (``forecast.outliers``)."""
         if not abs(event.y) <= _LARGEST:
@@ -395,18 +450,17 @@ class PartitionTask:
         last = last_y.get(event.key)
         if last is None and slot is not None:
             last = self._windows.last(slot)
-        unit = self._units[slot] if slot is not None and slot < len(self._units) else np.nan
+        strikes, unit = self._strikes.get(event.key, (0, unit))
         if last is None or not np.isfinite(last) or not np.isfinite(unit):
             return event  # nothing to judge against yet
         bound = self._outlier_threshold * float(unit)
         if abs(event.y - last) <= bound:
             self._strikes.pop(event.key, None)
             return event
-        strikes = self._strikes.get(event.key, 0)
         if strikes >= self._outlier_patience:  # a new level, not an outlier
             self._strikes.pop(event.key, None)
             return event
-        self._strikes[event.key] = strikes + 1
+        self._strikes[event.key] = (strikes + 1, unit)
         if self._outliers == "clip":
             return event._replace(y=last + bound if event.y > last else last - bound)
         return None

@@ -187,3 +187,42 @@ def test_after_a_regime_switch_the_ensemble_follows_the_new_best_member() -> Non
     assert leaders[700:800].count("last") > 90
     switched = next(i for i in range(800, 1600) if leaders[i : i + 20].count("seasonal") == 20)
     assert switched - 800 < 60
+
+
+def _three_keys(events: int, poison_at: int | None) -> list[RawRecord]:
+    rng = np.random.default_rng(9)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    state = dict.fromkeys("abc", 0.0)
+    for i in range(events):
+        for key in "abc":
+            state[key] = 0.8 * state[key] + rng.normal()
+            y = 1e300 if (key == "a" and i == poison_at) else 10.0 + state[key]
+            rows.append((key, i * HOUR_MS, y, None))
+    return _records(rows)
+
+
+def test_one_absurd_value_poisons_neither_other_keys_nor_the_metrics() -> None:
+    settings = _publish_all(_settings())
+    clean = _three_keys(800, None)
+    poisoned = _three_keys(800, 400)
+    control = _per_key_mae(run_backtest(clean, settings), clean, 1, 200)
+    result = run_backtest(poisoned, settings)
+    hit = _per_key_mae(result, poisoned, 1, 200)
+    assert result.dead_letters == 1  # the 1e300, as an outlier
+    for key in ("b", "c"):
+        assert hit[("ensemble", key)] == pytest.approx(control[("ensemble", key)], rel=0.05)
+    for stats in result.scores.values():
+        assert np.isfinite([stats.mae, stats.mse, stats.r2]).all()
+
+
+def test_a_new_level_is_taken_after_a_few_outliers() -> None:
+    rng = np.random.default_rng(4)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(600):
+        level = 0.0 if i < 300 else 10_000.0
+        rows.append(("k", i * HOUR_MS, level + rng.normal(), None))
+    records = _records(rows)
+    result = run_backtest(records, _settings())
+    assert result.dead_letters == 3  # outlier_patience, then the new level is taken
+    last = [orjson.loads(raw) for raw in result.published][-50:]
+    assert all(abs(p["y_hat"] - 10_000.0) < 10 for p in last)

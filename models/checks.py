@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import FeatureBatch, FloatArray, Model, ModelContext
+from models.base import FeatureBatch, FloatArray, Model, ModelContext, Plan, run_plan
 
 __all__ = [
     "CHECKS",
@@ -36,6 +36,7 @@ __all__ = [
     "check_clone_is_fresh",
     "check_learn_does_not_mutate_input",
     "check_output_shape_and_finite",
+    "check_plan_is_the_event_loop",
     "check_predict_is_pure",
     "check_seeded_determinism",
     "check_state_dict_round_trip",
@@ -234,6 +235,32 @@ def check_seeded_determinism(build: Build, stream: Stream) -> None:
         raise ConformanceError(f"update counts differ: {a.updates} != {b.updates}")
 
 
+def check_plan_is_the_event_loop(build: Build, stream: Stream) -> None:
+    """Working through a :class:`~models.base.Plan` gives the predictions of the
+    event-at-a-time loop: predict a row, learn it, predict the next.
+
+    The task hands a model a whole poll as a plan; a model that batches its work
+    (``PlanRunner``) must still predict each row after learning every earlier one,
+    or accuracy would depend on the poll size again.
+    """
+    planned, looped = build(), build()
+    for i, (batch, target) in enumerate(stream):
+        n = len(batch)
+        plan = Plan(batch, batch, target, np.arange(1, n + 1, dtype=np.intp))
+        got = np.asarray(run_plan(planned, plan), dtype=np.float64)
+        expected = np.empty(n)
+        for row in range(n):
+            one = batch.rows(row, row + 1)
+            expected[row] = looped.predict(one)[0]
+            looped.learn(one, target[row : row + 1])
+        if not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            worst = float(np.max(np.abs(got - expected)))
+            raise ConformanceError(
+                f"batch {i}: working through the plan differs from the event loop by "
+                f"up to {worst:.3g}"
+            )
+
+
 CHECKS: tuple[Callable[[Build, Stream], None], ...] = (
     check_output_shape_and_finite,
     check_seeded_determinism,
@@ -241,6 +268,7 @@ CHECKS: tuple[Callable[[Build, Stream], None], ...] = (
     check_learn_does_not_mutate_input,
     check_clone_is_fresh,
     check_state_dict_round_trip,
+    check_plan_is_the_event_loop,
 )
 """Every check, determinism first: other checks compare models and rely on it."""
 

@@ -59,7 +59,7 @@ class Computed:
 
     raw: FloatArray  # (n, F), NaN where undefined
     scale: FloatArray  # (n,) the learning target's unit (the key's unit; 1 for levels)
-    unit: FloatArray  # (n,) the key's typical change at this row, positive
+    unit: FloatArray  # (n,) the spread of the key's changes; NaN while it has none
     seasonal: FloatArray  # (n,) the level one (first) season before the target, or NaN
 
 
@@ -155,7 +155,8 @@ class FeaturePipeline:
         parts.append(self._calendar(n, ts_ms, spacing_s))
         parts.append(exogenous.reshape(n, -1))
         raw = np.concatenate(parts, axis=1)
-        return Computed(raw, units, scale, seasonal_levels[:, 0])
+        real = np.isfinite(unit) & (unit > 1e-9 * np.maximum(np.abs(np.nan_to_num(last)), 1.0))
+        return Computed(raw, units, np.where(real, unit, np.nan), seasonal_levels[:, 0])
 
     @staticmethod
     def _scale(unit: FloatArray, last: FloatArray, level_std: FloatArray) -> FloatArray:

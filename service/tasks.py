@@ -434,7 +434,7 @@ class PartitionTask:
         young = ~np.isfinite(units) & (count >= MATURE_VALUES)
         with np.errstate(invalid="ignore", divide="ignore"):
             spread = np.sqrt(np.maximum(squares / count - (total / count) ** 2, 0.0))
-        units[young] = spread[young]
+        units[young] = np.where(spread[young] > 0, spread[young], np.nan)
         with np.errstate(invalid="ignore"):
             far = np.abs(ys - previous) > self._outlier_threshold * units
         flagged = huge | far  # (keys with strikes are checked in the loop, as they come)

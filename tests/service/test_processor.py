@@ -108,6 +108,6 @@ def test_the_key_cap_holds_for_the_whole_process_least_recent_keys_first() -> No
         held.append(processor.active_series)
     assert max(held) == 50
     newest = {f"k{p}-9-{i}" for p in range(3) for i in range(30)}
-    kept = {key for task in processor.tasks.values() for key in task._windows.keys()}
+    kept = {key for task in processor.tasks.values() for key in task._windows.keys()}  # noqa: SIM118
     assert len(kept & newest) == 50  # the last batch's keys are the most recent
     assert registry.get_sample_value("forecastd_evicted_series_total") == 10 * 90 - 50

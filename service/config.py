@@ -121,7 +121,7 @@ class ForecastSettings(_Section):
     max_keys: int = Field(50_000, ge=1)
     out_of_order: Literal["dlq", "accept"] = "dlq"
     outliers: Literal["reject", "clip", "accept"] = "reject"
-    outlier_threshold: float = Field(50.0, gt=0)
+    outlier_threshold: float = Field(1000.0, gt=0)
     outlier_patience: int = Field(3, ge=1)
 
     @model_validator(mode="after")

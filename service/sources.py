@@ -16,13 +16,15 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError
 from service.records import RawRecord
+from service.watchdog import Watchdog, close_within
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +130,25 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
 
 
 class KafkaSource:
-    """kafka-python consumer in a group, manual commits, rebalance callbacks."""
+    """kafka-python consumer in a group, manual commits, rebalance callbacks.
 
-    def __init__(self, settings: KafkaSettings, listener: RebalanceListener) -> None:
+    Cooperative rebalancing (KIP-429, ``CooperativeStickyAssignor``): a rebalance
+    revokes only the partitions that move to another member, so the tasks of the
+    partitions that stay keep their state (windows, models, scores). Under the eager
+    protocol every rebalance revoked every partition and reset every model. A group
+    must not mix the two protocols: upgrade a group that runs an older forecastd by
+    stopping it first, or with two rolling restarts, as Kafka's documentation says.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        listener: RebalanceListener,
+        watchdog: Watchdog | None = None,
+        api_version: tuple[int, ...] | None = None,
+    ) -> None:
         self._settings = settings
+        self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
         self._consumer = KafkaConsumer(
             group_id=settings.group_id,
             enable_auto_commit=False,
@@ -140,7 +157,9 @@ class KafkaSource:
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
             max_poll_records=settings.max_poll_records,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            partition_assignment_strategy=[CooperativeStickyAssignor],
             client_id="forecastd",
+            api_version=api_version,
             **client_options(settings),
         )
         self._consumer.subscribe([settings.input_topic], listener=_Listener(listener))
@@ -169,10 +188,17 @@ class KafkaSource:
             KafkaTopicPartition(topic, partition): OffsetAndMetadata(offset, None, -1)
             for (topic, partition), offset in offsets.items()
         }
-        try:
-            self._consumer.commit(payload)
-        except KafkaError as exc:
-            raise BrokerError(f"offset commit failed: {exc}") from exc
+
+        def step(slice_s: float) -> bool:
+            try:
+                self._consumer.commit(payload, timeout_ms=max(1, int(slice_s * 1000)))
+            except KafkaTimeoutError:
+                return False
+            except KafkaError as exc:
+                raise BrokerError(f"offset commit failed: {exc}") from exc
+            return True
+
+        self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
         self.committed.update(offsets)
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -194,7 +220,12 @@ class KafkaSource:
         return coordinator is not None and not coordinator.coordinator_unknown()
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        timeout = self._settings.close_timeout_s
+        close_within(
+            lambda: self._consumer.close(autocommit=False, timeout_ms=int(timeout * 1000)),
+            timeout,
+            "consumer close",
+        )
 
 
 def _headers(pairs: Iterable[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
@@ -213,3 +244,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         self._inner.on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+        """Evicted from the group: the partitions may be processed elsewhere already,
+        so their state is dropped like a revocation's."""
+        self._inner.on_revoked(sorted((tp.topic, tp.partition) for tp in lost))

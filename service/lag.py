@@ -51,7 +51,7 @@ def lag_client(
         group_id=settings.group_id,  # for committed(); it never subscribes, never joins
         enable_auto_commit=False,
         client_id="forecastd-lag",
-        fetch_max_wait_ms=0,
+        fetch_max_wait_ms=10,  # 0 makes Tansu answer no fetch at all
         max_partition_fetch_bytes=65_536,
         request_timeout_ms=max(timeout_ms, 1000),
         bootstrap_timeout_ms=timeout_ms,
@@ -130,12 +130,16 @@ class LagMonitor:
                 position = self._client.beginning_offsets([ktp]).get(ktp, 0)
             start[tp] = int(position)
             self._client.seek(ktp, start[tp])
-        self._client.poll(timeout_ms=1000, max_records=1)
+        # A poll returns as soon as one partition has records: poll until every
+        # partition's fetch answered, for at most a second.
+        deadline = time.monotonic() + 1.0
         lags: dict[TopicPartition, int] = {}
-        for tp, ktp in tps.items():
-            high = self._client.highwater(ktp)
-            if high is not None:
-                lags[tp] = max(0, int(high) - start[tp])
+        while len(lags) < len(tps) and time.monotonic() < deadline:
+            self._client.poll(timeout_ms=100, max_records=1)
+            for tp, ktp in tps.items():
+                high = self._client.highwater(ktp)
+                if high is not None:
+                    lags[tp] = max(0, int(high) - start[tp])
         self._record_lag(lags)
         if len(lags) == len(tps):
             self._watchdog.waiting = sum(lags.values())

@@ -114,7 +114,7 @@ def _many_keys(
     keys: int, events_per_key: int
 ) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
     """Enough keys that each of 4 partitions gets some (murmur2 of the key)."""
-    records = []
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
     for step in range(events_per_key):
         for index in range(keys):
             key = f"series-{index}"

@@ -167,7 +167,7 @@ def test_json_shaped_structures(pairs: list[tuple[bytes | None, bytes | None]]) 
 
 
 NESTED = b"[" * 1_000_000 + b"]" * 1_000_000
-CORPUS: list[tuple[bytes | None, bytes]] = [
+CORPUS: list[tuple[bytes | None, bytes | None]] = [
     (b"k", b"[" * 100_000 + b"]" * 100_000),
     (b"k", b'{"y": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"),
     (b"k", b'{"y": {"y": ' * 20_000 + b"1" + b"}" * 40_000),
@@ -209,5 +209,7 @@ def test_corpus_one_at_a_time(index: int) -> None:
 
 
 def test_corpus_all_in_one_batch_among_valid_records() -> None:
-    valid = [(b"v", b'{"y": %d, "ts": %d}' % (i, 1_700_000_000_000 + i)) for i in range(50)]
+    valid: list[tuple[bytes | None, bytes | None]] = [
+        (b"v", b'{"y": %d, "ts": %d}' % (i, 1_700_000_000_000 + i)) for i in range(50)
+    ]
     HARNESS.check(valid[:25] + CORPUS + valid[25:], partition=3)

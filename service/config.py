@@ -107,7 +107,16 @@ class KafkaSettings(_Section):
     ``producer_batch_bytes`` is the producer's per-partition batch buffer (Kafka's
     ``batch.size``; 1 MiB is librdkafka's default): predictions are ~250-byte JSON, and
     the Java client's 16 KiB default fills after ~60 of them, so kafka-python spent
-    half its per-record cost opening batches."""
+    half its per-record cost opening batches.
+
+    Every wait on the broker is bounded, so a hung broker cannot freeze the daemon
+    silently (issue 13): ``connect_timeout_s`` at start-up (then exit 1, one line),
+    ``flush_timeout_s`` for a batch's outputs to be acknowledged (also the producer's
+    delivery timeout), ``commit_timeout_s`` for an offset commit, ``close_timeout_s``
+    per client close. ``shutdown_grace_s`` caps any of them once SIGTERM arrived: a
+    batch the broker has not taken by then is left uncommitted and the process exits
+    1 (keep it below the pod's ``terminationGracePeriodSeconds``). ``lag_interval_s``:
+    how often the lag thread measures lag and broker reachability."""
 
     bootstrap_servers: str = "localhost:9092"
     client: Literal["kafka-python", "confluent"] = "kafka-python"

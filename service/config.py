@@ -115,7 +115,8 @@ class KafkaSettings(_Section):
     delivery timeout), ``commit_timeout_s`` for an offset commit, ``close_timeout_s``
     per client close. ``shutdown_grace_s`` caps any of them once SIGTERM arrived: a
     batch the broker has not taken by then is left uncommitted and the process exits
-    1 (keep it below the pod's ``terminationGracePeriodSeconds``). ``lag_interval_s``:
+    1 (keep it plus three ``close_timeout_s`` below the pod's
+    ``terminationGracePeriodSeconds``: 20 + 3 x 10 < 60). ``lag_interval_s``:
     how often the lag thread measures lag and broker reachability."""
 
     bootstrap_servers: str = "localhost:9092"

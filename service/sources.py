@@ -125,8 +125,12 @@ def _stamped(record: RawRecord, now: float) -> RawRecord:
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Options shared by consumer, producer and admin: servers plus ``security``."""
-    return {"bootstrap_servers": settings.bootstrap_servers.split(","), **settings.security}
+    """kafka-python options shared by consumer, producer and admin: servers plus
+    ``security``, without librdkafka properties (names with dots, ``client:
+    confluent`` only), which the lag monitor's kafka-python client cannot take: it
+    authenticates with the kafka-python names, which both clients understand."""
+    security = {k: v for k, v in settings.security.items() if "." not in k}
+    return {"bootstrap_servers": settings.bootstrap_servers.split(","), **security}
 
 
 class KafkaSource:

@@ -263,6 +263,8 @@ def run_loop(
     nothing waiting); the lag gauge is the lag monitor's job, off this thread."""
     kafka = settings.kafka
     timeout_s = kafka.poll_timeout_ms / 1000
+    if watchdog is not None:
+        watchdog.progressed()  # the clock starts now, not when the process did
     while not should_stop():
         records = source.poll(kafka.max_poll_records, timeout_s)
         if watchdog is not None:

@@ -58,6 +58,7 @@ class Watchdog:
         self._last_progress = now
         self._call: tuple[str, float] | None = None
         self._stop_at: float | None = None
+        self._started = False  # the loop's first turn: connecting is not being stuck
         self.waiting = 0
         """Records known to wait in owned partitions (set by the lag monitor)."""
 
@@ -66,12 +67,14 @@ class Watchdog:
     def turn(self) -> None:
         """The loop came round (a poll returned)."""
         self._last_turn = self._clock()
+        self._started = True
 
     def progressed(self) -> None:
         """A batch completed, or there was nothing to do."""
         now = self._clock()
         self._last_turn = now
         self._last_progress = now
+        self._started = True
 
     def request_stop(self) -> None:
         """Called from the signal handler: bounded waits end within the grace period."""
@@ -115,7 +118,10 @@ class Watchdog:
     # -- read by /healthz -----------------------------------------------------------
 
     def problem(self) -> str | None:
-        """Why the daemon is stuck, or None while it is live."""
+        """Why the daemon is stuck, or None while it is live (or still starting:
+        connecting has its own deadline, ``kafka.connect_timeout_s``)."""
+        if not self._started:
+            return None
         now = self._clock()
         call = self._call
         if call is not None and now - call[1] > self.stall_s:

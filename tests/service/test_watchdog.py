@@ -19,6 +19,16 @@ class Clock:
         return self.now
 
 
+def test_live_while_starting_however_long_connecting_takes() -> None:
+    clock = Clock()
+    dog = Watchdog(stall_s=10, grace_s=5, clock=clock)
+    clock.now += 300
+    assert dog.healthy()
+    dog.turn()
+    clock.now += 11
+    assert not dog.healthy()
+
+
 def test_live_while_the_loop_turns_and_idle() -> None:
     clock = Clock()
     dog = Watchdog(stall_s=10, grace_s=5, clock=clock)
@@ -32,6 +42,7 @@ def test_live_while_the_loop_turns_and_idle() -> None:
 def test_stuck_in_a_broker_call() -> None:
     clock = Clock()
     dog = Watchdog(stall_s=10, grace_s=5, clock=clock)
+    dog.progressed()
     with dog.broker_call("producer flush"):
         clock.now += 9
         assert dog.healthy()
@@ -45,6 +56,7 @@ def test_stuck_in_a_broker_call() -> None:
 def test_waiting_records_without_progress_is_stuck_even_while_polling() -> None:
     clock = Clock()
     dog = Watchdog(stall_s=10, grace_s=5, clock=clock)
+    dog.progressed()
     dog.waiting = 500
     for _ in range(3):
         clock.now += 4

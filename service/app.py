@@ -154,8 +154,8 @@ class Daemon:
         for close in closes:
             try:
                 close()
-            except Exception:  # a failing close must not hide the first error
-                log.exception("error while closing")
+            except Exception as exc:  # a failing close must not hide the first error
+                log.warning("error while closing: %s: %s", type(exc).__name__, exc)
 
 
 def connect(settings: KafkaSettings, stop_event: threading.Event) -> Any:

@@ -9,6 +9,7 @@ only after ``flush`` returned (at-least-once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -126,4 +127,15 @@ class KafkaSink:
 
     def close(self) -> None:
         timeout = self._settings.close_timeout_s
-        close_within(lambda: self._producer.close(timeout=timeout), timeout, "producer close")
+
+        def close() -> None:
+            try:
+                self._producer.close(timeout=timeout)
+            except KafkaError as exc:
+                # Records still unsent belong to a batch that was not committed: they
+                # are produced again after the restart, so dropping them loses nothing.
+                log.warning("producer close: %s; dropping unsent records", type(exc).__name__)
+                with contextlib.suppress(KafkaError):
+                    self._producer.close(timeout=0)
+
+        close_within(close, timeout, "producer close")

@@ -6,10 +6,10 @@ broker call, or without a turn, or without a completed batch while records wait,
 ``metrics.watchdog_s``. Kubernetes then restarts the pod; offsets are committed only
 after a batch's outputs were acknowledged, so the restart loses nothing.
 
-``/readyz`` answers 200 when the daemon is connected, has joined its group (received
-an assignment, possibly empty: an idle replica in a group with more replicas than
-partitions is healthy, not broken), the group coordinator is known, and the broker
-answered the lag monitor within ``metrics.ready_stale_s``; else 503. It is 503 from
+``/readyz`` answers 200 when the daemon is connected, is a member of its group now
+(with an assignment, possibly empty: an idle replica in a group with more replicas
+than partitions is healthy, not broken), the group coordinator is known, and the
+broker answered the lag monitor within ``metrics.ready_stale_s``; else 503. It is 503 from
 the moment the port opens until the first connection.
 """
 

@@ -167,10 +167,18 @@ class KafkaSource:
             **client_options(settings),
         )
         self._consumer.subscribe([settings.input_topic], listener=_Listener(listener))
+        self._listener = listener
+        self._joined = False
         self.committed: dict[TopicPartition, int] = {}
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         fetched = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if not self._joined and self._in_group():
+            # Cooperative rebalancing calls on_partitions_assigned only with partitions
+            # added: a member that joins with none (more replicas than partitions)
+            # would never hear it joined. Tell the listener, with no partitions.
+            self._joined = True
+            self._listener.on_assigned([])
         now = time.monotonic()
         return [
             RawRecord(
@@ -219,9 +227,14 @@ class KafkaSource:
         return False
 
     def reachable(self) -> bool:
-        """True while the group coordinator is known, i.e. the broker answers."""
+        """True while the group coordinator is known (the broker answers) and this
+        consumer is a member of the group now (not evicted, not between generations)."""
         coordinator = getattr(self._consumer, "_coordinator", None)
-        return coordinator is not None and not coordinator.coordinator_unknown()
+        known = coordinator is not None and not coordinator.coordinator_unknown()
+        return known and self._in_group()
+
+    def _in_group(self) -> bool:
+        return int(self._consumer.group_metadata().generation_id) >= 0
 
     def close(self) -> None:
         timeout = self._settings.close_timeout_s

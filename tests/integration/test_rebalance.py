@@ -15,6 +15,7 @@ from tests.integration.kafka_helpers import (
     make_settings,
     produce,
     running_daemon,
+    scrape,
     settings_env,
     wait_for,
 )
@@ -54,6 +55,20 @@ def test_a_second_replica_takes_partitions_and_every_record_is_predicted(
     sources = [orjson.loads(r.value)["source"] for r in predictions]
     every_input = {f"{r.topic}:{r.partition}:{r.offset}" for r in inputs}
     assert set(sources) == every_input  # at-least-once: none missing, none invented
+
+
+def test_a_replica_with_no_partitions_is_ready(broker: EmbeddedBroker, client: str) -> None:
+    """More replicas than partitions: the idle one is in the group and healthy, so it is
+    ready (cooperative rebalancing tells a member only of partitions it gains)."""
+    topics = fresh_topics(broker, partitions=1)
+    env = settings_env(broker, topics, client)
+    first = make_settings(CONFIG, env)
+    second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
+    with running_daemon(first) as one, running_daemon(second) as two:
+        wait_for(lambda: len(one.processor.tasks) + len(two.processor.tasks) == 1, 60, "owned")
+        for settings in (first, second):
+            port = settings.metrics.port
+            wait_for(lambda p=port: scrape(p, "/readyz")[0] == 200, 30, f"ready on {port}")
 
 
 def _committed(*daemons: Daemon) -> int:

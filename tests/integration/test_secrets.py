@@ -57,7 +57,7 @@ def _ready(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("password", [f"[{SECRET}]", f"{{{SECRET}", f"[{SECRET}"])
+@pytest.mark.parametrize("password", [f"[{SECRET}]", f"{{{SECRET}"])
 def test_a_yaml_looking_password_is_a_string_and_never_printed(
     broker: EmbeddedBroker, password: str
 ) -> None:

@@ -76,7 +76,7 @@ def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
 ) -> None:
     broker = own_broker
     topics = fresh_topics(broker, partitions=2)
-    stream = linear_trends(events_per_key=3000, seed=4)
+    stream = linear_trends(events_per_key=1500, seed=4)
     env = settings_env(
         broker,
         topics,

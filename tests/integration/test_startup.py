@@ -40,10 +40,10 @@ def _probe(port: int, path: str) -> int | None:
         return None
 
 
-def test_no_broker_one_line_exit_1_with_the_health_port_up_meanwhile(client: str) -> None:
+def test_no_broker_one_line_exit_1_with_the_health_port_up_meanwhile() -> None:
+    """Once, not per client: the connection probe is the same for both."""
     port = free_port()
     env = {
-        "FORECASTD_KAFKA__CLIENT": client,
         "FORECASTD_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",
         "FORECASTD_KAFKA__CONNECT_TIMEOUT_S": "6",
         "FORECASTD_METRICS__HOST": "127.0.0.1",

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 def lag_client(
     settings: KafkaSettings, timeout_s: float, api_version: tuple[int, ...] | None = None
 ) -> KafkaConsumer:
-    """A group-less-membership consumer for metadata, committed offsets and fetches.
+    """A consumer for metadata, committed offsets and fetches; it names the group (to
+    read its committed offsets) but never subscribes, so it never joins it.
 
     Constructing it bootstraps (raises ``NoBrokersAvailable`` when no broker answers
     within ``timeout_s``), which makes it the start-up connection probe too.
@@ -66,9 +67,9 @@ class LagMonitor:
     def __init__(
         self,
         client: Any,
-        owned: Any,
-        positions: Any,
-        record_lag: Any,
+        owned: Callable[[], frozenset[TopicPartition]],
+        positions: Callable[[], Mapping[TopicPartition, int]],
+        record_lag: Callable[[Mapping[TopicPartition, int]], None],
         watchdog: Watchdog,
         interval_s: float,
     ) -> None:

@@ -34,6 +34,7 @@ from service.records import (
     Prediction,
     RawRecord,
     dead_letter,
+    dead_letter_value_limit,
 )
 from service.scoring import ScoreStats
 from service.sinks import Sink
@@ -78,7 +79,7 @@ class Processor:
         self._sink = sink
         self._metrics = metrics
         self._decoder = Decoder(settings.schema_, settings.forecast.max_future_skew_s)
-        self._max_dead_letter_value = settings.schema_.max_message_bytes
+        self._max_dead_letter_value = dead_letter_value_limit(settings.schema_.max_message_bytes)
         self._pipeline = FeaturePipeline(
             settings.forecast.lags, settings.forecast.target, settings.schema_.features
         )
@@ -242,9 +243,9 @@ class Processor:
 
 
 def producer_request_limit(settings: Settings) -> int:
-    """The producer's ``max_request_size``: the largest value the processor sends
-    (``schema.max_message_bytes``, to which a dead letter's value is truncated) plus
-    room for its key, headers and framing."""
+    """The producer's ``max_request_size``: ``schema.max_message_bytes`` plus room
+    (a dead letter is cut to fit in ``max_message_bytes`` with its key and headers;
+    the room is a margin for framing, never needed by a prediction)."""
     return settings.schema_.max_message_bytes + DEAD_LETTER_OVERHEAD_BYTES
 
 

@@ -99,8 +99,21 @@ DEAD_LETTER_HEADER_BYTES = 32768
 """The original headers a dead letter keeps, names and values together; the rest are
 dropped (counted in ``forecastd.error.headers_dropped``)."""
 DEAD_LETTER_OVERHEAD_BYTES = 65536
-"""Room the producer keeps above ``schema.max_message_bytes`` for one dead letter's
-key, headers and batch framing: its ``max_request_size`` is the sum."""
+"""Room for a dead letter's key, headers and framing: a dead letter's value is cut
+this much below ``schema.max_message_bytes`` (:func:`dead_letter_value_limit`), so the
+whole record fits a topic that takes ``max_message_bytes`` (Kafka's default limit
+for the default 1 MiB); the producer's ``max_request_size`` keeps the same room above
+``max_message_bytes`` on top."""
+
+
+def dead_letter_value_limit(max_message_bytes: int) -> int:
+    """The most bytes of a value a dead letter carries: ``max_message_bytes`` less
+    :data:`DEAD_LETTER_OVERHEAD_BYTES` (half of it for tiny limits).
+
+    >>> dead_letter_value_limit(1_048_576)
+    983040
+    """
+    return max(max_message_bytes - DEAD_LETTER_OVERHEAD_BYTES, max_message_bytes // 2)
 
 
 class DeadLetter(NamedTuple):
@@ -112,12 +125,14 @@ class DeadLetter(NamedTuple):
 def dead_letter(invalid: Invalid, max_value_bytes: int) -> DeadLetter:
     """The record to send to the dead-letter topic for ``invalid``, bounded in size.
 
-    The value is forwarded byte for byte when it fits in ``max_value_bytes`` (every
-    record but an ``oversized`` one does); else its first ``max_value_bytes`` bytes,
-    with the original length in ``forecastd.error.original_size``. Key and headers
-    are capped by :data:`DEAD_LETTER_KEY_BYTES` and :data:`DEAD_LETTER_HEADER_BYTES`,
-    so a dead letter always fits a producer whose request limit is ``max_value_bytes
-    + DEAD_LETTER_OVERHEAD_BYTES``: no record is too large to be dead-lettered.
+    The value is forwarded byte for byte when it fits in ``max_value_bytes`` (the
+    processor passes :func:`dead_letter_value_limit`, which only ``oversized`` values
+    and those within 64 KiB of the limit exceed); else its first ``max_value_bytes``
+    bytes, with the original length in ``forecastd.error.original_size``. Key and
+    headers are capped by :data:`DEAD_LETTER_KEY_BYTES` and
+    :data:`DEAD_LETTER_HEADER_BYTES`, so a dead letter is always smaller than
+    ``max_value_bytes + DEAD_LETTER_OVERHEAD_BYTES``: no record is too large to be
+    dead-lettered.
     """
     record = invalid.record
     value = record.value or b""

@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaProducer
 
 from service.broker import EmbeddedBroker
+from service.records import dead_letter_value_limit
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,
@@ -88,5 +89,8 @@ def test_poison_records_are_dead_lettered_and_the_rest_predicted(
     (oversized,) = [r for r in dead if dict(r.headers)["forecastd.error.reason"] == b"oversized"]
     headers = dict(oversized.headers)
     assert int(headers["forecastd.error.original_size"]) == len(POISON[-1][1])
-    assert len(oversized.value) == settings.schema_.max_message_bytes
+    limit = settings.schema_.max_message_bytes
+    assert len(oversized.value) == dead_letter_value_limit(limit)
+    size = len(oversized.key or b"") + len(oversized.value)
+    assert size + sum(len(n) + len(v) for n, v in oversized.headers) < limit
     assert POISON[-1][1].startswith(oversized.value)

@@ -31,7 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forecastd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ForecastdError as exc:
-        log.error("stopping: %s", exc)
+        from service.app import Interrupted
+
+        if isinstance(exc, Interrupted):
+            return 0
+        print(f"forecastd: {exc}", file=sys.stderr)
         return 1
 
 
@@ -97,12 +101,22 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import threading
+
     from service.app import Daemon, install_signal_handlers
 
     settings = load_settings(args.config)
     _configure_logging(settings)
-    daemon = Daemon(settings)
-    install_signal_handlers(daemon)
+    stop = threading.Event()
+    install_signal_handlers(stop)  # first: a SIGTERM while connecting stops cleanly too
+    # kafka-python logs every failed connection attempt (a dozen lines per second of
+    # an outage) while it bootstraps; the outcome is one line of ours instead.
+    # It stays quiet if connecting fails: its threads may still be retrying.
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(logging.CRITICAL)
+    daemon = Daemon(settings, stop_event=stop)
+    kafka_log.setLevel(level)
     return daemon.run()
 
 

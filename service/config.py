@@ -5,8 +5,15 @@ named ``FORECASTD_`` + the key path in upper case with ``__`` between levels
 (``FORECASTD_KAFKA__BOOTSTRAP_SERVERS=broker:9092``). A numeric level indexes a list
 (``FORECASTD_MODELS__0__PARAMS__LR=0.01``). Environment values are strings that the
 field's type converts (``6000`` becomes an int where an int is expected); ``[a, b]``
-and ``{k: v}`` are read as YAML lists and maps. Values in free-form maps
-(``kafka.security``) stay strings, so a password is never reinterpreted.
+and ``{k: v}`` are read as YAML lists and maps, except under ``kafka.security``, where
+every value stays the exact string it is: a password ``[abc]`` or ``{x`` is a
+password, not a list or a YAML error.
+
+Secrets never appear in an error: values under ``kafka.security`` and of any key
+whose name says password, secret, token, credential or private key
+(:func:`is_secret_key`) are masked in validation errors and in ``repr``; an unknown
+``kafka.security`` key is rejected by name, against the list of options the clients
+know (:data:`SECURITY_OPTIONS`), before any client sees (and echoes) it.
 
 Why hand-rolled env merging rather than pydantic-settings: we need list indexing and
 the YAML file as the base layer with one error format for both; the merge is twenty
@@ -19,6 +26,7 @@ message is one line naming the key path and the reason; the CLI exits with statu
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +46,49 @@ from service.errors import ConfigError
 
 ENV_PREFIX = "FORECASTD_"
 
+SECURITY_OPTIONS = frozenset(
+    {
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_name",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_crlfile",
+        "ssl_ciphers",
+    }
+)
+"""kafka-python's security options that a config can set (strings and booleans; its
+object-valued ones, ``ssl_context`` and ``sasl_oauth_token_provider``, cannot come
+from YAML). :mod:`service.confluent` translates each for librdkafka; a name with a dot
+is a librdkafka property, passed through with ``client: confluent`` only."""
+
+_SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|credential|api_?key|private_?key|ssl_key|sasl_plain|"
+    r"sasl\.(username|password)|jaas",
+    re.IGNORECASE,
+)
+MASK = "***"
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a config key's name says its value is a credential.
+
+    Matches ``password``, ``ssl_password``, ``sasl_plain_password``, ``ssl_keyfile``,
+    ``client_secret``, ``token``, ``sasl.password``...; not ``key_field`` or ``keys``,
+    whose values are schema names, not secrets.
+
+    >>> [is_secret_key(k) for k in ("sasl_plain_password", "ssl_keyfile", "key_field")]
+    [True, True, False]
+    """
+    return _SECRET_KEY.search(name) is not None
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -56,7 +107,17 @@ class KafkaSettings(_Section):
     ``producer_batch_bytes`` is the producer's per-partition batch buffer (Kafka's
     ``batch.size``; 1 MiB is librdkafka's default): predictions are ~250-byte JSON, and
     the Java client's 16 KiB default fills after ~60 of them, so kafka-python spent
-    half its per-record cost opening batches."""
+    half its per-record cost opening batches.
+
+    Every wait on the broker is bounded, so a hung broker cannot freeze the daemon
+    silently (issue 13): ``connect_timeout_s`` at start-up (then exit 1, one line),
+    ``flush_timeout_s`` for a batch's outputs to be acknowledged (also the producer's
+    delivery timeout), ``commit_timeout_s`` for an offset commit, ``close_timeout_s``
+    per client close. ``shutdown_grace_s`` caps any of them once SIGTERM arrived: a
+    batch the broker has not taken by then is left uncommitted and the process exits
+    1 (keep it plus three ``close_timeout_s`` below the pod's
+    ``terminationGracePeriodSeconds``: 20 + 3 x 10 < 60). ``lag_interval_s``:
+    how often the lag thread measures lag and broker reachability."""
 
     bootstrap_servers: str = "localhost:9092"
     client: Literal["kafka-python", "confluent"] = "kafka-python"
@@ -72,6 +133,44 @@ class KafkaSettings(_Section):
     fetch_max_wait_ms: int = Field(100, ge=0, le=60000)
     producer_batch_bytes: int = Field(1_048_576, ge=1024, le=16_777_216)
     security: dict[str, Any] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(60.0, gt=0, le=3600)
+    flush_timeout_s: float = Field(120.0, gt=0, le=3600)
+    commit_timeout_s: float = Field(30.0, gt=0, le=3600)
+    close_timeout_s: float = Field(10.0, gt=0, le=600)
+    shutdown_grace_s: float = Field(20.0, gt=0, le=3600)
+    lag_interval_s: float = Field(1.0, gt=0, le=600)
+
+    @field_validator("security")
+    @classmethod
+    def _known_security_options(cls, security: dict[str, Any]) -> dict[str, Any]:
+        """Names only in the error: a misspelt ``sasl_plain_pasword`` must not reach
+        a client that prints the keyword argument with its value."""
+        for name, value in security.items():
+            if name not in SECURITY_OPTIONS and "." not in name:
+                raise ValueError(
+                    f"unknown option {name!r} (known: {', '.join(sorted(SECURITY_OPTIONS))},"
+                    " or a librdkafka property with dots for client confluent)"
+                )
+            if not isinstance(value, str | bool | int | float):
+                raise ValueError(f"option {name!r} must be a string, a number or a boolean")
+        return security
+
+    @model_validator(mode="after")
+    def _librdkafka_names_need_confluent(self) -> KafkaSettings:
+        dotted = sorted(name for name in self.security if "." in name)
+        if dotted and self.client != "confluent":
+            raise ValueError(
+                f"security option {dotted[0]!r} is a librdkafka property: client confluent only"
+            )
+        return self
+
+    def __repr_args__(self) -> Any:
+        """``repr`` (and so any log of the settings) masks every security value."""
+        for name, value in super().__repr_args__():
+            if name == "security":
+                yield name, dict.fromkeys(self.security, MASK)
+            else:
+                yield name, value
 
 
 class SchemaSettings(_Section):
@@ -123,6 +222,7 @@ class ForecastSettings(_Section):
     outliers: Literal["reject", "clip", "accept"] = "reject"
     outlier_threshold: float = Field(1000.0, gt=0)
     outlier_patience: int = Field(3, ge=1)
+    max_future_skew_s: float | None = Field(3600.0, gt=0)
 
     @model_validator(mode="after")
     def _lags_fit_window(self) -> ForecastSettings:
@@ -173,8 +273,15 @@ class DriftSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    """The HTTP port. ``watchdog_s``: ``/healthz`` fails once the loop has been inside
+    one broker call, or without a completed batch while records wait, or without a
+    turn at all, for this long (a stuck daemon gets restarted; see service.health).
+    ``ready_stale_s``: ``/readyz`` fails when the broker last answered longer ago."""
+
     host: str = "0.0.0.0"  # noqa: S104 - a pod's metrics port must be reachable from Prometheus
     port: int = Field(9108, ge=0, le=65535)
+    watchdog_s: float = Field(60.0, gt=0, le=86400)
+    ready_stale_s: float = Field(10.0, gt=0, le=3600)
 
 
 class ProcessingSettings(_Section):
@@ -298,22 +405,32 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[list[str], Any]]:
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if any(not part for part in path):
             raise ConfigError(f"{name}: empty key level (use '__' between levels)")
-        overrides.append((path, _env_value(name, raw)))
+        overrides.append((path, _env_value(name, path, raw)))
     return overrides
 
 
-def _env_value(name: str, raw: str) -> Any:
+def _env_value(name: str, path: list[str], raw: str) -> Any:
     """Lists and maps (``[a, b]``, ``{k: v}``) are parsed as YAML flow collections;
     anything else stays the string it is, and the field's type converts it
     (``"6000"`` to an int, ``"true"`` to a bool). Parsing scalars as YAML would turn
-    a Secret password ``yes`` into ``True`` or ``0123`` into ``123``."""
+    a Secret password ``yes`` into ``True`` or ``0123`` into ``123``; so values
+    inside ``kafka.security``, and of any secret-named key, are never parsed at all,
+    and an unparsable value is never echoed."""
     text = raw.strip()
-    if not text.startswith(("[", "{")):
+    inside_security = path[:2] == ["kafka", "security"] and len(path) > 2
+    if not text.startswith(("[", "{")) or inside_security or is_secret_key(path[-1]):
         return raw
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{name}: not a valid YAML list or map: {raw[:80]!r}") from exc
+        shown = "" if _is_sensitive(path) else f": {raw[:80]!r}"
+        raise ConfigError(f"{name}: not a valid YAML list or map{shown}") from exc
+
+
+def _is_sensitive(path: list[str] | tuple[str | int, ...]) -> bool:
+    """Whether a key path holds (or is inside) a credential."""
+    names = [str(part) for part in path]
+    return names[:2] == ["kafka", "security"] or any(is_secret_key(n) for n in names)
 
 
 def _set_path(data: Any, path: list[str], value: Any) -> None:
@@ -360,8 +477,9 @@ def _describe(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
             path += ("." if path else "") + ("schema" if part == "schema_" else str(part))
     reason = error["msg"].removeprefix("Value error, ")
     got = ""
-    if error["type"] not in {"missing", "extra_forbidden"} and "input" in error:
-        got = f" (got {error['input']!r})" if not isinstance(error["input"], dict) else ""
+    shown = "input" in error and not isinstance(error["input"], dict)
+    if error["type"] not in {"missing", "extra_forbidden"} and shown and not _is_sensitive(loc):
+        got = f" (got {error['input']!r})"
     if error["type"] == "extra_forbidden":
         reason = "unknown key (check the spelling against SPEC's configuration section)"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""

@@ -10,6 +10,12 @@ kafka-python's per record.
 ``kafka.security`` keys are kafka-python's names (``security_protocol``,
 ``sasl_plain_username``, ...) and are translated; keys with a dot are librdkafka
 properties and pass through unchanged.
+
+Rebalancing is cooperative (``partition.assignment.strategy: cooperative-sticky``):
+the callbacks get only the partitions that move, and confluent-kafka does the
+incremental assign/unassign after them, so partitions that stay keep their tasks.
+Synchronous commits and closes have no timeout in librdkafka: they run in a helper
+thread that :mod:`service.watchdog` waits for, a slice at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from service.config import KafkaSettings
 from service.errors import BrokerError, ConfigError
 from service.records import Headers, RawRecord
 from service.sources import RebalanceListener, TopicPartition
+from service.watchdog import Watchdog, close_within, in_thread
 
 _SECURITY_NAMES = {
     "security_protocol": "security.protocol",
@@ -35,6 +42,9 @@ _SECURITY_NAMES = {
     "ssl_certfile": "ssl.certificate.location",
     "ssl_keyfile": "ssl.key.location",
     "ssl_password": "ssl.key.password",
+    "ssl_crlfile": "ssl.crl.location",
+    "ssl_ciphers": "ssl.cipher.suites",
+    "sasl_kerberos_service_name": "sasl.kerberos.service.name",
     "ssl_check_hostname": "ssl.endpoint.identification.algorithm",
 }
 
@@ -61,7 +71,14 @@ def librdkafka_options(settings: KafkaSettings) -> dict[str, Any]:
 class ConfluentSource:
     """confluent-kafka consumer in a group, manual commits, rebalance callbacks."""
 
-    def __init__(self, settings: KafkaSettings, listener: RebalanceListener) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        listener: RebalanceListener,
+        watchdog: Watchdog | None = None,
+    ) -> None:
+        self._settings = settings
+        self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
         self._listener = listener
         self._reachable = True
         self._earliest = settings.auto_offset_reset == "earliest"
@@ -74,12 +91,16 @@ class ConfluentSource:
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 6),
                 "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+                "partition.assignment.strategy": "cooperative-sticky",
                 "client.id": "forecastd",
                 "error_cb": self._on_error,
             }
         )
         self._consumer.subscribe(
-            [settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+            [settings.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
         )
         self.committed: dict[TopicPartition, int] = {}
 
@@ -131,10 +152,15 @@ class ConfluentSource:
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         payload = [ConfluentTopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            self._consumer.commit(offsets=payload, asynchronous=False)
-        except KafkaException as exc:
-            raise BrokerError(f"offset commit failed: {exc}") from exc
+
+        def commit() -> None:
+            try:
+                self._consumer.commit(offsets=payload, asynchronous=False)
+            except KafkaException as exc:
+                raise BrokerError(f"offset commit failed: {exc}") from exc
+
+        step = in_thread(commit, "forecastd-commit")
+        self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
         self.committed.update(offsets)
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -165,7 +191,7 @@ class ConfluentSource:
         return self._reachable
 
     def close(self) -> None:
-        self._consumer.close()
+        close_within(self._consumer.close, self._settings.close_timeout_s, "consumer close")
 
 
 def _headers(
@@ -184,7 +210,14 @@ def _as_bytes(value: str | bytes | None) -> bytes:
 class ConfluentSink:
     """confluent-kafka producer: ``acks=all``, idempotent, keyed records."""
 
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        watchdog: Watchdog | None = None,
+        max_request_bytes: int = 1_048_576 + 65_536,
+    ) -> None:
+        self._settings = settings
+        self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
         self._producer = Producer(
             {
                 **librdkafka_options(settings),
@@ -196,6 +229,8 @@ class ConfluentSink:
                 # output partition whichever client produced it (librdkafka's default,
                 # consistent_random, hashes with CRC32).
                 "partitioner": "murmur2_random",
+                "message.max.bytes": max_request_bytes,
+                "message.timeout.ms": int(settings.flush_timeout_s * 1000),
                 "client.id": "forecastd",
             }
         )
@@ -206,25 +241,35 @@ class ConfluentSink:
             self._failures.append(str(error))
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        while True:
+        def produce(_slice_s: float) -> bool:
             try:
                 self._producer.produce(
                     topic, value, key, headers=list(headers), on_delivery=self._delivered
                 )
-                return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve deliveries, retry
+                return False
             except KafkaException as exc:
                 raise BrokerError(f"cannot send to {topic}: {exc}") from exc
+            return True
 
-    def flush(self, timeout_s: float = 120.0) -> None:
-        remaining = self._producer.flush(timeout_s)
+        if not produce(0.0):
+            self._watchdog.bounded("producer send", produce, self._settings.flush_timeout_s)
+
+    def flush(self) -> None:
+        def step(slice_s: float) -> bool:
+            return int(self._producer.flush(slice_s)) == 0
+
+        self._watchdog.bounded("producer flush", step, self._settings.flush_timeout_s)
         failures, self._failures = self._failures, []
-        if remaining:
-            raise BrokerError(f"{remaining} records not acknowledged within {timeout_s:.0f}s")
         if failures:
             raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0]}")
 
     def close(self) -> None:
-        self._producer.flush(10)
-        self._producer.close()  # stop librdkafka's threads: no reconnect attempts after us
+        timeout = self._settings.close_timeout_s
+
+        def close() -> None:
+            self._producer.flush(timeout)
+            self._producer.close()  # stop librdkafka's threads: no reconnects after us
+
+        close_within(close, timeout, "producer close")

@@ -12,20 +12,38 @@ header) and a human ``detail``. Reasons, in the order they are checked:
 ``missing_target``  no target field
 ``bad_target``      target is not a number (strings, booleans and null included)
 ``non_finite``      NaN or ±Infinity in the target or a feature
-``bad_time``        time field present but not epoch s/ms or ISO-8601
-``bad_features``    features field not an object of name -> number
+``bad_time``        time field present but not epoch s/ms or ISO-8601 in years 1 to 9999
+``future_time``     event time more than ``forecast.max_future_skew_s`` ahead of the
+                    record's broker timestamp (or of the wall clock when it has none)
+``bad_features``    features field not an object of name -> number, or a name that is
+                    not valid Unicode (a lone surrogate from a ``\\ud800`` escape)
 
 ``out_of_order`` is decided later, by the task, which knows each key's newest time;
-so is ``outlier`` (``forecast.outliers``), which needs the key's recent values.
+so is ``outlier`` (``forecast.outliers``), which needs the key's recent values;
+``internal_error`` by the processor, for a record whose processing raised.
 
-Event time: numbers are epoch seconds when below 1e11 (until year 5138), else epoch
-milliseconds; ISO-8601 strings without a zone are taken as UTC.
+Decoding never raises, whatever the bytes: every exception a parser or a conversion
+can raise on hostile input (``RecursionError`` from 100,000 nested arrays,
+``OverflowError`` from a 400-digit number, ``ValueError`` from an integer over
+Python's digit limit, ``UnicodeError`` from lone surrogates) becomes one of the
+reasons above, and anything else still becomes ``internal_error`` with the exception's
+type as detail, so one record can never stop its partition.
+
+Keys and feature names must be encodable as UTF-8: JSON's ``"\\ud800"`` escape decodes
+to a lone surrogate that no UTF-8 encoder accepts, so such a key is ``bad_key`` (and a
+feature name ``bad_features``) here, rather than an encoding crash when the
+prediction or the dead-letter header is written.
+
+Event time: numbers are epoch seconds when their magnitude is below 1e11 (until year
+5138), else epoch milliseconds; negative values are before 1970. ISO-8601 strings
+without a zone are taken as UTC. Times from year 1 to 9999 are accepted.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,14 +65,23 @@ REASONS = (
     "non_finite",
     "bad_time",
     "bad_features",
+    "future_time",
     "out_of_order",
     "outlier",
+    "internal_error",
 )
 """Every dead-letter reason: the bounded label values of ``forecastd_invalid_messages_total``."""
 
 MAX_KEY_CHARS = 256
-_SECONDS_LIMIT = 1e11
-_TS_MS_LIMIT = 253_402_300_800_000  # 9999-12-31
+_SECONDS_LIMIT = 10**11
+_TS_MS_MIN = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+_TS_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_PARSE_ERRORS = (ValueError, RecursionError, UnicodeError, OverflowError, MemoryError)
+"""What ``json.loads`` raises on hostile input besides JSONDecodeError (a ValueError):
+deep nesting, integers over Python's 4,300-digit limit, bad UTF-8."""
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Reject(Exception):
@@ -67,10 +94,13 @@ class _Reject(Exception):
 class Decoder:
     """Validates records against :class:`SchemaSettings`; never raises on input."""
 
-    def __init__(self, schema: SchemaSettings) -> None:
+    def __init__(self, schema: SchemaSettings, max_future_skew_s: float | None = None) -> None:
+        """``max_future_skew_s``: reject events further ahead than this as
+        ``future_time`` (None: accept any time up to year 9999)."""
         self._schema = schema
         if schema.features == "auto":
             raise ValueError("the processor resolves schema.features: auto before decoding")
+        self._max_future_ms = None if max_future_skew_s is None else int(max_future_skew_s * 1000)
         self._features = schema.features
         # One shared, read-only all-NaN vector for events without features (most
         # streams): no array per event.
@@ -82,6 +112,8 @@ class Decoder:
             return self._decode(record)
         except _Reject as rejected:
             return Invalid(rejected.reason, rejected.detail, record)
+        except Exception as exc:  # a bug, or input no check above foresaw: never fatal
+            return Invalid("internal_error", type(exc).__name__, record)
 
     def _decode(self, record: RawRecord) -> Event:
         schema = self._schema
@@ -116,9 +148,11 @@ class Decoder:
             raw = obj[field]
             if isinstance(raw, bool) or not isinstance(raw, str | int):
                 raise _Reject("bad_key", f"'{field}' is a {type(raw).__name__}, expected a string")
-            key = str(raw)
+            key = raw if isinstance(raw, str) else _int_text(raw, "bad_key", field)
         if not key or len(key) > MAX_KEY_CHARS:
             raise _Reject("bad_key", f"key must have 1 to {MAX_KEY_CHARS} characters")
+        if not _is_unicode(key):
+            raise _Reject("bad_key", "key is not valid Unicode (lone surrogate)")
         return key
 
     def _time(self, record: RawRecord, obj: dict[str, Any]) -> int:
@@ -130,7 +164,10 @@ class Decoder:
             return record.timestamp_ms
         if isinstance(raw, bool):
             raise _Reject("bad_time", f"'{field}' is a boolean")
-        if isinstance(raw, int | float):
+        if isinstance(raw, int):
+            # Exact integer arithmetic: a 400-digit ts must not reach float().
+            ts_ms = raw * 1000 if abs(raw) < _SECONDS_LIMIT else raw
+        elif isinstance(raw, float):
             if not math.isfinite(raw):
                 raise _Reject("bad_time", f"'{field}' is not finite")
             ts_ms = int(raw * 1000) if abs(raw) < _SECONDS_LIMIT else int(raw)
@@ -138,8 +175,17 @@ class Decoder:
             ts_ms = _iso_to_ms(raw, field)
         else:
             raise _Reject("bad_time", f"'{field}' is a {type(raw).__name__}")
-        if not 0 <= ts_ms <= _TS_MS_LIMIT:
-            raise _Reject("bad_time", f"'{field}' out of range: {raw!r}")
+        if not _TS_MS_MIN <= ts_ms <= _TS_MS_MAX:
+            raise _Reject("bad_time", f"'{field}' is outside years 1 to 9999")
+        if self._max_future_ms is not None:
+            reference = record.timestamp_ms
+            if reference is None:
+                reference = time.time_ns() // 1_000_000
+            if ts_ms > reference + self._max_future_ms:
+                raise _Reject(
+                    "future_time",
+                    f"event time {ts_ms} is more than {self._max_future_ms} ms after {reference}",
+                )
         return ts_ms
 
     def _exogenous(self, obj: dict[str, Any]) -> np.ndarray:
@@ -150,6 +196,8 @@ class Decoder:
         if not isinstance(raw, dict):
             raise _Reject("bad_features", f"'{field}' must be an object of name -> number")
         for name in raw:
+            if not _is_unicode(name):
+                raise _Reject("bad_features", "a feature name is not valid Unicode")
             _finite_number(raw, name, "bad_features", "bad_features")
         return np.array([float(raw[name]) if name in raw else np.nan for name in self._features])
 
@@ -159,12 +207,15 @@ def _parse_json(value: bytes) -> Any:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
         pass
-    # orjson rejects NaN/Infinity literals; the standard library accepts them, which
-    # lets those records be reported precisely as non_finite rather than not_json.
+    # orjson rejects NaN/Infinity literals, integers beyond 64 bits, lone surrogates
+    # and nesting deeper than 1024; the standard library accepts the first three,
+    # which lets those records be reported precisely (non_finite, bad_time, bad_key)
+    # rather than as not_json. Its recursive parser raises RecursionError on deep
+    # nesting, and ValueError on integers over 4,300 digits: both are not_json here.
     try:
         return json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _Reject("not_json", f"not UTF-8 JSON: {exc}") from exc
+    except _PARSE_ERRORS as exc:
+        raise _Reject("not_json", f"not UTF-8 JSON ({type(exc).__name__})") from exc
 
 
 def _finite_number(obj: dict[str, Any], field: str, missing: str, wrong: str) -> float:
@@ -172,21 +223,49 @@ def _finite_number(obj: dict[str, Any], field: str, missing: str, wrong: str) ->
         raise _Reject(missing, f"no '{field}' field")
     raw = obj[field]
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise _Reject(wrong, f"'{field}' is {type(raw).__name__}, expected a number")
+        raise _Reject(wrong, f"{_quoted(field)} is {type(raw).__name__}, expected a number")
     try:
         value = float(raw)
     except OverflowError as exc:
         raise _Reject("non_finite", f"'{field}' overflows a double") from exc
     if not math.isfinite(value):
-        raise _Reject("non_finite", f"'{field}' is {raw!r}")
+        raise _Reject("non_finite", f"{_quoted(field)} is {value!r}")
     return value
+
+
+def _quoted(name: str) -> str:
+    """A field name from the input, safe for a detail: at most 64 characters, and
+    ASCII (``ascii`` escapes lone surrogates and control characters)."""
+    return ascii(name[:64])
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` has no lone surrogates, i.e. encodes as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _int_text(value: int, reason: str, field: str) -> str:
+    """``str(value)``, or a rejection when it exceeds Python's digit limit."""
+    try:
+        return str(value)
+    except ValueError as exc:
+        raise _Reject(reason, f"'{field}' is an integer too long to print") from exc
 
 
 def _iso_to_ms(text: str, field: str) -> int:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise _Reject("bad_time", f"'{field}' is not ISO-8601: {text[:64]!r}") from exc
+        raise _Reject("bad_time", f"'{field}' is not ISO-8601: {text[:64]!a}") from exc
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    # Exact for any year 1-9999, unlike timestamp() * 1000 through a float.
+    try:
+        delta = moment - _EPOCH
+    except OverflowError as exc:  # year 1 or 9999 shifted past the end by its zone
+        raise _Reject("bad_time", f"'{field}' is outside years 1 to 9999") from exc
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000

@@ -1,9 +1,16 @@
 """One HTTP port for ``/metrics``, ``/healthz`` and ``/readyz``.
 
-``/healthz`` answers 200 while the process lives. ``/readyz`` answers 200 once the
-consumer has joined its group (received an assignment, possibly empty: an idle
-replica in a group with more replicas than partitions is healthy, not broken) and the
-group coordinator is reachable, else 503.
+``/healthz`` (liveness) answers 200 while the processing loop makes progress, and 503
+with the reason once the watchdog (:mod:`service.watchdog`) sees it stuck: inside one
+broker call, or without a turn, or without a completed batch while records wait, for
+``metrics.watchdog_s``. Kubernetes then restarts the pod; offsets are committed only
+after a batch's outputs were acknowledged, so the restart loses nothing.
+
+``/readyz`` answers 200 when the daemon is connected, is a member of its group now
+(with an assignment, possibly empty: an idle replica in a group with more replicas
+than partitions is healthy, not broken), the group coordinator is known, and the
+broker answered the lag monitor within ``metrics.ready_stale_s``; else 503. It is 503 from
+the moment the port opens until the first connection.
 """
 
 from __future__ import annotations
@@ -19,9 +26,15 @@ class HealthServer:
     """Serves the registry and the two probes from a background thread."""
 
     def __init__(
-        self, registry: CollectorRegistry, ready: Callable[[], bool], host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        ready: Callable[[], bool],
+        host: str,
+        port: int,
+        problem: Callable[[], str | None] = lambda: None,
     ) -> None:
-        handler = _handler(registry, ready)
+        """``problem()`` returns why the daemon is not live, or None."""
+        handler = _handler(registry, ready, problem)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -42,7 +55,9 @@ class HealthServer:
 
 
 def _handler(
-    registry: CollectorRegistry, ready: Callable[[], bool]
+    registry: CollectorRegistry,
+    ready: Callable[[], bool],
+    problem: Callable[[], str | None],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -50,7 +65,11 @@ def _handler(
             if path == "/metrics":
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._reply(200, b"ok\n")
+                stuck = problem()
+                if stuck is None:
+                    self._reply(200, b"ok\n")
+                else:
+                    self._reply(503, f"stuck: {stuck}\n".encode())
             elif path == "/readyz":
                 is_ready = ready()
                 self._reply(200 if is_ready else 503, b"ready\n" if is_ready else b"not ready\n")

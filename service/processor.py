@@ -3,6 +3,14 @@
 The processor knows nothing about Kafka: it is a :class:`RebalanceListener` for any
 source and writes to any :class:`Sink`. The daemon, the offline replay and the tests
 all drive this same class.
+
+No record can stop a partition: the decoder turns any input into an event or a
+reason, and a batch whose processing raises anyway (a bug, a model that cannot take
+some value) is run again one event at a time, so the events that raise alone are
+dead-lettered as ``internal_error`` (detail: the exception's type, never its message,
+which may quote the data) and the others are processed. The events before the failing
+one may have been partly applied in the failed batch call; they are processed again
+in the retry, a small perturbation of the models and never a loss of a record.
 """
 
 from __future__ import annotations
@@ -22,11 +30,19 @@ from service.config import SchemaSettings, Settings
 from service.decode import Decoder
 from service.features import FeaturePipeline
 from service.metrics import Metrics
-from service.records import Event, Invalid, Prediction, RawRecord, dead_letter_headers
+from service.records import (
+    DEAD_LETTER_OVERHEAD_BYTES,
+    Event,
+    Invalid,
+    Prediction,
+    RawRecord,
+    dead_letter,
+    dead_letter_value_limit,
+)
 from service.scoring import ScoreStats
 from service.sinks import Sink
 from service.sources import TopicPartition
-from service.tasks import CoverageStats, PartitionTask, ScoredCallback
+from service.tasks import CoverageStats, PartitionTask, ScoredCallback, TaskOutput
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +87,7 @@ def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> t
     for record in records:
         try:
             value = orjson.loads(record.value or b"")
-        except orjson.JSONDecodeError:
+        except Exception:  # noqa: S112 - the decoder dead-letters what does not parse
             continue
         if not isinstance(value, dict):
             continue
@@ -79,7 +95,7 @@ def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> t
         if not isinstance(features, dict):
             continue
         for name, number in features.items():
-            if isinstance(number, int | float) and not isinstance(number, bool):
+            if isinstance(number, int | float) and not isinstance(number, bool) and _utf8(name):
                 names.add(name)
     return tuple(sorted(names)[: schema.max_auto_features])
 
@@ -99,13 +115,19 @@ class Processor:
         self._sink = sink
         self._metrics = metrics
         self._features: tuple[str, ...] | None = None
+        self._waiting: set[TopicPartition] = set()  # assigned before features were known
         self._decoder: Decoder | None = None
         self._pipeline = build_pipeline(settings)
         self._prototypes: dict[str, Model] = {}
+        self._max_dead_letter_value = dead_letter_value_limit(settings.schema_.max_message_bytes)
+        self.tasks: dict[TopicPartition, PartitionTask] = {}
         if settings.schema_.features != "auto":
             self._fix_features(settings.schema_.features)
-        self.tasks: dict[TopicPartition, PartitionTask] = {}
         self.assignments = 0
+        # Read by the lag thread: each is replaced, never mutated, so a reader always
+        # sees a consistent snapshot without a lock.
+        self.owned: frozenset[TopicPartition] = frozenset()
+        self.positions: Mapping[TopicPartition, int] = {}
         metrics.watch_scores(self.pooled_scores)
         metrics.watch_coverage(self.pooled_coverage)
 
@@ -118,23 +140,34 @@ class Processor:
         """Fix the exogenous features, then build the decoder and the models."""
         self._features = names
         schema = self._settings.schema_.model_copy(update={"features": names})
-        self._decoder = Decoder(schema)
+        self._decoder = Decoder(schema, self._settings.forecast.max_future_skew_s)
         self._pipeline = build_pipeline(self._settings, names)
         self._prototypes = build_prototypes(self._settings, self._pipeline)
+        for tp in sorted(self._waiting):
+            self.tasks[tp] = self._new_task(tp)
+        self._waiting.clear()
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
-            if tp not in self.tasks and self._decoder is not None:
+            if tp in self.tasks:
+                continue
+            if self._decoder is None:  # features not discovered yet: no models to build
+                self._waiting.add(tp)
+            else:
                 self.tasks[tp] = self._new_task(tp)
         self.assignments += 1
+        self.owned = frozenset(self.tasks) | frozenset(self._waiting)
         self._metrics.assigned.set(len(self.tasks))
         log.info("assigned %s; now own %d partitions", list(partitions), len(self.tasks))
 
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
+            self._waiting.discard(tp)
             if self.tasks.pop(tp, None) is not None:
                 with contextlib.suppress(KeyError):  # no lag reported yet
                     self._metrics.lag.remove(tp[0], str(tp[1]))
+        self.owned = frozenset(self.tasks)
+        self.positions = {tp: o for tp, o in self.positions.items() if tp in self.tasks}
         self._metrics.assigned.set(len(self.tasks))
         self._metrics.active_series.set(self.active_series)
         log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
@@ -189,16 +222,44 @@ class Processor:
             task = self.tasks.get(tp)
             if task is None:  # records of a partition we were never told about
                 task = self.tasks[tp] = self._new_task(tp)
-            output = task.process(events)
+                self.owned = frozenset(self.tasks)
+            output = self._guarded(task, events)
             invalid.extend(output.invalid)
-            self._send_predictions(output.predictions)
+            sent = self._send_predictions(output.predictions, events, invalid)
             self._send_dead_letters(invalid)
-            predictions.extend(output.predictions)
+            predictions.extend(sent)
             dead += len(invalid)
             offsets[tp] = group[-1].offset + 1
         self._cap_keys()
+        self.positions = {**self.positions, **offsets}
         self._metrics.active_series.set(self.active_series)
         return BatchResult(offsets, predictions, dead)
+
+    def _guarded(self, task: PartitionTask, events: list[Event]) -> TaskOutput:
+        """``task.process(events)``; if that raises, the events one at a time, and
+        each event that raises alone is dead-lettered as ``internal_error``."""
+        try:
+            return task.process(events)
+        except Exception as exc:
+            log.error(
+                "partition %s:%d: a batch of %d events raised %s; retrying one by one",
+                task.topic,
+                task.partition,
+                len(events),
+                type(exc).__name__,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        predictions: list[Prediction] = []
+        invalid: list[Invalid] = []
+        for event in events:
+            try:
+                output = task.process([event])
+            except Exception as exc:
+                invalid.append(Invalid("internal_error", type(exc).__name__, event.record))
+                continue
+            predictions.extend(output.predictions)
+            invalid.extend(output.invalid)
+        return TaskOutput(predictions, invalid)
 
     def _cap_keys(self) -> None:
         """``forecast.max_keys`` for the whole process: the least recently seen keys of
@@ -261,18 +322,52 @@ class Processor:
             self._on_scored,
         )
 
-    def _send_predictions(self, predictions: list[Prediction]) -> None:
+    def _send_predictions(
+        self, predictions: list[Prediction], events: list[Event], invalid: list[Invalid]
+    ) -> list[Prediction]:
+        """Encode and send each prediction; returns those sent. A prediction that
+        cannot be encoded dead-letters its input record (``internal_error``, once)."""
         topic = self._settings.kafka.output_topic
         produced_at = time.time_ns() // 1_000_000
+        sent: list[Prediction] = []
+        failed: set[str] = set()
         for prediction in predictions:
-            self._sink.send(topic, prediction.key.encode(), prediction.to_json(produced_at))
+            try:
+                key, value = prediction.key.encode(), prediction.to_json(produced_at)
+            except Exception as exc:
+                record = next(
+                    (e.record for e in events if e.record.source == prediction.source), None
+                )
+                if record is not None and prediction.source not in failed:
+                    failed.add(prediction.source)
+                    invalid.append(Invalid("internal_error", type(exc).__name__, record))
+                continue
+            self._sink.send(topic, key, value)
+            sent.append(prediction)
+        return sent
 
     def _send_dead_letters(self, invalid: list[Invalid]) -> None:
         topic = self._settings.kafka.dead_letter_topic
         for item in invalid:
             self._metrics.invalid.labels(item.reason).inc()
-            record = item.record
-            self._sink.send(topic, record.key, record.value or b"", dead_letter_headers(item))
+            letter = dead_letter(item, self._max_dead_letter_value)
+            self._sink.send(topic, letter.key, letter.value, letter.headers)
+
+
+def producer_request_limit(settings: Settings) -> int:
+    """The producer's ``max_request_size``: ``schema.max_message_bytes`` plus room
+    (a dead letter is cut to fit in ``max_message_bytes`` with its key and headers;
+    the room is a margin for framing, never needed by a prediction)."""
+    return settings.schema_.max_message_bytes + DEAD_LETTER_OVERHEAD_BYTES
+
+
+def _utf8(name: str) -> bool:
+    """Whether ``name`` encodes as UTF-8 (a lone surrogate does not)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _by_partition(records: Sequence[RawRecord]) -> dict[TopicPartition, list[RawRecord]]:

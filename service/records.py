@@ -95,14 +95,90 @@ class Prediction(NamedTuple):
         )
 
 
+DEAD_LETTER_KEY_BYTES = 4096
+"""A dead letter keeps at most this much of the original key (a key is bounded only
+by the input broker's record size, and an abusive one must still fit the DLQ)."""
+DEAD_LETTER_HEADER_BYTES = 32768
+"""The original headers a dead letter keeps, names and values together; the rest are
+dropped (counted in ``forecastd.error.headers_dropped``)."""
+DEAD_LETTER_OVERHEAD_BYTES = 65536
+"""Room for a dead letter's key, headers and framing: a dead letter's value is cut
+this much below ``schema.max_message_bytes`` (:func:`dead_letter_value_limit`), so the
+whole record fits a topic that takes ``max_message_bytes`` (Kafka's default limit
+for the default 1 MiB); the producer's ``max_request_size`` keeps the same room above
+``max_message_bytes`` on top."""
+
+
+def dead_letter_value_limit(max_message_bytes: int) -> int:
+    """The most bytes of a value a dead letter carries: ``max_message_bytes`` less
+    :data:`DEAD_LETTER_OVERHEAD_BYTES` (half of it for tiny limits).
+
+    >>> dead_letter_value_limit(1_048_576)
+    983040
+    """
+    return max(max_message_bytes - DEAD_LETTER_OVERHEAD_BYTES, max_message_bytes // 2)
+
+
+class DeadLetter(NamedTuple):
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+def dead_letter(invalid: Invalid, max_value_bytes: int) -> DeadLetter:
+    """The record to send to the dead-letter topic for ``invalid``, bounded in size.
+
+    The value is forwarded byte for byte when it fits in ``max_value_bytes`` (the
+    processor passes :func:`dead_letter_value_limit`, which only ``oversized`` values
+    and those within 64 KiB of the limit exceed); else its first ``max_value_bytes``
+    bytes, with the original length in ``forecastd.error.original_size``. Key and
+    headers are capped by :data:`DEAD_LETTER_KEY_BYTES` and
+    :data:`DEAD_LETTER_HEADER_BYTES`, so a dead letter is always smaller than
+    ``max_value_bytes + DEAD_LETTER_OVERHEAD_BYTES``: no record is too large to be
+    dead-lettered.
+    """
+    record = invalid.record
+    value = record.value or b""
+    extra: list[tuple[str, bytes]] = []
+    if len(value) > max_value_bytes:
+        extra.append(("forecastd.error.original_size", str(len(value)).encode()))
+        value = value[:max_value_bytes]
+    key = record.key[:DEAD_LETTER_KEY_BYTES] if record.key is not None else None
+    kept: list[tuple[str, bytes]] = []
+    budget = DEAD_LETTER_HEADER_BYTES
+    for name, header_value in record.headers:
+        size = len(name.encode("utf-8", "backslashreplace")) + len(header_value)
+        if size > budget:
+            break
+        budget -= size
+        kept.append((name, header_value))
+    if len(kept) < len(record.headers):
+        extra.append(
+            ("forecastd.error.headers_dropped", str(len(record.headers) - len(kept)).encode())
+        )
+    headers = _with_error_headers(tuple(kept), invalid)
+    return DeadLetter(key, value, (*headers, *extra))
+
+
 def dead_letter_headers(invalid: Invalid) -> Headers:
     """The original headers plus where the record came from and why it was rejected."""
+    return _with_error_headers(invalid.record.headers, invalid)
+
+
+def _with_error_headers(original: Headers, invalid: Invalid) -> Headers:
+    """``original`` plus forecastd's headers. Text is encoded with
+    ``backslashreplace``: a detail or topic name can carry a lone surrogate from the
+    input, which a strict UTF-8 encoder refuses (that crashed the daemon once)."""
     record = invalid.record
     return (
-        *record.headers,
-        ("forecastd.error.reason", invalid.reason.encode()),
-        ("forecastd.error.detail", invalid.detail.encode()[:1024]),
-        ("forecastd.source.topic", record.topic.encode()),
+        *original,
+        ("forecastd.error.reason", _utf8(invalid.reason)),
+        ("forecastd.error.detail", _utf8(invalid.detail)[:1024]),
+        ("forecastd.source.topic", _utf8(record.topic)),
         ("forecastd.source.partition", str(record.partition).encode()),
         ("forecastd.source.offset", str(record.offset).encode()),
     )
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")

@@ -16,13 +16,15 @@ from typing import Any, Protocol
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError
 from service.records import RawRecord
+from service.watchdog import Watchdog, close_within
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +125,34 @@ def _stamped(record: RawRecord, now: float) -> RawRecord:
 
 
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
-    """Options shared by consumer, producer and admin: servers plus ``security``."""
-    return {"bootstrap_servers": settings.bootstrap_servers.split(","), **settings.security}
+    """kafka-python options shared by consumer, producer and admin: servers plus
+    ``security``, without librdkafka properties (names with dots, ``client:
+    confluent`` only), which the lag monitor's kafka-python client cannot take: it
+    authenticates with the kafka-python names, which both clients understand."""
+    security = {k: v for k, v in settings.security.items() if "." not in k}
+    return {"bootstrap_servers": settings.bootstrap_servers.split(","), **security}
 
 
 class KafkaSource:
-    """kafka-python consumer in a group, manual commits, rebalance callbacks."""
+    """kafka-python consumer in a group, manual commits, rebalance callbacks.
 
-    def __init__(self, settings: KafkaSettings, listener: RebalanceListener) -> None:
+    Cooperative rebalancing (KIP-429, ``CooperativeStickyAssignor``): a rebalance
+    revokes only the partitions that move to another member, so the tasks of the
+    partitions that stay keep their state (windows, models, scores). Under the eager
+    protocol every rebalance revoked every partition and reset every model. A group
+    must not mix the two protocols: upgrade a group that runs an older forecastd by
+    stopping it first, or with two rolling restarts, as Kafka's documentation says.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        listener: RebalanceListener,
+        watchdog: Watchdog | None = None,
+        api_version: tuple[int, ...] | None = None,
+    ) -> None:
         self._settings = settings
+        self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
         self._consumer = KafkaConsumer(
             group_id=settings.group_id,
             enable_auto_commit=False,
@@ -140,14 +161,24 @@ class KafkaSource:
             heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
             max_poll_records=settings.max_poll_records,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            partition_assignment_strategy=[CooperativeStickyAssignor],
             client_id="forecastd",
+            api_version=api_version,
             **client_options(settings),
         )
         self._consumer.subscribe([settings.input_topic], listener=_Listener(listener))
+        self._listener = listener
+        self._joined = False
         self.committed: dict[TopicPartition, int] = {}
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         fetched = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        if not self._joined and self._in_group():
+            # Cooperative rebalancing calls on_partitions_assigned only with partitions
+            # added: a member that joins with none (more replicas than partitions)
+            # would never hear it joined. Tell the listener, with no partitions.
+            self._joined = True
+            self._listener.on_assigned([])
         now = time.monotonic()
         return [
             RawRecord(
@@ -169,10 +200,17 @@ class KafkaSource:
             KafkaTopicPartition(topic, partition): OffsetAndMetadata(offset, None, -1)
             for (topic, partition), offset in offsets.items()
         }
-        try:
-            self._consumer.commit(payload)
-        except KafkaError as exc:
-            raise BrokerError(f"offset commit failed: {exc}") from exc
+
+        def step(slice_s: float) -> bool:
+            try:
+                self._consumer.commit(payload, timeout_ms=max(1, int(slice_s * 1000)))
+            except KafkaTimeoutError:
+                return False
+            except KafkaError as exc:
+                raise BrokerError(f"offset commit failed: {exc}") from exc
+            return True
+
+        self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
         self.committed.update(offsets)
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -189,12 +227,22 @@ class KafkaSource:
         return False
 
     def reachable(self) -> bool:
-        """True while the group coordinator is known, i.e. the broker answers."""
+        """True while the group coordinator is known (the broker answers) and this
+        consumer is a member of the group now (not evicted, not between generations)."""
         coordinator = getattr(self._consumer, "_coordinator", None)
-        return coordinator is not None and not coordinator.coordinator_unknown()
+        known = coordinator is not None and not coordinator.coordinator_unknown()
+        return known and self._in_group()
+
+    def _in_group(self) -> bool:
+        return int(self._consumer.group_metadata().generation_id) >= 0
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        timeout = self._settings.close_timeout_s
+        close_within(
+            lambda: self._consumer.close(autocommit=False, timeout_ms=int(timeout * 1000)),
+            timeout,
+            "consumer close",
+        )
 
 
 def _headers(pairs: Iterable[tuple[str, bytes | None]]) -> tuple[tuple[str, bytes], ...]:
@@ -213,3 +261,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         self._inner.on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+
+    def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+        """Evicted from the group: the partitions may be processed elsewhere already,
+        so their state is dropped like a revocation's."""
+        self._inner.on_revoked(sorted((tp.topic, tp.partition) for tp in lost))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,80 @@ def test_missing_file_and_broken_yaml_are_config_errors(tmp_path: Path) -> None:
     broken.write_text("kafka: {bootstrap_servers: [\n")
     with pytest.raises(ConfigError, match="not valid YAML at line"):
         load_settings(broken, env={})
+
+
+SECRET = "hunter2-Secret"  # noqa: S105 - the value the tests look for in every output
+
+
+def test_security_values_from_the_environment_stay_strings() -> None:
+    """Issue 13, secrets: ``[abc]`` silently became a list, ``{x`` an error quoting it."""
+    for password in ("[abc]", "{abc", "{a: b}", f"[{SECRET}"):
+        env = {"FORECASTD_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": password}
+        settings = load_settings(None, env=env)
+        assert settings.kafka.security == {"sasl_plain_password": password}
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        # misspelt security key: rejected by us, by name, before kafka-python echoes it
+        (
+            {"FORECASTD_KAFKA__SECURITY__SASL_PLAIN_PASWORD": SECRET},
+            "kafka.security: unknown option 'sasl_plain_pasword'",
+        ),
+        # the whole map, wrong-typed: no "(got '<the value>')"
+        ({"FORECASTD_KAFKA__SECURITY": SECRET}, "kafka.security: Input should be a valid"),
+        # the whole map, broken YAML: not echoed
+        ({"FORECASTD_KAFKA__SECURITY": "{sasl_plain_password: " + SECRET}, "not a valid YAML"),
+        # a librdkafka property with kafka-python
+        ({"FORECASTD_KAFKA__SECURITY__SASL.PASSWORD": SECRET}, "client confluent only"),
+        # a secret-named value of the wrong type elsewhere
+        ({"FORECASTD_KAFKA__SECURITY__SSL_PASSWORD": SECRET, "FORECASTD_KAFKA__X": "1"}, "kafka.x"),
+    ],
+)
+def test_config_errors_never_show_a_secret(env: dict[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env=env)
+    assert expected in str(caught.value)
+    assert SECRET not in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_settings_repr_masks_security_values() -> None:
+    env = {"FORECASTD_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": SECRET}
+    settings = load_settings(None, env=env)
+    assert SECRET not in repr(settings)
+    assert SECRET not in str(settings)
+    assert "sasl_plain_password" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"FORECASTD_KAFKA__SECURITY__SASL_PLAIN_PASSWORD": "[" + SECRET}, "no broker answered"),
+        ({"FORECASTD_KAFKA__SECURITY__SSL_KEYPASSWORD": SECRET}, "ssl_keypassword"),
+        ({"FORECASTD_KAFKA__SECURITY": SECRET}, "kafka.security"),
+    ],
+)
+def test_cli_never_prints_a_secret(env: dict[str, str], expected: str) -> None:
+    """The four leaks of issue 13 through the real command: nothing the process writes
+    contains the secret (a well-formed ``[...`` password gets as far as connecting,
+    which fails fast here: no broker listens on port 1)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "FORECASTD_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "FORECASTD_KAFKA__CONNECT_TIMEOUT_S": "1",
+            "FORECASTD_METRICS__PORT": "0",
+            **env,
+        },
+    )
+    assert result.returncode in (1, 2), result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert expected in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import orjson
@@ -81,7 +82,8 @@ def test_time_falls_back_to_the_record_timestamp_and_key_to_the_field() -> None:
         (b'{"y": 1, "ts": "soon"}', b"k", "bad_time"),
         (b'{"y": 1, "ts": true}', b"k", "bad_time"),
         (b'{"y": 1, "ts": [1]}', b"k", "bad_time"),
-        (b'{"y": 1, "ts": -5}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": -62135596800001}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": "0000-12-31T23:59:59Z"}', b"k", "bad_time"),
         (b'{"y": 1, "x": [1, 2]}', b"k", "bad_features"),
         (b'{"y": 1, "x": {"temp": "hot"}}', b"k", "bad_features"),
     ],
@@ -99,6 +101,75 @@ def test_missing_time_and_no_record_timestamp_is_bad_time() -> None:
     decoded = _decode(b'{"y": 1}', timestamp=None)
     assert isinstance(decoded, Invalid)
     assert decoded.reason == "bad_time"
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (b'{"y": 1, "ts": 1' + b"0" * 399 + b"}", b"k", "bad_time"),
+        (b'{"y": 1, "ts": -1' + b"0" * 399 + b"}", b"k", "bad_time"),
+        (b'{"y": 1, "ts": 1e300}', b"k", "bad_time"),
+        (b'{"key": "\\ud800", "y": 1}', None, "bad_key"),
+        (b'{"key": 1' + b"0" * 5000 + b', "y": 1}', None, "not_json"),
+        (b'{"y": 1, "x": {"\\udfff": 1}}', b"k", "bad_features"),
+        (b'{"y": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", b"k", "not_json"),
+        (b"[" * 100_000 + b"]" * 100_000, b"k", "not_json"),
+    ],
+)
+def test_hostile_records_get_a_reason_not_an_exception(
+    value: bytes, key: bytes | None, reason: str
+) -> None:
+    """The poison records of issue 13: each once crashed the daemon at its offset."""
+    schema = SchemaSettings(features=("temp",), max_message_bytes=1_000_000)
+    decoded = Decoder(schema).decode(RawRecord("t", 0, 0, key, value, (), 5))
+    assert isinstance(decoded, Invalid)
+    assert (decoded.reason, decoded.detail.isascii()) == (reason, True)
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected_ms"),
+    [
+        (-5, -5000),
+        (-1_000_000_000_000, -1_000_000_000_000),
+        ("1969-07-20T20:17:40Z", -14_182_940_000),
+        ("0001-01-01T00:00:00Z", -62_135_596_800_000),
+        ("9999-12-31T23:59:59.999Z", 253_402_300_799_999),
+    ],
+)
+def test_times_before_1970_and_up_to_year_9999_are_accepted(ts: object, expected_ms: int) -> None:
+    event = Decoder(SCHEMA).decode(RawRecord("t", 0, 0, b"k", orjson.dumps({"ts": ts, "y": 1})))
+    assert isinstance(event, Event)
+    assert event.ts_ms == expected_ms
+
+
+def _with_skew(ts_ms: int, broker_ms: int | None) -> Event | Invalid:
+    decoder = Decoder(SCHEMA, max_future_skew_s=3600)
+    value = orjson.dumps({"ts": ts_ms, "y": 1})
+    return decoder.decode(RawRecord("t", 0, 0, b"k", value, (), broker_ms))
+
+
+def test_future_time_is_measured_from_the_broker_timestamp() -> None:
+    broker_ms = 1_700_000_000_000
+    assert isinstance(_with_skew(broker_ms + 3_600_000, broker_ms), Event)
+    future = _with_skew(broker_ms + 3_600_001, broker_ms)
+    assert isinstance(future, Invalid)
+    assert future.reason == "future_time"
+
+
+def test_future_time_without_a_broker_timestamp_is_measured_from_now() -> None:
+    now_ms = time.time_ns() // 1_000_000
+    assert isinstance(_with_skew(now_ms + 60_000, None), Event)
+    future = _with_skew(now_ms + 2 * 3_600_000, None)
+    assert isinstance(future, Invalid)
+    assert future.reason == "future_time"
+
+
+def test_oversized_is_checked_before_parsing() -> None:
+    decoded = Decoder(SchemaSettings(max_message_bytes=64)).decode(
+        RawRecord("t", 0, 0, b"k", b'{"y": 1, "pad": "' + b"x" * 100 + b'"}')
+    )
+    assert isinstance(decoded, Invalid)
+    assert decoded.reason == "oversized"
 
 
 @given(st.binary(max_size=300))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 
 from service.app import run_loop
 from service.config import Settings
 from service.metrics import Metrics
 from service.processor import Processor
-from service.records import RawRecord
+from service.records import Event, RawRecord
 from service.sinks import ListSink
 from service.sources import ListSource
+from service.tasks import PartitionTask, TaskOutput
 
 SETTINGS = Settings.model_validate(
     {
@@ -111,3 +115,48 @@ def test_the_key_cap_holds_for_the_whole_process_least_recent_keys_first() -> No
     kept = {key for task in processor.tasks.values() for key in task._windows.keys()}  # noqa: SIM118
     assert len(kept & newest) == 50  # the last batch's keys are the most recent
     assert registry.get_sample_value("forecastd_evicted_series_total") == 10 * 90 - 50
+
+
+def test_an_event_whose_processing_raises_is_dead_lettered_and_the_rest_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The per-record guard: a task that raises on one event (here, any batch holding
+    y == 13) costs that record only, as internal_error with the exception's type."""
+    original = PartitionTask.process
+
+    def process(self: PartitionTask, events: Sequence[Event]) -> TaskOutput:
+        if any(event.y == 13.0 for event in events):
+            raise ValueError("a message that may quote data")
+        return original(self, events)
+
+    monkeypatch.setattr(PartitionTask, "process", process)
+    records = [_record(0, i, orjson.dumps({"ts": i, "y": float(i)})) for i in range(30)]
+    _, source, sink, registry = _run(records)
+    primary = [orjson.loads(r.value) for r in sink.on("predictions")]
+    predicted = {p["source"] for p in primary if p["model"] == "lin"}
+    assert predicted == {f"ticks:0:{i}" for i in range(30) if i != 13}
+    (dead,) = sink.on("ticks.dlq")
+    headers = dict(dead.headers)
+    assert headers["forecastd.error.reason"] == b"internal_error"
+    assert headers["forecastd.error.detail"] == b"ValueError"
+    assert headers["forecastd.source.offset"] == b"13"
+    internal = {"reason": "internal_error"}
+    assert registry.get_sample_value("forecastd_invalid_messages_total", internal) == 1
+    assert source.committed == {("ticks", 0): 30}
+
+
+def test_an_oversized_record_is_dead_lettered_truncated_with_its_size() -> None:
+    settings = SETTINGS.model_copy(
+        update={"schema_": SETTINGS.schema_.model_copy(update={"max_message_bytes": 100})}
+    )
+    sink = ListSink()
+    processor = Processor(settings, sink, Metrics(CollectorRegistry(), settings))
+    value = b'{"y": 1, "pad": "' + b"x" * 500 + b'"}'
+    processor.process([_record(0, 0, value)])
+    sink.flush()
+    (dead,) = sink.on("ticks.dlq")
+    headers = dict(dead.headers)
+    assert headers["forecastd.error.reason"] == b"oversized"
+    assert headers["forecastd.error.original_size"] == str(len(value)).encode()
+    assert dead.value == value[:50]  # half the limit: room for key and headers
+    assert headers["trace"] == b"1"

@@ -1,0 +1,80 @@
+"""The lag gauge is measured off the processing loop: while the loop is held inside a
+batch, records that arrive still show as lag, and the watchdog fails /healthz.
+
+Before, the loop itself refreshed the gauge between batches, so a loop stuck in a
+broker call reported its last value (often 0) however many records waited.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from service.app import Daemon
+from service.broker import EmbeddedBroker
+from service.processor import BatchResult, Processor
+from service.records import RawRecord
+from tests.integration.kafka_helpers import (
+    fresh_topics,
+    make_settings,
+    produce,
+    running_daemon,
+    scrape,
+    settings_env,
+    wait_for,
+)
+from tests.integration.streams import linear_trends
+
+pytestmark = pytest.mark.integration
+
+CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
+
+
+def _lag(daemon: Daemon, topic: str) -> float:
+    return sum(
+        daemon.registry.get_sample_value(
+            "forecastd_consumer_lag", {"topic": topic, "partition": str(p)}
+        )
+        or 0.0
+        for p in range(2)
+    )
+
+
+def test_lag_grows_while_the_loop_is_held_and_healthz_fails(
+    broker: EmbeddedBroker, client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topics = fresh_topics(broker, partitions=2)
+    stream = linear_trends(events_per_key=100, seed=2)
+    release = threading.Event()
+    original = Processor.process
+
+    def held(self: Processor, records: Sequence[RawRecord]) -> BatchResult:
+        release.wait(60)  # the loop is stuck inside its first batch
+        return original(self, records)
+
+    monkeypatch.setattr(Processor, "process", held)
+    env = settings_env(
+        broker,
+        topics,
+        client,
+        FORECASTD_KAFKA__MAX_POLL_RECORDS="10",
+        FORECASTD_METRICS__WATCHDOG_S="3",
+    )
+    settings = make_settings(CONFIG, env)
+    port = settings.metrics.port
+    try:
+        with running_daemon(settings) as daemon:
+            wait_for(lambda: len(daemon.processor.tasks) == 2, 60, "both partitions")
+            produce(broker.bootstrap, topics.input, stream)
+            # The loop holds at most one batch of 10; the rest must show as lag.
+            wait_for(lambda: _lag(daemon, topics.input) >= len(stream) - 10, 30, "the lag to show")
+            wait_for(lambda: scrape(port, "/healthz")[0] == 503, 20, "/healthz to fail")
+            release.set()
+            wait_for(lambda: sum(daemon.source.committed.values()) == len(stream), 60, "all done")
+            wait_for(lambda: _lag(daemon, topics.input) == 0, 20, "the lag to drain")
+            assert scrape(port, "/healthz")[0] == 200
+    finally:
+        release.set()

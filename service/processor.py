@@ -308,7 +308,7 @@ class Processor:
 
     def record_lag(self, lags: Mapping[TopicPartition, int]) -> None:
         for (topic, partition), lag in lags.items():
-            if (topic, partition) in self.tasks:
+            if (topic, partition) in self.owned:
                 self._metrics.lag.labels(topic, str(partition)).set(lag)
 
     def _new_task(self, tp: TopicPartition) -> PartitionTask:

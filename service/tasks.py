@@ -761,15 +761,17 @@ class PartitionTask:
 
     # -- state upkeep -------------------------------------------------------------------
 
+    def _per_key_state(self) -> list[SeasonBook | Hedge | Intervals]:
+        """Everything that keeps state per window-store slot (so per key)."""
+        owners: list[SeasonBook | Hedge | Intervals] = [self._seasons]
+        for slot in self._slots:
+            owners += [part for part in (slot.hedge, slot.intervals) if part is not None]
+        return owners
+
     def _grow(self) -> None:
         """Per-slot state sized to the window store's slots."""
-        capacity = self._windows.capacity
-        self._seasons.ensure(capacity)
-        for slot in self._slots:
-            if slot.hedge is not None:
-                slot.hedge.ensure(capacity)
-            if slot.intervals is not None:
-                slot.intervals.ensure(capacity)
+        for owner in self._per_key_state():
+            owner.ensure(self._windows.capacity)
 
     def _compact_pending(self) -> None:
         """Copy the waiting rows out of the polls they came from, when those polls hold
@@ -809,12 +811,8 @@ class PartitionTask:
             self._pending.pop(key, None)
             self._strikes.pop(key, None)
         self._units[[slot for slot in slots if slot < len(self._units)]] = np.nan
-        self._seasons.reset(slots)
-        for slot in self._slots:
-            if slot.hedge is not None:
-                slot.hedge.reset(slots)
-            if slot.intervals is not None:
-                slot.intervals.reset(slots)
+        for owner in self._per_key_state():
+            owner.reset(slots)
         self._metrics.evicted.inc(len(evicted))
 
 

@@ -67,7 +67,7 @@ def test_lag_grows_while_the_loop_is_held_and_healthz_fails(
     port = settings.metrics.port
     try:
         with running_daemon(settings) as daemon:
-            wait_for(lambda: len(daemon.processor.tasks) == 2, 60, "both partitions")
+            wait_for(lambda: len(daemon.processor.owned) == 2, 60, "both partitions")
             produce(broker.bootstrap, topics.input, stream)
             # The loop holds at most one batch of 10; the rest must show as lag.
             wait_for(lambda: _lag(daemon, topics.input) >= len(stream) - 10, 30, "the lag to show")

@@ -67,9 +67,11 @@ def test_every_event_gets_one_typed_prediction_and_linear_beats_persistence(
             "upper",
             "model",
             "model_version",
+            "leader",
             "source",
             "produced_at",
         }
+        assert prediction["leader"] is None  # only an ensemble has a leading member
         assert record.key.decode() == prediction["key"]
         assert prediction["key"] in {"alpha", "beta", "gamma"}
         assert isinstance(prediction["ts"], int)

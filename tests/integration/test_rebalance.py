@@ -35,16 +35,16 @@ def test_a_second_replica_takes_partitions_and_every_record_is_predicted(
     first = make_settings(CONFIG, env)
     second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
     with running_daemon(first) as one:
-        wait_for(lambda: len(one.processor.tasks) == 4, 60, "the first replica owns all")
+        wait_for(lambda: len(one.processor.owned) == 4, 60, "the first replica owns all")
         produce(broker.bootstrap, topics.input, stream[: len(stream) // 2])
         with running_daemon(second) as two:
-            wait_for(lambda: len(two.processor.tasks) > 0, 60, "the second replica joins")
+            wait_for(lambda: len(two.processor.owned) > 0, 60, "the second replica joins")
             wait_for(
-                lambda: len(one.processor.tasks) + len(two.processor.tasks) == 4,
+                lambda: len(one.processor.owned) + len(two.processor.owned) == 4,
                 60,
                 "the partitions are split",
             )
-            owned_one, owned_two = set(one.processor.tasks), set(two.processor.tasks)
+            owned_one, owned_two = set(one.processor.owned), set(two.processor.owned)
             produce(broker.bootstrap, topics.input, stream[len(stream) // 2 :])
             wait_for(lambda: _committed(one, two) >= len(stream), 90, "every record committed")
     assert owned_one
@@ -65,7 +65,7 @@ def test_a_replica_with_no_partitions_is_ready(broker: EmbeddedBroker, client: s
     first = make_settings(CONFIG, env)
     second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
     with running_daemon(first) as one, running_daemon(second) as two:
-        wait_for(lambda: len(one.processor.tasks) + len(two.processor.tasks) == 1, 60, "owned")
+        wait_for(lambda: len(one.processor.owned) + len(two.processor.owned) == 1, 60, "owned")
         for settings in (first, second):
             port = settings.metrics.port
             wait_for(lambda p=port: scrape(p, "/readyz")[0] == 200, 30, f"ready on {port}")
@@ -93,22 +93,22 @@ def test_partitions_a_replica_keeps_through_rebalances_keep_their_models(
     first = make_settings(CONFIG, env)
     second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
     with running_daemon(first) as one:
-        wait_for(lambda: len(one.processor.tasks) == 4, 60, "the first replica owns all")
+        wait_for(lambda: len(one.processor.owned) == 4, 60, "the first replica owns all")
         produce(broker.bootstrap, topics.input, stream[:third])
         wait_for(lambda: _committed(one) >= third, 60, "the first third committed")
         with running_daemon(second) as two:
             wait_for(
                 lambda: (
-                    len(one.processor.tasks) + len(two.processor.tasks) == 4
-                    and len(two.processor.tasks) > 0
+                    len(one.processor.owned) + len(two.processor.owned) == 4
+                    and len(two.processor.owned) > 0
                 ),
                 60,
                 "the partitions are split",
             )
-            kept = {tp[1] for tp in one.processor.tasks}
+            kept = {tp[1] for tp in one.processor.owned}
             produce(broker.bootstrap, topics.input, stream[third : 2 * third])
             wait_for(lambda: _committed(one, two) >= 2 * third, 60, "two thirds committed")
-        wait_for(lambda: len(one.processor.tasks) == 4, 60, "the first replica owns all again")
+        wait_for(lambda: len(one.processor.owned) == 4, 60, "the first replica owns all again")
         produce(broker.bootstrap, topics.input, stream[2 * third :])
         wait_for(lambda: _committed(one) >= len(stream), 60, "everything committed")
     assert kept

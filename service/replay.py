@@ -73,7 +73,7 @@ def encode(
     for index, key in enumerate(keys):
         value: dict[str, Any] = {schema.key_field: key, schema.target_field: targets[index]}
         if times[index] is not None:
-            value[schema.time_field] = times[index]
+            value[schema.time_field] = _time_value(times[index])
         if feature_rows is not None:
             value[schema.features_field] = {
                 k: v for k, v in feature_rows[index].items() if not math.isnan(v)
@@ -92,6 +92,19 @@ def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
     return tuple(
         str(c) for c in frame.columns if c not in taken and pd.api.types.is_numeric_dtype(frame[c])
     )
+
+
+_AMBIGUOUS_MS = 100_000_000_000
+"""Input times below this in absolute value are read as epoch seconds (README, Input)."""
+
+
+def _time_value(ms: int | None) -> int | str | None:
+    """Epoch milliseconds, or an ISO-8601 string for times within about three years of
+    1970, whose milliseconds a reader would take for seconds."""
+    if ms is None or abs(ms) >= _AMBIGUOUS_MS:
+        return ms
+    stamp = pd.Timestamp(ms, unit="ms", tz="UTC")
+    return stamp.isoformat().replace("+00:00", "Z")
 
 
 def _epoch_ms(series: pd.Series) -> list[int | None]:

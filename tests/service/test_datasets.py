@@ -61,17 +61,18 @@ def test_historical_series_keep_their_own_dates() -> None:
 
 
 def test_history_before_1970_goes_through_the_pipeline() -> None:
-    """Event times before 1970 are predicted, not dead-lettered (issue: CO2 since 1958)."""
+    """Event times before 1970 are predicted, not dead-lettered (CO2 since 1958); times
+    near 1970, whose milliseconds would read as seconds, are replayed as ISO strings."""
     from service import replay
     from service.backtest import run_backtest
     from service.config import Settings
 
     settings = Settings()
-    frame = datasets.load("co2-weekly").head(300)
+    frame = datasets.load("co2-weekly").head(900)  # 1958-1975
     pairs = replay.encode(frame, replay.Columns("key", "ts", "y", ()), settings.schema_)
     result = run_backtest(replay.as_records(pairs, "ticks"), settings)
     assert result.dead_letters == 0
-    assert result.predictions == 300
+    assert result.predictions == 900
 
 
 def test_missing_package_is_named() -> None:

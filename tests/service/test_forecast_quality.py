@@ -187,7 +187,7 @@ def test_after_a_regime_switch_the_ensemble_follows_the_new_best_member() -> Non
     leaders = [orjson.loads(raw)["leader"] for raw in result.published]
     assert leaders[700:800].count("last") > 90
     switched = next(i for i in range(800, 1600) if leaders[i : i + 20].count("seasonal") == 20)
-    assert switched - 800 < 60
+    assert switched - 800 < 100  # a tenth of the ensemble's memory
 
 
 def _three_keys(events: int, poison_at: int | None) -> list[RawRecord]:

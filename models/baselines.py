@@ -40,9 +40,13 @@ class _Baseline:
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Do nothing: baselines are fixed functions of the window."""
 
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        """Each baseline's own fixed function of the window."""
+        raise NotImplementedError
+
     def run(self, plan: Plan) -> FloatArray:
         """Every row in one call: nothing learned can change a baseline's output."""
-        return self.predict(plan.predict)  # type: ignore[attr-defined, no-any-return]
+        return self.predict(plan.predict)
 
     def state_dict(self) -> dict[str, Any]:
         """Empty: everything a baseline needs is in its constructor arguments."""

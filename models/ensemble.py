@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from models.base import FloatArray, IntArray
+from models.base import FloatArray, IntArray, Model, ModelContext
 from models.registry import ModelParams, ModelSpec, register
 
 __all__ = ["LOSS_CAP", "EnsembleParams", "Hedge"]
@@ -244,7 +244,7 @@ def _normalised(log_w: list[float], share: float) -> list[float]:
     return [(1 - share) * r / total + even for r in raw]
 
 
-def _build(params: EnsembleParams, context: object) -> object:
+def _build(params: EnsembleParams, context: ModelContext) -> Model:
     raise TypeError("an ensemble is combined by its partition task, not built as a model")
 
 
@@ -252,7 +252,7 @@ register(
     ModelSpec(
         kind="ensemble",
         params=EnsembleParams,
-        build=_build,  # type: ignore[arg-type]
+        build=_build,
         summary="per-key weighted average of other models, by their recent errors",
     )
 )

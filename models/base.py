@@ -145,12 +145,6 @@ class Plan:
     target: FloatArray
     before: IntArray
 
-    @classmethod
-    def predict_only(cls, batch: FeatureBatch) -> Plan:
-        """A plan with nothing to learn."""
-        empty = batch.rows(0, 0)
-        return cls(batch, empty, np.zeros(0), np.zeros(0, dtype=np.intp))
-
     def groups(self) -> list[tuple[int, int, int]]:
         """``(predicted_before, start, stop)``: runs of learn rows with no prediction
         between them, in order."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from service.scoring import LARGEST
 from service.seasons import MAX_SEASONS, calendar_mask
 
 FloatArray = npt.NDArray[np.float64]
@@ -45,7 +46,6 @@ IntArray = npt.NDArray[np.intp]
 
 _EPS = 1e-12
 _CLIP = 10.0  # standard deviations; one wild input must not blow up an SGD step
-_HUGE = 1e100  # raw values beyond this are clipped before statistics: squares stay finite
 _LEVEL_LAGS = 3
 _CALENDAR = ("hour", "dow", "doy")
 _DAY_S = 86_400.0
@@ -243,7 +243,7 @@ class RunningScaler:
         self.m2 = np.zeros(width)
 
     def update(self, raw: FloatArray) -> None:
-        raw = np.clip(raw, -_HUGE, _HUGE)
+        raw = np.clip(raw, -LARGEST, LARGEST)
         finite = np.isfinite(raw)
         n_b = finite.sum(axis=0).astype(np.float64)
         if not n_b.any():
@@ -261,7 +261,7 @@ class RunningScaler:
 
     def transform(self, raw: FloatArray) -> FloatArray:
         std = np.sqrt(self.m2 / np.maximum(self.count, 1.0))
-        scaled = (np.clip(raw, -_HUGE, _HUGE) - self.mean) / np.where(std > _EPS, std, 1.0)
+        scaled = (np.clip(raw, -LARGEST, LARGEST) - self.mean) / np.where(std > _EPS, std, 1.0)
         return np.clip(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), -_CLIP, _CLIP)
 
     def fit_transform(self, raw: FloatArray) -> FloatArray:
@@ -277,7 +277,7 @@ class RunningScaler:
         """
         if len(raw) == 0:
             return np.empty_like(raw)
-        raw = np.clip(raw, -_HUGE, _HUGE)
+        raw = np.clip(raw, -LARGEST, LARGEST)
         finite = np.isfinite(raw)
         centred = np.where(finite, raw - self.mean, 0.0)  # shifted: no cancellation
         count = self.count + np.cumsum(finite, axis=0)

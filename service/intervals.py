@@ -28,6 +28,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -134,6 +135,29 @@ class Intervals:
             del self._sorted[bisect.bisect_left(self._sorted, old)]
 
 
+@dataclass(frozen=True, slots=True)
+class CoverageStats:
+    """Scored predictions that had an interval, how many it covered, summed width;
+    merged across tasks as :class:`~service.scoring.ScoreStats` are."""
+
+    n: int = 0
+    covered: int = 0
+    width: float = 0.0
+
+    def merge(self, other: CoverageStats) -> CoverageStats:
+        return CoverageStats(
+            self.n + other.n, self.covered + other.covered, self.width + other.width
+        )
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.n if self.n else 0.0
+
+    @property
+    def mean_width(self) -> float:
+        return self.width / self.n if self.n else 0.0
+
+
 class Coverage:
     """Empirical coverage and mean width of one model's published intervals in one
     task: since start, and over the last ``window`` scored predictions that had one."""
@@ -153,9 +177,10 @@ class Coverage:
         self._covered.extend(covered.tolist())
         self._width.extend(width.tolist())
 
-    def rolling(self) -> tuple[int, int, float]:
-        """``(n, covered, width sum)`` over the rolling window."""
-        return len(self._covered), sum(self._covered), float(sum(self._width))
+    def rolling(self) -> CoverageStats:
+        """Over the rolling window."""
+        return CoverageStats(len(self._covered), sum(self._covered), float(sum(self._width)))
 
-    def total(self) -> tuple[int, int, float]:
-        return self.total_n, self.total_covered, self.total_width
+    def total(self) -> CoverageStats:
+        """Since start."""
+        return CoverageStats(self.total_n, self.total_covered, self.total_width)

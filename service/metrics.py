@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from service.config import Settings
 from service.decode import REASONS
+from service.intervals import CoverageStats
 from service.scoring import ScoreStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -32,17 +32,7 @@ ScoreSource = Callable[[], Mapping[str, tuple[ScoreStats, ScoreStats]]]
 """Returns, per model name, (since-start stats, rolling stats) pooled over tasks."""
 
 
-class CoverageLike(Protocol):
-    """Pooled interval statistics (``service.tasks.CoverageStats``)."""
-
-    @property
-    def coverage(self) -> float: ...
-
-    @property
-    def mean_width(self) -> float: ...
-
-
-CoverageSource = Callable[[], Mapping[str, tuple[CoverageLike, CoverageLike]]]
+CoverageSource = Callable[[], Mapping[str, tuple[CoverageStats, CoverageStats]]]
 """Returns, per published model, (since-start, rolling) interval statistics."""
 
 

@@ -29,6 +29,7 @@ from models.base import Model, ModelContext
 from service.config import SchemaSettings, Settings
 from service.decode import Decoder
 from service.features import FeaturePipeline
+from service.intervals import CoverageStats
 from service.metrics import Metrics
 from service.records import (
     DEAD_LETTER_OVERHEAD_BYTES,
@@ -42,7 +43,7 @@ from service.records import (
 from service.scoring import ScoreStats
 from service.sinks import Sink
 from service.sources import TopicPartition
-from service.tasks import CoverageStats, PartitionTask, ScoredCallback, TaskOutput
+from service.tasks import PartitionTask, ScoredCallback, TaskOutput
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,17 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
-_LARGEST = 1e100
+LARGEST = 1e100
+"""The largest magnitude a value, error or feature keeps: one absurd value can make a
+statistic large, never infinite or NaN (its square still fits a float)."""
+
+
+def _clipped(y_true: FloatArray, y_pred: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Truth and error, NaN as 0 and clipped to ±:data:`LARGEST`."""
+    y_true = np.clip(np.nan_to_num(y_true, nan=0.0), -LARGEST, LARGEST)
+    y_pred = np.clip(np.nan_to_num(y_pred, nan=0.0), -LARGEST, LARGEST)
+    err: FloatArray = np.clip(y_true - y_pred, -LARGEST, LARGEST)
+    return y_true, err
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +47,7 @@ class ScoreStats:
         (its square still fits a float)."""
         if len(y_true) == 0:
             return cls()
-        y_true = np.clip(np.nan_to_num(y_true, nan=0.0), -_LARGEST, _LARGEST)
-        y_pred = np.clip(np.nan_to_num(y_pred, nan=0.0), -_LARGEST, _LARGEST)
-        err = np.clip(y_true - y_pred, -_LARGEST, _LARGEST)
+        y_true, err = _clipped(y_true, y_pred)
         mean = float(np.mean(y_true))
         return cls(
             n=len(y_true),
@@ -112,9 +120,7 @@ class Scorer:
 
     def update(self, y_true: FloatArray, y_pred: FloatArray) -> None:
         self.total = self.total.merge(ScoreStats.of(y_true, y_pred))
-        y_true = np.clip(np.nan_to_num(y_true, nan=0.0), -_LARGEST, _LARGEST)
-        y_pred = np.clip(np.nan_to_num(y_pred, nan=0.0), -_LARGEST, _LARGEST)
-        err = np.clip(y_true - y_pred, -_LARGEST, _LARGEST)
+        y_true, err = _clipped(y_true, y_pred)
         if len(err) >= self.window:
             err, y_true = err[-self.window :], y_true[-self.window :]
         positions = (self._head + np.arange(len(err))) % self.window

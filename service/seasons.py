@@ -153,14 +153,17 @@ def calendar_mask(spacing_s: FloatArray) -> npt.NDArray[np.bool_]:
 
 
 class SeasonBook:
-    """Per-slot spacing and seasons of one task's keys (slots as in
-    :class:`~service.windows.WindowStore`)."""
+    """Per-slot spacing, seasons and unit of one task's keys (slots as in
+    :class:`~service.windows.WindowStore`). The unit, the spread of the key's changes
+    as of its last predicted row (NaN until it has one), is what outliers are judged
+    by."""
 
     def __init__(self, fixed: tuple[int, ...] = ()) -> None:
         self._fixed = fixed
         self.gap_log_sum = np.zeros(0)
         self.gaps = np.zeros(0, dtype=np.int64)
         self.periods = np.zeros((0, MAX_SEASONS), dtype=np.intp)  # 0 = none
+        self.units = np.zeros(0)
 
     def ensure(self, capacity: int) -> None:
         """Grow the per-slot arrays to ``capacity`` slots."""
@@ -171,6 +174,7 @@ class SeasonBook:
         self.gap_log_sum = np.concatenate([self.gap_log_sum, np.zeros(extra)])
         self.gaps = np.concatenate([self.gaps, np.zeros(extra, dtype=np.int64)])
         self.periods = np.concatenate([self.periods, self._fresh(extra)])
+        self.units = np.concatenate([self.units, np.full(extra, np.nan)])
 
     def reset(self, slots: list[int]) -> None:
         """Forget evicted keys: their slots start afresh."""
@@ -179,6 +183,7 @@ class SeasonBook:
             self.gap_log_sum[index] = 0.0
             self.gaps[index] = 0
             self.periods[index] = self._fresh(len(index))
+            self.units[index] = np.nan
 
     def _fresh(self, n: int) -> npt.NDArray[np.intp]:
         periods = np.zeros((n, MAX_SEASONS), dtype=np.intp)

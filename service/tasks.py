@@ -46,10 +46,10 @@ from models.ensemble import EnsembleParams, Hedge
 from service.config import ModelSettings, Settings
 from service.drift import DriftMonitor
 from service.features import FeaturePipeline, RunningScaler, season_offsets
-from service.intervals import Coverage, Intervals
+from service.intervals import Coverage, CoverageStats, Intervals
 from service.metrics import Metrics
 from service.records import Event, Invalid, Prediction
-from service.scoring import Scorer, ScoreStats
+from service.scoring import LARGEST, Scorer, ScoreStats
 from service.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
 from service.windows import WindowStore
 
@@ -88,6 +88,11 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def levels(self, column: int) -> FloatArray:
+        """Model ``column``'s outputs in the original scale."""
+        out: FloatArray = self.offset + self.scale * self.outputs[:, column]
+        return out
+
     def batch(self, names: Sequence[str]) -> FeatureBatch:
         return FeatureBatch(
             self.x, self.window, self.offset, self.keys, names, self.scale, self.seasonal
@@ -99,7 +104,6 @@ STATS_SPAN = 128
 """Newest values of a key whose statistics are features (its unit, where its level
 stands): enough for a stable spread, and a fraction of the cost of the whole history,
 which only season detection reads."""
-_LARGEST = 1e100
 OUTPUT_LIMIT = 30.0
 """With ``target: change``, learning targets and model outputs are clipped to this many
 key units (typical changes): a jump of more than that is learned as that much (as a
@@ -175,28 +179,6 @@ class TaskOutput:
     invalid: list[Invalid]
 
 
-@dataclass(frozen=True, slots=True)
-class CoverageStats:
-    """Scored predictions that had an interval, how many it covered, summed width."""
-
-    n: int = 0
-    covered: int = 0
-    width: float = 0.0
-
-    def merge(self, other: CoverageStats) -> CoverageStats:
-        return CoverageStats(
-            self.n + other.n, self.covered + other.covered, self.width + other.width
-        )
-
-    @property
-    def coverage(self) -> float:
-        return self.covered / self.n if self.n else 0.0
-
-    @property
-    def mean_width(self) -> float:
-        return self.width / self.n if self.n else 0.0
-
-
 class PartitionTask:
     """State and processing for one input partition."""
 
@@ -240,7 +222,6 @@ class PartitionTask:
         self._outliers = forecast.outliers
         self._outlier_threshold = forecast.outlier_threshold
         self._outlier_patience = forecast.outlier_patience
-        self._units = np.full(0, np.nan)  # per slot: the key's unit as of its last row
         # keys whose last values were outliers: how many in a row, and the unit they
         # were judged by (the outliers themselves must not widen the bound)
         self._strikes: dict[str, tuple[int, float]] = {}
@@ -275,10 +256,6 @@ class PartitionTask:
     def active_series(self) -> int:
         return len(self._windows)
 
-    @property
-    def model_names(self) -> list[str]:
-        return [s.name for s in self._slots]
-
     def scores(self) -> dict[str, tuple[ScoreStats, ScoreStats]]:
         """Per model: (since-start stats, rolling stats) of this task."""
         return {s.name: (s.scorer.total, s.scorer.rolling()) for s in self._slots}
@@ -288,10 +265,7 @@ class PartitionTask:
         out = {}
         for s in self._slots:
             if s.published and s.coverage is not None:
-                out[s.name] = (
-                    CoverageStats(*s.coverage.total()),
-                    CoverageStats(*s.coverage.rolling()),
-                )
+                out[s.name] = (s.coverage.total(), s.coverage.rolling())
         return out
 
     # -- one poll -----------------------------------------------------------------------
@@ -398,7 +372,7 @@ class PartitionTask:
         store, or from the key's changes earlier in this poll). A vectorised pass, so
         that the common case (nothing odd) costs little Python per event."""
         ys = np.fromiter((e.y for e in events), dtype=np.float64, count=len(events))
-        huge = ~(np.abs(ys) <= _LARGEST)
+        huge = ~(np.abs(ys) <= LARGEST)
         if self._outliers == "accept" or len(events) == 0:
             only_huge: list[bool] = huge.tolist()
             return only_huge, np.full(len(events), np.nan)
@@ -411,8 +385,7 @@ class PartitionTask:
         units = np.full(len(events), np.nan)
         for i in np.flatnonzero(known).tolist():
             stored[i] = self._windows.last(int(slot_of[i]))
-        inside = known & (slot_of < len(self._units))
-        units[inside] = self._units[slot_of[inside]]
+        units[known] = self._seasons.units[slot_of[known]]
         keys = [e.key for e in events]
         order = sorted(range(len(events)), key=keys.__getitem__)  # stable: by key, in order
         ys = np.clip(np.nan_to_num(ys), -1e150, 1e150)  # changes and squares stay finite
@@ -444,7 +417,7 @@ class PartitionTask:
     def _check_outlier(self, event: Event, last_y: dict[str, float], unit: float) -> Event | None:
         """The event as it enters the key's history (clipped under ``clip``), or None
         to reject it (``forecast.outliers``)."""
-        if not abs(event.y) <= _LARGEST:
+        if not abs(event.y) <= LARGEST:
             return None
         slot = self._windows.peek(event.key)
         last = last_y.get(event.key)
@@ -466,8 +439,8 @@ class PartitionTask:
         return None
 
     def _outlier_detail(self, event: Event) -> str:
-        if not abs(event.y) <= _LARGEST:
-            return f"|y| > {_LARGEST:g}"
+        if not abs(event.y) <= LARGEST:
+            return f"|y| > {LARGEST:g}"
         return (
             f"further than {self._outlier_threshold:g} typical changes from the key's last"
             " value (forecast.outliers)"
@@ -547,11 +520,7 @@ class PartitionTask:
         rows.outputs = np.zeros((n, len(self._slots)))
         rows.halves = np.full((n, len(self._slots)), np.nan)
         rows.mature = np.isfinite(histories).sum(axis=1) >= MATURE_VALUES
-        if len(self._units) < self._windows.capacity:
-            grown = np.full(self._windows.capacity, np.nan)
-            grown[: len(self._units)] = self._units
-            self._units = grown
-        self._units[slots] = np.where(rows.mature, computed.unit, np.nan)
+        self._seasons.units[slots] = np.where(rows.mature, computed.unit, np.nan)
 
     def _run(
         self,
@@ -616,7 +585,6 @@ class PartitionTask:
             hedge = slot.hedge
             if hedge is None:
                 continue
-            hedge.ensure(self._windows.capacity)
             members = slot.members
             # a drift found at learn row j acts after the last learned row up to j
             # Only a member whose errors fell is judged afresh: one whose errors rose
@@ -642,15 +610,14 @@ class PartitionTask:
             leaders[column] = lead
             metrics.updates.labels(slot.name).inc(len(keep))
             if gather is not None:
-                learned.outputs[:, column] = gather.floats(_output_column(column))
+                learned.outputs[:, column] = gather.floats(_column(lambda r: r.outputs, column))
             drifts[column] = self._drift(column, truth, learned)
         for column, slot in enumerate(self._slots):
             metrics.predictions.labels(slot.name).inc(len(rows))
             if not slot.published or slot.intervals is None:
                 continue
-            slot.intervals.ensure(self._windows.capacity)
             errors = np.abs(learn_target - learned.outputs[keep, column])
-            halves = gather.floats(_half_column(column)) if gather else np.empty(0)
+            halves = gather.floats(_column(lambda r: r.halves, column)) if gather else np.empty(0)
             rows.halves[:, column] = slot.intervals.run(
                 rows.slots, learn_slots, errors, halves[keep], learn_before
             )
@@ -670,8 +637,7 @@ class PartitionTask:
         slot = self._slots[column]
         if len(truth) == 0:
             return []
-        y_hat = learned.offset + learned.scale * learned.outputs[:, column]
-        abs_err = np.abs(truth - y_hat)
+        abs_err = np.abs(truth - learned.levels(column))
         found: set[int] = set()
         for detector, hits in slot.drift.update(abs_err, slot.scorer.total.mae).items():
             if hits:
@@ -685,8 +651,8 @@ class PartitionTask:
         has = np.isfinite(halves)
         if not has.any() or slot.coverage is None:
             return
-        y_hat = learned.offset + learned.scale * learned.outputs[:, column]
-        half = np.minimum(halves * learned.scale, _LARGEST)
+        y_hat = learned.levels(column)
+        half = np.minimum(halves * learned.scale, LARGEST)
         covered = np.abs(truth - y_hat) <= half
         slot.coverage.update(covered[has], 2.0 * half[has])
 
@@ -695,11 +661,11 @@ class PartitionTask:
             return
         metrics = self._metrics
         for column, slot in enumerate(self._slots):
-            y_hat = learned.offset + learned.scale * learned.outputs[:, column]
+            y_hat = learned.levels(column)
             slot.scorer.update(truth, y_hat)
             if self._on_scored is not None:
                 self._on_scored(slot.name, truth, y_hat)
-            abs_err = np.minimum(np.nan_to_num(np.abs(truth - y_hat), nan=0.0), _LARGEST)
+            abs_err = np.minimum(np.nan_to_num(np.abs(truth - y_hat), nan=0.0), LARGEST)
             metrics.scored.labels(slot.name).inc(len(truth))
             metrics.abs_error.labels(slot.name).inc(float(abs_err.sum()))
             metrics.sq_error.labels(slot.name).inc(float(np.dot(abs_err, abs_err)))
@@ -710,13 +676,12 @@ class PartitionTask:
         predictions: list[Prediction] = []
         if len(rows) == 0:
             return predictions
-        offset, scale = rows.offset, rows.scale
         for column in self._primary_first:
             slot = self._slots[column]
             if not slot.published:
                 continue
-            y_hat = offset + scale * rows.outputs[:, column]
-            half = rows.halves[:, column] * scale
+            y_hat = rows.levels(column)
+            half = rows.halves[:, column] * rows.scale
             bounded = np.isfinite(half)
             lows = np.where(bounded, y_hat - half, np.nan).tolist()
             highs = np.where(bounded, y_hat + half, np.nan).tolist()
@@ -810,23 +775,16 @@ class PartitionTask:
         for key, _ in evicted:
             self._pending.pop(key, None)
             self._strikes.pop(key, None)
-        self._units[[slot for slot in slots if slot < len(self._units)]] = np.nan
         for owner in self._per_key_state():
             owner.reset(slots)
         self._metrics.evicted.inc(len(evicted))
 
 
-def _output_column(column: int) -> Callable[[_Rows], FloatArray]:
+def _column(matrix: Callable[[_Rows], FloatArray], column: int) -> Callable[[_Rows], FloatArray]:
+    """Reads one model's column of a per-model matrix (outputs, halves) of a poll."""
+
     def part(rows: _Rows) -> FloatArray:
-        out: FloatArray = rows.outputs[:, column]
-        return out
-
-    return part
-
-
-def _half_column(column: int) -> Callable[[_Rows], FloatArray]:
-    def part(rows: _Rows) -> FloatArray:
-        out: FloatArray = rows.halves[:, column]
+        out: FloatArray = matrix(rows)[:, column]
         return out
 
     return part

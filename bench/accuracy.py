@@ -18,9 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from service import replay
-from service.backtest import BacktestResult, run_backtest
 from service.config import Settings
+from service.tools import replay
+from service.tools.backtest import BacktestResult, run_backtest
 
 WARMUP = 0.2
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from service import replay
 from service.config import SchemaSettings
+from service.tools import replay
 
 _START_MS = 1_700_000_000_000
 

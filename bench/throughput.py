@@ -36,10 +36,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history
-from service import replay
-from service.app import Daemon, frozen_heap
-from service.broker import EmbeddedBroker, free_port
 from service.config import Settings, load_settings
+from service.runtime.app import Daemon, frozen_heap
+from service.tools import replay
+from service.tools.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -91,7 +91,7 @@ class Persistence(_Baseline):
 
 class SeasonalNaive(_Baseline):
     """Predict the value one season before the target's time; the last value where
-    the key has no known season yet (see :mod:`service.seasons`).
+    the key has no known season yet (see :mod:`service.pipeline.seasons`).
 
     The benchmark of seasonal series (Hyndman & Athanasopoulos, *Forecasting:
     Principles and Practice*, 5.2): an hourly load with a daily cycle is better

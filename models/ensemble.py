@@ -32,7 +32,7 @@ key's errors), so a new key of a topic of random walks starts with persistence i
 front. The member with the largest weight *leads* a prediction; predictions name it.
 
 This module holds the arithmetic and the per-key state; the partition task runs it
-(:mod:`service.tasks`), because the ensemble consumes other models' outputs.
+(:mod:`service.pipeline.tasks`), because the ensemble consumes other models' outputs.
 """
 
 from __future__ import annotations

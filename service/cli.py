@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"forecastd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ForecastdError as exc:
-        from service.app import Interrupted
+        from service.runtime.app import Interrupted
 
         if isinstance(exc, Interrupted):
             return 0
@@ -103,7 +103,7 @@ def _configure_logging(settings: Settings) -> None:
 def _run(args: argparse.Namespace) -> int:
     import threading
 
-    from service.app import Daemon, install_signal_handlers
+    from service.runtime.app import Daemon, install_signal_handlers
 
     settings = load_settings(args.config)
     _configure_logging(settings)
@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from service import replay
+    from service.tools import replay
 
     settings = load_settings(args.config)
     pairs = _records_of(args, settings)
@@ -135,7 +135,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[bytes, bytes]]:
-    from service import replay
+    from service.tools import replay
 
     frame = replay.load_input(args.source)
     if getattr(args, "limit", 0):
@@ -149,9 +149,9 @@ def _backtest(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from service import replay
-    from service.app import set_torch_threads
-    from service.backtest import run_backtest
+    from service.runtime.app import set_torch_threads
+    from service.tools import replay
+    from service.tools.backtest import run_backtest
 
     settings = load_settings(args.config)
     set_torch_threads(settings.processing.torch_threads)
@@ -183,6 +183,6 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.tools.demo import run_demo
 
     return run_demo(args.config, args.dataset, args.duration, args.rate, args.bad_every)

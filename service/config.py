@@ -66,7 +66,7 @@ SECURITY_OPTIONS = frozenset(
 )
 """kafka-python's security options that a config can set (strings and booleans; its
 object-valued ones, ``ssl_context`` and ``sasl_oauth_token_provider``, cannot come
-from YAML). :mod:`service.confluent` translates each for librdkafka; a name with a dot
+from YAML). :mod:`service.io.confluent` translates each for librdkafka; a name with a dot
 is a librdkafka property, passed through with ``client: confluent`` only."""
 
 _SECRET_KEY = re.compile(
@@ -199,7 +199,7 @@ class ForecastSettings(_Section):
     ``torch.attention`` reads). ``history``: the values kept per key for seasonal lags,
     season detection and the key's own scale (``max(window, history)`` are kept, 8
     bytes each). ``seasonal_periods``: up to two periods, in events, for every key;
-    empty (the default) detects each key's own (:mod:`service.seasons`).
+    empty (the default) detects each key's own (:mod:`service.pipeline.seasons`).
     ``calendar``: time-of-day/week/year features where a key's spacing makes them
     meaningful. ``outliers``: what to do with a value further than
     ``outlier_threshold`` typical changes (the key's unit) from the key's last value:
@@ -275,7 +275,7 @@ class DriftSettings(_Section):
 class MetricsSettings(_Section):
     """The HTTP port. ``watchdog_s``: ``/healthz`` fails once the loop has been inside
     one broker call, or without a completed batch while records wait, or without a
-    turn at all, for this long (a stuck daemon gets restarted; see service.health).
+    turn at all, for this long (a stuck daemon gets restarted; see service.runtime.health).
     ``ready_stale_s``: ``/readyz`` fails when the broker last answered longer ago."""
 
     host: str = "0.0.0.0"  # noqa: S104 - a pod's metrics port must be reachable from Prometheus

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.decode import REASONS
+from service.io.decode import REASONS
 
 _REASONS = frozenset(REASONS)
 

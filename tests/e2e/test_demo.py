@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -33,9 +34,22 @@ def test_demo_runs_to_its_summary() -> None:
 
 def test_ctrl_c_stops_everything_cleanly() -> None:
     demo = _demo("--rate", "20", "--duration", "120")
-    time.sleep(12)  # broker up, group joined, a few records through
+    assert demo.stdout is not None
+    # Wait for the demo's own word that the broker is up (a fixed sleep loses the race on
+    # a loaded machine: Ctrl-C during imports is not what this test is about).
+    killer = threading.Timer(120, demo.kill)
+    killer.start()
+    head = []
+    for line in demo.stdout:
+        head.append(line)
+        if "/metrics" in line:
+            break
+    killer.cancel()
+    assert any("/metrics" in line for line in head), "".join(head)
+    time.sleep(6)  # group joined, a few records through
     demo.send_signal(signal.SIGINT)
     output, _ = demo.communicate(timeout=60)
+    output = "".join(head) + output
     assert demo.returncode == 0, output[-3000:]
     assert "interrupted: stopping cleanly" in output
     assert "stopped: daemon committed and closed, broker stopped" in output

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.broker import EmbeddedBroker, free_port
+from service.tools.broker import EmbeddedBroker, free_port
 from tests.deploy.metric_names import check_names, exported_names, metric_names_used
 from tests.integration.kafka_helpers import (
     fresh_topics,

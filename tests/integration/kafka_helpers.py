@@ -13,9 +13,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from service.app import Daemon
-from service.broker import EmbeddedBroker, free_port
 from service.config import Settings, load_settings
+from service.runtime.app import Daemon
+from service.tools.broker import EmbeddedBroker, free_port
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from service.app import Daemon
-from service.broker import EmbeddedBroker
-from service.processor import BatchResult, Processor
+from service.pipeline.processor import BatchResult, Processor
 from service.records import RawRecord
+from service.runtime.app import Daemon
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     fresh_topics,
     make_settings,

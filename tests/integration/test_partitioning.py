@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.broker import EmbeddedBroker
-from service.partitioner import positive_murmur2
+from service.io.partitioner import positive_murmur2
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from service.broker import EmbeddedBroker
 from service.records import dead_letter_value_limit
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,

@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.app import Daemon
-from service.broker import EmbeddedBroker, free_port
+from service.runtime.app import Daemon
+from service.tools.broker import EmbeddedBroker, free_port
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,

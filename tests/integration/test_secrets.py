@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import fresh_topics, scrape, settings_env, wait_for
 
 pytestmark = pytest.mark.integration

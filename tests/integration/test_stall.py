@@ -23,7 +23,7 @@ import orjson
 import pytest
 from kafka import KafkaAdminClient
 
-from service.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service.broker import EmbeddedBroker, free_port
+from service.tools.broker import EmbeddedBroker, free_port
 from tests.integration.kafka_helpers import Topics, scrape, settings_env, wait_for
 
 pytestmark = pytest.mark.integration

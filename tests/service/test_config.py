@@ -23,7 +23,7 @@ def test_shipped_configs_are_valid(name: str) -> None:
 
 
 def test_packaged_demo_config_equals_the_one_in_configs() -> None:
-    packaged = load_settings(ROOT / "service" / "demo.yaml", env={})
+    packaged = load_settings(ROOT / "service" / "tools" / "demo.yaml", env={})
     assert packaged == load_settings(ROOT / "configs" / "demo.yaml", env={})
 
 

@@ -1,0 +1,1 @@
+"""Kafka in and out: decoding records, the consumer and producer of each client, partitioning."""

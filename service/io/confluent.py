@@ -1,0 +1,275 @@
+"""The same Source and Sink, on confluent-kafka (librdkafka): ``kafka.client: confluent``.
+
+An optional extra (``pip install 'forecastd[confluent]'``), with the semantics of the
+kafka-python implementation: one consumer group, manual synchronous commits of the
+offsets the processing loop hands over, rebalance callbacks from inside ``poll``, and
+an idempotent producer with ``acks=all`` whose ``flush`` raises unless every record
+was acknowledged. librdkafka moves records in C, so the transport costs a fraction of
+kafka-python's per record.
+
+``kafka.security`` keys are kafka-python's names (``security_protocol``,
+``sasl_plain_username``, ...) and are translated; keys with a dot are librdkafka
+properties and pass through unchanged.
+
+Rebalancing is cooperative (``partition.assignment.strategy: cooperative-sticky``):
+the callbacks get only the partitions that move, and confluent-kafka does the
+incremental assign/unassign after them, so partitions that stay keep their tasks.
+Synchronous commits and closes have no timeout in librdkafka: they run in a helper
+thread that :mod:`service.runtime.watchdog` waits for, a slice at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as ConfluentTopicPartition
+
+from service.config import KafkaSettings
+from service.errors import BrokerError, ConfigError
+from service.io.sources import RebalanceListener, TopicPartition
+from service.records import Headers, RawRecord
+from service.runtime.watchdog import Watchdog, close_within, in_thread
+
+_SECURITY_NAMES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+    "ssl_crlfile": "ssl.crl.location",
+    "ssl_ciphers": "ssl.cipher.suites",
+    "sasl_kerberos_service_name": "sasl.kerberos.service.name",
+    "ssl_check_hostname": "ssl.endpoint.identification.algorithm",
+}
+
+
+def librdkafka_options(settings: KafkaSettings) -> dict[str, Any]:
+    """``bootstrap.servers`` and the translated ``security`` settings."""
+    options: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    for key, value in settings.security.items():
+        if "." in key:
+            options[key] = value
+        elif key == "ssl_check_hostname":
+            options[_SECURITY_NAMES[key]] = "https" if value not in (False, "false") else "none"
+        elif key in _SECURITY_NAMES:
+            options[_SECURITY_NAMES[key]] = value
+        else:
+            known = ", ".join(sorted(_SECURITY_NAMES))
+            raise ConfigError(
+                f"kafka.security.{key}: not known for client confluent; use {known} "
+                "or a librdkafka property name with dots"
+            )
+    return options
+
+
+class ConfluentSource:
+    """confluent-kafka consumer in a group, manual commits, rebalance callbacks."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        listener: RebalanceListener,
+        watchdog: Watchdog | None = None,
+    ) -> None:
+        self._settings = settings
+        self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
+        self._listener = listener
+        self._reachable = True
+        self._earliest = settings.auto_offset_reset == "earliest"
+        self._consumer = Consumer(
+            {
+                **librdkafka_options(settings),
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": settings.auto_offset_reset,
+                "session.timeout.ms": settings.session_timeout_ms,
+                "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 6),
+                "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "client.id": "forecastd",
+                "error_cb": self._on_error,
+            }
+        )
+        self._consumer.subscribe(
+            [settings.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        self.committed: dict[TopicPartition, int] = {}
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._reachable = False
+        if error.fatal():
+            raise BrokerError(f"fatal consumer error: {error}")
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[ConfluentTopicPartition]) -> None:
+        self._reachable = True
+        self._listener.on_assigned(sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[ConfluentTopicPartition]) -> None:
+        self._listener.on_revoked(sorted((tp.topic, tp.partition) for tp in partitions))
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        # consume() waits for num_messages or the timeout, whichever comes first: wait
+        # for the first record only, then take what is already there.
+        messages = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not messages:
+            messages = self._consumer.consume(num_messages=1, timeout=timeout_s)
+            if messages and max_records > 1:
+                messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
+        now = time.monotonic()
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise BrokerError(f"fatal consumer error: {error}")
+                continue  # partition EOF and transient errors: librdkafka retries
+            kind, timestamp = message.timestamp()
+            records.append(
+                RawRecord(
+                    message.topic() or "",
+                    message.partition() or 0,
+                    message.offset() or 0,
+                    message.key(),
+                    message.value(),
+                    _headers(message.headers()),
+                    timestamp if kind != 0 and timestamp >= 0 else None,
+                    now,
+                )
+            )
+        if records:
+            self._reachable = True
+        return records
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        payload = [ConfluentTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+        def commit() -> None:
+            try:
+                self._consumer.commit(offsets=payload, asynchronous=False)
+            except KafkaException as exc:
+                raise BrokerError(f"offset commit failed: {exc}") from exc
+
+        step = in_thread(commit, "forecastd-commit")
+        self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
+        self.committed.update(offsets)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        lags = {}
+        assigned = self._consumer.assignment()
+        for position in self._consumer.position(assigned) if assigned else []:
+            try:
+                # cached: the watermarks of the last fetch response, no round trip
+                # (and right with Tansu, whose ListOffsets answer is not)
+                low, high = self._consumer.get_watermark_offsets(position, cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            # No position yet (nothing consumed): everything from the reset point waits.
+            start = position.offset if position.offset >= 0 else self._reset_offset(low, high)
+            lags[(position.topic, position.partition)] = max(0, high - start)
+        return lags
+
+    def _reset_offset(self, low: int, high: int) -> int:
+        return max(low, 0) if self._earliest else high
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def reachable(self) -> bool:
+        return self._reachable
+
+    def close(self) -> None:
+        close_within(self._consumer.close, self._settings.close_timeout_s, "consumer close")
+
+
+def _headers(
+    raw: Mapping[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]] | None,
+) -> Headers:
+    pairs = raw.items() if isinstance(raw, Mapping) else raw or ()
+    return tuple((key, _as_bytes(value)) for key, value in pairs)
+
+
+def _as_bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else value
+
+
+class ConfluentSink:
+    """confluent-kafka producer: ``acks=all``, idempotent, keyed records."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        watchdog: Watchdog | None = None,
+        max_request_bytes: int = 1_048_576 + 65_536,
+    ) -> None:
+        self._settings = settings
+        self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
+        self._producer = Producer(
+            {
+                **librdkafka_options(settings),
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": settings.linger_ms,
+                "batch.size": settings.producer_batch_bytes,
+                # Java's (and kafka-python's) murmur2 key hash, so a key lands in the same
+                # output partition whichever client produced it (librdkafka's default,
+                # consistent_random, hashes with CRC32).
+                "partitioner": "murmur2_random",
+                "message.max.bytes": max_request_bytes,
+                "message.timeout.ms": int(settings.flush_timeout_s * 1000),
+                "client.id": "forecastd",
+            }
+        )
+        self._failures: list[str] = []
+
+    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self._failures.append(str(error))
+
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+        def produce(_slice_s: float) -> bool:
+            try:
+                self._producer.produce(
+                    topic, value, key, headers=list(headers), on_delivery=self._delivered
+                )
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: serve deliveries, retry
+                return False
+            except KafkaException as exc:
+                raise BrokerError(f"cannot send to {topic}: {exc}") from exc
+            return True
+
+        if not produce(0.0):
+            self._watchdog.bounded("producer send", produce, self._settings.flush_timeout_s)
+
+    def flush(self) -> None:
+        def step(slice_s: float) -> bool:
+            return int(self._producer.flush(slice_s)) == 0
+
+        self._watchdog.bounded("producer flush", step, self._settings.flush_timeout_s)
+        failures, self._failures = self._failures, []
+        if failures:
+            raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0]}")
+
+    def close(self) -> None:
+        timeout = self._settings.close_timeout_s
+
+        def close() -> None:
+            self._producer.flush(timeout)
+            self._producer.close()  # stop librdkafka's threads: no reconnects after us
+
+        close_within(close, timeout, "producer close")

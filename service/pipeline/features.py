@@ -1,0 +1,294 @@
+"""The one feature pipeline every model sees, live and offline.
+
+From a batch of histories (``(n, H)``: each row the key's last ``H`` values, oldest
+first, NaN-padded on the left, the newest being the event's own value ``y_t``), event
+times, each key's spacing and seasons (:mod:`service.pipeline.seasons`) and the exogenous
+values (``(n, E)``, NaN where missing) it computes, vectorised over the batch:
+
+* the key's *unit*: the standard deviation of its changes over its history, so that
+  every change-like feature and the learning target (``target: change``) are in units
+  of the key's own typical change, and one model serves keys of any scale;
+* ``diff_1 .. diff_L``: the last ``L`` first differences, newest first, in key units;
+* ``mean_dev``, ``std``, ``min_dev``, ``max_dev``: mean/std/min/max of the last ``W``
+  values (``forecast.window``) relative to the last value, in key units;
+* with ``target: level`` only, ``level`` and ``lag_1 .. lag_L`` (raw values);
+* ``level_z``, ``lag_z_1 .. lag_z_3``: where the last values stand in the key's own
+  range (standardised by the mean and spread of its history): the level a nonlinear
+  map or a mean-reverting series depends on, comparable across keys;
+* ``season{1,2}_prev``, ``season{1,2}``, ``season{1,2}_next``: the key's value one
+  season before the target's time and its two neighbours, relative to the last value,
+  in key units (NaN while the key has no such season);
+* ``hour_sin/cos``, ``dow_sin/cos``, ``doy_sin/cos``: the target's time of day, week
+  and year, for keys whose spacing makes them meaningful (NaN otherwise);
+* the exogenous features, in ``schema.features`` order.
+
+Then online standardisation per column (:class:`RunningScaler`), row by row in event
+order (each row scaled with the statistics of the rows up to it, so the poll size does
+not change a single number), and ``(x - mean) / std``. Missing values become 0 after
+scaling, i.e. they are imputed with the running mean, and scaled values are clipped to
+±10. Fitting the scaler on the inputs being predicted leaks nothing: it never sees a
+target.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.pipeline.scoring import LARGEST
+from service.pipeline.seasons import MAX_SEASONS, calendar_mask
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+_EPS = 1e-12
+_CLIP = 10.0  # standard deviations; one wild input must not blow up an SGD step
+_LEVEL_LAGS = 3
+_CALENDAR = ("hour", "dow", "doy")
+_DAY_S = 86_400.0
+_CYCLE_S = (_DAY_S, 7 * _DAY_S, 365.2425 * _DAY_S)
+_EPOCH_WEEKDAY = 3.0  # 1970-01-01 was a Thursday: days since a Monday
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """Raw features and what else the models need of the same rows."""
+
+    raw: FloatArray  # (n, F), NaN where undefined
+    scale: FloatArray  # (n,) the learning target's unit (the key's unit; 1 for levels)
+    unit: FloatArray  # (n,) the spread of the key's changes; NaN while it has none
+    seasonal: FloatArray  # (n,) the level one (first) season before the target, or NaN
+
+
+class FeaturePipeline:
+    """Stateless feature computation; scalers and seasons are owned by each task."""
+
+    def __init__(
+        self,
+        lags: int,
+        target: str,
+        exogenous: tuple[str, ...],
+        window: int | None = None,
+        horizon: int = 1,
+    ) -> None:
+        self.lags = lags
+        self.window = window
+        self.horizon = horizon
+        self.change = target == "change"
+        self.level_features = target == "level"
+        names = [f"diff_{i}" for i in range(1, lags + 1)]
+        names += ["mean_dev", "std", "min_dev", "max_dev"]
+        if self.level_features:
+            names += ["level", *[f"lag_{i}" for i in range(1, lags + 1)]]
+        names += ["level_z", *[f"lag_z_{i}" for i in range(1, _LEVEL_LAGS + 1)]]
+        for j in range(1, MAX_SEASONS + 1):
+            names += [f"season{j}_prev", f"season{j}", f"season{j}_next"]
+        for cycle in _CALENDAR:
+            names += [f"{cycle}_sin", f"{cycle}_cos"]
+        self.exogenous = exogenous
+        self.names: tuple[str, ...] = (*names, *exogenous)
+
+    def with_exogenous(self, exogenous: tuple[str, ...]) -> FeaturePipeline:
+        """The same pipeline with another list of exogenous features."""
+        return FeaturePipeline(
+            self.lags,
+            "change" if self.change else "level",
+            exogenous,
+            self.window,
+            self.horizon,
+        )
+
+    def compute(
+        self,
+        history: FloatArray,
+        exogenous: FloatArray,
+        ts_ms: npt.NDArray[np.int64] | None = None,
+        spacing_s: FloatArray | None = None,
+        periods: IntArray | None = None,
+        seasons: FloatArray | None = None,
+    ) -> Computed:
+        """Raw (unscaled) features of each row; see the module docstring.
+
+        ``history`` may hold only the newest values (the statistics use what it
+        holds); ``seasons`` (``(n, 2, 3)``, from :func:`season_offsets`) then gives
+        the values one season back, which ``periods`` would otherwise locate in it."""
+        n = history.shape[0]
+        if n == 0:
+            return Computed(np.empty((0, len(self.names))), np.ones(0), np.ones(0), np.empty(0))
+        last = history[:, -1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of young keys
+            changes = np.diff(history, axis=1)
+            unit = np.nanstd(changes, axis=1)
+            level_mean = np.nanmean(history, axis=1)
+            level_std = np.nanstd(history, axis=1)
+            recent = history[:, -self.window :] if self.window else history
+            stats = np.column_stack(
+                [
+                    np.nanmean(recent, axis=1) - last,
+                    np.nanstd(recent, axis=1),
+                    np.nanmin(recent, axis=1) - last,
+                    np.nanmax(recent, axis=1) - last,
+                ]
+            )
+        scale = self._scale(unit, last, level_std)
+        units = scale if self.change else np.ones(n)
+        diffs = _newest(changes, self.lags)
+        parts = [diffs / units[:, None], stats / units[:, None]]
+        if self.level_features:
+            parts.append(_newest(history, self.lags + 1))
+        spread = np.where(level_std > _EPS, level_std, np.nan)
+        newest = _newest(history, _LEVEL_LAGS + 1)
+        parts.append((newest - level_mean[:, None]) / spread[:, None])
+        seasonal_levels = np.full((n, MAX_SEASONS), np.nan)
+        for j in range(MAX_SEASONS):
+            if seasons is not None:
+                around = seasons[:, j, :]
+            else:
+                period = np.zeros(n, np.intp) if periods is None else periods[:, j]
+                around = self._season(history, period)
+            seasonal_levels[:, j] = around[:, 1]
+            parts.append((around - last[:, None]) / scale[:, None])
+        parts.append(self._calendar(n, ts_ms, spacing_s))
+        parts.append(exogenous.reshape(n, -1))
+        raw = np.concatenate(parts, axis=1)
+        real = np.isfinite(unit) & (unit > 1e-9 * np.maximum(np.abs(np.nan_to_num(last)), 1.0))
+        return Computed(raw, units, np.where(real, unit, np.nan), seasonal_levels[:, 0])
+
+    @staticmethod
+    def _scale(unit: FloatArray, last: FloatArray, level_std: FloatArray) -> FloatArray:
+        """The key's typical change; for a key too young to have one, 1% of its level
+        (a guess of the right order that keeps its first targets near unit size). At
+        least 1% of the spread of its levels: a key that sat still for most of its
+        history still moves in units of its range."""
+        magnitude = np.where(np.isfinite(last), np.abs(last), 0.0)
+        guess = np.maximum(0.01 * magnitude, 1e-6)
+        spread = np.where(np.isfinite(level_std), 0.01 * level_std, 0.0)
+        floor = np.maximum(1e-9 * np.maximum(magnitude, 1.0), spread)
+        scale: FloatArray = np.where(
+            np.isfinite(unit) & (unit > floor), unit, np.maximum(guess, floor)
+        )
+        return scale
+
+    def _season(self, history: FloatArray, period: IntArray) -> FloatArray:
+        """``(n, 3)`` the values one season before the target and its neighbours; NaN
+        where the row's key has no such season."""
+        n, width = history.shape
+        offsets, valid = season_offsets(period, self.horizon, width)
+        values = history[np.arange(n)[:, None], width + offsets]
+        return np.where(valid, values, np.nan)
+
+    def _calendar(
+        self, n: int, ts_ms: npt.NDArray[np.int64] | None, spacing_s: FloatArray | None
+    ) -> FloatArray:
+        """Sine and cosine of the target's phase in each cycle, where meaningful."""
+        if ts_ms is None or spacing_s is None:
+            return np.full((n, 2 * len(_CALENDAR)), np.nan)
+        lead = np.where(np.isfinite(spacing_s), spacing_s, 0.0) * self.horizon
+        seconds = ts_ms.astype(np.float64) / 1000.0 + lead
+        mask = calendar_mask(spacing_s)
+        out = np.full((n, 2 * len(_CALENDAR)), np.nan)
+        for j, cycle in enumerate(_CYCLE_S):
+            shift = _EPOCH_WEEKDAY * _DAY_S if j == 1 else 0.0
+            phase = 2 * np.pi * np.mod(seconds + shift, cycle) / cycle
+            out[:, 2 * j] = np.where(mask[:, j], np.sin(phase), np.nan)
+            out[:, 2 * j + 1] = np.where(mask[:, j], np.cos(phase), np.nan)
+        return out
+
+
+def season_offsets(
+    period: IntArray, horizon: int, kept: int
+) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    """Per row, the offsets from the newest value (-1) of the value one season before
+    the target's time and of its two neighbours, ``(n, 3)``, and where they exist in a
+    history of ``kept`` values (clipped offsets elsewhere). Whole seasons back, as
+    many as the horizon needs for the value to be known.
+
+    >>> offsets, valid = season_offsets(np.array([24, 0]), horizon=1, kept=100)
+    >>> offsets[0].tolist(), valid.tolist()
+    ([-25, -24, -23], [[True, True, True], [False, False, False]])
+    """
+    safe = np.maximum(period, 1)
+    back = -(-max(horizon, 1) // safe) * safe
+    middle = horizon - back - 1
+    offsets = middle[:, None] + np.array([-1, 0, 1])[None, :]
+    valid = (period >= 2)[:, None] & (offsets >= -kept) & (offsets <= -1)
+    clipped: IntArray = np.clip(offsets, -kept, -1).astype(np.intp)
+    return clipped, valid
+
+
+def _newest(values: FloatArray, count: int) -> FloatArray:
+    """The newest ``count`` columns, newest first, NaN where the row is shorter."""
+    out: FloatArray = values[:, ::-1][:, :count]
+    if out.shape[1] < count:
+        out = np.pad(out, ((0, 0), (0, count - out.shape[1])), constant_values=np.nan)
+    return out
+
+
+class RunningScaler:
+    """Per-column running mean/variance, ignoring NaN, updated a batch at a time.
+
+    >>> scaler = RunningScaler(1)
+    >>> scaler.update(np.array([[1.0], [3.0]]))
+    >>> scaler.transform(np.array([[2.0], [np.nan]])).ravel().tolist()
+    [0.0, 0.0]
+    """
+
+    def __init__(self, width: int) -> None:
+        self.count = np.zeros(width)
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+
+    def update(self, raw: FloatArray) -> None:
+        raw = np.clip(raw, -LARGEST, LARGEST)
+        finite = np.isfinite(raw)
+        n_b = finite.sum(axis=0).astype(np.float64)
+        if not n_b.any():
+            return
+        zeroed = np.where(finite, raw, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_b = np.where(n_b > 0, zeroed.sum(axis=0) / n_b, 0.0)
+        m2_b = (np.where(finite, raw - mean_b, 0.0) ** 2).sum(axis=0)
+        total = self.count + n_b
+        delta = mean_b - self.mean
+        safe_total = np.maximum(total, 1.0)
+        self.mean = self.mean + delta * n_b / safe_total
+        self.m2 = self.m2 + m2_b + delta**2 * self.count * n_b / safe_total
+        self.count = total
+
+    def transform(self, raw: FloatArray) -> FloatArray:
+        std = np.sqrt(self.m2 / np.maximum(self.count, 1.0))
+        scaled = (np.clip(raw, -LARGEST, LARGEST) - self.mean) / np.where(std > _EPS, std, 1.0)
+        return np.clip(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), -_CLIP, _CLIP)
+
+    def fit_transform(self, raw: FloatArray) -> FloatArray:
+        """Scale each row with the statistics of every row up to it (this one
+        included), then keep all of them: row by row, as one row per call would.
+
+        >>> a, b = RunningScaler(1), RunningScaler(1)
+        >>> rows = np.array([[1.0], [3.0], [np.nan], [8.0]])
+        >>> together = a.fit_transform(rows)
+        >>> one_by_one = np.vstack([b.fit_transform(rows[i : i + 1]) for i in range(4)])
+        >>> bool(np.allclose(together, one_by_one))
+        True
+        """
+        if len(raw) == 0:
+            return np.empty_like(raw)
+        raw = np.clip(raw, -LARGEST, LARGEST)
+        finite = np.isfinite(raw)
+        centred = np.where(finite, raw - self.mean, 0.0)  # shifted: no cancellation
+        count = self.count + np.cumsum(finite, axis=0)
+        safe = np.maximum(count, 1.0)
+        shift = np.cumsum(centred, axis=0) / safe
+        mean = self.mean + shift
+        m2 = self.m2 + np.cumsum(centred**2, axis=0) - safe * shift**2
+        std = np.sqrt(np.maximum(m2, 0.0) / safe)
+        scaled = (raw - mean) / np.where(std > _EPS, std, 1.0)
+        self.count, self.mean, self.m2 = count[-1].copy(), mean[-1].copy(), np.maximum(m2[-1], 0.0)
+        out: FloatArray = np.clip(
+            np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), -_CLIP, _CLIP
+        )
+        return out

@@ -1,0 +1,378 @@
+"""Batches of raw records in, predictions and dead letters out, through partition tasks.
+
+The processor knows nothing about Kafka: it is a :class:`RebalanceListener` for any
+source and writes to any :class:`Sink`. The daemon, the offline replay and the tests
+all drive this same class.
+
+No record can stop a partition: the decoder turns any input into an event or a
+reason, and a batch whose processing raises anyway (a bug, a model that cannot take
+some value) is run again one event at a time, so the events that raise alone are
+dead-lettered as ``internal_error`` (detail: the exception's type, never its message,
+which may quote the data) and the others are processed. The events before the failing
+one may have been partly applied in the failed batch call; they are processed again
+in the retry, a small perturbation of the models and never a loss of a record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from models import registry
+from models.base import Model, ModelContext
+from service.config import SchemaSettings, Settings
+from service.io.decode import Decoder
+from service.io.sinks import Sink
+from service.io.sources import TopicPartition
+from service.pipeline.features import FeaturePipeline
+from service.pipeline.intervals import CoverageStats
+from service.pipeline.scoring import ScoreStats
+from service.pipeline.tasks import PartitionTask, ScoredCallback, TaskOutput
+from service.records import (
+    DEAD_LETTER_OVERHEAD_BYTES,
+    Event,
+    Invalid,
+    Prediction,
+    RawRecord,
+    dead_letter,
+    dead_letter_value_limit,
+)
+from service.runtime.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Offsets to commit (next offset per partition) and what was sent for them."""
+
+    offsets: dict[TopicPartition, int]
+    predictions: list[Prediction]
+    dead_letters: int
+
+
+def build_prototypes(settings: Settings, pipeline: FeaturePipeline) -> dict[str, Model]:
+    """One untrained model per configured entry (ensembles are combined by the task,
+    not built); each task clones its own."""
+    context = ModelContext(
+        feature_names=pipeline.names,
+        window=settings.forecast.window,
+        horizon=settings.forecast.horizon,
+        seed=settings.processing.seed,
+    )
+    return {
+        m.name: registry.build(m.kind, m.params, context)
+        for m in settings.models
+        if m.kind != "ensemble"
+    }
+
+
+def build_pipeline(settings: Settings, exogenous: tuple[str, ...] = ()) -> FeaturePipeline:
+    """The feature pipeline of ``settings`` with these exogenous features."""
+    forecast = settings.forecast
+    return FeaturePipeline(
+        forecast.lags, forecast.target, exogenous, forecast.window, forecast.horizon
+    )
+
+
+def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> tuple[str, ...]:
+    """``schema.features: auto``: the numeric fields of ``x`` in ``records``, sorted by
+    name, at most ``max_auto_features`` (the first names in sorted order)."""
+    names: set[str] = set()
+    for record in records:
+        try:
+            value = orjson.loads(record.value or b"")
+        except Exception:  # noqa: S112 - the decoder dead-letters what does not parse
+            continue
+        if not isinstance(value, dict):
+            continue
+        features = value.get(schema.features_field)
+        if not isinstance(features, dict):
+            continue
+        for name, number in features.items():
+            if isinstance(number, int | float) and not isinstance(number, bool) and _utf8(name):
+                names.add(name)
+    return tuple(sorted(names)[: schema.max_auto_features])
+
+
+class Processor:
+    """Owns the partition tasks of this process and runs batches through them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        metrics: Metrics,
+        on_scored: ScoredCallback | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_scored = on_scored
+        self._sink = sink
+        self._metrics = metrics
+        self._features: tuple[str, ...] | None = None
+        self._waiting: set[TopicPartition] = set()  # assigned before features were known
+        self._decoder: Decoder | None = None
+        self._pipeline = build_pipeline(settings)
+        self._prototypes: dict[str, Model] = {}
+        self._max_dead_letter_value = dead_letter_value_limit(settings.schema_.max_message_bytes)
+        self.tasks: dict[TopicPartition, PartitionTask] = {}
+        if settings.schema_.features != "auto":
+            self._fix_features(settings.schema_.features)
+        self.assignments = 0
+        # Read by the lag thread: each is replaced, never mutated, so a reader always
+        # sees a consistent snapshot without a lock.
+        self.owned: frozenset[TopicPartition] = frozenset()
+        self.positions: Mapping[TopicPartition, int] = {}
+        metrics.watch_scores(self.pooled_scores)
+        metrics.watch_coverage(self.pooled_coverage)
+
+    @property
+    def features(self) -> tuple[str, ...] | None:
+        """The exogenous features models use (None until ``auto`` discovered them)."""
+        return self._features
+
+    def _fix_features(self, names: tuple[str, ...]) -> None:
+        """Fix the exogenous features, then build the decoder and the models."""
+        self._features = names
+        schema = self._settings.schema_.model_copy(update={"features": names})
+        self._decoder = Decoder(schema, self._settings.forecast.max_future_skew_s)
+        self._pipeline = build_pipeline(self._settings, names)
+        self._prototypes = build_prototypes(self._settings, self._pipeline)
+        for tp in sorted(self._waiting):
+            self.tasks[tp] = self._new_task(tp)
+        self._waiting.clear()
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp in self.tasks:
+                continue
+            if self._decoder is None:  # features not discovered yet: no models to build
+                self._waiting.add(tp)
+            else:
+                self.tasks[tp] = self._new_task(tp)
+        self.assignments += 1
+        self.owned = frozenset(self.tasks) | frozenset(self._waiting)
+        self._metrics.assigned.set(len(self.tasks))
+        log.info("assigned %s; now own %d partitions", list(partitions), len(self.tasks))
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self._waiting.discard(tp)
+            if self.tasks.pop(tp, None) is not None:
+                with contextlib.suppress(KeyError):  # no lag reported yet
+                    self._metrics.lag.remove(tp[0], str(tp[1]))
+        self.owned = frozenset(self.tasks)
+        self.positions = {tp: o for tp, o in self.positions.items() if tp in self.tasks}
+        self._metrics.assigned.set(len(self.tasks))
+        self._metrics.active_series.set(self.active_series)
+        log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
+
+    @property
+    def active_series(self) -> int:
+        return sum(task.active_series for task in self.tasks.values())
+
+    def pooled_coverage(self) -> dict[str, tuple[CoverageStats, CoverageStats]]:
+        pooled: dict[str, tuple[CoverageStats, CoverageStats]] = {}
+        for task in list(self.tasks.values()):
+            for name, (total, rolling) in task.coverage().items():
+                old_total, old_rolling = pooled.get(name, (CoverageStats(), CoverageStats()))
+                pooled[name] = (old_total.merge(total), old_rolling.merge(rolling))
+        return pooled
+
+    def pooled_scores(self) -> dict[str, tuple[ScoreStats, ScoreStats]]:
+        pooled: dict[str, tuple[ScoreStats, ScoreStats]] = {
+            m.name: (ScoreStats(), ScoreStats()) for m in self._settings.models
+        }
+        for task in list(self.tasks.values()):
+            for name, (total, rolling) in task.scores().items():
+                pooled_total, pooled_rolling = pooled[name]
+                pooled[name] = (pooled_total.merge(total), pooled_rolling.merge(rolling))
+        return pooled
+
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        """Decode, process per partition task, and send every output to the sink."""
+        self._metrics.consumed.inc(len(records))
+        self._metrics.batches.inc()
+        if self._decoder is None:
+            names = discover_features(records, self._settings.schema_)
+            log.info("schema.features: auto: using %s", list(names) or "no exogenous features")
+            self._fix_features(names)
+        decoder = self._decoder
+        if decoder is None:  # unreachable: _fix_features just built it
+            raise RuntimeError("no decoder after feature discovery")
+        offsets: dict[TopicPartition, int] = {}
+        predictions: list[Prediction] = []
+        dead = 0
+        for tp, group in _by_partition(records).items():
+            events: list[Event] = []
+            invalid: list[Invalid] = []
+            for record in group:
+                decoded = decoder.decode(record)
+                if isinstance(decoded, Invalid):
+                    invalid.append(decoded)
+                else:
+                    events.append(decoded)
+            if self._features is not None and events:
+                self._count_ignored(events)
+            task = self.tasks.get(tp)
+            if task is None:  # records of a partition we were never told about
+                task = self.tasks[tp] = self._new_task(tp)
+                self.owned = frozenset(self.tasks)
+            output = self._guarded(task, events)
+            invalid.extend(output.invalid)
+            sent = self._send_predictions(output.predictions, events, invalid)
+            self._send_dead_letters(invalid)
+            predictions.extend(sent)
+            dead += len(invalid)
+            offsets[tp] = group[-1].offset + 1
+        self._cap_keys()
+        self.positions = {**self.positions, **offsets}
+        self._metrics.active_series.set(self.active_series)
+        return BatchResult(offsets, predictions, dead)
+
+    def _guarded(self, task: PartitionTask, events: list[Event]) -> TaskOutput:
+        """``task.process(events)``; if that raises, the events one at a time, and
+        each event that raises alone is dead-lettered as ``internal_error``."""
+        try:
+            return task.process(events)
+        except Exception as exc:
+            log.error(
+                "partition %s:%d: a batch of %d events raised %s; retrying one by one",
+                task.topic,
+                task.partition,
+                len(events),
+                type(exc).__name__,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+        predictions: list[Prediction] = []
+        invalid: list[Invalid] = []
+        for event in events:
+            try:
+                output = task.process([event])
+            except Exception as exc:
+                invalid.append(Invalid("internal_error", type(exc).__name__, event.record))
+                continue
+            predictions.extend(output.predictions)
+            invalid.extend(output.invalid)
+        return TaskOutput(predictions, invalid)
+
+    def _cap_keys(self) -> None:
+        """``forecast.max_keys`` for the whole process: the least recently seen keys of
+        all tasks go first, so a flood of new keys on one partition cannot push the
+        process past its memory (README "Memory per key")."""
+        excess = self.active_series - self._settings.forecast.max_keys
+        if excess <= 0:
+            return
+        heap = []
+        for tp, task in self.tasks.items():
+            oldest = task.least_recent()
+            if oldest is not None:
+                heap.append((oldest[0], tp))
+        heapq.heapify(heap)
+        while excess > 0 and heap:
+            _, tp = heapq.heappop(heap)
+            task = self.tasks[tp]
+            oldest = task.least_recent()
+            if oldest is None:
+                continue
+            task.forget(oldest[1])
+            excess -= 1
+            following = task.least_recent()
+            if following is not None:
+                heapq.heappush(heap, (following[0], tp))
+
+    def _count_ignored(self, events: list[Event]) -> None:
+        """Count feature names outside the fixed list (``auto`` mode only: an explicit
+        list ignores extra names by design)."""
+        if self._settings.schema_.features != "auto":
+            return
+        ignored = sum(event.ignored for event in events)
+        if ignored:
+            self._metrics.ignored_features.inc(ignored)
+
+    def acknowledged(self, result: BatchResult) -> None:
+        """Account for a batch whose outputs the sink has confirmed."""
+        now = time.monotonic()
+        latency = self._metrics.latency
+        produced: dict[str, int] = {}
+        for prediction in result.predictions:
+            latency.observe(now - prediction.consumed_at)
+            produced[prediction.model] = produced.get(prediction.model, 0) + 1
+        for model, count in produced.items():
+            self._metrics.produced.labels(model).inc(count)
+
+    def record_lag(self, lags: Mapping[TopicPartition, int]) -> None:
+        for (topic, partition), lag in lags.items():
+            if (topic, partition) in self.owned:
+                self._metrics.lag.labels(topic, str(partition)).set(lag)
+
+    def _new_task(self, tp: TopicPartition) -> PartitionTask:
+        return PartitionTask(
+            tp[0],
+            tp[1],
+            self._settings,
+            self._prototypes,
+            self._pipeline,
+            self._metrics,
+            self._on_scored,
+        )
+
+    def _send_predictions(
+        self, predictions: list[Prediction], events: list[Event], invalid: list[Invalid]
+    ) -> list[Prediction]:
+        """Encode and send each prediction; returns those sent. A prediction that
+        cannot be encoded dead-letters its input record (``internal_error``, once)."""
+        topic = self._settings.kafka.output_topic
+        produced_at = time.time_ns() // 1_000_000
+        sent: list[Prediction] = []
+        failed: set[str] = set()
+        for prediction in predictions:
+            try:
+                key, value = prediction.key.encode(), prediction.to_json(produced_at)
+            except Exception as exc:
+                record = next(
+                    (e.record for e in events if e.record.source == prediction.source), None
+                )
+                if record is not None and prediction.source not in failed:
+                    failed.add(prediction.source)
+                    invalid.append(Invalid("internal_error", type(exc).__name__, record))
+                continue
+            self._sink.send(topic, key, value)
+            sent.append(prediction)
+        return sent
+
+    def _send_dead_letters(self, invalid: list[Invalid]) -> None:
+        topic = self._settings.kafka.dead_letter_topic
+        for item in invalid:
+            self._metrics.invalid.labels(item.reason).inc()
+            letter = dead_letter(item, self._max_dead_letter_value)
+            self._sink.send(topic, letter.key, letter.value, letter.headers)
+
+
+def producer_request_limit(settings: Settings) -> int:
+    """The producer's ``max_request_size``: ``schema.max_message_bytes`` plus room
+    (a dead letter is cut to fit in ``max_message_bytes`` with its key and headers;
+    the room is a margin for framing, never needed by a prediction)."""
+    return settings.schema_.max_message_bytes + DEAD_LETTER_OVERHEAD_BYTES
+
+
+def _utf8(name: str) -> bool:
+    """Whether ``name`` encodes as UTF-8 (a lone surrogate does not)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _by_partition(records: Sequence[RawRecord]) -> dict[TopicPartition, list[RawRecord]]:
+    groups: dict[TopicPartition, list[RawRecord]] = {}
+    for record in records:
+        groups.setdefault((record.topic, record.partition), []).append(record)
+    return groups

@@ -1,0 +1,218 @@
+"""Each key's seasons and spacing: what its seasonal lags and calendar features mean.
+
+Spacing. A key's typical time between events is the geometric mean of its first
+:data:`SPACING_GAPS` gaps (robust to a weekend or an outage, and frozen after that, so
+the same key always gets the same calendar features whatever the batching). Calendar
+features (hour of day, day of week, day of year) are only meaningful for keys that
+tick well within the cycle; :func:`calendar_mask` says which.
+
+Seasons. ``forecast.seasonal_periods`` fixes up to two periods (in events) for every
+key. Otherwise each key's own are detected from its history (:func:`detect`) when it
+has seen :data:`FIRST_DETECTION` values, again at twice and four times that, and then
+every half history: the candidates are the calendar periods its spacing implies (a
+day, a week and a year in events, where they fit in its history) and the strongest
+autocorrelation peak; a candidate ``p`` is kept when the history holds two cycles of
+it, the autocorrelation of the detrended history has a local maximum of at least
+:data:`MIN_CORRELATION` there, and the series repeats: its differences over ``p``
+events are smaller than over ``p/2`` (mean squares at most :data:`MAX_DIP` times), which
+a random walk's or a mean-reverting process's never are, since theirs only grow with
+the lag. A random walk's
+autocorrelation decays without peaks, so prices get no season; an hourly load gets
+24 and 168. The two strongest kept periods, strongest first, are the key's seasons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+SPACING_GAPS = 32
+FIRST_DETECTION = 48
+MAX_DIP = 0.65
+MIN_CORRELATION = 0.2
+MAX_SEASONS = 2
+_DAY_S = 86_400.0
+_CYCLES_S = (_DAY_S, 7 * _DAY_S, 365.2425 * _DAY_S)
+
+
+def detection_due(count_after: IntArray, history: int) -> npt.NDArray[np.bool_]:
+    """Whether a key whose value count just became ``count_after`` re-detects now.
+
+    >>> detection_due(np.array([47, 48, 96, 192, 200, 400, 600]), history=400).tolist()
+    [False, True, True, True, False, True, True]
+    """
+    first = min(FIRST_DETECTION, history)
+    early = (count_after == first) | (count_after == 2 * first) | (count_after == 4 * first)
+    half = max(history // 2, 1)
+    later = (count_after >= history) & ((count_after - history) % half == 0)
+    return np.asarray((early & (count_after <= history)) | later)
+
+
+def detect(values: FloatArray, spacing_s: float) -> list[int]:
+    """The key's seasons (events), strongest first, from its history (oldest first).
+
+    >>> t = np.arange(200)
+    >>> detect(np.sin(2 * np.pi * t / 24) + 0.01 * np.cos(t), spacing_s=3600.0)
+    [24]
+    >>> walk = np.cumsum(np.random.default_rng(0).normal(size=200))
+    >>> detect(walk, spacing_s=86400.0)
+    []
+    """
+    v = values[np.isfinite(values)]
+    n = len(v)
+    if n < 16:
+        return []
+    t = np.arange(n, dtype=np.float64)
+    slope, intercept = np.polyfit(t, v, 1)
+    r = v - (slope * t + intercept)
+    var = float(np.dot(r, r))
+    if var <= 1e-12 * max(1.0, float(np.dot(v, v))):
+        return []
+    size = 1 << (2 * n - 1).bit_length()
+    spectrum = np.fft.rfft(r, size)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), size)[:n] / var
+    longest = n - 8  # at least 8 pairs behind a correlation
+    candidates = set()
+    if math.isfinite(spacing_s) and spacing_s > 0:
+        for cycle in _CYCLES_S:
+            p = round(cycle / spacing_s)
+            if 2 <= p <= longest:
+                candidates.add(p)
+    half = n // 2
+    if half > 3:
+        scores = [(_prominence(acf, p), p) for p in range(2, half)]
+        best = max(scores)
+        if best[0] > 0:
+            candidates.add(best[1])
+    snapped = {_snap(acf, p) for p in candidates}
+    kept = sorted(
+        (
+            (1.0 - _dip(v, p), p)
+            for p in snapped
+            if n >= 2 * p + 8 and acf[p] >= MIN_CORRELATION and _prominence(acf, p) > 0
+        ),
+        reverse=True,
+    )
+    seasons: list[int] = []
+    for prominence, p in kept:
+        if prominence < 1.0 - MAX_DIP or any(abs(p - q) <= 2 for q in seasons):
+            continue
+        seasons.append(p)
+        if len(seasons) == MAX_SEASONS:
+            break
+    return seasons
+
+
+def _dip(v: FloatArray, p: int) -> float:
+    """``mean((y_t - y_{t-p})^2) / mean((y_t - y_{t-p/2})^2)``: well below 1 where the
+    series repeats every ``p`` (in phase) and not every ``p/2`` (out of phase); a
+    random walk's or an AR process's squared differences only grow with the lag."""
+    half = max(p // 2, 1)
+    full = v[p:] - v[:-p]
+    anti = v[half:] - v[:-half]
+    denominator = float(np.mean(anti * anti))
+    if denominator <= 0:
+        return 1.0
+    return float(np.mean(full * full)) / denominator
+
+
+def _snap(acf: FloatArray, p: int) -> int:
+    """``p`` moved to the highest correlation within one event of it (a calendar
+    period in events is rounded; the series' own peak may sit next to it)."""
+    low = max(p - 1, 2)
+    return low + int(np.argmax(acf[low : min(p + 2, len(acf))]))
+
+
+def _prominence(acf: FloatArray, p: int) -> float:
+    """How far the correlation at ``p`` stands above the lowest one between ``p/2``
+    and ``p``; 0 if ``p`` is not a local maximum."""
+    peak = float(acf[p])
+    if peak < float(acf[p - 1]) or (p + 1 < len(acf) and float(acf[p + 1]) > peak):
+        return 0.0
+    trough = float(np.min(acf[max(p // 2, 1) : p + 1]))
+    return peak - trough
+
+
+def calendar_mask(spacing_s: FloatArray) -> npt.NDArray[np.bool_]:
+    """``(n, 3)``: whether hour-of-day, day-of-week and day-of-year features mean
+    something for keys of this spacing (at least four events per cycle; NaN spacing,
+    a young key, gets none).
+
+    >>> calendar_mask(np.array([3600.0, 86400.0, 7 * 86400.0, np.nan])).tolist()
+    [[True, True, True], [False, True, True], [False, False, True], [False, False, False]]
+    """
+    cycles = np.array(_CYCLES_S)
+    with np.errstate(invalid="ignore"):
+        mask: npt.NDArray[np.bool_] = spacing_s[:, None] * 4 <= cycles[None, :]
+    return mask
+
+
+class SeasonBook:
+    """Per-slot spacing, seasons and unit of one task's keys (slots as in
+    :class:`~service.pipeline.windows.WindowStore`). The unit, the spread of the key's changes
+    as of its last predicted row (NaN until it has one), is what outliers are judged
+    by."""
+
+    def __init__(self, fixed: tuple[int, ...] = ()) -> None:
+        self._fixed = fixed
+        self.gap_log_sum = np.zeros(0)
+        self.gaps = np.zeros(0, dtype=np.int64)
+        self.periods = np.zeros((0, MAX_SEASONS), dtype=np.intp)  # 0 = none
+        self.units = np.zeros(0)
+
+    def ensure(self, capacity: int) -> None:
+        """Grow the per-slot arrays to ``capacity`` slots."""
+        old = len(self.gaps)
+        if capacity <= old:
+            return
+        extra = capacity - old
+        self.gap_log_sum = np.concatenate([self.gap_log_sum, np.zeros(extra)])
+        self.gaps = np.concatenate([self.gaps, np.zeros(extra, dtype=np.int64)])
+        self.periods = np.concatenate([self.periods, self._fresh(extra)])
+        self.units = np.concatenate([self.units, np.full(extra, np.nan)])
+
+    def reset(self, slots: list[int]) -> None:
+        """Forget evicted keys: their slots start afresh."""
+        if slots:
+            index = np.asarray(slots, dtype=np.intp)
+            self.gap_log_sum[index] = 0.0
+            self.gaps[index] = 0
+            self.periods[index] = self._fresh(len(index))
+            self.units[index] = np.nan
+
+    def _fresh(self, n: int) -> npt.NDArray[np.intp]:
+        periods = np.zeros((n, MAX_SEASONS), dtype=np.intp)
+        for i, p in enumerate(self._fixed[:MAX_SEASONS]):
+            periods[:, i] = p
+        return periods
+
+    def spacing(self, slots: IntArray) -> FloatArray:
+        """Seconds between events per slot; NaN until :data:`SPACING_GAPS` gaps seen."""
+        gaps = self.gaps[slots]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spacing: FloatArray = np.where(
+                gaps >= SPACING_GAPS, np.exp(self.gap_log_sum[slots] / np.maximum(gaps, 1)), np.nan
+            )
+        return spacing
+
+    def observe_gaps(self, slots: IntArray, gap_s: FloatArray) -> None:
+        """Add events' gaps to their keys' first :data:`SPACING_GAPS` (in event order;
+        NaN for a key's first event)."""
+        finite = np.isfinite(gap_s)
+        if not finite.any():
+            return
+        slots, gap_s = slots[finite], gap_s[finite]
+        order = np.argsort(slots, kind="stable")
+        sorted_slots = slots[order]
+        first = np.r_[True, sorted_slots[1:] != sorted_slots[:-1]]
+        start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
+        rank = np.arange(len(order)) - start  # position among its key's gaps here
+        take = self.gaps[sorted_slots] + rank < SPACING_GAPS
+        logs = np.log(np.maximum(gap_s[order], 1e-3))
+        np.add.at(self.gap_log_sum, sorted_slots[take], logs[take])
+        np.add.at(self.gaps, sorted_slots[take], 1)

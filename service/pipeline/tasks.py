@@ -1,0 +1,796 @@
+"""A partition task: everything forecastd knows that was learned from one partition.
+
+Like a Kafka Streams task, each input partition owns its state: per-key histories,
+seasons and spacing, the predictions waiting for their true value, the feature scaler,
+the models, the ensemble's per-key weights, the interval state, scores and drift
+detectors. When a partition moves to another replica its task moves (or is dropped)
+whole, so state of two partitions is never mixed.
+
+One call of :meth:`PartitionTask.process` handles one poll of a partition's events,
+in offset order:
+
+1. per event, in Python only what must be sequential: the out-of-order check, which
+   pending prediction this event is the true value of (horizon ``h >= 1``: the one
+   made ``h`` events earlier for the same key), and queueing its own;
+2. every value pushed into its key's history, spacing and seasons updated, one
+   feature computation for all new rows (NumPy, per poll);
+3. every model works through the poll in event order (:class:`~models.base.Plan`):
+   it predicts each row after learning every value that arrived before it, never one
+   that arrived after. The ensemble then combines its members row by row, and the
+   intervals are set row by row, in the same order;
+4. every resolved prediction is scored (all models) and fed to the drift detectors.
+
+So every prediction is made before any model learned the value it predicts, and
+after it learned all earlier ones (test-then-train, event by event, exactly as
+River's ``progressive_val_score``), whatever the poll size: a backlog drained 1,000
+records at a time gives the numbers a live trickle gives. Only ``torch.*`` models
+learn in optimizer steps of ``learn_every`` rows, so their predictions may miss up to
+``learn_every - 1`` of the latest values. With ``h = 0`` the prediction of an event
+uses only earlier events' values and the event's exogenous features. With ``target:
+change`` and ``h = 0`` the first event of a key has no previous value to change from:
+it only seeds the history and gets no prediction.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from models.base import FeatureBatch, FloatArray, Model, Plan, run_plan
+from models.ensemble import EnsembleParams, Hedge
+from service.config import ModelSettings, Settings
+from service.pipeline.drift import DriftMonitor
+from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
+from service.pipeline.intervals import Coverage, CoverageStats, Intervals
+from service.pipeline.scoring import LARGEST, Scorer, ScoreStats
+from service.pipeline.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
+from service.pipeline.windows import WindowStore
+from service.records import Event, Invalid, Prediction
+from service.runtime.metrics import Metrics
+
+ScoredCallback = Callable[[str, FloatArray, FloatArray], None]
+"""Called with (model name, true values, predictions) for every scored batch."""
+
+IntArray = npt.NDArray[np.intp]
+_NO_TS = np.iinfo(np.int64).min
+
+
+def _empty(*shape: int) -> FloatArray:
+    return np.empty(shape)
+
+
+@dataclass(eq=False, slots=True)
+class _Rows:
+    """The rows one poll predicted (every model), kept while any waits for its truth.
+
+    Pending predictions are references ``(rows, index)`` into these arrays rather than
+    an object per event: a poll's rows are gathered with one fancy index each.
+    ``outputs`` are in learning-target space, ``halves`` the published interval
+    half-widths in key units (NaN: none).
+    """
+
+    keys: list[str] = field(default_factory=list)
+    slots: IntArray = field(default_factory=lambda: np.empty(0, np.intp))
+    window: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, W)
+    x: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, F)
+    offset: FloatArray = field(default_factory=lambda: _empty(0))  # (n,)
+    scale: FloatArray = field(default_factory=lambda: _empty(0))  # (n,)
+    seasonal: FloatArray = field(default_factory=lambda: _empty(0))  # (n,)
+    outputs: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
+    halves: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
+    mature: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def levels(self, column: int) -> FloatArray:
+        """Model ``column``'s outputs in the original scale."""
+        out: FloatArray = self.offset + self.scale * self.outputs[:, column]
+        return out
+
+    def batch(self, names: Sequence[str]) -> FeatureBatch:
+        return FeatureBatch(
+            self.x, self.window, self.offset, self.keys, names, self.scale, self.seasonal
+        )
+
+
+_Ref = tuple[_Rows, int]
+STATS_SPAN = 128
+"""Newest values of a key whose statistics are features (its unit, where its level
+stands): enough for a stable spread, and a fraction of the cost of the whole history,
+which only season detection reads."""
+OUTPUT_LIMIT = 30.0
+"""With ``target: change``, learning targets and model outputs are clipped to this many
+key units (typical changes): a jump of more than that is learned as that much (as a
+Huber loss would), so a key that was flat for a while and then moves cannot hand the
+models targets in the millions, and a young or diverging model's wild output never
+reaches a published prediction."""
+MATURE_VALUES = 4
+"""Values a key's history needs before its rows are learned from: with fewer, its unit
+(the spread of its changes) is a guess, and a target in a guessed unit can be off by
+orders of magnitude. Such rows are predicted, published and scored, not learned."""
+_COMPACT_EVERY = 64  # polls between checks of what waiting rows keep alive
+_COMPACT_SLACK = 4096  # rows kept beyond twice the waiting ones before compacting
+
+
+class _Gather:
+    """Reads referenced rows out of the few polls' arrays they live in, in ``refs``
+    order: each poll's arrays are concatenated once and indexed once per field."""
+
+    def __init__(self, refs: list[_Ref]) -> None:
+        self.sources = list(dict.fromkeys(rows for rows, _ in refs))
+        starts, start = {}, 0
+        for rows in self.sources:
+            starts[id(rows)] = start
+            start += len(rows)
+        self.index = np.fromiter((starts[id(rows)] + row for rows, row in refs), np.intp, len(refs))
+        self.keys = [rows.keys[row] for rows, row in refs]
+
+    def __call__(self, part: Callable[[_Rows], npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:
+        sources = self.sources
+        whole = (
+            part(sources[0]) if len(sources) == 1 else np.concatenate([part(r) for r in sources])
+        )
+        return whole[self.index]
+
+    def floats(self, part: Callable[[_Rows], FloatArray]) -> FloatArray:
+        out: FloatArray = self(part).astype(np.float64, copy=False)
+        return out
+
+    def rows(self) -> _Rows:
+        """The referenced rows as one new set of arrays."""
+        return _Rows(
+            list(self.keys),
+            self(lambda r: r.slots).astype(np.intp, copy=False),
+            self.floats(lambda r: r.window),
+            self.floats(lambda r: r.x),
+            self.floats(lambda r: r.offset),
+            self.floats(lambda r: r.scale),
+            self.floats(lambda r: r.seasonal),
+            self.floats(lambda r: r.outputs),
+            self.floats(lambda r: r.halves),
+            self(lambda r: r.mature).astype(np.bool_, copy=False),
+        )
+
+
+@dataclass(slots=True)
+class _ModelSlot:
+    name: str
+    model: Model | None  # None: an ensemble, combined by the task
+    scorer: Scorer
+    drift: DriftMonitor
+    published: bool
+    members: list[int] = field(default_factory=list)  # ensemble: member columns
+    hedge: Hedge | None = None
+    intervals: Intervals | None = None
+    coverage: Coverage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    """What one poll produced: predictions to publish and records to dead-letter."""
+
+    predictions: list[Prediction]
+    invalid: list[Invalid]
+
+
+class PartitionTask:
+    """State and processing for one input partition."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        settings: Settings,
+        prototypes: Mapping[str, Model],
+        pipeline: FeaturePipeline,
+        metrics: Metrics,
+        on_scored: ScoredCallback | None = None,
+    ) -> None:
+        self.topic = topic
+        self._on_scored = on_scored
+        self.partition = partition
+        forecast = settings.forecast
+        self._horizon = forecast.horizon
+        self._change = forecast.target == "change"
+        self._window = forecast.window
+        self._calendar = forecast.calendar
+        self._detect = not forecast.seasonal_periods
+        self._reject_out_of_order = forecast.out_of_order == "dlq"
+        self._shrink = settings.drift.shrink if settings.drift.action == "shrink" else 1.0
+        self._pipeline = pipeline
+        self._metrics = metrics
+        self._windows = WindowStore(forecast.kept, forecast.key_ttl_s, forecast.max_keys)
+        self._recent = min(forecast.kept, max(forecast.window, STATS_SPAN))
+        self._seasons = SeasonBook(forecast.seasonal_periods)
+        self._scaler = RunningScaler(len(pipeline.names))
+        self._pending: dict[str, deque[_Ref]] = {}
+        self._batches = 0
+        names = [m.name for m in settings.models]
+        self._slots = [self._slot(m, settings, prototypes, names) for m in settings.models]
+        self._base = [i for i, s in enumerate(self._slots) if s.model is not None]
+        self._combined = [i for i, s in enumerate(self._slots) if s.model is None]
+        self._primary_first = sorted(
+            range(len(self._slots)), key=lambda i: not settings.models[i].primary
+        )
+        self.seeded_only = 0
+        self._outliers = forecast.outliers
+        self._outlier_threshold = forecast.outlier_threshold
+        self._outlier_patience = forecast.outlier_patience
+        # keys whose last values were outliers: how many in a row, and the unit they
+        # were judged by (the outliers themselves must not widen the bound)
+        self._strikes: dict[str, tuple[int, float]] = {}
+
+    @staticmethod
+    def _slot(
+        config: ModelSettings,
+        settings: Settings,
+        prototypes: Mapping[str, Model],
+        names: list[str],
+    ) -> _ModelSlot:
+        scoring = settings.scoring
+        published = config.primary or config.publish
+        slot = _ModelSlot(
+            name=config.name,
+            model=None if config.kind == "ensemble" else prototypes[config.name].clone(),
+            scorer=Scorer(scoring.rolling_window),
+            drift=DriftMonitor(settings.drift),
+            published=published,
+        )
+        if config.kind == "ensemble":
+            members = settings.members(config)
+            slot.members = [names.index(m) for m in members]
+            slot.hedge = Hedge(len(members), EnsembleParams.model_validate(config.params))
+        slot.intervals = Intervals(
+            scoring.interval_coverage, scoring.interval_min_samples, scoring.rolling_window
+        )
+        slot.coverage = Coverage(scoring.rolling_window)
+        return slot
+
+    @property
+    def active_series(self) -> int:
+        return len(self._windows)
+
+    def scores(self) -> dict[str, tuple[ScoreStats, ScoreStats]]:
+        """Per model: (since-start stats, rolling stats) of this task."""
+        return {s.name: (s.scorer.total, s.scorer.rolling()) for s in self._slots}
+
+    def coverage(self) -> dict[str, tuple[CoverageStats, CoverageStats]]:
+        """Per published model: (since-start, rolling) interval coverage of this task."""
+        out = {}
+        for s in self._slots:
+            if s.published and s.coverage is not None:
+                out[s.name] = (s.coverage.total(), s.coverage.rolling())
+        return out
+
+    # -- one poll -----------------------------------------------------------------------
+
+    def process(self, events: Sequence[Event]) -> TaskOutput:
+        self._evict()
+        invalid: list[Invalid] = []
+        pushed: list[Event] = []  # every accepted event: its value enters the history
+        slots: list[int] = []
+        seen: list[int] = []  # per event: its key's values pushed in this poll before it
+        predicted: list[int] = []  # positions (in ``pushed``) of events that get a prediction
+        refs: list[_Ref] = []  # predictions resolved by this poll, in event order
+        resolved_at: list[int] = []  # position of the event that resolved each
+        truth: list[float] = []
+        rows = _Rows()  # this poll's predictions, filled below
+        batch_counts: dict[int, int] = {}
+        newest: dict[str, int] = {}
+        last_y: dict[str, float] = {}  # each key's newest accepted value in this poll
+        latest: int | None = None
+        windows, horizon = self._windows, self._horizon
+        suspect, unit_at = self._suspects(events)
+        strikes = self._strikes
+        for number, event in enumerate(events):
+            if self._reject_out_of_order:
+                known = windows.peek(event.key)
+                latest = newest.get(event.key)
+                if latest is None and known is not None:
+                    latest = windows.newest_ts(known)
+                if latest is not None and event.ts_ms < latest:
+                    detail = f"event time {event.ts_ms} is older than the key's newest {latest}"
+                    invalid.append(Invalid("out_of_order", detail, event.record))
+                    continue
+            if suspect[number] or (strikes and event.key in strikes):
+                checked = self._check_outlier(event, last_y, float(unit_at[number]))
+                if checked is None:
+                    invalid.append(Invalid("outlier", self._outlier_detail(event), event.record))
+                    continue
+                event = checked
+            if self._reject_out_of_order:
+                newest[event.key] = event.ts_ms if latest is None else max(latest, event.ts_ms)
+            last_y[event.key] = event.y
+            slot = windows.slot(event.key)
+            position = batch_counts.get(slot, 0)
+            batch_counts[slot] = position + 1
+            here = len(pushed)
+            pushed.append(event)
+            slots.append(slot)
+            seen.append(position)
+            if horizon == 0:
+                if self._change and windows.count(slot) + position == 0:
+                    self.seeded_only += 1  # nothing to change from: it only seeds
+                    continue
+                refs.append((rows, len(predicted)))
+                resolved_at.append(here)
+                truth.append(event.y)
+            else:
+                queue = self._pending.setdefault(event.key, deque())
+                if len(queue) >= horizon:
+                    refs.append(queue.popleft())
+                    resolved_at.append(here)
+                    truth.append(event.y)
+                queue.append((rows, len(predicted)))
+            predicted.append(here)
+        if not pushed:
+            return TaskOutput([], invalid)
+        self._grow()
+        slot_index = np.asarray(slots, dtype=np.intp)
+        ts = np.fromiter((e.ts_ms for e in pushed), dtype=np.int64, count=len(pushed))
+        counts_before = windows.counts_of(slot_index)
+        self._observe_gaps(slot_index, ts)
+        histories = windows.push_many(
+            slot_index,
+            ts,
+            np.fromiter((e.y for e in pushed), dtype=np.float64, count=len(pushed)),
+            np.asarray(seen, dtype=np.intp) + (1 if horizon else 0),
+            columns=self._recent,
+        )
+        count_at = counts_before + np.asarray(seen) + 1  # values of the key up to each event
+        periods = self._periods(slot_index, count_at)
+        index = np.asarray(predicted, dtype=np.intp)
+        new = [pushed[i] for i in predicted]
+        self._fill(
+            rows,
+            index,
+            new,
+            slot_index[index],
+            histories[index],
+            ts[index],
+            count_at[index],
+            periods[index],
+        )
+        predictions = self._run(
+            rows, new, refs, np.asarray(truth), index, np.asarray(resolved_at, dtype=np.intp)
+        )
+        self._batches += 1
+        if self._batches % _COMPACT_EVERY == 0:
+            self._compact_pending()
+        return TaskOutput(predictions, invalid)
+
+    def _suspects(self, events: Sequence[Event]) -> tuple[list[bool], FloatArray]:
+        """Per event, whether :meth:`_check_outlier` must look at it: a value beyond
+        the bound from the value before it of its key in this poll (or in the store),
+        or of a key with strikes; and each event's key unit to judge it by (from the
+        store, or from the key's changes earlier in this poll). A vectorised pass, so
+        that the common case (nothing odd) costs little Python per event."""
+        ys = np.fromiter((e.y for e in events), dtype=np.float64, count=len(events))
+        huge = ~(np.abs(ys) <= LARGEST)
+        if self._outliers == "accept" or len(events) == 0:
+            only_huge: list[bool] = huge.tolist()
+            return only_huge, np.full(len(events), np.nan)
+        lookup = self._windows.peek
+        slot_of = np.fromiter(
+            ((-1 if (s := lookup(e.key)) is None else s) for e in events), np.intp, len(events)
+        )
+        known = slot_of >= 0
+        stored = np.full(len(events), np.nan)
+        units = np.full(len(events), np.nan)
+        for i in np.flatnonzero(known).tolist():
+            stored[i] = self._windows.last(int(slot_of[i]))
+        units[known] = self._seasons.units[slot_of[known]]
+        keys = [e.key for e in events]
+        order = sorted(range(len(events)), key=keys.__getitem__)  # stable: by key, in order
+        ys = np.clip(np.nan_to_num(ys), -1e150, 1e150)  # changes and squares stay finite
+        previous = stored.copy()
+        # a key's changes earlier in this poll, for keys the store cannot judge yet
+        count = np.zeros(len(events))
+        total = np.zeros(len(events))
+        squares = np.zeros(len(events))
+        for before, after in itertools.pairwise(order):
+            if keys[before] == keys[after]:
+                previous[after] = ys[before]
+                change = ys[before] - (
+                    previous[before] if np.isfinite(previous[before]) else ys[before]
+                )
+                seen = np.isfinite(previous[before])
+                count[after] = count[before] + seen
+                total[after] = total[before] + (change if seen else 0.0)
+                squares[after] = squares[before] + (change * change if seen else 0.0)
+        young = ~np.isfinite(units) & (count >= MATURE_VALUES)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            spread = np.sqrt(np.maximum(squares / count - (total / count) ** 2, 0.0))
+        units[young] = np.where(spread[young] > 0, spread[young], np.nan)
+        with np.errstate(invalid="ignore"):
+            far = np.abs(ys - previous) > self._outlier_threshold * units
+        flagged = huge | far  # (keys with strikes are checked in the loop, as they come)
+        out: list[bool] = flagged.tolist()
+        return out, units
+
+    def _check_outlier(self, event: Event, last_y: dict[str, float], unit: float) -> Event | None:
+        """The event as it enters the key's history (clipped under ``clip``), or None
+        to reject it (``forecast.outliers``)."""
+        if not abs(event.y) <= LARGEST:
+            return None
+        slot = self._windows.peek(event.key)
+        last = last_y.get(event.key)
+        if last is None and slot is not None:
+            last = self._windows.last(slot)
+        strikes, unit = self._strikes.get(event.key, (0, unit))
+        if last is None or not np.isfinite(last) or not np.isfinite(unit):
+            return event  # nothing to judge against yet
+        bound = self._outlier_threshold * float(unit)
+        if abs(event.y - last) <= bound:
+            self._strikes.pop(event.key, None)
+            return event
+        if strikes >= self._outlier_patience:  # a new level, not an outlier
+            self._strikes.pop(event.key, None)
+            return event
+        self._strikes[event.key] = (strikes + 1, unit)
+        if self._outliers == "clip":
+            return event._replace(y=last + bound if event.y > last else last - bound)
+        return None
+
+    def _outlier_detail(self, event: Event) -> str:
+        if not abs(event.y) <= LARGEST:
+            return f"|y| > {LARGEST:g}"
+        return (
+            f"further than {self._outlier_threshold:g} typical changes from the key's last"
+            " value (forecast.outliers)"
+        )
+
+    def _observe_gaps(self, slots: IntArray, ts: npt.NDArray[np.int64]) -> None:
+        """Each event's gap to its key's previous event, in seconds, into the spacing
+        estimate (NaN for a key's first event)."""
+        previous = self._windows.newest_of(slots).astype(np.float64)
+        previous[previous == float(_NO_TS)] = np.nan
+        order = np.argsort(slots, kind="stable")
+        grouped = slots[order]
+        before = np.empty(len(order))
+        before[order] = np.where(
+            np.r_[True, grouped[1:] != grouped[:-1]],
+            previous[order],
+            np.r_[np.nan, ts[order][:-1].astype(np.float64)],
+        )
+        self._seasons.observe_gaps(slots, (ts - before) / 1000.0)
+
+    def _periods(self, slots: IntArray, count_at: npt.NDArray[np.int64]) -> IntArray:
+        """Each event's key's seasons as of that event, re-detected where due."""
+        seasons = self._seasons
+        periods = seasons.periods[slots].copy()
+        if not self._detect:
+            return periods
+        due = np.flatnonzero(detection_due(count_at, self._windows.window))
+        if len(due) == 0:
+            return periods
+        spacing = seasons.spacing(slots)
+        for i in due.tolist():
+            whole = self._windows.read(np.array([i]), np.arange(-self._windows.window, 0))
+            found = detect(whole[0], float(spacing[i]))
+            new = np.zeros(periods.shape[1], dtype=np.intp)
+            new[: len(found)] = found
+            seasons.periods[slots[i]] = new
+            later = (slots == slots[i]) & (np.arange(len(slots)) > i)
+            periods[later] = new
+        return periods
+
+    def _fill(
+        self,
+        rows: _Rows,
+        positions: IntArray,
+        new: list[Event],
+        slots: IntArray,
+        histories: FloatArray,
+        ts: npt.NDArray[np.int64],
+        count_at: npt.NDArray[np.int64],
+        periods: IntArray,
+    ) -> None:
+        """Features of the new rows, into ``rows`` (outputs filled later)."""
+        n = len(new)
+        if n == 0:
+            rows.outputs = np.zeros((0, len(self._slots)))
+            rows.halves = np.zeros((0, len(self._slots)))
+            rows.mature = np.zeros(0, np.bool_)
+            return
+        spacing = self._seasons.spacing(slots)
+        spacing = np.where(count_at > SPACING_GAPS, spacing, np.nan)
+        if not self._calendar:
+            spacing = np.full(n, np.nan)
+        exogenous = np.stack([event.x for event in new])
+        offsets, valid = season_offsets(periods.reshape(-1), self._horizon, self._windows.window)
+        around = self._windows.read(np.repeat(positions, periods.shape[1]), offsets).reshape(
+            n, periods.shape[1], 3
+        )
+        seasons = np.where(valid.reshape(n, periods.shape[1], 3), around, np.nan)
+        computed = self._pipeline.compute(histories, exogenous, ts, spacing, periods, seasons)
+        rows.keys = [event.key for event in new]
+        rows.slots = slots
+        rows.window = histories[:, -self._window :]
+        rows.x = self._scaler.fit_transform(computed.raw)
+        rows.offset = histories[:, -1].copy() if self._change else np.zeros(n)
+        rows.scale = computed.scale
+        rows.seasonal = computed.seasonal
+        rows.outputs = np.zeros((n, len(self._slots)))
+        rows.halves = np.full((n, len(self._slots)), np.nan)
+        rows.mature = np.isfinite(histories).sum(axis=1) >= MATURE_VALUES
+        self._seasons.units[slots] = np.where(rows.mature, computed.unit, np.nan)
+
+    def _run(
+        self,
+        rows: _Rows,
+        new: list[Event],
+        refs: list[_Ref],
+        truth: FloatArray,
+        predicted_at: IntArray,
+        resolved_at: IntArray,
+    ) -> list[Prediction]:
+        """Every model through the poll in event order, then scores (module docstring)."""
+        names = self._pipeline.names
+        gather = _Gather(refs) if refs else None
+        learned = (
+            gather.rows()
+            if gather is not None
+            else _Rows(
+                slots=np.empty(0, np.intp),
+                window=np.empty((0, self._window)),
+                x=np.empty((0, len(names))),
+                offset=np.empty(0),
+                scale=np.empty(0),
+                seasonal=np.empty(0),
+                outputs=np.empty((0, len(self._slots))),
+                halves=np.empty((0, len(self._slots))),
+                mature=np.empty(0, np.bool_),
+            )
+        )
+        target = (truth - learned.offset) / learned.scale
+        if self._change:
+            target = np.clip(target, -OUTPUT_LIMIT, OUTPUT_LIMIT)
+        keep = np.flatnonzero(learned.mature & np.isfinite(target))  # rows that are learned
+        # An event first resolves an earlier prediction (h >= 1: its value is that
+        # prediction's truth, and in its own history), then is predicted; with h = 0
+        # it is predicted first, then resolves that very prediction.
+        if self._horizon == 0:
+            before = np.searchsorted(predicted_at, resolved_at, side="right").astype(np.intp)
+        else:
+            before = np.searchsorted(predicted_at, resolved_at, side="left").astype(np.intp)
+        plan = Plan(rows.batch(names), learned.batch(names).take(keep), target[keep], before[keep])
+        learn_slots, learn_target, learn_before = learned.slots[keep], target[keep], before[keep]
+        metrics = self._metrics
+        for column in self._base:
+            slot = self._slots[column]
+            model = slot.model
+            if model is None:
+                continue
+            updates, nonfinite = model.updates, _nonfinite(model)
+            out = np.asarray(run_plan(model, plan), dtype=np.float64)
+            out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+            if self._change:  # in key units: a change of 100 typical changes is no forecast
+                out = np.clip(out, -OUTPUT_LIMIT, OUTPUT_LIMIT)
+            rows.outputs[:, column] = out
+            metrics.updates.labels(slot.name).inc(model.updates - updates)
+            metrics.nonfinite.labels(slot.name).inc(_nonfinite(model) - nonfinite)
+        if gather is not None:
+            learned.outputs = gather.floats(lambda r: r.outputs)
+        drifts = {c: self._drift(c, truth, learned) for c in self._base}
+        leaders: dict[int, IntArray] = {}
+        for column in self._combined:
+            slot = self._slots[column]
+            hedge = slot.hedge
+            if hedge is None:
+                continue
+            members = slot.members
+            # a drift found at learn row j acts after the last learned row up to j
+            # Only a member whose errors fell is judged afresh: one whose errors rose
+            # loses weight through them anyway, and reviving it would hand a bad member
+            # weight it has not earned.
+            found = [
+                (int(np.searchsorted(keep, j, side="right")) - 1, m)
+                for m, c in enumerate(members)
+                if self._improving(c)
+                for j in drifts[c]
+            ]
+            combined, lead = hedge.run(
+                rows.slots,
+                rows.outputs[:, members],
+                learn_slots,
+                learned.outputs[keep][:, members],
+                learn_target,
+                learn_before,
+                sorted(f for f in found if f[0] >= 0) if self._shrink < 1.0 else (),
+                self._shrink,
+            )
+            rows.outputs[:, column] = combined
+            leaders[column] = lead
+            metrics.updates.labels(slot.name).inc(len(keep))
+            if gather is not None:
+                learned.outputs[:, column] = gather.floats(_column(lambda r: r.outputs, column))
+            drifts[column] = self._drift(column, truth, learned)
+        for column, slot in enumerate(self._slots):
+            metrics.predictions.labels(slot.name).inc(len(rows))
+            if not slot.published or slot.intervals is None:
+                continue
+            errors = np.abs(learn_target - learned.outputs[keep, column])
+            halves = gather.floats(_column(lambda r: r.halves, column)) if gather else np.empty(0)
+            rows.halves[:, column] = slot.intervals.run(
+                rows.slots, learn_slots, errors, halves[keep], learn_before
+            )
+            if gather is not None:
+                self._cover(slot, truth, learned, column, halves)
+        self._score(truth, learned)
+        return self._publishable(rows, new, leaders)
+
+    def _improving(self, column: int) -> bool:
+        """Whether the model's recent errors are below its errors since start."""
+        scorer = self._slots[column].scorer
+        return scorer.rolling().mae < scorer.total.mae
+
+    def _drift(self, column: int, truth: FloatArray, learned: _Rows) -> list[int]:
+        """Feed the column's absolute errors to its detectors; the learn rows after
+        which any of them confirmed a drift."""
+        slot = self._slots[column]
+        if len(truth) == 0:
+            return []
+        abs_err = np.abs(truth - learned.levels(column))
+        found: set[int] = set()
+        for detector, hits in slot.drift.update(abs_err, slot.scorer.total.mae).items():
+            if hits:
+                self._metrics.drift.labels(slot.name, detector).inc(len(hits))
+                found.update(hits)
+        return sorted(found)
+
+    def _cover(
+        self, slot: _ModelSlot, truth: FloatArray, learned: _Rows, column: int, halves: FloatArray
+    ) -> None:
+        has = np.isfinite(halves)
+        if not has.any() or slot.coverage is None:
+            return
+        y_hat = learned.levels(column)
+        half = np.minimum(halves * learned.scale, LARGEST)
+        covered = np.abs(truth - y_hat) <= half
+        slot.coverage.update(covered[has], 2.0 * half[has])
+
+    def _score(self, truth: FloatArray, learned: _Rows) -> None:
+        if len(truth) == 0:
+            return
+        metrics = self._metrics
+        for column, slot in enumerate(self._slots):
+            y_hat = learned.levels(column)
+            slot.scorer.update(truth, y_hat)
+            if self._on_scored is not None:
+                self._on_scored(slot.name, truth, y_hat)
+            abs_err = np.minimum(np.nan_to_num(np.abs(truth - y_hat), nan=0.0), LARGEST)
+            metrics.scored.labels(slot.name).inc(len(truth))
+            metrics.abs_error.labels(slot.name).inc(float(abs_err.sum()))
+            metrics.sq_error.labels(slot.name).inc(float(np.dot(abs_err, abs_err)))
+
+    def _publishable(
+        self, rows: _Rows, new: list[Event], leaders: dict[int, IntArray]
+    ) -> list[Prediction]:
+        predictions: list[Prediction] = []
+        if len(rows) == 0:
+            return predictions
+        for column in self._primary_first:
+            slot = self._slots[column]
+            if not slot.published:
+                continue
+            y_hat = rows.levels(column)
+            half = rows.halves[:, column] * rows.scale
+            bounded = np.isfinite(half)
+            lows = np.where(bounded, y_hat - half, np.nan).tolist()
+            highs = np.where(bounded, y_hat + half, np.nan).tolist()
+            lows = [None if v != v else v for v in lows]
+            highs = [None if v != v else v for v in highs]
+            lead: list[str | None] = [None] * len(rows)
+            if column in leaders:
+                member_names = [self._slots[m].name for m in slot.members]
+                lead = [member_names[i] for i in leaders[column].tolist()]
+                counts = np.bincount(leaders[column], minlength=len(member_names))
+                for name, count in zip(member_names, counts.tolist(), strict=True):
+                    if count:
+                        self._metrics.leads.labels(slot.name, name).inc(count)
+            version = self._version(slot)
+            horizon, name = self._horizon, slot.name
+            predictions.extend(
+                Prediction(
+                    event.key,
+                    event.ts_ms,
+                    horizon,
+                    value,
+                    low,
+                    high,
+                    name,
+                    version,
+                    event.record.source,
+                    event.record.consumed_at,
+                    leader,
+                )
+                for event, value, low, high, leader in zip(
+                    new, y_hat.tolist(), lows, highs, lead, strict=True
+                )
+            )
+        return predictions
+
+    def _version(self, slot: _ModelSlot) -> int:
+        """``model_version``: events the model learned from (an ensemble: events its
+        weights learned from)."""
+        if slot.model is not None:
+            return slot.model.updates
+        return slot.hedge.learned if slot.hedge is not None else 0
+
+    # -- state upkeep -------------------------------------------------------------------
+
+    def _per_key_state(self) -> list[SeasonBook | Hedge | Intervals]:
+        """Everything that keeps state per window-store slot (so per key)."""
+        owners: list[SeasonBook | Hedge | Intervals] = [self._seasons]
+        for slot in self._slots:
+            owners += [part for part in (slot.hedge, slot.intervals) if part is not None]
+        return owners
+
+    def _grow(self) -> None:
+        """Per-slot state sized to the window store's slots."""
+        for owner in self._per_key_state():
+            owner.ensure(self._windows.capacity)
+
+    def _compact_pending(self) -> None:
+        """Copy the waiting rows out of the polls they came from, when those polls hold
+        mostly resolved rows.
+
+        A poll's arrays live while any of its rows waits; a key that goes quiet would
+        otherwise keep its whole poll alive (on a stream with keys of very different
+        rates, most polls). This bounds what is kept to about twice what waits.
+        """
+        refs = [ref for queue in self._pending.values() for ref in queue]
+        kept = sum(len(rows) for rows in {id(r): r for r, _ in refs}.values())
+        if kept <= 2 * len(refs) + _COMPACT_SLACK:
+            return
+        rows = _Gather(refs).rows()
+        index = 0
+        for queue in self._pending.values():
+            for position in range(len(queue)):
+                queue[position] = (rows, index)
+                index += 1
+
+    def least_recent(self) -> tuple[float, str] | None:
+        """When this task's least recently seen key was seen, and the key."""
+        return self._windows.least_recent()
+
+    def forget(self, key: str) -> None:
+        """Evict ``key`` now (the process-wide key cap, see the processor)."""
+        self._forget([(key, self._windows.drop(key))])
+
+    def _evict(self) -> None:
+        self._forget(self._windows.evict_slots())
+
+    def _forget(self, evicted: list[tuple[str, int]]) -> None:
+        if not evicted:
+            return
+        slots = [slot for _, slot in evicted]
+        for key, _ in evicted:
+            self._pending.pop(key, None)
+            self._strikes.pop(key, None)
+        for owner in self._per_key_state():
+            owner.reset(slots)
+        self._metrics.evicted.inc(len(evicted))
+
+
+def _column(matrix: Callable[[_Rows], FloatArray], column: int) -> Callable[[_Rows], FloatArray]:
+    """Reads one model's column of a per-model matrix (outputs, halves) of a poll."""
+
+    def part(rows: _Rows) -> FloatArray:
+        out: FloatArray = matrix(rows)[:, column]
+        return out
+
+    return part
+
+
+def _nonfinite(model: Model) -> int:
+    """Non-finite events a model reports (``nonfinite_events``, torch models); 0 for
+    models that have no such guard."""
+    return int(getattr(model, "nonfinite_events", 0))

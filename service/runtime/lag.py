@@ -1,0 +1,146 @@
+"""Consumer lag and broker reachability, measured off the processing loop.
+
+The loop used to update ``forecastd_consumer_lag`` between batches, from its own
+consumer's fetch positions: a loop stuck in a broker call showed the last value
+(often 0) while records piled up. :class:`LagMonitor` is a thread with its own
+kafka-python consumer (KafkaConsumer is not thread-safe, so the loop's is never
+touched, whichever client the loop uses). Every ``kafka.lag_interval_s`` it:
+
+1. asks the cluster for its metadata (``topics()``, always a round trip): the
+   broker answers, so ``/readyz`` may say so (:meth:`LagMonitor.answered_within`);
+2. fetches once from each owned partition at the loop's position (the next offset
+   after its last processed batch, read from :attr:`Processor.positions`, else the
+   group's committed offset, else the beginning), which returns the partition's high
+   watermark. (A fetch, not ListOffsets: Tansu's ListOffsets answer is wrong.)
+3. sets the lag gauge to ``high watermark - position`` per owned partition, and
+   tells the watchdog how many records wait.
+
+When the broker does not answer, the gauge keeps its last values rather than
+dropping to 0, and ``/readyz`` turns 503 once ``metrics.ready_stale_s`` passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.structs import TopicPartition as KafkaTopicPartition
+
+from service.config import KafkaSettings
+from service.io.sources import TopicPartition, client_options
+from service.runtime.watchdog import Watchdog
+
+log = logging.getLogger(__name__)
+
+
+def lag_client(
+    settings: KafkaSettings, timeout_s: float, api_version: tuple[int, ...] | None = None
+) -> KafkaConsumer:
+    """A consumer for metadata, committed offsets and fetches; it names the group (to
+    read its committed offsets) but never subscribes, so it never joins it.
+
+    Constructing it bootstraps (raises ``NoBrokersAvailable`` when no broker answers
+    within ``timeout_s``), which makes it the start-up connection probe too.
+    """
+    timeout_ms = max(100, int(timeout_s * 1000))
+    return KafkaConsumer(
+        group_id=settings.group_id,  # for committed(); it never subscribes, never joins
+        enable_auto_commit=False,
+        client_id="forecastd-lag",
+        fetch_max_wait_ms=10,  # 0 makes Tansu answer no fetch at all
+        max_partition_fetch_bytes=65_536,
+        request_timeout_ms=max(timeout_ms, 1000),
+        bootstrap_timeout_ms=timeout_ms,
+        api_version=api_version,
+        **client_options(settings),
+    )
+
+
+class LagMonitor:
+    """Background lag gauge and reachability probe; see the module docstring."""
+
+    def __init__(
+        self,
+        client: Any,
+        owned: Callable[[], frozenset[TopicPartition]],
+        positions: Callable[[], Mapping[TopicPartition, int]],
+        record_lag: Callable[[Mapping[TopicPartition, int]], None],
+        watchdog: Watchdog,
+        interval_s: float,
+    ) -> None:
+        """``owned()`` and ``positions()`` return the processor's current snapshots;
+        ``record_lag(lags)`` sets the gauge."""
+        self._client = client
+        self._owned = owned
+        self._positions = positions
+        self._record_lag = record_lag
+        self._watchdog = watchdog
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._assigned: frozenset[TopicPartition] = frozenset()
+        self._last_answer: float | None = None
+        self._thread = threading.Thread(target=self._run, name="forecastd-lag", daemon=True)
+
+    def start(self) -> LagMonitor:
+        self._last_answer = time.monotonic()  # the connection probe just answered
+        self._thread.start()
+        return self
+
+    def answered_within(self, seconds: float) -> bool:
+        last = self._last_answer
+        return last is not None and time.monotonic() - last <= seconds
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self._client.close(autocommit=False, timeout_ms=int(timeout_s * 1000))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.update()
+            except Exception as exc:  # the broker is away: try again next interval
+                log.debug("lag update failed: %s", type(exc).__name__)
+
+    def update(self) -> None:
+        """One measurement (public for tests)."""
+        self._client.topics()
+        self._last_answer = time.monotonic()
+        owned = self._owned()
+        if not owned:
+            self._watchdog.waiting = 0
+            return
+        positions: Mapping[TopicPartition, int] = self._positions()
+        tps = {tp: KafkaTopicPartition(*tp) for tp in sorted(owned)}
+        # Re-assigning forgets the old high watermarks: a value read below is fresh.
+        self._client.assign([])
+        self._client.assign(list(tps.values()))
+        start: dict[TopicPartition, int] = {}
+        for tp, ktp in tps.items():
+            position = positions.get(tp)
+            if position is None:
+                position = self._client.committed(ktp)
+            if position is None:
+                position = self._client.beginning_offsets([ktp]).get(ktp, 0)
+            start[tp] = int(position)
+            self._client.seek(ktp, start[tp])
+        # A poll returns as soon as one partition has records: poll until every
+        # partition's fetch answered, for at most a second.
+        deadline = time.monotonic() + 1.0
+        lags: dict[TopicPartition, int] = {}
+        while len(lags) < len(tps) and time.monotonic() < deadline:
+            self._client.poll(timeout_ms=100, max_records=1)
+            for tp, ktp in tps.items():
+                high = self._client.highwater(ktp)
+                if high is not None:
+                    lags[tp] = max(0, int(high) - start[tp])
+        self._record_lag(lags)
+        if len(lags) == len(tps):
+            self._watchdog.waiting = sum(lags.values())

@@ -1,0 +1,1 @@
+"""Offline and demo tools: backtest, replay, bundled datasets, the embedded broker and the demo."""

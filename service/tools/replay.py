@@ -1,0 +1,183 @@
+"""Feed history into a topic (or straight into the pipeline) as keyed JSON records.
+
+Input is a CSV or Parquet file (read with pandas) or a bundled dataset
+(:mod:`service.tools.datasets`). Columns are mapped onto SPEC's message format with the
+field names of ``schema``; time is sent as epoch milliseconds. Records go out in file
+order, at ``rate`` records per second (0: as fast as the broker takes them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+from kafka import KafkaProducer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from service.config import SchemaSettings
+from service.errors import DatasetError
+from service.records import RawRecord
+from service.tools import datasets
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Which columns hold what; ``features=None`` means every other numeric column."""
+
+    key: str = "key"
+    time: str | None = "ts"
+    target: str = "y"
+    features: tuple[str, ...] | None = None
+
+
+def read_frame(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+
+
+def load_input(source: str) -> pd.DataFrame:
+    """A bundled dataset name, else a CSV/Parquet path."""
+    if source in datasets.DATASETS:
+        return datasets.load(source)
+    if not Path(source).exists():
+        raise DatasetError(
+            f"{source!r} is neither a file nor a bundled dataset ({', '.join(datasets.DATASETS)})"
+        )
+    return read_frame(source)
+
+
+def encode(
+    frame: pd.DataFrame, columns: Columns, schema: SchemaSettings
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs in frame order, values as SPEC input JSON."""
+    missing = [c for c in (columns.key, columns.time, columns.target) if c and c not in frame]
+    if missing:
+        raise DatasetError(f"columns not found: {missing}; the file has {list(frame.columns)}")
+    features = _feature_columns(frame, columns)
+    keys = frame[columns.key].astype(str).tolist()
+    targets = frame[columns.target].astype(float).tolist()
+    times = _epoch_ms(frame[columns.time]) if columns.time else [None] * len(frame)
+    feature_rows = frame[list(features)].astype(float).to_dict("records") if features else None
+    pairs = []
+    for index, key in enumerate(keys):
+        value: dict[str, Any] = {schema.key_field: key, schema.target_field: targets[index]}
+        if times[index] is not None:
+            value[schema.time_field] = _time_value(times[index])
+        if feature_rows is not None:
+            value[schema.features_field] = {
+                k: v for k, v in feature_rows[index].items() if not math.isnan(v)
+            }
+        pairs.append((key.encode(), orjson.dumps(value)))
+    return pairs
+
+
+def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
+    if columns.features is not None:
+        unknown = [c for c in columns.features if c not in frame]
+        if unknown:
+            raise DatasetError(f"feature columns not found: {unknown}")
+        return columns.features
+    taken = {columns.key, columns.time, columns.target}
+    return tuple(
+        str(c) for c in frame.columns if c not in taken and pd.api.types.is_numeric_dtype(frame[c])
+    )
+
+
+_AMBIGUOUS_MS = 100_000_000_000
+"""Input times below this in absolute value are read as epoch seconds (README, Input)."""
+
+
+def _time_value(ms: int | None) -> int | str | None:
+    """Epoch milliseconds, or an ISO-8601 string for times within about three years of
+    1970, whose milliseconds a reader would take for seconds."""
+    if ms is None or abs(ms) >= _AMBIGUOUS_MS:
+        return ms
+    stamp = pd.Timestamp(ms, unit="ms", tz="UTC")
+    return stamp.isoformat().replace("+00:00", "Z")
+
+
+def _epoch_ms(series: pd.Series) -> list[int | None]:
+    if pd.api.types.is_numeric_dtype(series):
+        values = series.astype(float)
+        scale = 1000.0 if values.abs().max() < 1e11 else 1.0
+        return [int(v * scale) for v in values]
+    stamps = pd.to_datetime(series, utc=True)
+    return [int(t.value // 1_000_000) for t in stamps]
+
+
+def as_records(
+    pairs: Sequence[tuple[bytes, bytes]], topic: str, partitions: int = 1
+) -> list[RawRecord]:
+    """In-memory records for an offline run, partitioned by a stable hash of the key."""
+    offsets = [0] * partitions
+    records = []
+    for key, value in pairs:
+        partition = _stable_partition(key, partitions)
+        records.append(RawRecord(topic, partition, offsets[partition], key, value))
+        offsets[partition] += 1
+    return records
+
+
+def _stable_partition(key: bytes, partitions: int) -> int:
+    return int.from_bytes(key[:8].ljust(8, b"\0"), "little") % partitions if partitions > 1 else 0
+
+
+def paced(count: int, rate: float) -> Iterator[int]:
+    """Yield 0..count-1, sleeping so that item i leaves at ``i / rate`` seconds."""
+    start = time.monotonic()
+    for index in range(count):
+        if rate > 0:
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        yield index
+
+
+def to_kafka(
+    pairs: Sequence[tuple[bytes, bytes]],
+    topic: str,
+    bootstrap: str,
+    rate: float = 0.0,
+    show_progress: bool = True,
+    security: dict[str, Any] | None = None,
+    should_stop: Any = None,
+) -> int:
+    """Produce ``pairs`` to ``topic``; returns how many were acknowledged."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **(security or {})
+    )
+    progress = Progress(
+        TextColumn("replay → [bold]{task.fields[topic]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+    )
+    sent = 0
+    try:
+        with progress:
+            task = progress.add_task("replay", total=len(pairs), topic=topic)
+            for index in paced(len(pairs), rate):
+                if should_stop is not None and should_stop():
+                    break
+                key, value = pairs[index]
+                producer.send(topic, key=key, value=value)
+                sent += 1
+                if index % 100 == 0:
+                    progress.update(task, completed=sent)
+            producer.flush()
+            progress.update(task, completed=sent)
+    finally:
+        producer.close(timeout=10)
+    return sent

@@ -1,0 +1,181 @@
+"""Decoder: every valid shape parses, every invalid kind gets its own reason."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.config import SchemaSettings
+from service.io.decode import Decoder
+from service.records import Event, Invalid, RawRecord
+
+SCHEMA = SchemaSettings(features=("temp", "load"), max_message_bytes=256)
+
+
+def _decode(
+    value: bytes | None, key: bytes | None = b"k", timestamp: int | None = 5
+) -> Event | Invalid:
+    return Decoder(SCHEMA).decode(RawRecord("t", 0, 0, key, value, (), timestamp))
+
+
+def test_valid_event_with_all_fields() -> None:
+    event = _decode(b'{"ts": 1700000000, "y": 2.5, "x": {"temp": 20, "extra": 1}}')
+    assert isinstance(event, Event)
+    assert (event.key, event.ts_ms, event.y) == ("k", 1_700_000_000_000, 2.5)
+    assert event.x[0] == 20.0
+    assert math.isnan(event.x[1])
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected_ms"),
+    [
+        (1_700_000_000, 1_700_000_000_000),
+        (1_700_000_000.5, 1_700_000_000_500),
+        (1_700_000_000_123, 1_700_000_000_123),
+        ("2023-11-14T22:13:20Z", 1_700_000_000_000),
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
+        ("2023-11-14T22:13:20", 1_700_000_000_000),
+    ],
+)
+def test_event_time_forms(ts: object, expected_ms: int) -> None:
+    event = _decode(orjson.dumps({"ts": ts, "y": 1}))
+    assert isinstance(event, Event)
+    assert event.ts_ms == expected_ms
+
+
+def test_time_falls_back_to_the_record_timestamp_and_key_to_the_field() -> None:
+    event = _decode(b'{"key": "AAPL", "y": 1}', key=None, timestamp=42)
+    assert isinstance(event, Event)
+    assert (event.key, event.ts_ms) == ("AAPL", 42)
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (None, b"k", "empty"),
+        (b"", b"k", "empty"),
+        (b'{"y": 1, "pad": "' + b"x" * 300 + b'"}', b"k", "oversized"),
+        (b"{nope", b"k", "not_json"),
+        (b"\xff\xfe", b"k", "not_json"),
+        (b"[1]", b"k", "not_object"),
+        (b'"text"', b"k", "not_object"),
+        (b'{"y": 1}', None, "missing_key"),
+        (b'{"key": null, "y": 1}', None, "missing_key"),
+        (b'{"key": {"a": 1}, "y": 1}', None, "bad_key"),
+        (b'{"key": true, "y": 1}', None, "bad_key"),
+        (b'{"key": "", "y": 1}', None, "bad_key"),
+        (b'{"y": 1}', b"\xff", "bad_key"),
+        (b'{"ts": 1}', b"k", "missing_target"),
+        (b'{"y": "1.5"}', b"k", "bad_target"),
+        (b'{"y": true}', b"k", "bad_target"),
+        (b'{"y": null}', b"k", "bad_target"),
+        (b'{"y": NaN}', b"k", "non_finite"),
+        (b'{"y": Infinity}', b"k", "non_finite"),
+        (b'{"y": 1e999}', b"k", "non_finite"),
+        (b'{"y": 1, "x": {"temp": -Infinity}}', b"k", "non_finite"),
+        (b'{"y": 1, "ts": "soon"}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": true}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": [1]}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": -62135596800001}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": "0000-12-31T23:59:59Z"}', b"k", "bad_time"),
+        (b'{"y": 1, "x": [1, 2]}', b"k", "bad_features"),
+        (b'{"y": 1, "x": {"temp": "hot"}}', b"k", "bad_features"),
+    ],
+)
+def test_each_invalid_kind_has_its_reason(
+    value: bytes | None, key: bytes | None, reason: str
+) -> None:
+    decoded = _decode(value, key=key)
+    assert isinstance(decoded, Invalid)
+    assert decoded.reason == reason
+    assert decoded.detail
+
+
+def test_missing_time_and_no_record_timestamp_is_bad_time() -> None:
+    decoded = _decode(b'{"y": 1}', timestamp=None)
+    assert isinstance(decoded, Invalid)
+    assert decoded.reason == "bad_time"
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (b'{"y": 1, "ts": 1' + b"0" * 399 + b"}", b"k", "bad_time"),
+        (b'{"y": 1, "ts": -1' + b"0" * 399 + b"}", b"k", "bad_time"),
+        (b'{"y": 1, "ts": 1e300}', b"k", "bad_time"),
+        (b'{"key": "\\ud800", "y": 1}', None, "bad_key"),
+        (b'{"key": 1' + b"0" * 5000 + b', "y": 1}', None, "not_json"),
+        (b'{"y": 1, "x": {"\\udfff": 1}}', b"k", "bad_features"),
+        (b'{"y": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", b"k", "not_json"),
+        (b"[" * 100_000 + b"]" * 100_000, b"k", "not_json"),
+    ],
+)
+def test_hostile_records_get_a_reason_not_an_exception(
+    value: bytes, key: bytes | None, reason: str
+) -> None:
+    """The poison records of issue 13: each once crashed the daemon at its offset."""
+    schema = SchemaSettings(features=("temp",), max_message_bytes=1_000_000)
+    decoded = Decoder(schema).decode(RawRecord("t", 0, 0, key, value, (), 5))
+    assert isinstance(decoded, Invalid)
+    assert (decoded.reason, decoded.detail.isascii()) == (reason, True)
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected_ms"),
+    [
+        (-5, -5000),
+        (-1_000_000_000_000, -1_000_000_000_000),
+        ("1969-07-20T20:17:40Z", -14_182_940_000),
+        ("0001-01-01T00:00:00Z", -62_135_596_800_000),
+        ("9999-12-31T23:59:59.999Z", 253_402_300_799_999),
+    ],
+)
+def test_times_before_1970_and_up_to_year_9999_are_accepted(ts: object, expected_ms: int) -> None:
+    event = Decoder(SCHEMA).decode(RawRecord("t", 0, 0, b"k", orjson.dumps({"ts": ts, "y": 1})))
+    assert isinstance(event, Event)
+    assert event.ts_ms == expected_ms
+
+
+def _with_skew(ts_ms: int, broker_ms: int | None) -> Event | Invalid:
+    decoder = Decoder(SCHEMA, max_future_skew_s=3600)
+    value = orjson.dumps({"ts": ts_ms, "y": 1})
+    return decoder.decode(RawRecord("t", 0, 0, b"k", value, (), broker_ms))
+
+
+def test_future_time_is_measured_from_the_broker_timestamp() -> None:
+    broker_ms = 1_700_000_000_000
+    assert isinstance(_with_skew(broker_ms + 3_600_000, broker_ms), Event)
+    future = _with_skew(broker_ms + 3_600_001, broker_ms)
+    assert isinstance(future, Invalid)
+    assert future.reason == "future_time"
+
+
+def test_future_time_without_a_broker_timestamp_is_measured_from_now() -> None:
+    now_ms = time.time_ns() // 1_000_000
+    assert isinstance(_with_skew(now_ms + 60_000, None), Event)
+    future = _with_skew(now_ms + 2 * 3_600_000, None)
+    assert isinstance(future, Invalid)
+    assert future.reason == "future_time"
+
+
+def test_oversized_is_checked_before_parsing() -> None:
+    decoded = Decoder(SchemaSettings(max_message_bytes=64)).decode(
+        RawRecord("t", 0, 0, b"k", b'{"y": 1, "pad": "' + b"x" * 100 + b'"}')
+    )
+    assert isinstance(decoded, Invalid)
+    assert decoded.reason == "oversized"
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(value: bytes) -> None:
+    decoded = _decode(value)
+    assert isinstance(decoded, Event | Invalid)
+    if isinstance(decoded, Event):
+        assert math.isfinite(decoded.y)
+        assert np.all(np.isfinite(decoded.x) | np.isnan(decoded.x))

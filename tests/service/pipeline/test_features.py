@@ -1,0 +1,117 @@
+"""Feature pipeline and running scaler against hand and numpy computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from service.pipeline.features import FeaturePipeline, RunningScaler
+
+
+def test_change_mode_features_by_hand() -> None:
+    pipeline = FeaturePipeline(lags=2, target="change", exogenous=("temp",))
+    history = np.array([[np.nan, 1.0, 2.0, 4.0]])
+    computed = pipeline.compute(history, np.array([[7.0]]))
+    named = dict(zip(pipeline.names, computed.raw[0], strict=True))
+    unit = float(np.std([1.0, 2.0]))  # the key's changes: 1, 2
+    assert computed.scale.tolist() == [unit]
+    expected = {
+        "diff_1": 2.0 / unit,
+        "diff_2": 1.0 / unit,
+        "mean_dev": (7 / 3 - 4.0) / unit,
+        "std": float(np.std([1.0, 2.0, 4.0])) / unit,
+        "min_dev": -3.0 / unit,
+        "max_dev": 0.0,
+        "level_z": (4.0 - 7 / 3) / float(np.std([1.0, 2.0, 4.0])),
+        "temp": 7.0,
+    }
+    for name, value in expected.items():
+        assert named[name] == pytest.approx(value), name
+    assert pipeline.names[-1] == "temp"
+
+
+def test_level_mode_adds_level_and_lags() -> None:
+    pipeline = FeaturePipeline(lags=2, target="level", exogenous=())
+    computed = pipeline.compute(np.array([[1.0, 2.0, 4.0]]), np.empty((1, 0)))
+    named = dict(zip(pipeline.names, computed.raw[0], strict=True))
+    assert (named["level"], named["lag_1"], named["lag_2"]) == (4.0, 2.0, 1.0)
+    assert computed.scale.tolist() == [1.0]  # level targets are not rescaled
+
+
+def test_seasonal_lags_read_one_season_before_the_target() -> None:
+    pipeline = FeaturePipeline(lags=1, target="change", exogenous=(), horizon=1)
+    history = np.arange(30.0)[None, :] ** 2  # y_t = t^2, newest t = 29
+    periods = np.array([[24, 0]], dtype=np.intp)
+    computed = pipeline.compute(history, np.empty((1, 0)), periods=periods)
+    named = dict(zip(pipeline.names, computed.raw[0], strict=True))
+    unit = computed.scale[0]
+    # target time 30, one season back: t = 6, neighbours 5 and 7
+    assert named["season1"] == pytest.approx((36.0 - 841.0) / unit)
+    assert named["season1_prev"] == pytest.approx((25.0 - 841.0) / unit)
+    assert named["season1_next"] == pytest.approx((49.0 - 841.0) / unit)
+    assert computed.seasonal.tolist() == [36.0]
+    assert np.isnan(named["season2"])
+
+
+def test_calendar_features_only_for_keys_that_tick_within_the_cycle() -> None:
+    pipeline = FeaturePipeline(lags=1, target="change", exogenous=(), horizon=1)
+    history = np.ones((2, 4))
+    ts = np.array([6 * 3600 * 1000 - 3600 * 1000, 0], dtype=np.int64)  # 05:00 and midnight
+    spacing = np.array([3600.0, 30 * 86400.0])
+    computed = pipeline.compute(history, np.empty((2, 0)), ts, spacing)
+    named = [dict(zip(pipeline.names, row, strict=True)) for row in computed.raw]
+    assert named[0]["hour_sin"] == pytest.approx(1.0)  # the target is at 06:00
+    assert np.isnan(named[1]["hour_sin"])
+    assert np.isnan(named[1]["dow_sin"])
+    assert np.isfinite(named[1]["doy_sin"])
+
+
+def test_young_windows_give_nan_that_scales_to_zero() -> None:
+    pipeline = FeaturePipeline(lags=3, target="change", exogenous=("temp",))
+    raw = pipeline.compute(np.array([[np.nan, np.nan, np.nan, 5.0]]), np.array([[np.nan]])).raw
+    scaler = RunningScaler(len(pipeline.names))
+    scaler.update(raw)
+    scaled = scaler.transform(raw)
+    assert np.isfinite(scaled).all()
+    assert scaled[0, 0] == 0.0
+
+
+@settings(max_examples=30)
+@given(
+    arrays(np.float64, st.tuples(st.integers(2, 40), st.just(3)), elements=st.floats(-1e3, 1e3)),
+    st.integers(1, 7),
+)
+def test_sequential_scaling_does_not_depend_on_batching(data: np.ndarray, pieces: int) -> None:
+    whole = RunningScaler(3).fit_transform(data)
+    split = RunningScaler(3)
+    parts = np.vstack([split.fit_transform(chunk) for chunk in np.array_split(data, pieces)])
+    np.testing.assert_allclose(whole, parts, rtol=1e-6, atol=1e-6)
+
+
+def test_extreme_inputs_keep_the_scaler_finite() -> None:
+    scaler = RunningScaler(1)
+    scaler.fit_transform(np.array([[1.0], [1e300], [-1e308], [2.0]]))
+    assert np.isfinite(scaler.mean).all()
+    assert np.isfinite(scaler.m2).all()
+
+
+@settings(max_examples=50)
+@given(
+    arrays(np.float64, st.tuples(st.integers(2, 40), st.just(3)), elements=st.floats(-1e3, 1e3)),
+    st.integers(1, 7),
+)
+def test_scaler_matches_numpy_over_any_batching(data: np.ndarray, pieces: int) -> None:
+    scaler = RunningScaler(3)
+    for chunk in np.array_split(data, pieces):
+        scaler.update(chunk)
+    np.testing.assert_allclose(scaler.mean, data.mean(axis=0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(scaler.m2 / len(data), data.var(axis=0), rtol=1e-7, atol=1e-7)
+
+
+def test_scaled_values_are_clipped() -> None:
+    scaler = RunningScaler(1)
+    scaler.update(np.zeros((100, 1)) + np.arange(100.0)[:, None] % 2)
+    assert scaler.transform(np.array([[1e9]]))[0, 0] == 10.0

@@ -1,0 +1,229 @@
+"""Forecast quality as behaviour: the whole pipeline (decode, tasks, features, models,
+ensemble, intervals) on in-memory streams, with the built-in default models.
+
+* the poll size changes no score (models work through a poll in event order);
+* a random-walk key and a nonlinear-map key in one partition each get the ensemble
+  close to their own best member;
+* keys whose scales differ 100x get intervals 100x apart, and both cover;
+* a tabular stream with ``schema.features: auto`` learns from its ``x``;
+* after a regime switch the ensemble follows the new best member quickly.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from service.config import Settings
+from service.records import RawRecord
+from service.tools.backtest import BacktestResult, run_backtest
+
+HOUR_MS = 3_600_000
+START_MS = 1_600_000_000_000  # 2020-09-13: in milliseconds, and not in the future
+
+
+def _records(rows: list[tuple[str, int, float, dict[str, float] | None]]) -> list[RawRecord]:
+    out = []
+    for offset, (key, ts, y, x) in enumerate(rows):
+        value: dict[str, Any] = {"key": key, "ts": START_MS + ts, "y": float(y)}
+        if x is not None:
+            value["x"] = {name: float(v) for name, v in x.items()}
+        out.append(RawRecord("ticks", 0, offset, key.encode(), orjson.dumps(value)))
+    return out
+
+
+def _settings(**sections: Any) -> Settings:
+    return Settings.model_validate(sections)
+
+
+def _publish_all(settings: Settings) -> Settings:
+    """The same models, every one published, so per-key scores can be read back."""
+    models = [m.model_copy(update={"publish": True}) for m in settings.models]
+    return settings.model_copy(update={"models": tuple(models)})
+
+
+def _per_key_mae(
+    result: BacktestResult, records: list[RawRecord], horizon: int, skip: int
+) -> dict[tuple[str, str], float]:
+    """MAE per (model, key) from the published predictions, leaving out each key's
+    first ``skip`` scored predictions."""
+    values = {r.offset: orjson.loads(r.value or b"") for r in records}
+    order: dict[str, list[int]] = defaultdict(list)
+    for offset in sorted(values):
+        order[values[offset]["key"]].append(offset)
+    truth_of: dict[int, float] = {}
+    for offsets in order.values():
+        for i, offset in enumerate(offsets[: len(offsets) - horizon]):
+            truth_of[offset] = values[offsets[i + horizon]]["y"]
+    errors: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for raw in result.published:
+        p = orjson.loads(raw)
+        offset = int(p["source"].rsplit(":", 1)[1])
+        if offset in truth_of:
+            errors[(p["model"], p["key"])].append(abs(truth_of[offset] - p["y_hat"]))
+    return {k: float(np.mean(v[skip:])) for k, v in errors.items()}
+
+
+def _walk_and_map(events: int, seed: int = 3) -> list[RawRecord]:
+    """Two keys, interleaved: a random walk (persistence is its best forecast) and a
+    noisy nonlinear map ``y' = 2.5 sin(y)`` (a nonlinear model's)."""
+    rng = np.random.default_rng(seed)
+    walk, level = [], 100.0
+    chaos, y = [], 0.5
+    for _ in range(events):
+        level += rng.normal()
+        walk.append(level)
+        y = 2.5 * np.sin(y) + rng.normal(0.0, 0.05)
+        chaos.append(y)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(events):
+        rows.append(("walk", i * HOUR_MS, walk[i], None))
+        rows.append(("map", i * HOUR_MS, chaos[i], None))
+    return _records(rows)
+
+
+@pytest.mark.parametrize("models", ["default", "river"])
+def test_the_poll_size_changes_no_score(models: str) -> None:
+    records = _walk_and_map(300)
+    chosen: dict[str, Any] = {}
+    if models == "river":  # exact event-by-event learners only
+        chosen = {
+            "models": [
+                {"name": "linear", "kind": "river.linear", "primary": True},
+                {"name": "tree", "kind": "river.tree"},
+            ]
+        }
+    maes = {}
+    for poll in (1, 16, 1000):
+        settings = _settings(kafka={"max_poll_records": poll}, **chosen)
+        maes[poll] = {m: s.mae for m, s in run_backtest(records, settings).scores.items()}
+    for model, mae in maes[1].items():
+        for poll in (16, 1000):
+            assert maes[poll][model] == pytest.approx(mae, rel=0.02), (model, poll)
+
+
+def test_each_key_gets_close_to_its_own_best_member() -> None:
+    records = _walk_and_map(1500)
+    settings = _publish_all(_settings())
+    result = run_backtest(records, settings)
+    mae = _per_key_mae(result, records, horizon=1, skip=300)
+    members = [m.name for m in settings.models if m.kind != "ensemble"]
+    for key in ("walk", "map"):
+        best = min(mae[(m, key)] for m in members)
+        assert mae[("ensemble", key)] <= 1.05 * best, (key, mae)
+    # the two keys really do have different best members
+    learned = ("linear", "mlp")
+    assert mae[("last", "walk")] < 1.05 * min(mae[(m, "walk")] for m in members)
+    assert min(mae[(m, "map")] for m in learned) < 0.5 * mae[("last", "map")]
+
+
+def test_intervals_follow_each_keys_scale_and_cover() -> None:
+    rng = np.random.default_rng(5)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    small = big = 0.0
+    for i in range(2500):
+        small = 0.7 * small + rng.normal()
+        big = 0.7 * big + rng.normal()
+        rows.append(("small", i * HOUR_MS, small, None))
+        rows.append(("big", i * HOUR_MS, 100.0 * big, None))
+    records = _records(rows)
+    result = run_backtest(records, _settings())
+    values = [orjson.loads(r.value or b"") for r in records]
+    truth = {i: values[i + 2]["y"] for i in range(len(values) - 2)}  # next of the same key
+    widths: dict[str, list[float]] = defaultdict(list)
+    covered: dict[str, list[bool]] = defaultdict(list)
+    for raw in result.published:
+        p = orjson.loads(raw)
+        offset = int(p["source"].rsplit(":", 1)[1])
+        if p["lower"] is None or offset not in truth or offset < 1000:
+            continue
+        widths[p["key"]].append(p["upper"] - p["lower"])
+        covered[p["key"]].append(p["lower"] <= truth[offset] <= p["upper"])
+    ratio = np.mean(widths["big"]) / np.mean(widths["small"])
+    assert 70 < ratio < 140
+    for key in ("small", "big"):
+        assert np.mean(covered[key]) == pytest.approx(0.9, abs=0.04), key
+
+
+def test_a_tabular_stream_learns_from_its_features_without_listing_them() -> None:
+    rng = np.random.default_rng(11)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(1500):
+        a, b = rng.normal(), rng.normal()
+        rows.append(("house", i * 1000, 3.0 * a - 2.0 * b + rng.normal(0, 0.1), {"a": a, "b": b}))
+    settings = _settings(forecast={"horizon": 0})
+    assert settings.schema_.features == "auto"
+    scores = run_backtest(_records(rows), settings, warmup=0.3).scores
+    assert scores["ensemble"].mae < 0.2 * scores["last"].mae
+    assert scores["linear"].mae < 0.2 * scores["last"].mae
+
+
+def test_after_a_regime_switch_the_ensemble_follows_the_new_best_member() -> None:
+    """A random walk, then a clean daily cycle: persistence leads, then seasonal."""
+    rng = np.random.default_rng(2)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    level = 0.0
+    for i in range(1600):
+        if i < 800:
+            level += rng.normal()
+            y = level
+        else:
+            y = 10.0 * np.sin(2 * np.pi * i / 24) + rng.normal(0, 0.1)
+        rows.append(("k", i * HOUR_MS, y, None))
+    records = _records(rows)
+    settings = _settings(
+        forecast={"seasonal_periods": [24]},
+        models=[
+            {"name": "ensemble", "kind": "ensemble", "primary": True},
+            {"name": "last", "kind": "persistence"},
+            {"name": "seasonal", "kind": "seasonal_naive"},
+        ],
+    )
+    result = run_backtest(records, settings)
+    leaders = [orjson.loads(raw)["leader"] for raw in result.published]
+    assert leaders[700:800].count("last") > 90
+    switched = next(i for i in range(800, 1600) if leaders[i : i + 20].count("seasonal") == 20)
+    assert switched - 800 < 100  # a tenth of the ensemble's memory
+
+
+def _three_keys(events: int, poison_at: int | None) -> list[RawRecord]:
+    rng = np.random.default_rng(9)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    state = dict.fromkeys("abc", 0.0)
+    for i in range(events):
+        for key in "abc":
+            state[key] = 0.8 * state[key] + rng.normal()
+            y = 1e300 if (key == "a" and i == poison_at) else 10.0 + state[key]
+            rows.append((key, i * HOUR_MS, y, None))
+    return _records(rows)
+
+
+def test_one_absurd_value_poisons_neither_other_keys_nor_the_metrics() -> None:
+    settings = _publish_all(_settings())
+    clean = _three_keys(800, None)
+    poisoned = _three_keys(800, 400)
+    control = _per_key_mae(run_backtest(clean, settings), clean, 1, 200)
+    result = run_backtest(poisoned, settings)
+    hit = _per_key_mae(result, poisoned, 1, 200)
+    assert result.dead_letters == 1  # the 1e300, as an outlier
+    for key in ("b", "c"):
+        assert hit[("ensemble", key)] == pytest.approx(control[("ensemble", key)], rel=0.05)
+    for stats in result.scores.values():
+        assert np.isfinite([stats.mae, stats.mse, stats.r2]).all()
+
+
+def test_a_new_level_is_taken_after_a_few_outliers() -> None:
+    rng = np.random.default_rng(4)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(600):
+        level = 0.0 if i < 300 else 10_000.0
+        rows.append(("k", i * HOUR_MS, level + rng.normal(), None))
+    records = _records(rows)
+    result = run_backtest(records, _settings())
+    assert result.dead_letters == 3  # outlier_patience, then the new level is taken
+    last = [orjson.loads(raw) for raw in result.published][-50:]
+    assert all(abs(p["y_hat"] - 10_000.0) < 10 for p in last)

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class _Baseline:
+class _Baseline(Model):
     """Shared plumbing of the stateless baselines: no learning, no state."""
 
     @property

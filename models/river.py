@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from river import compose
 
-from models.base import FeatureBatch, FloatArray, Plan
+from models.base import FeatureBatch, FloatArray, Model, Plan
 
 __all__ = ["MANY_MIN_ROWS", "RiverModel", "RiverRegressor", "supports_mini_batch"]
 
@@ -104,7 +104,7 @@ def predict_frame(estimator: Any, frame: pd.DataFrame) -> FloatArray:
     return np.asarray(estimator.predict_many(frame), dtype=np.float64)
 
 
-class RiverModel:
+class RiverModel(Model):
     """A River regressor driven in micro-batches (see the module docstring).
 
     Non-finite River outputs (an untrained or diverged model may give NaN or None) are

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from service import datasets
 from service.config import SchemaSettings
 from service.errors import DatasetError
+from service.extras import require
 from service.records import RawRecord
 
 
@@ -40,6 +41,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
+            require("parquet", f"reading {path.name}")
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (OSError, ValueError) as exc:

@@ -59,8 +59,9 @@ image:
 	IMAGE=$(IMAGE) TORCH_INDEX=$(TORCH_INDEX) bash deploy/image/build.sh
 
 # Opt-in (not part of `make test`): builds the image, runs it against the embedded broker.
-test-image: venv image
-	FORECASTD_IMAGE=$(IMAGE) $(BIN)/pytest -m image -q -p no:cacheprovider tests/image
+# The test builds the image itself (deploy/image/build.sh, as `make image` does).
+test-image: venv
+	FORECASTD_IMAGE_TEST=1 FORECASTD_IMAGE=$(IMAGE) $(BIN)/pytest -m image -q -s tests/image
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

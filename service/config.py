@@ -481,6 +481,6 @@ def _describe(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
     if error["type"] not in {"missing", "extra_forbidden"} and shown and not _is_sensitive(loc):
         got = f" (got {error['input']!r})"
     if error["type"] == "extra_forbidden":
-        reason = "unknown key (check the spelling against SPEC's configuration section)"
+        reason = "unknown key (check the spelling against docs/configuration.md)"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     return f"{path or '<top level>'}: {reason}{got}{more}"

@@ -37,7 +37,8 @@ class RawRecord(NamedTuple):
 
     @property
     def source(self) -> str:
-        """``topic:partition:offset``, the traceability id SPEC puts on predictions."""
+        """``topic:partition:offset``, the traceability id on predictions
+        (docs/messages.md)."""
         return f"{self.topic}:{self.partition}:{self.offset}"
 
 
@@ -62,7 +63,7 @@ class Invalid(NamedTuple):
 
 
 class Prediction(NamedTuple):
-    """One published forecast, serialised exactly as SPEC "Output messages"."""
+    """One published forecast, serialised exactly as docs/messages.md, "Output"."""
 
     key: str
     ts: int

@@ -1,7 +1,7 @@
 """Feed history into a topic (or straight into the pipeline) as keyed JSON records.
 
 Input is a CSV or Parquet file (read with pandas) or a bundled dataset
-(:mod:`service.datasets`). Columns are mapped onto SPEC's message format with the
+(:mod:`service.datasets`). Columns are mapped onto the input format (docs/messages.md) with the
 field names of ``schema``; time is sent as epoch milliseconds. Records go out in file
 order, at ``rate`` records per second (0: as fast as the broker takes them).
 """
@@ -62,7 +62,7 @@ def load_input(source: str) -> pd.DataFrame:
 def encode(
     frame: pd.DataFrame, columns: Columns, schema: SchemaSettings
 ) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs in frame order, values as SPEC input JSON."""
+    """(key, value) pairs in frame order, values as input JSON (docs/messages.md)."""
     missing = [c for c in (columns.key, columns.time, columns.target) if c and c not in frame]
     if missing:
         raise DatasetError(f"columns not found: {missing}; the file has {list(frame.columns)}")

@@ -41,8 +41,8 @@ class TorchParams(ModelParams):
     Attributes:
         optimizer: ``adam`` or ``sgd``.
         lr: learning rate. Above the usual offline 1e-3 because online a model gets
-            one step per micro-batch, not many epochs: on a nonlinear stream 3e-3 halved
-            the MLP's error after 5,000 rows (batches of 16) compared with 1e-3.
+            one step per micro-batch, not many epochs (``python -m bench.accuracy``
+            compares).
         momentum: SGD momentum (Adam ignores it).
         weight_decay: L2 penalty.
         clip_norm: clip the global gradient norm to this; ``null`` disables clipping.
@@ -115,10 +115,10 @@ class TorchMLPParams(TorchParams):
 
     Attributes:
         hidden: hidden layer widths, input side first.
-        minibatch_rows: 16 by default (one step per 16 rows of an update): measured
-            with ``python -m bench.accuracy`` on FriedmanDrift in micro-batches of 100,
-            one step per update left the MLP's MAE at 1.29x River linear's; 16-row
-            steps brought it to 0.73x.
+        minibatch_rows: 16 by default (one step per 16 rows of an update): one step
+            per 100-row micro-batch left the MLP well behind River linear on
+            FriedmanDrift, 16-row steps ahead of it (README, "Cost per model";
+            ``python -m bench.accuracy``).
         learn_every: 16 by default: a task works through a poll in event order
             (:class:`~models.base.Plan`), so a step every row would cost an optimizer
             step per event; every 16 rows, each prediction comes from a network that

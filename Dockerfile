@@ -1,6 +1,6 @@
 # forecastd production image.
 #
-#   docker build -t forecastd .
+#   docker build -t forecastd .         # or: make image (podman; deploy/image/build.sh)
 #   docker run --rm -p 9108:9108 --read-only --tmpfs /tmp \
 #     -v "$PWD/deploy/base/config.yaml:/etc/forecastd/config.yaml:ro" \
 #     -v forecastd-state:/var/lib/forecastd \
@@ -12,6 +12,10 @@
 # Layers run from least to most often changed: torch, dependencies (keyed on
 # pyproject.toml), then the source, so an edit to service/ or models/ rebuilds one
 # small layer.
+#
+# PYTHON_IMAGE is the base of both stages: any Debian-like image with Python 3.11
+# (`python` on PATH, its venv module) and useradd. Where no registry is reachable,
+# deploy/image/base.sh makes one from Debian packages.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -19,6 +23,16 @@ FROM ${PYTHON_IMAGE} AS build
 
 # Keep in step with the Makefile's pin.
 ARG TORCH_VERSION=2.13.0
+# Where torch comes from: the CPU-only index (PyPI's Linux wheel is the CUDA build,
+# several GB of libraries). Where a machine has the CPU wheel on disk instead, mount
+# its folder and name it (`podman build -v /opt/wheels:/wheels:ro --build-arg
+# TORCH_WHEELS=/wheels --build-arg TORCH_INDEX=https://pypi.org/simple`): the CPU
+# wheel's `+cpu` version outranks PyPI's, and the check below fails a CUDA build.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG TORCH_WHEELS=
+# Build-time only: a CA bundle (mounted) for a network whose TLS is intercepted. Unset
+# unless given; it never reaches the runtime stage.
+ARG PIP_CERT
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -26,10 +40,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 RUN python -m venv /opt/venv
 
-# CPU-only wheel: the default torch wheel pulls in several GB of CUDA libraries. The
-# constraint keeps every later resolve from swapping it for another build.
+# CPU-only wheel, checked: a CUDA build fails the build here rather than shipping.
+# The constraint keeps every later resolve from swapping it for another build.
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" \
-        --index-url https://download.pytorch.org/whl/cpu \
+        --index-url "${TORCH_INDEX}" \
+        --find-links "${TORCH_WHEELS:-/nonexistent}" \
+    && python -c 'import torch, sys; sys.exit(torch.version.cuda is not None)' \
     && echo "torch==${TORCH_VERSION}" > /opt/constraints.txt
 
 WORKDIR /src

@@ -173,15 +173,26 @@ class Model(Protocol):
       give the same predictions.
     * An empty batch (``n == 0``) is valid: ``predict`` returns an empty array and
       ``learn`` changes nothing. ``learn`` only ever receives finite targets.
+
+    The model kinds subclass this protocol, so they inherit the defaults below
+    (:attr:`nonfinite_events`); a structural implementation must define them too.
     """
 
     @property
     def updates(self) -> int:
-        """How many ``learn`` calls changed the model (its version number).
+        """The events the model has learned from: its version number, published as a
+        prediction's ``model_version`` (docs/forecasting.md, "Model versions").
 
         Stays 0 for models that do not learn (the baselines).
         """
         ...
+
+    @property
+    def nonfinite_events(self) -> int:
+        """Non-finite inputs, losses, gradients or parameters the model met and undid so
+        far (``forecastd_model_nonfinite_total{model}``). 0, the default, for a model
+        with no such guard."""
+        return 0
 
     def predict(self, batch: FeatureBatch) -> FloatArray: ...
 

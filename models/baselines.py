@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class _Baseline:
+class _Baseline(Model):
     """Shared plumbing of the stateless baselines: no learning, no state."""
 
     @property
@@ -194,7 +194,11 @@ class SeasonalNaiveParams(ModelParams):
 
 
 class EWMAParams(ModelParams):
-    """Params of ``ewma``: the smoothing factor (weight of the newest value)."""
+    """Params of ``ewma``.
+
+    Attributes:
+        alpha: the smoothing factor: the weight of the newest value (1: persistence).
+    """
 
     alpha: float = Field(default=0.3, gt=0.0, le=1.0)
 

@@ -1,16 +1,41 @@
-"""Running mean and variance of a scalar stream, merged a batch at a time."""
+"""Running mean and variance, merged a batch at a time: :func:`merge_moments`, the one
+place the pooling formula is written (the scaler in :mod:`service.pipeline.features` and the
+scores in :mod:`service.pipeline.scoring` use it too), and :class:`Moments` for a scalar stream.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from models.base import FloatArray
 
 _EPS = 1e-12
+
+M = TypeVar("M", float, FloatArray)
+
+
+def merge_moments(count_a: M, mean_a: M, m2_a: M, count_b: M, mean_b: M, m2_b: M) -> tuple[M, M, M]:
+    """Count, mean and sum of squared deviations of two sets pooled (Chan, Golub and
+    LeVeque's parallel update): exact, and stable where adding sums of squares is not.
+
+    Elementwise on arrays (one column per feature); a pooled count of 0 gives zero
+    moments rather than a division by zero.
+
+    >>> merge_moments(2.0, 2.0, 2.0, 1.0, 5.0, 0.0)  # {1, 3} and {5}: mean 3, m2 8
+    (3.0, 3.0, 8.0)
+    """
+    total = count_a + count_b
+    safe = np.maximum(total, 1.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * count_b / safe
+    m2 = m2_a + m2_b + delta * delta * count_a * count_b / safe
+    if isinstance(total, float):
+        return total, float(mean), float(m2)
+    return total, mean, m2
 
 
 @dataclass(slots=True)
@@ -27,11 +52,9 @@ class Moments:
             return
         mean_b = float(values.mean())
         m2_b = float(((values - mean_b) ** 2).sum())
-        total = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / total
-        self.m2 += m2_b + delta * delta * self.count * n_b / total
-        self.count = total
+        self.count, self.mean, self.m2 = merge_moments(
+            self.count, self.mean, self.m2, n_b, mean_b, m2_b
+        )
 
     @property
     def std(self) -> float:

@@ -47,10 +47,9 @@ from a per-step seed drawn from that generator. So on CPU, same seed and same ba
 give bit-identical predictions, including after a ``state_dict`` round trip. CUDA
 kernels are not guaranteed deterministic.
 
-Threads. Nothing here calls ``torch.set_num_threads``: it is process-wide. The
-``threads`` param of the torch kinds sets it at build time when configured; otherwise
-torch's default applies (``OMP_NUM_THREADS`` if set, which the Kubernetes deployment
-sets to the container's CPU limit, else one thread per core).
+Threads. Nothing here calls ``torch.set_num_threads``: it is process-wide, so the
+process owner sets it once, from ``processing.torch_threads``
+(:func:`service.runtime.app.set_torch_threads`).
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import FeatureBatch, FloatArray, Plan
+from models.base import FeatureBatch, FloatArray, Model, Plan
 from models.guard import LastGood, all_finite
 from models.moments import Moments
 from models.replay import ReplayBuffer, Rows
@@ -202,7 +201,7 @@ class KeyedNetwork(nn.Module):
         return self.body.explain(self._join(x, key), window, mask)
 
 
-class OnlineRegressor:
+class OnlineRegressor(Model):
     """A torch network trained online behind the :class:`~models.base.Model` protocol.
 
     Args:

@@ -5,8 +5,8 @@ works in micro-batches. :class:`RiverModel` bridges the two:
 
 * ``predict`` calls ``predict_many`` on a ``pandas.DataFrame`` when the estimator
   supports it and the batch is large enough to amortise the DataFrame overhead
-  (:data:`MANY_MIN_ROWS`; below it, measured with River 0.26 and pandas 3, a loop over
-  ``predict_one`` is faster), else loops over ``predict_one``. Both give the same
+  (:data:`MANY_MIN_ROWS`; below it a loop over ``predict_one`` is faster), else
+  loops over ``predict_one``. Both give the same
   numbers up to floating-point rounding. A target transform (``river.linear``'s
   ``TargetStandardScaler``) has no ``predict_many`` of its own; when the regressor it
   wraps has, that runs and the transform's inverse is applied row by row, exactly what
@@ -36,14 +36,13 @@ import numpy as np
 import pandas as pd
 from river import compose
 
-from models.base import FeatureBatch, FloatArray, Plan
+from models.base import FeatureBatch, FloatArray, Model, Plan
 
 __all__ = ["MANY_MIN_ROWS", "RiverModel", "RiverRegressor", "supports_mini_batch"]
 
 #: Batches with at least this many rows use ``predict_many``. Below it the per-call cost
-#: of building a DataFrame (~0.5 ms) outweighs the vectorised arithmetic: for a scaled
-#: linear model with 12 features ``predict_many`` overtakes a ``predict_one`` loop
-#: between 128 and 256 rows.
+#: of building a DataFrame outweighs the vectorised arithmetic (timed for a scaled
+#: linear model with 12 features; ``bench/models.py`` compares batch sizes).
 MANY_MIN_ROWS = 192
 
 
@@ -104,7 +103,7 @@ def predict_frame(estimator: Any, frame: pd.DataFrame) -> FloatArray:
     return np.asarray(estimator.predict_many(frame), dtype=np.float64)
 
 
-class RiverModel:
+class RiverModel(Model):
     """A River regressor driven in micro-batches (see the module docstring).
 
     Non-finite River outputs (an untrained or diverged model may give NaN or None) are

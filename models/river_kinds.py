@@ -46,7 +46,7 @@ class RiverLinearParams(ModelParams):
     (River's ``TargetStandardScaler``), so ``lr`` and ``clip_gradient`` mean the same
     on prices in dollars and flows in litres. No second River ``StandardScaler`` sits
     in front: re-scaling already-scaled inputs from its first few samples gives huge
-    values and made SGD diverge on spiky series (WaterFlow: MAE 2.5e8 vs 0.68).
+    values and made SGD diverge on spiky series (River's WaterFlow).
 
     Attributes:
         lr: SGD learning rate of the weights.

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from models.attention import AttentionConfig, AttentionNet
 from models.base import Model, ModelContext
@@ -41,8 +41,8 @@ class TorchParams(ModelParams):
     Attributes:
         optimizer: ``adam`` or ``sgd``.
         lr: learning rate. Above the usual offline 1e-3 because online a model gets
-            one step per micro-batch, not many epochs: on a nonlinear stream 3e-3 halved
-            the MLP's error after 5,000 rows (batches of 16) compared with 1e-3.
+            one step per micro-batch, not many epochs (``python -m bench.accuracy``
+            compares).
         momentum: SGD momentum (Adam ignores it).
         weight_decay: L2 penalty.
         clip_norm: clip the global gradient norm to this; ``null`` disables clipping.
@@ -59,13 +59,6 @@ class TorchParams(ModelParams):
         key_buckets: hash buckets for the key embedding.
         activation: ``relu``, ``gelu``, ``silu`` or ``tanh``.
         dropout: dropout probability in the network's hidden layers.
-        threads: call ``torch.set_num_threads(threads)`` when the model is built. The
-            setting is process-wide, so the last torch model built wins; leave it unset
-            to keep torch's default (``OMP_NUM_THREADS``, which the Kubernetes manifests
-            set to the CPU limit, else one thread per core). For a 2-core container use
-            1: these networks are too small to split, and on a 2-core machine with one
-            other busy process, two threads made ``torch.mlp`` 40x slower than one
-            (``bench/models.py``: OpenMP workers waiting on a descheduled sibling).
         device: ``cpu`` or ``cuda`` (``cuda:N``); ``cuda`` needs a CUDA build of torch
             and a visible GPU, checked here so a wrong node fails at start-up.
     """
@@ -85,8 +78,20 @@ class TorchParams(ModelParams):
     key_buckets: int = Field(default=1024, ge=1, le=1 << 20)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    threads: int | None = Field(default=None, ge=1, le=1024)
     device: str = "cpu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _threads_is_a_process_setting(cls, data: Any) -> Any:
+        """The per-model ``threads`` param is gone: torch's thread count is
+        process-wide, so one model's value silently overrode the others'. Refused by
+        name (rather than as an unknown key) so an old config says what to change."""
+        if isinstance(data, dict) and "threads" in data:
+            raise ValueError(
+                "the 'threads' param was removed: torch's threads are process-wide;"
+                " set processing.torch_threads instead"
+            )
+        return data
 
     @field_validator("device")
     @classmethod
@@ -110,10 +115,10 @@ class TorchMLPParams(TorchParams):
 
     Attributes:
         hidden: hidden layer widths, input side first.
-        minibatch_rows: 16 by default (one step per 16 rows of an update): measured
-            with ``python -m bench.accuracy`` on FriedmanDrift in micro-batches of 100,
-            one step per update left the MLP's MAE at 1.29x River linear's; 16-row
-            steps brought it to 0.73x.
+        minibatch_rows: 16 by default (one step per 16 rows of an update): one step
+            per 100-row micro-batch left the MLP well behind River linear on
+            FriedmanDrift, 16-row steps ahead of it (README, "Cost per model";
+            ``python -m bench.accuracy``).
         learn_every: 16 by default: a task works through a poll in event order
             (:class:`~models.base.Plan`), so a step every row would cost an optimizer
             step per event; every 16 rows, each prediction comes from a network that
@@ -159,8 +164,6 @@ class TorchAttentionParams(TorchParams):
 
 
 def _online_config(params: TorchParams, context: ModelContext) -> OnlineConfig:
-    if params.threads is not None:
-        torch.set_num_threads(params.threads)
     return OnlineConfig(
         optimizer=params.optimizer,
         lr=params.lr,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatasetError, ForecastdError
+from service.extras import MissingExtra, require
 
 log = logging.getLogger("forecastd")
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"forecastd: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except DatasetError as exc:
+    except (DatasetError, MissingExtra) as exc:
         print(f"forecastd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except ForecastdError as exc:
@@ -121,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    require("tools", "forecastd replay")
     from service.tools import replay
 
     settings = load_settings(args.config)
@@ -146,6 +148,7 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
 
 
 def _backtest(args: argparse.Namespace) -> int:
+    require("tools", "forecastd backtest")
     from rich.console import Console
     from rich.table import Table
 
@@ -183,6 +186,7 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    require("demo", "forecastd demo")
     from service.tools.demo import run_demo
 
     return run_demo(args.config, args.dataset, args.duration, args.rate, args.bad_every)

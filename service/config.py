@@ -100,14 +100,14 @@ class KafkaSettings(_Section):
     (e.g. ``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``).
     ``max_poll_records`` caps a micro-batch (default 1000, twice Kafka's 500): every
     batch pays fixed costs per partition task and model (an optimizer step, a few
-    dozen NumPy calls), so a backlog drains ~15% faster than at 500, while a live
+    dozen NumPy calls), so a backlog drains faster in larger batches, while a live
     stream's batches stay as small as its arrivals. ``fetch_max_wait_ms`` bounds how
     long the broker may hold a fetch with too little data: a floor on latency when the
     stream is quiet (Kafka's default is 500).
     ``producer_batch_bytes`` is the producer's per-partition batch buffer (Kafka's
-    ``batch.size``; 1 MiB is librdkafka's default): predictions are ~250-byte JSON, and
-    the Java client's 16 KiB default fills after ~60 of them, so kafka-python spent
-    half its per-record cost opening batches.
+    ``batch.size``; 1 MiB is librdkafka's default): predictions are small JSON records,
+    and the Java client's 16 KiB default fills after a few dozen of them, so
+    kafka-python spent much of its per-record cost opening batches.
 
     Every wait on the broker is bounded, so a hung broker cannot freeze the daemon
     silently (issue 13): ``connect_timeout_s`` at start-up (then exit 1, one line),
@@ -285,9 +285,11 @@ class MetricsSettings(_Section):
 
 
 class ProcessingSettings(_Section):
-    """``torch_threads``: intra-op threads for the PyTorch models of this process.
-    1 suits a small container: measured here, two threads made a 64-64 MLP up to
-    100x slower at micro-batch sizes (bench/models.py). ``null`` keeps torch's default."""
+    """``torch_threads``: intra-op threads for the PyTorch models of this process, the
+    one torch thread setting (process-wide, so no model has its own). 1 suits a small
+    container: these networks are too small to split, and OpenMP workers that wait on a
+    descheduled sibling made more threads far slower at micro-batch sizes
+    (``bench/models.py --threads 2``). ``null`` keeps torch's default."""
 
     seed: int = 0
     torch_threads: int | None = Field(1, ge=1, le=256)
@@ -295,9 +297,9 @@ class ProcessingSettings(_Section):
 
 
 # The built-in default: an ensemble of complementary members (README "Models"). River's
-# Hoeffding tree is left out: on the quality benchmark it tripled the cost per event
-# and moved the ensemble's MAE by under 1% except on one dataset (README, "Forecast
-# quality"); add {kind: river.tree} as a member where it pays.
+# Hoeffding tree is left out: on the quality benchmark it added much to the cost per
+# event and little to the ensemble's MAE (README, "Configuration"); add
+# {kind: river.tree} as a member where it pays.
 _DEFAULT_MODELS = (
     {"name": "ensemble", "kind": "ensemble", "primary": True},
     {"name": "last", "kind": "persistence"},
@@ -481,6 +483,6 @@ def _describe(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
     if error["type"] not in {"missing", "extra_forbidden"} and shown and not _is_sensitive(loc):
         got = f" (got {error['input']!r})"
     if error["type"] == "extra_forbidden":
-        reason = "unknown key (check the spelling against SPEC's configuration section)"
+        reason = "unknown key (check the spelling against docs/configuration.md)"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     return f"{path or '<top level>'}: {reason}{got}{more}"

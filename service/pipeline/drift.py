@@ -5,10 +5,10 @@ broken sensor, a new product). Detectors see ``|y - y_hat| / scale``, where ``sc
 is the model's mean absolute error before the batch: that makes one threshold
 meaningful for series of any unit (prices in cents or sensors in kPa).
 
-ADWIN is River's (its window bookkeeping is compiled, about half a microsecond per
-value). Page-Hinkley is River's algorithm run a micro-batch at a time with NumPy:
-River's ``PageHinkley.update`` costs about 2 µs of Python per value, paid by every
-model on every event, which made it the largest fixed cost of scoring. Its recursions
+ADWIN is River's (its window bookkeeping is compiled). Page-Hinkley is River's
+algorithm run a micro-batch at a time with NumPy: River's ``PageHinkley.update`` is
+Python per value, paid by every model on every event, which made it the largest fixed
+cost of scoring (``python -m bench.pipeline`` shows what the detectors cost now). Its recursions
 are a running mean (a cumulative sum), two first-order linear filters (``lfilter``)
 and running extrema (``minimum.accumulate``), so a batch costs a handful of array
 calls. It detects at the same events as River's (``tests/service/pipeline/test_drift.py``

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.moments import merge_moments
 from service.pipeline.scoring import LARGEST
 from service.pipeline.seasons import MAX_SEASONS, calendar_mask
 
@@ -252,12 +253,9 @@ class RunningScaler:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_b = np.where(n_b > 0, zeroed.sum(axis=0) / n_b, 0.0)
         m2_b = (np.where(finite, raw - mean_b, 0.0) ** 2).sum(axis=0)
-        total = self.count + n_b
-        delta = mean_b - self.mean
-        safe_total = np.maximum(total, 1.0)
-        self.mean = self.mean + delta * n_b / safe_total
-        self.m2 = self.m2 + m2_b + delta**2 * self.count * n_b / safe_total
-        self.count = total
+        self.count, self.mean, self.m2 = merge_moments(
+            self.count, self.mean, self.m2, n_b, mean_b, m2_b
+        )
 
     def transform(self, raw: FloatArray) -> FloatArray:
         std = np.sqrt(self.m2 / np.maximum(self.count, 1.0))

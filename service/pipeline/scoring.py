@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.moments import merge_moments
+
 FloatArray = npt.NDArray[np.float64]
 LARGEST = 1e100
 """The largest magnitude a value, error or feature keeps: one absurd value can make a
@@ -62,14 +64,15 @@ class ScoreStats:
             return self
         if self.n == 0:
             return other
-        n = self.n + other.n
-        delta = other.y_mean - self.y_mean
+        _, y_mean, y_m2 = merge_moments(
+            float(self.n), self.y_mean, self.y_m2, float(other.n), other.y_mean, other.y_m2
+        )
         return ScoreStats(
-            n=n,
+            n=self.n + other.n,
             sum_abs=self.sum_abs + other.sum_abs,
             sum_sq=self.sum_sq + other.sum_sq,
-            y_mean=self.y_mean + delta * other.n / n,
-            y_m2=self.y_m2 + other.y_m2 + delta * delta * self.n * other.n / n,
+            y_mean=y_mean,
+            y_m2=y_m2,
         )
 
     @staticmethod

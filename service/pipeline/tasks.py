@@ -568,14 +568,14 @@ class PartitionTask:
             model = slot.model
             if model is None:
                 continue
-            updates, nonfinite = model.updates, _nonfinite(model)
+            updates, nonfinite = model.updates, model.nonfinite_events
             out = np.asarray(run_plan(model, plan), dtype=np.float64)
             out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
             if self._change:  # in key units: a change of 100 typical changes is no forecast
                 out = np.clip(out, -OUTPUT_LIMIT, OUTPUT_LIMIT)
             rows.outputs[:, column] = out
             metrics.updates.labels(slot.name).inc(model.updates - updates)
-            metrics.nonfinite.labels(slot.name).inc(_nonfinite(model) - nonfinite)
+            metrics.nonfinite.labels(slot.name).inc(model.nonfinite_events - nonfinite)
         if gather is not None:
             learned.outputs = gather.floats(lambda r: r.outputs)
         drifts = {c: self._drift(c, truth, learned) for c in self._base}
@@ -788,9 +788,3 @@ def _column(matrix: Callable[[_Rows], FloatArray], column: int) -> Callable[[_Ro
         return out
 
     return part
-
-
-def _nonfinite(model: Model) -> int:
-    """Non-finite events a model reports (``nonfinite_events``, torch models); 0 for
-    models that have no such guard."""
-    return int(getattr(model, "nonfinite_events", 0))

@@ -192,13 +192,12 @@ def connect(settings: KafkaSettings, stop_event: threading.Event) -> Any:
 def frozen_heap() -> Iterator[None]:
     """Keep the start-up heap out of the cyclic garbage collector while serving.
 
-    Importing torch, River and pandas and building the models leaves ~400,000 objects
-    that live as long as the process; a full collection walks all of them (~190 ms on
-    the development machine), and the loop's steady allocation (River's per-event
-    dicts, records, predictions) triggered one every second or so. ``gc.freeze`` after
-    a collection moves them to a generation the collector skips, as Instagram does
-    for its Django workers: on a 20,000-record backlog the kafka-python daemon went
-    from about 14,400 to 17,900 events/s. Objects made later are collected as before;
+    Importing torch, River and pandas and building the models leaves hundreds of
+    thousands of objects that live as long as the process; a full collection walks all
+    of them, and the loop's steady allocation (River's per-event dicts, records,
+    predictions) triggered one every second or so. ``gc.freeze`` after a collection
+    moves them to a generation the collector skips, as Instagram does for its Django
+    workers (README, "Throughput and latency"). Objects made later are collected as before;
     leaving the block unfreezes, so a process that runs daemons one after another
     (tests) can still collect the old ones.
     """

@@ -84,7 +84,10 @@ class Metrics:
             registry=registry,
         )
         self.updates = Counter(
-            "forecastd_model_updates", "Model learn steps, by model.", ["model"], registry=registry
+            "forecastd_model_updates",
+            "Events the models learned from (what model_version counts), by model.",
+            ["model"],
+            registry=registry,
         )
         self.nonfinite = Counter(
             "forecastd_model_nonfinite",

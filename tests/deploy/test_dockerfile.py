@@ -76,7 +76,13 @@ def test_runtime_stage_runs_forecastd_unprivileged() -> None:
 def test_torch_is_the_cpu_build() -> None:
     runs = [rest for word, rest in instructions() if word == "RUN" and "torch==" in rest]
     assert runs, "torch is not installed explicitly"
-    assert all("--index-url https://download.pytorch.org/whl/cpu" in run for run in runs)
+    defaults = dict(
+        rest.split("=", 1) for word, rest in instructions() if word == "ARG" and "=" in rest
+    )
+    assert defaults["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    for run in runs:
+        assert '--index-url "${TORCH_INDEX}"' in run
+        assert "torch.version.cuda is not None" in run, "a CUDA build must fail the build"
 
 
 def test_image_user_matches_the_pod_security_context() -> None:

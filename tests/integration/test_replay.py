@@ -1,4 +1,4 @@
-"""``forecastd replay`` feeds a file into a real topic, in SPEC's input format."""
+"""``forecastd replay`` feeds a file into a real topic, in the input format of docs/messages.md."""
 
 from __future__ import annotations
 

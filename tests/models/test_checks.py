@@ -26,7 +26,7 @@ CONTEXT = ModelContext(feature_names=("a", "b"), window=5, horizon=1)
 STREAM = list(synthetic_batches(CONTEXT, n_batches=4, batch_size=16, seed=0))
 
 
-class MeanModel:
+class MeanModel(Model):
     """A correct learning model: predicts the running mean of the targets."""
 
     def __init__(self) -> None:

@@ -308,7 +308,6 @@ def test_bad_inputs_are_refused() -> None:
         ("torch.mlp", {"learn_every": 0}, ("learn_every",)),
         ("torch.mlp", {"max_step_rows": 0}, ("max_step_rows",)),
         ("torch.mlp", {"clip_norm": -1.0}, ("clip_norm",)),
-        ("torch.mlp", {"threads": 0}, ("threads",)),
         ("torch.mlp", {"device": "gpu"}, ("device",)),
         ("torch.mlp", {"hiden": [8]}, ("hiden",)),
         ("torch.attention", {"width": 10, "heads": 4}, ("heads",)),
@@ -330,13 +329,18 @@ def test_yaml_style_params_validate() -> None:
     assert params.hidden == (64, 64)  # type: ignore[attr-defined]
 
 
-def test_threads_are_set_only_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_building_a_model_never_sets_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
     build("torch.mlp")
+    build("torch.attention")
     assert calls == []
-    build("torch.attention", {"threads": 2})
-    assert calls == [2]
+
+
+@pytest.mark.parametrize("kind", ["torch.mlp", "torch.attention"])
+def test_the_old_threads_param_names_its_replacement(kind: str) -> None:
+    with pytest.raises(ValidationError, match=r"processing\.torch_threads"):
+        registry.validate_params(kind, {"threads": 2})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only failure")

@@ -96,6 +96,12 @@ def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> Non
         ),
         ("", {"FORECASTD_METRICS__PORT": "http"}, "metrics.port: Input should be a valid integer"),
         ("kafka: [1, 2]\n", {}, "kafka: Input should be a valid dictionary"),
+        (
+            "models:\n  - {name: m, kind: torch.mlp, primary: true, params: {threads: 2}}\n",
+            {},
+            "models[0].params: the 'threads' param was removed: torch's threads are"
+            " process-wide; set processing.torch_threads instead",
+        ),
     ],
 )
 def test_bad_config_names_the_key_and_the_reason(

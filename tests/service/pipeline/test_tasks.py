@@ -17,7 +17,7 @@ from service.records import Event, Invalid, RawRecord
 from service.runtime.metrics import Metrics
 
 
-class Spy:
+class Spy(Model):
     """Predicts a constant change and records every call, in order."""
 
     def __init__(self, log: list[tuple[str, Any]]) -> None:

@@ -19,6 +19,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
+# The tools the build and the image test use (runc: this sandbox refuses crun's
+# setrlimit), from Debian's packages where missing.
+missing=()
+for tool in podman debootstrap runc; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})) && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
 IMAGE=${IMAGE:-localhost/forecastd:dev}
 ISOLATION=${ISOLATION:-chroot}
 TORCH_WHEELS=${TORCH_WHEELS:-}

@@ -71,7 +71,7 @@ class EnsembleParams(ModelParams):
     loss: Literal["absolute", "squared"] = "absolute"
     eta: float = Field(default=0.3, gt=0.0, le=100.0)
     memory: int = Field(default=1000, ge=2, le=1_000_000)
-    share: float = Field(default=0.002, ge=0.0, lt=1.0)
+    share: float = Field(default=0.01, ge=0.0, lt=1.0)
 
 
 class Hedge:
@@ -84,7 +84,7 @@ class Hedge:
     >>> learned = np.array([[1.0, 0.0]] * 3)
     >>> y, leaders = hedge.run(slots, outputs, slots, learned, np.ones(3), np.arange(1, 4))
     >>> [round(v, 2) for v in y.tolist()], leaders.tolist()
-    ([0.5, 0.88, 0.98], [0, 0, 0])
+    ([0.5, 0.87, 0.97], [0, 0, 0])
     """
 
     def __init__(self, members: int, params: EnsembleParams) -> None:

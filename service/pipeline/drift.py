@@ -139,13 +139,21 @@ class DriftMonitor:
             threshold=self._settings.page_hinkley_threshold, delta=self._settings.page_hinkley_delta
         )
 
-    def update(self, abs_errors: FloatArray, scale: float) -> dict[str, list[int]]:
-        """Feed a batch of absolute errors; return, per detector name, the indices of
+    def update(self, abs_errors: FloatArray, scale: float | FloatArray) -> dict[str, list[int]]:
+        """Feed a batch of absolute errors, each divided by its ``scale`` (the model's
+        MAE before it, per row, so that detections do not depend on where batches
+        begin; or one number for the batch); return, per detector name, the indices of
         the errors at which it detected a drift.
 
-        With no error history yet (``scale`` 0) nothing is fed: there is no unit.
+        Errors with no error history yet (``scale`` 0) are not fed: there is no unit.
         """
-        if scale <= 0:
+        errors = np.asarray(abs_errors, dtype=np.float64)
+        scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), errors.shape)
+        fed = np.flatnonzero(scales > 0)
+        if len(fed) == 0:
             return {name: [] for name in self._detectors}
-        values = np.asarray(abs_errors, dtype=np.float64) / max(scale, _MIN_SCALE)
-        return {name: detector.update_many(values) for name, detector in self._detectors.items()}
+        values = errors[fed] / np.maximum(scales[fed], _MIN_SCALE)
+        return {
+            name: fed[detector.update_many(values)].tolist()
+            for name, detector in self._detectors.items()
+        }

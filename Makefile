@@ -25,7 +25,8 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -m "not integration and not e2e and not deploy" -q
 
-# promtool/prometheus (Debian) and the CRD schema validators (npm) for tests/deploy.
+# promtool/prometheus and chromium (Debian) and the CRD schema validators (npm) for
+# tests/deploy and the report page test (tests/service/workbench).
 tools:
 	bash deploy/tools/install.sh
 

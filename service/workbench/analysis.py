@@ -136,7 +136,7 @@ def error_analysis(frame: pd.DataFrame, model: str, periods: int = 20) -> dict[s
     if hourly:
         out["by_hour"] = _table(part, when.dt.hour)
     if weekly:
-        out["by_weekday"] = _table(part, when.dt.dayofweek)
+        out["by_weekday"] = _table(part, when.dt.day_of_week)
     magnitude = part["y_true"].abs()
     if magnitude.nunique() >= 5:
         bins = pd.qcut(magnitude, 5, duplicates="drop")

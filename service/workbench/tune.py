@@ -6,8 +6,11 @@ through the daemon's pipeline (:class:`~service.processor.Processor` under
 :func:`service.app.run_loop`) over the first part; its objective is the primary
 model's prequential MAE after a warm-up of :data:`WARMUP` of the part. Intermediate
 errors are reported about ten times per trial so that Optuna's median pruner stops
-hopeless trials early. The first trial is the starting config itself, so the best
-trial is never worse than it on the tuning part.
+hopeless trials early: so every replay here (trials and re-scoring alike) reads
+polls of at most a tenth of the tuning part. Poll size changes no model's numbers
+except the ensemble's with ``drift.action: shrink`` (a drift acts at the end of its
+poll), and it is the same for every config compared. The first trial is the
+starting config itself, so the best trial is never worse than it on the tuning part.
 
 The best config and the starting config are then replayed over the whole stream and
 scored on the held-back part only (models keep learning through the tuning part, as
@@ -246,7 +249,7 @@ def score(
     sink = ListSink()
     processor = Processor(settings, sink, metrics, on_scored=primary)
     every = max(1, split // REPORTS)
-    first = _Counting(records[:split], processor)
+    first = _Counting(records[:split], processor, every)
     reported = [0]
 
     def check() -> bool:
@@ -255,7 +258,7 @@ def score(
         reported[0] = first.position
         value = primary.mae(0, WARMUP)
         if math.isfinite(value):
-            trial.report(value, first.position)
+            trial.report(value, first.position // every)
             if trial.should_prune():
                 import optuna
 
@@ -266,18 +269,21 @@ def score(
     if trial is not None:
         return primary.mae(0, WARMUP), math.nan
     primary.phase = 1
-    rest = ListSource(records[split:], processor)
+    rest = _Counting(records[split:], processor, every)
     run_loop(settings, rest, sink, processor, metrics, lambda: False)
     return primary.mae(0, WARMUP), primary.mae(1)
 
 
 class _Counting(ListSource):
-    def __init__(self, records: Sequence[RawRecord], processor: Processor) -> None:
+    """Polls of at most ``cap`` records (so a trial can report between them), counted."""
+
+    def __init__(self, records: Sequence[RawRecord], processor: Processor, cap: int) -> None:
         super().__init__(records, processor)
         self.position = 0
+        self._cap = cap
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
-        batch = super().poll(max_records, timeout_s)
+        batch = super().poll(min(max_records, self._cap), timeout_s)
         self.position += len(batch)
         return batch
 
@@ -324,7 +330,7 @@ def _work(job: _Job) -> None:
         study_name=job.study,
         storage=_storage(job.storage),
         sampler=optuna.samplers.TPESampler(seed=job.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
     )
     study.optimize(
         _objective(job, base, search_space(base)), n_trials=job.trials, timeout=job.timeout

@@ -14,8 +14,8 @@ One method per model family, each the one that reads the model as it is:
 * every other learning model (trees, forests, ``river.custom``): permutation
   importance, the increase of mean absolute error when one feature column is
   shuffled (seeded);
-* an ensemble: each member's weight (pooled over the task's keys, the weights a new
-  key starts from), and as feature attributions the members' attributions weighted by
+* an ensemble: each member's weight (the mean over keys of each key's current
+  weights), and as feature attributions the members' attributions weighted by
   those weights.
 
 Attributions are shares: non-negative, summing to 1 per model, so models compare.
@@ -109,13 +109,15 @@ def explain_model(name: str, probe: Probe, seed: int = 0) -> Explanation | None:
 def explain_ensemble(
     name: str, hedge: Hedge, members: tuple[str, ...], known: dict[str, Explanation]
 ) -> Explanation:
-    """Members' pooled weights; features: their attributions, weighted by them."""
-    log_w = np.asarray(hedge._pool_log_w, dtype=np.float64)  # what a new key starts from
-    w = np.exp(log_w - log_w.max())
-    w = w / w.sum()
-    share = hedge.share
-    w = (1 - share) * w + share / len(w)
-    weights = {m: float(v) for m, v in zip(members, w.tolist(), strict=True)}
+    """Members' weights (mean over keys); features: their attributions, weighted."""
+    keyed = [slot for slot, seen in enumerate(hedge._known) if seen]  # keys with weights
+    if keyed:
+        w = np.mean([hedge.weights(slot) for slot in keyed], axis=0)
+    else:  # no key resolved yet: the pooled weights a new key starts from
+        log_w = np.asarray(hedge._pool_log_w, dtype=np.float64)
+        w = np.exp(log_w - log_w.max())
+        w = (1 - hedge.share) * w / w.sum() + hedge.share / len(w)
+    weights = {m: float(v) for m, v in zip(members, np.asarray(w).tolist(), strict=True)}
     features: dict[str, float] = {}
     for member, weight in weights.items():
         found = known.get(member)

@@ -42,7 +42,7 @@ STATS = ("mae", "rmse", "r2")
 
 
 def _done(daemon: Any, records: int) -> bool:
-    committed = sum(daemon.source.committed.values())
+    committed: int = sum(daemon.source.committed.values())
     return committed == records
 
 

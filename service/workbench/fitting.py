@@ -12,8 +12,11 @@ A model whose *seen* error is well below its *unseen* error has memorised noise
 model whose *unseen* error is no better than the naive forecast (the key's last value;
 with ``horizon: 0``, the mean of the truth), with *seen* close to it, has not found the
 signal (underfits: a larger network, a higher learning rate, less L2, more lags or a
-seasonal period). The thresholds are in :data:`OVERFIT_RATIO` and
-:data:`UNDERFIT_RATIO`; they are read on the second half of the replay, after the
+seasonal period). A model whose *seen* error is above its *unseen* error got worse on
+rows by learning them, or whose unseen error is far above the naive forecast's: its
+updates overshoot (a lower learning rate, tighter gradient clipping). The thresholds
+are :data:`OVERFIT_RATIO`, :data:`UNDERFIT_RATIO`, :data:`UNSTABLE_RATIO` and
+:data:`DIVERGED_RATIO`; they are read on the second half of the replay, after the
 models had data to learn from.
 """
 
@@ -30,6 +33,11 @@ OVERFIT_RATIO = 1.5
 """Unseen error above this multiple of the seen error reads as overfitting."""
 UNDERFIT_RATIO = 0.98
 """Unseen error above this share of the naive forecast's reads as underfitting."""
+UNSTABLE_RATIO = 1.2
+"""Seen error above this multiple of the unseen error (worse on rows after learning
+them than before) reads as updates that overshoot."""
+DIVERGED_RATIO = 3.0
+"""Unseen error above this multiple of the naive forecast's reads as diverging."""
 
 
 @dataclass
@@ -42,7 +50,7 @@ class Curve:
 @dataclass
 class Verdict:
     model: str
-    verdict: str  # "overfit", "underfit" or "fits"
+    verdict: str  # "unstable", "overfit", "underfit" or "fits"
     seen: float
     unseen: float
     naive: float
@@ -99,7 +107,14 @@ def verdicts(run: WorkbenchRun, found: dict[str, Curve]) -> list[Verdict]:
         start = curve.positions[half - 1] if half > 0 else 0
         part = run.frame[(run.frame["model"] == model) & (run.frame["position"] > start)]
         naive = _naive(part, horizon)
-        if unseen > OVERFIT_RATIO * seen:
+        if seen > UNSTABLE_RATIO * unseen or unseen > DIVERGED_RATIO * naive:
+            verdict = "unstable"
+            advice = (
+                "Its updates overshoot (its error on rows it has just learned is above its"
+                " error on them before, or far above the naive forecast's). Try a lower"
+                " learning rate or tighter gradient clipping."
+            )
+        elif unseen > OVERFIT_RATIO * seen:
             verdict = "overfit"
             advice = (
                 "It fits rows it learned much better than new ones: try more L2"

@@ -110,6 +110,10 @@ class Probe:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.inner.load_state_dict(state)
 
+    # ``nonfinite_events`` and the like, which the task reads for its metrics
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def _remember(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Keep the rows learned since the last checkpoint; at a checkpoint, re-predict
         them (the very rows whose prequential error the report compares with) and keep

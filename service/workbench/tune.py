@@ -10,15 +10,16 @@ hopeless trials early: so every replay here (trials and re-scoring alike) reads
 polls of at most a tenth of the tuning part. Poll size changes no model's numbers
 except the ensemble's with ``drift.action: shrink`` (a drift acts at the end of its
 poll), and it is the same for every config compared. The first trial is the
-starting config itself, so the best trial is never worse than it on the tuning part.
+starting config (a value outside the space, such as an L2 of 0 where the search is on
+a log scale, is clipped into it).
 
 The best config and the starting config are then replayed over the whole stream and
 scored on the held-back part only (models keep learning through the tuning part, as
 they would live): the two held-back errors are printed beside the tuning errors, so
-a config that only fits the tuning part shows. The tuned config is written when its
-held-back error is no worse than the starting config's; otherwise the starting config
-is written back with a comment saying so: a tuned config that does not hold up on
-data it was not tuned on is not an improvement.
+a config that only fits the tuning part shows. The tuned config is written when it
+beats the starting config on the tuning part and is no worse on the held-back part;
+otherwise the starting config is written back with a comment saying why: a tuned
+config that does not hold up on data it was not tuned on is not an improvement.
 
 Trials are built from the config file alone (``FORECASTD_*`` environment overrides,
 which usually say where the broker is, are not written into the tuned file).
@@ -390,8 +391,7 @@ def tune(records: Sequence[RawRecord], settings: Settings, args: argparse.Namesp
             raise ConfigError("no trial completed: raise --trials or --timeout")
         best = study.best_trial
         trials = len(study.trials)
-    base_values = _values_of(best.params, dims)
-    tuned_data = apply(data, base_values, settings)
+    tuned_data = apply(data, _values_of(best.params, dims), settings)
     tuned = validated(tuned_data)
     default_fit, default_held = score(records, validated(data), split)
     tuned_fit, tuned_held = score(records, tuned, split)
@@ -406,16 +406,21 @@ def tune(records: Sequence[RawRecord], settings: Settings, args: argparse.Namesp
     table.add_row(f"best of {len(finished)} trials", f"{tuned_fit:.5g}", f"{tuned_held:.5g}")
     console.print(table)
     console.print(f"{trials} trials, {pruned} pruned, {jobs} process(es)")
-    keep = tuned_held <= default_held
-    chosen = tuned_data if keep else data
     header = [
         f"# forecastd tune {args.source}: {len(finished)} trials, seed {args.seed}",
         f"# primary MAE, tuning part / held back: starting {default_fit:.6g} / {default_held:.6g},"
         f" tuned {tuned_fit:.6g} / {tuned_held:.6g}",
     ]
-    if not keep:
-        header.append("# the tuned config was worse on the held-back part: starting config kept")
-        console.print("the tuned config did worse on the held-back part: wrote the starting config")
+    chosen = tuned_data
+    if tuned_fit > default_fit:
+        chosen = data
+        why = "no trial beat the starting config on the tuning part"
+    elif tuned_held > default_held:
+        chosen = data
+        why = "the tuned config did worse on the held-back part"
+    if chosen is data:
+        header.append(f"# {why}: starting config kept")
+        console.print(f"{why}: wrote the starting config")
     validated(chosen)
     Path(args.out).write_text("\n".join(header) + "\n" + yaml.safe_dump(chosen, sort_keys=False))
     console.print(f"wrote {args.out}")

@@ -177,6 +177,18 @@ def _page(document: dict[str, Any], images: list[str], verdicts: list[fitting.Ve
             + ", ".join(inconsistent)
             + " (with forecast.outliers: clip, clipped truths cannot be joined)."
         )
+    attributions = []
+    for name, found in document["explanations"].items():
+        top = list(found["features"].items())[:3]
+        text = ", ".join(f"{f} ({v:.0%})" for f, v in top if v > 0) or "reads no features"
+        if found["members"]:
+            text += "; member weights: " + ", ".join(
+                f"{m} {w:.0%}" for m, w in sorted(found["members"].items(), key=lambda kv: -kv[1])
+            )
+        if found["window"]:
+            newest = found["window"][-1]
+            text += f"; attention on the newest window step: {newest:.0%}"
+        attributions.append(f"{name} ({found['method']}): {text}")
     figures = "".join(
         f'<figure><img src="{e(name)}" alt="{e(_CAPTIONS.get(name, name))}">'
         f"<figcaption>{e(_CAPTIONS.get(name, name))}</figcaption></figure>"
@@ -194,6 +206,7 @@ img{{max-width:100%}}</style></head><body>
 Every number is recomputable from predictions.parquet (metrics.json holds them all).</p>
 {table}
 <h2>Over- and underfitting</h2><ul>{fit}</ul>
+<h2>What the models read</h2><ul>{"".join(f"<li>{e(a)}</li>" for a in attributions)}</ul>
 <h2>Error analysis</h2><ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul>
 {figures}
 </body></html>

@@ -46,6 +46,7 @@ def render(folder: Path) -> dict[str, Any]:
     done = subprocess.run(
         [
             chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--enable-logging=stderr", "--v=0",
             f"--user-data-dir={folder / '.chromium'}", "--virtual-time-budget=10000",
             "--dump-dom", probe.as_uri(),
         ],
@@ -67,6 +68,17 @@ def test_every_image_renders_and_the_console_is_clean(reports: dict[str, Built],
     assert all(i["ok"] and i["width"] > 100 for i in result["images"]), result["images"]
     assert result["errors"] == []
     assert result["console"] == []
+
+
+def test_the_browser_check_sees_console_messages(tmp_path: Path) -> None:
+    """The console check can fail too: a page that logs an error is caught twice."""
+    (tmp_path / "index.html").write_text(
+        '<!DOCTYPE html><html><head></head><body><script>console.error("boom")</script>'
+        "</body></html>"
+    )
+    result = render(tmp_path)
+    assert result["errors"] == ["boom"]
+    assert any("boom" in line for line in result["console"])
 
 
 def test_the_browser_check_sees_a_missing_image(reports: dict[str, Built], tmp_path: Path) -> None:

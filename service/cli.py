@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatasetError, ForecastdError
+from service.records import RawRecord
 
 log = logging.getLogger("forecastd")
 
@@ -175,11 +177,24 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
     return replay.encode(frame, columns, settings.schema_)
 
 
+def _offline_records(args: argparse.Namespace, settings: Settings) -> list[RawRecord]:
+    """Records for an offline replay. Without a time column (``--time-col ''``) each
+    record carries the time it is read at, one millisecond apart, as a broker would
+    stamp records produced in one burst: the decoder then takes the record time, as
+    the daemon does for input without a ``ts`` field."""
+    from service import replay
+
+    records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
+    if args.time_col:
+        return records
+    start = time.time_ns() // 1_000_000
+    return [r._replace(timestamp_ms=start + i) for i, r in enumerate(records)]
+
+
 def _backtest(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from service import replay
     from service.app import set_torch_threads
     from service.backtest import run_backtest
 
@@ -189,7 +204,7 @@ def _backtest(args: argparse.Namespace) -> int:
 
         require("matplotlib")
     set_torch_threads(settings.processing.torch_threads)
-    records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
+    records = _offline_records(args, settings)
     if args.report:
         from pathlib import Path
 
@@ -239,12 +254,10 @@ def _tune(args: argparse.Namespace) -> int:
     from service.workbench import require
 
     require("optuna")
-    from service import replay
     from service.workbench.tune import tune
 
     settings = load_settings(args.config)
-    records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
-    return tune(records, settings, args)
+    return tune(_offline_records(args, settings), settings, args)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -173,11 +173,12 @@ class _ProbedProcessor(Processor):
         metrics: Metrics,
         position: Callable[[], int],
         every: int,
+        on_scored: _Collector,
     ) -> None:
         self._position = position
         self._every = every
         self.probes: dict[str, Probe] = {}
-        super().__init__(settings, sink, metrics)
+        super().__init__(settings, sink, metrics, on_scored=on_scored)
 
     def _new_task(self, tp: TopicPartition) -> PartitionTask:
         task = super()._new_task(tp)
@@ -287,8 +288,8 @@ def replay(
         return holder[0].position if holder else 0
 
     every = max(64, len(records) // CURVE_POINTS)
-    processor = _ProbedProcessor(settings, sink, metrics, position, every)
-    processor._on_scored = collector  # the tasks' own scores, as run_backtest keeps them
+    # the collector: the tasks' own scores, as run_backtest keeps them
+    processor = _ProbedProcessor(settings, sink, metrics, position, every, collector)
     watch = _DriftWatch(metrics)
     source = _CountingSource(records, processor, on_poll, watch)
     holder.append(source)

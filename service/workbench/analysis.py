@@ -22,6 +22,7 @@ from service.scoring import ScoreStats
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
 DAY_MS = 86_400_000
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 def figures(part: pd.DataFrame) -> dict[str, Any]:
@@ -134,13 +135,14 @@ def error_analysis(frame: pd.DataFrame, model: str, periods: int = 20) -> dict[s
     when = pd.to_datetime(part["target_ts"], unit="ms", utc=True)
     out: dict[str, Any] = {"model": model}
     if hourly:
-        out["by_hour"] = _table(part, when.dt.hour)
+        out["by_hour"] = _table(part, when.dt.hour.map("{:02d}:00 UTC".format))
     if weekly:
-        out["by_weekday"] = _table(part, when.dt.day_of_week)
+        out["by_weekday"] = _table(part, when.dt.day_of_week.map(dict(enumerate(_DAYS))))
     magnitude = part["y_true"].abs()
     if magnitude.nunique() >= 5:
         bins = pd.qcut(magnitude, 5, duplicates="drop")
-        out["by_magnitude"] = _table(part, bins.astype(str))
+        labels = bins.map(lambda b: f"|y| {b.left:.4g} to {b.right:.4g}").astype(str)
+        out["by_magnitude"] = _table(part, labels)
     by_key = _table(part, part["key"])
     out["worst_keys"] = sorted(by_key, key=lambda r: -r["mae"])[:5]
     order = part.sort_values("position", kind="stable")

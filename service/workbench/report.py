@@ -169,7 +169,10 @@ def _page(document: dict[str, Any], images: list[str], verdicts: list[fitting.Ve
     for name in ("by_hour", "by_weekday", "by_magnitude"):
         if errors.get(name):
             worst_group = max(errors[name], key=lambda r: r["mae"])
-            notes.append(f"Error {name.replace('_', ' ')}: largest in {worst_group['group']}.")
+            notes.append(
+                f"Error {name.replace('_', ' ')}: largest in {worst_group['group']}"
+                f" (MAE {worst_group['mae']:.4g})."
+            )
     inconsistent = [m for m, ok in document["consistent_with_daemon_scores"].items() if not ok]
     if inconsistent:
         notes.append(
@@ -199,6 +202,7 @@ def _page(document: dict[str, Any], images: list[str], verdicts: list[fitting.Ve
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}
+td:first-child,td:nth-child(2){{text-align:left}}
 img{{max-width:100%}}</style></head><body>
 <h1>{e(title)}</h1>
 <p>{document["records"]} records, {document["dead_letters"]} dead-lettered, horizon

@@ -10,9 +10,9 @@ are added around it, none of which changes a number the daemon would publish:
   and coverage; no model reads them);
 * each prediction is joined to its truth: the ``horizon``-th next accepted event of
   its key (``horizon: 0``: its own event), accepted meaning not dead-lettered. The
-  join is checked against the scores the tasks themselves computed (``consistent``
-  in :class:`WorkbenchRun`): with ``forecast.outliers: clip`` a clipped truth is the
-  one value the join cannot see, and the report says so;
+  join is checked, row for row, against the pairs the tasks themselves scored
+  (``consistent`` in :class:`WorkbenchRun`), and the tasks' truths are kept (they
+  differ from the joined ones only where ``forecast.outliers: clip`` moved a value);
 * every base model is wrapped in a :class:`Probe`, a pass-through that remembers the
   rows the model learned from, so the report can re-predict data the model has seen
   (learning curves) and explain the trained model with real inputs.
@@ -312,13 +312,27 @@ def replay(
         events_per_s=len(records) / elapsed if elapsed > 0 else float("inf"),
         collector=collector,
     )
-    for model, stats in scores.items():
-        mine = frame[frame["model"] == model]
-        check = ScoreStats.of(mine["y_true"].to_numpy(), mine["y_hat"].to_numpy())
-        run.consistent[model] = check.n == stats.n and bool(
-            np.isclose(check.mae, stats.mae, rtol=1e-9, atol=1e-12)
-        )
+    for model in scores:
+        run.consistent[model] = _align(frame, model, collector)
     return run
+
+
+def _align(frame: pd.DataFrame, model: str, collector: _Collector) -> bool:
+    """Whether the joined predictions of ``model`` are, row for row, the ones the tasks
+    scored (same count, same predicted values in scoring order); if so, the truths the
+    tasks scored replace the joined ones, which differ only where ``forecast.outliers:
+    clip`` moved a value. ``frame`` is sorted by model, then scoring order."""
+    rows = np.flatnonzero((frame["model"] == model).to_numpy())
+    scored_hat = np.concatenate(collector.predicted.get(model, [np.empty(0)]))
+    if len(rows) != len(scored_hat):
+        return False
+    joined_hat = frame["y_hat"].to_numpy()[rows]
+    if not np.array_equal(joined_hat, scored_hat):
+        return False
+    truth = frame["y_true"].to_numpy(copy=True)
+    truth[rows] = np.concatenate(collector.truth[model])
+    frame["y_true"] = truth
+    return True
 
 
 class _DriftWatch:

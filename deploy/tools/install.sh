@@ -2,6 +2,8 @@
 # Install the external tools the deploy tests (tests/deploy, pytest -m deploy) need:
 #
 #   promtool, prometheus   Debian's `prometheus` package (rule checks, rule unit tests, e2e)
+#   chromium               Debian's `chromium` (tests/service/workbench: the report page
+#                          must render every image in a real headless browser)
 #   CRD schema validators  npm @kubernetes-models/{prometheus-operator,keda}, pinned by
 #                          deploy/tools/node/package-lock.json, installed under
 #                          deploy/tools/node/node_modules (git-ignored)
@@ -66,5 +68,19 @@ install_node_validators() {
     printf '%s\n' "$want" >"$stamp"
 }
 
+install_chromium() {
+    command -v chromium >/dev/null 2>&1 && return
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || { log "chromium is missing and this needs root for apt-get"; exit 1; }
+        sudo=(sudo)
+    fi
+    log "installing Debian package chromium (headless browser for the report test)"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends chromium >/dev/null
+}
+
 install_prometheus
+install_chromium
 install_node_validators

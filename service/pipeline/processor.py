@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -44,6 +45,9 @@ from service.records import (
     dead_letter_value_limit,
 )
 from service.runtime.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.pipeline.explanations import LiveExplainer
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,7 @@ class Processor:
         # sees a consistent snapshot without a lock.
         self.owned: frozenset[TopicPartition] = frozenset()
         self.positions: Mapping[TopicPartition, int] = {}
+        self._explainer = _explainer(settings)
         metrics.watch_scores(self.pooled_scores)
         metrics.watch_coverage(self.pooled_coverage)
 
@@ -224,9 +229,14 @@ class Processor:
             if task is None:  # records of a partition we were never told about
                 task = self.tasks[tp] = self._new_task(tp)
                 self.owned = frozenset(self.tasks)
+            if self._explainer is not None:
+                self._explainer.forget(task)
             output = self._guarded(task, events)
             invalid.extend(output.invalid)
             sent = self._send_predictions(output.predictions, events, invalid)
+            if self._explainer is not None and self._explainer.topic is not None:
+                for key, value in self._explainer.records(task, sent):
+                    self._sink.send(self._explainer.topic, key, value)
             self._send_dead_letters(invalid)
             predictions.extend(sent)
             dead += len(invalid)
@@ -313,7 +323,7 @@ class Processor:
                 self._metrics.lag.labels(topic, str(partition)).set(lag)
 
     def _new_task(self, tp: TopicPartition) -> PartitionTask:
-        return PartitionTask(
+        task = PartitionTask(
             tp[0],
             tp[1],
             self._settings,
@@ -322,6 +332,9 @@ class Processor:
             self._metrics,
             self._on_scored,
         )
+        if self._explainer is not None:
+            self._explainer.wrap(task)
+        return task
 
     def _send_predictions(
         self, predictions: list[Prediction], events: list[Event], invalid: list[Invalid]
@@ -353,6 +366,15 @@ class Processor:
             self._metrics.invalid.labels(item.reason).inc()
             letter = dead_letter(item, self._max_dead_letter_value)
             self._sink.send(topic, letter.key, letter.value, letter.headers)
+
+
+def _explainer(settings: Settings) -> LiveExplainer | None:
+    """The live explainer when ``explanations.topic`` is set (imported only then)."""
+    if settings.explanations.topic is None:
+        return None
+    from service.pipeline.explanations import LiveExplainer
+
+    return LiveExplainer(settings)
 
 
 def producer_request_limit(settings: Settings) -> int:

@@ -1,0 +1,76 @@
+"""``forecastd check``: the resolved config, secrets masked, or one line and exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.cli import main
+from service.config import MASK
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_prints_the_resolved_config_with_defaults_and_overrides(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "kafka:\n  security: {security_protocol: SASL_SSL, sasl_mechanism: PLAIN,"
+        " sasl_plain_username: svc, sasl_plain_password: hunter2-from-file}\n"
+        "models:\n  - {name: a, kind: river.linear, primary: true}\n"
+    )
+    monkeypatch.setenv("FORECASTD_KAFKA__BOOTSTRAP_SERVERS", "broker-7:9092")
+    monkeypatch.setenv("FORECASTD_KAFKA__SECURITY__SASL_PLAIN_PASSWORD", "s3cret-from-env")
+    assert main(["check", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "s3cret" not in out
+    assert "kafka.bootstrap_servers" in out.splitlines()[1]  # overrides named, not shown
+    resolved = yaml.safe_load(out)
+    assert resolved["kafka"]["bootstrap_servers"] == "broker-7:9092"
+    assert resolved["kafka"]["security"]["sasl_plain_password"] == MASK
+    assert resolved["kafka"]["security"]["sasl_plain_username"] == MASK
+    assert resolved["forecast"]["window"] == 32  # a default, filled in
+    assert resolved["models"][0]["publish"] is False  # a model default, filled in
+    assert resolved["models"][0]["name"] == "a"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "stocks.yaml", "sensors.yaml"])
+def test_accepts_the_shipped_configs(capsys: pytest.CaptureFixture[str], name: str) -> None:
+    assert main(["check", "-c", str(ROOT / "configs" / name)]) == 0
+    assert "valid" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_a_bad_config_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("kafka: {security: {sasl_plain_password: hunter2}}\nforecast: {window: 1}\n")
+    assert main(["check", "-c", str(config)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert "forecast.window" in lines[0]
+    assert "hunter2" not in captured.err
+
+
+def test_missing_workbench_extra_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without_matplotlib(name: str, *args: object) -> object:
+        return None if name == "matplotlib" else real(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_matplotlib)
+    assert main(["backtest", "waterflow", "--report", "/nonexistent/never-written"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "'workbench' extra" in err[0]
+    assert "forecastd[workbench]" in err[0]

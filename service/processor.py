@@ -159,7 +159,7 @@ class Processor:
                 self.tasks[tp] = self._new_task(tp)
         self.assignments += 1
         self.owned = frozenset(self.tasks) | frozenset(self._waiting)
-        self._metrics.assigned.set(len(self.tasks))
+        self._metrics.assigned.set(len(self.owned))
         log.info("assigned %s; now own %d partitions", list(partitions), len(self.tasks))
 
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
@@ -170,7 +170,7 @@ class Processor:
                     self._metrics.lag.remove(tp[0], str(tp[1]))
         self.owned = frozenset(self.tasks)
         self.positions = {tp: o for tp, o in self.positions.items() if tp in self.tasks}
-        self._metrics.assigned.set(len(self.tasks))
+        self._metrics.assigned.set(len(self.owned))
         self._metrics.active_series.set(self.active_series)
         log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
 

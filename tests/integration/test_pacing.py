@@ -55,9 +55,7 @@ def test_a_trickle_waits_far_less_than_the_idle_fetch_wait(broker: EmbeddedBroke
         for step in range(WARM, WARM + TRICKLE):
             send(step)
             time.sleep(0.1)
-        wait_for(
-            lambda: sum(daemon.source.committed.values()) >= WARM + TRICKLE, 60, "the trickle"
-        )
+        wait_for(lambda: sum(daemon.source.committed.values()) >= WARM + TRICKLE, 60, "the trickle")
     producer.close()
     inputs = consume_all(broker.bootstrap, topics.input, WARM + TRICKLE)
     sent_at = {f"{r.topic}:{r.partition}:{r.offset}": r.timestamp for r in inputs}

@@ -2,6 +2,7 @@
 
     python -m bench.keys                          # 10, 1k, 10k, 100k keys; 200,000 events
     python -m bench.keys --keys 20,60000 --events 120000 --max-keys default
+    python -m bench.keys --mode hot --events 50000   # 10 busy keys beside N-10 idle ones
 
 Feeds a config (default: the built-in one, the ensemble and its members) the same
 number of events spread over N distinct keys (each key's events in turn: key 0..N-1,
@@ -11,6 +12,10 @@ torch thread and the start-up heap frozen as in the daemon, so that neither the
 heap nor the allocator of one run is inherited by the next. Reported: events/s after
 the first poll, the ratio to the first key count of the same run, and the resident
 memory (RSS) the run added, per key, and at its end.
+
+``--mode hot`` isolates what the number of live keys costs every batch: first N - 10
+keys get two events each (not timed), then the timed events all belong to 10 other
+keys, so every run does the same work beside a different number of live keys.
 
 ``--max-keys``: ``live`` (the default) raises ``forecast.max_keys`` to N so that every
 key stays live; ``default`` keeps the built-in cap, so that beyond it keys are evicted
@@ -83,7 +88,24 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _measure(keys: int, events: int, config: str | None, max_keys: str) -> Result:
+HOT_KEYS = 10
+
+
+def hot_records(keys: int, events: int) -> tuple[list[RawRecord], list[RawRecord]]:
+    """(untimed: two events of each of ``keys - 10`` idle keys, timed: ``events`` of 10
+    other keys, later in time)."""
+    idle = keys - HOT_KEYS
+    before = records(idle, 2 * idle) if idle > 0 else []
+    timed = [
+        r._replace(key=b"hot-" + (r.key or b""), offset=2 * idle + r.offset)
+        for r in records(HOT_KEYS, events)
+    ]
+    return before, timed
+
+
+def _measure(
+    keys: int, events: int, config: str | None, max_keys: str, mode: str = "spread"
+) -> Result:
     """One key count, in this (fresh) process."""
     import torch
     from prometheus_client import CollectorRegistry
@@ -99,12 +121,17 @@ def _measure(keys: int, events: int, config: str | None, max_keys: str) -> Resul
             update={"max_keys": max(keys, settings.forecast.max_keys)}
         )
         settings = settings.model_copy(update={"forecast": forecast})
-    stream = records(keys, events)
     processor = Processor(settings, _Discard(), Metrics(CollectorRegistry(), settings))
-    processor.process(stream[:POLL])  # models built, features fixed
+    idle, stream = hot_records(keys, events) if mode == "hot" else ([], records(keys, events))
+    first = (idle or stream)[:POLL]
+    processor.process(first)  # models built, features fixed
     gc.collect()
     gc.freeze()  # as the daemon serves (service.app.frozen_heap)
     before = _rss()
+    for start in range(len(first), len(idle), POLL):
+        processor.process(idle[start : start + POLL])
+    if idle:
+        processor.process(stream[:POLL])
     started = time.perf_counter()
     for start in range(POLL, len(stream), POLL):
         processor.process(stream[start : start + POLL])
@@ -119,11 +146,17 @@ def _measure(keys: int, events: int, config: str | None, max_keys: str) -> Resul
     )
 
 
-def measure(keys: int, events: int, config: str | None = None, max_keys: str = "live") -> Result:
+def measure(
+    keys: int,
+    events: int,
+    config: str | None = None,
+    max_keys: str = "live",
+    mode: str = "spread",
+) -> Result:
     """:func:`_measure` in a fresh process."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_measure, (keys, events, config, max_keys))
+        return pool.apply(_measure, (keys, events, config, max_keys, mode))
 
 
 def main() -> None:
@@ -132,11 +165,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--config", type=Path, help="default: the built-in config")
     parser.add_argument("--max-keys", choices=("live", "default"), default="live")
+    parser.add_argument("--mode", choices=("spread", "hot"), default="spread")
     args = parser.parse_args()
     config = str(args.config) if args.config else None
     table = Table(
         title=f"{args.events:,} events, polls of {POLL}, "
-        f"{args.config or 'built-in config'}, max_keys: {args.max_keys}"
+        f"{args.config or 'built-in config'}, max_keys: {args.max_keys}, mode: {args.mode}"
     )
     for column in (
         "keys",
@@ -150,11 +184,11 @@ def main() -> None:
         table.add_column(column, justify="right")
     first: float | None = None
     for keys in (int(k) for k in args.keys.split(",")):
-        result = measure(keys, args.events, config, args.max_keys)
+        result = measure(keys, args.events, config, args.max_keys, args.mode)
         first = first or result.events_per_s
         table.add_row(
             f"{keys:,}",
-            f"{args.events / keys:,.0f}",
+            f"{args.events / (HOT_KEYS if args.mode == 'hot' else keys):,.0f}",
             f"{result.events_per_s:,.0f}",
             f"{result.events_per_s / first:.2f}x",
             f"{result.live_keys:,}",

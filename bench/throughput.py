@@ -166,7 +166,7 @@ def running_pod(settings: Settings, workers: int) -> Iterator[Pod]:
 
 def _ready(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
             return int(reply.status) == 200
     except OSError:
         return False

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -69,6 +70,9 @@ def run_worker(settings: Settings, index: int, port: int) -> None:
     status (0 clean stop, 1 broker failure)."""
     stop = threading.Event()
     _on_signals(stop)  # first: a SIGTERM while importing or connecting stops cleanly
+    threading.Thread(
+        target=_watch_parent, args=(os.getppid(), stop), name="forecastd-parent", daemon=True
+    ).start()
     logging.basicConfig(
         level=settings.processing.log_level,
         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
@@ -259,6 +263,15 @@ class Pod:
                 process.join()
             clean = clean and process.exitcode == 0
         return clean
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM kill) stops as on SIGTERM rather
+    than run on unsupervised (outside a container nothing else would end it)."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.error("the supervisor is gone: stopping")
+            stop.set()
 
 
 def install_pod_signal_handlers(stop: threading.Event) -> None:

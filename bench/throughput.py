@@ -7,15 +7,17 @@ Prints, in one run on the same records:
   client on this machine; run with this process's start-up heap (torch, River)
   frozen, as the daemon runs, so neither pays the garbage collector for modules a
   bare consumer would not load;
-* daemon: forecastd with a config (default ``configs/demo.yaml``) from first record
-  consumed to last offset committed, and the ratio daemon / raw;
-* latency p50/p99 of the daemon at a paced input rate of half the daemon's maximum,
-  and at 1,000 events/s, from the input record's broker timestamp to the
-  prediction's ``produced_at``. The maximum is measured on a backlog (large
-  micro-batches); a paced stream arrives in small ones, which cost more per event,
-  so at half the maximum the daemon may already queue.
+* daemon: forecastd with a config (default ``configs/demo.yaml``), as a pod of 1 and
+  of 2 worker processes (``processing.workers``, :mod:`service.runtime.workers`), from the
+  first commit once the pod is ready (every worker joined the group) to the last
+  offset committed; the ratio daemon (1 worker) / raw, and 2 workers / 1 worker;
+* latency p50/p99 of a 1-worker pod at a paced input rate of 1,000 events/s and of 50%
+  and 90% of its backlog rate, from the input record's broker timestamp to the
+  prediction's ``produced_at``, after a warm-up (models built, first batch done) that
+  is not counted. The daemon runs in its own process, not beside the producer.
 
-Usage: ``python bench/throughput.py [--records 20000] [--config configs/demo.yaml]``.
+Usage: ``python -m bench.throughput [--records 20000] [--config configs/demo.yaml]
+[--clients kafka-python confluent] [--workers 1 2]``.
 Timings on a shared 2-core machine are noisy: raw and daemon each report their best
 of ``--repeats`` runs (interleaved); compare the ratio, not absolutes.
 """
@@ -25,23 +27,28 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
-from prometheus_client import Counter
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history
 from service.config import Settings, load_settings
-from service.runtime.app import Daemon, frozen_heap
+from service.runtime.app import frozen_heap
+from service.runtime.workers import Pod
 from service.tools import replay
 from service.tools.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+WARM_UP = 500
+"""Records sent before a latency run, not counted: the first batch builds the models."""
 
 
 def bench_raw(bootstrap: str, topic: str, records: int, batch: int) -> float:
@@ -129,33 +136,60 @@ def _daemon_settings(
         "FORECASTD_KAFKA__SESSION_TIMEOUT_MS": "6000",
         "FORECASTD_METRICS__HOST": "127.0.0.1",
         "FORECASTD_METRICS__PORT": str(free_port()),
+        "FORECASTD_PROCESSING__LOG_LEVEL": "WARNING",
     }
     return load_settings(config, env=env)
 
 
-def bench_daemon(settings: Settings, records: int) -> float:
-    """Events/s of the daemon on an input topic already holding ``records`` records."""
-    daemon = Daemon(settings)
-    thread = threading.Thread(target=daemon.run, daemon=True)
+def _committed(admin: KafkaAdminClient, group: str) -> int:
+    offsets = admin.list_group_offsets(group).get(group, {})
+    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+
+
+@contextmanager
+def running_pod(settings: Settings, workers: int) -> Iterator[Pod]:
+    """A pod of ``workers`` worker processes, ready (every worker in the group)."""
+    pod = Pod(settings, workers)
+    thread = threading.Thread(target=pod.run, daemon=True)
     thread.start()
-    # Watch cheaply: reading the registry collects every metric (scores pooled over
-    # the tasks), which, done every few ms, would slow the daemon it measures.
-    while daemon.processor.assignments == 0 or not daemon.processor.tasks:
-        time.sleep(0.005)
-    while _count(daemon.metrics.batches) == 0:
-        time.sleep(0.002)
-    started, already = time.perf_counter(), _count(daemon.metrics.consumed)
-    while sum(daemon.source.committed.values()) < records:
-        time.sleep(0.01)
-    elapsed = time.perf_counter() - started
-    daemon.stop()
-    thread.join(timeout=30)
-    return (records - already) / elapsed
+    try:
+        deadline = time.monotonic() + 180
+        while not _ready(pod.port):
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the pod did not become ready in 180 s")
+            time.sleep(0.05)
+        yield pod
+    finally:
+        pod.stop_event.set()
+        thread.join(timeout=120)
 
 
-def _count(counter: Counter) -> float:
-    """One unlabelled counter's value, without collecting the whole registry."""
-    return float(next(iter(counter.collect())).samples[0].value)
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+            return int(reply.status) == 200
+    except OSError:
+        return False
+
+
+def bench_daemon(settings: Settings, records: int, workers: int) -> float:
+    """Events/s of a pod of ``workers`` on an input topic already holding ``records``
+    records, from the first commit after every worker joined to the last commit."""
+    group = settings.kafka.group_id
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        with running_pod(settings, workers):
+            # from the first batch done once every worker is in: model building and
+            # the rebalance that the second worker's join causes are not counted
+            while (already := _committed(admin, group)) == 0:
+                time.sleep(0.005)
+            started = time.perf_counter()
+            while (done := _committed(admin, group)) < records:
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+    finally:
+        admin.close()
+    return (done - already) / elapsed
 
 
 def bench_latency(
@@ -165,26 +199,33 @@ def bench_latency(
     rate: float,
     client: str,
 ) -> tuple[float, float]:
-    """p50 and p99 milliseconds from input broker timestamp to prediction produced_at."""
+    """p50 and p99 milliseconds from input broker timestamp to prediction produced_at
+    of ``pairs`` paced at ``rate``, after a warm-up of :data:`WARM_UP` records."""
     topic, output = f"lat-{uuid.uuid4().hex[:6]}", f"lat-out-{uuid.uuid4().hex[:6]}"
     broker.create_topics([topic], partitions=3)
     broker.create_topics([output, f"{topic}.dlq"])
     settings = _daemon_settings(config, broker.bootstrap, topic, output, client)
-    daemon = Daemon(settings)
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    while daemon.processor.assignments == 0:
-        time.sleep(0.05)
-    replay.to_kafka(pairs, topic, broker.bootstrap, rate=rate, show_progress=False)
-    while sum(daemon.source.committed.values()) < len(pairs):
-        time.sleep(0.05)
-    daemon.stop()
-    thread.join(timeout=30)
-    sent_at = _timestamps(broker.bootstrap, topic, len(pairs))
+    group = settings.kafka.group_id
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    warm, paced = pairs[:WARM_UP], pairs[WARM_UP:]
+    try:
+        with running_pod(settings, 1):
+            replay.to_kafka(warm, topic, broker.bootstrap, show_progress=False)
+            while _committed(admin, group) < len(warm):
+                time.sleep(0.05)
+            replay.to_kafka(paced, topic, broker.bootstrap, rate=rate, show_progress=False)
+            while _committed(admin, group) < len(pairs):
+                time.sleep(0.05)
+    finally:
+        admin.close()
+    inputs = _read(broker.bootstrap, topic, len(pairs))
+    sent_at = {f"{r.topic}:{r.partition}:{r.offset}": r.timestamp for r in inputs}
+    warm_sources = set(sorted(sent_at, key=sent_at.__getitem__)[: len(warm)])
     latencies = []
     for record in _read(broker.bootstrap, output, len(pairs)):
         prediction = orjson.loads(record.value)
-        latencies.append(prediction["produced_at"] - sent_at[prediction["source"]])
+        if prediction["source"] not in warm_sources:
+            latencies.append(prediction["produced_at"] - sent_at[prediction["source"]])
     p50, p99 = np.percentile(latencies, [50, 99])
     return float(p50), float(p99)
 
@@ -202,29 +243,28 @@ def _read(bootstrap: str, topic: str, count: int) -> list:  # type: ignore[type-
     return found
 
 
-def _timestamps(bootstrap: str, topic: str, count: int) -> dict[str, int]:
-    return {
-        f"{r.topic}:{r.partition}:{r.offset}": r.timestamp for r in _read(bootstrap, topic, count)
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument("--dataset", default="sp500")
     parser.add_argument("--clients", nargs="*", default=list(RAW), choices=list(RAW))
+    parser.add_argument("--workers", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="best of, raw and daemon")
+    parser.add_argument("--latency-s", type=float, default=8.0, help="seconds per paced run")
     args = parser.parse_args()
     console = Console()
     base = load_settings(args.config, env={})
     pairs = repeated_history(args.dataset, base.schema_, args.records)
-    table = Table(title=f"forecastd throughput, {len(pairs):,} records, {args.config.name}")
-    for column in ("client", "raw events/s", "daemon events/s", "daemon / raw", "p50 ms"):
-        table.add_column(column, justify="right")
-    table.add_column("p99 ms", justify="right")
-    table.add_column("latency at", justify="right")
-    table.add_column("p50/p99 ms at 1,000/s", justify="right")
+    rates = Table(title=f"forecastd throughput, {len(pairs):,} records, {args.config.name}")
+    for column in ("client", "raw events/s", *(f"{w} worker(s) events/s" for w in args.workers)):
+        rates.add_column(column, justify="right")
+    rates.add_column("daemon / raw", justify="right")
+    if len(args.workers) > 1:
+        rates.add_column(f"{args.workers[-1]} / {args.workers[0]} workers", justify="right")
+    latency = Table(title="latency, 1 worker: input broker timestamp to produced_at")
+    for column in ("client", "paced at", "events/s", "p50 ms", "p99 ms"):
+        latency.add_column(column, justify="right")
     with EmbeddedBroker() as broker:
         for client in args.clients:
             topic = f"bench-{uuid.uuid4().hex[:6]}"
@@ -232,30 +272,38 @@ def main() -> None:
             broker.create_topics(["raw-out", "bench-out", f"{topic}.dlq"])
             replay.to_kafka(pairs, topic, broker.bootstrap, show_progress=False)
             batch = base.kafka.max_poll_records  # the raw loop polls as much as the daemon
-            raws, daemons = [], []
-            for _ in range(args.repeats):  # interleaved: a slow spell hits both sides
+            raws: list[float] = []
+            daemons: dict[int, list[float]] = {w: [] for w in args.workers}
+            for _ in range(args.repeats):  # interleaved: a slow spell hits every side
                 with frozen_heap():  # as the daemon runs: torch's heap is not the transport's
                     raws.append(RAW[client](broker.bootstrap, topic, len(pairs), batch))
-                settings = _daemon_settings(
-                    args.config, broker.bootstrap, topic, "bench-out", client
+                for workers in args.workers:
+                    settings = _daemon_settings(
+                        args.config, broker.bootstrap, topic, "bench-out", client
+                    )
+                    daemons[workers].append(bench_daemon(settings, len(pairs), workers))
+            raw = max(raws)
+            best = {w: max(rates_) for w, rates_ in daemons.items()}
+            one = best[args.workers[0]]
+            row = [client, f"{raw:,.0f}", *(f"{best[w]:,.0f}" for w in args.workers)]
+            row.append(f"{one / raw:.0%}")
+            if len(args.workers) > 1:
+                row.append(f"{best[args.workers[-1]] / one:.2f}x")
+            rates.add_row(*row)
+            console.print(f"{client}: raw {raw:,.0f}/s, daemon {best}")
+            for label, rate in (("1,000/s", 1000.0), ("50% of max", one / 2), ("90%", one * 0.9)):
+                count = WARM_UP + int(rate * args.latency_s)
+                p50, p99 = bench_latency(
+                    broker,
+                    args.config,
+                    repeated_history(args.dataset, base.schema_, count),
+                    rate,
+                    client,
                 )
-                daemons.append(bench_daemon(settings, len(pairs)))
-            raw, daemon = max(raws), max(daemons)
-            latency_pairs = pairs[: min(len(pairs), int(daemon * 10))]
-            p50, p99 = bench_latency(broker, args.config, latency_pairs, daemon / 2, client)
-            low50, low99 = bench_latency(broker, args.config, pairs[:5000], 1000.0, client)
-            table.add_row(
-                client,
-                f"{raw:,.0f}",
-                f"{daemon:,.0f}",
-                f"{daemon / raw:.0%}",
-                f"{p50:.0f}",
-                f"{p99:.0f}",
-                f"{daemon / 2:,.0f}/s",
-                f"{low50:.0f} / {low99:.0f}",
-            )
-            console.print(f"{client}: raw {raw:,.0f}/s, daemon {daemon:,.0f}/s")
-    console.print(table)
+                latency.add_row(client, label, f"{rate:,.0f}", f"{p50:.0f}", f"{p99:.0f}")
+                console.print(f"{client} at {rate:,.0f}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+    console.print(rates)
+    console.print(latency)
 
 
 if __name__ == "__main__":

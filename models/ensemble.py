@@ -96,10 +96,13 @@ class Hedge:
         self.squared = params.loss == "squared"
         self._cap = LOSS_CAP
         self.shrink_to = 1.0
-        self._log_w: list[list[float]] = []
-        self._mse: list[list[float]] = []
-        self._epoch: list[list[int]] = []
-        self._known: list[bool] = []
+        # Per-slot state in arrays, not a list per slot: a list is an object the cyclic
+        # garbage collector walks on every full collection, and with a hundred
+        # thousand keys that walk is what every batch pays for in the end.
+        self._log_w = np.zeros((0, members))
+        self._mse = np.zeros((0, members + 1))
+        self._epoch = np.zeros((0, members), dtype=np.int64)
+        self._known = np.zeros(0, dtype=np.bool_)
         self._drifts = [0] * members
         self.learned = 0
         self._pool_log_w = [0.0] * members
@@ -109,15 +112,17 @@ class Hedge:
         """Room for ``capacity`` slots."""
         missing = capacity - len(self._known)
         if missing > 0:
-            self._log_w.extend([0.0] * self.members for _ in range(missing))
-            self._mse.extend([0.0] * (self.members + 1) for _ in range(missing))
-            self._epoch.extend([0] * self.members for _ in range(missing))
-            self._known.extend([False] * missing)
+            self._log_w = np.concatenate([self._log_w, np.zeros((missing, self.members))])
+            self._mse = np.concatenate([self._mse, np.zeros((missing, self.members + 1))])
+            self._epoch = np.concatenate(
+                [self._epoch, np.zeros((missing, self.members), dtype=np.int64)]
+            )
+            self._known = np.concatenate([self._known, np.zeros(missing, dtype=np.bool_)])
 
     def reset(self, slots: Sequence[int]) -> None:
         """Evicted keys' slots start again from the pool."""
-        for slot in slots:
-            self._known[slot] = False
+        if len(slots):
+            self._known[np.asarray(slots, dtype=np.intp)] = False
 
     def drift(self, member: int, factor: float) -> None:
         """Forget most of ``member``'s past on every key: its log-weight moves to
@@ -135,16 +140,18 @@ class Hedge:
     def _row(self, slot: int) -> list[float]:
         if not self._known[slot]:
             self._known[slot] = True
-            self._log_w[slot] = list(self._pool_log_w)
-            self._mse[slot] = list(self._pool_mse)
-            self._epoch[slot] = list(self._drifts)
-        elif self._epoch[slot] != self._drifts:
-            epochs, log_w = self._epoch[slot], self._log_w[slot]
+            self._log_w[slot] = self._pool_log_w
+            self._mse[slot] = self._pool_mse
+            self._epoch[slot] = self._drifts
+            return list(self._pool_log_w)
+        log_w: list[float] = self._log_w[slot].tolist()
+        epochs: list[int] = self._epoch[slot].tolist()
+        if epochs != self._drifts:
             for member, (seen, now) in enumerate(zip(epochs, self._drifts, strict=True)):
                 if seen != now:
                     log_w = _shrunk(log_w, member, self.shrink_to ** (now - seen))
-            self._log_w[slot], self._epoch[slot] = log_w, list(self._drifts)
-        return self._log_w[slot]
+            self._log_w[slot], self._epoch[slot] = log_w, self._drifts
+        return log_w
 
     def run(
         self,
@@ -201,7 +208,7 @@ class Hedge:
         self.learned += 1
         errors = [(y - p) ** 2 for p in row] if self.squared else [abs(y - p) for p in row]
         log_w = self._row(slot)
-        self._log_w[slot], self._mse[slot] = self._update(log_w, self._mse[slot], errors)
+        self._log_w[slot], self._mse[slot] = self._update(log_w, self._mse[slot].tolist(), errors)
         self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
 
     def _update(

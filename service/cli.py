@@ -136,11 +136,19 @@ def _configure_logging(settings: Settings) -> None:
 def _run(args: argparse.Namespace) -> int:
     import threading
 
-    from service.runtime.app import Daemon, install_signal_handlers
+    from service.runtime.cpus import resolve_workers
 
     settings = load_settings(args.config)
     _configure_logging(settings)
     stop = threading.Event()
+    workers = resolve_workers(settings.processing.workers)
+    if workers > 1:  # a supervisor of worker processes, which never loads the models
+        from service.runtime.workers import Pod, install_pod_signal_handlers
+
+        install_pod_signal_handlers(stop)
+        return Pod(settings, workers, stop_event=stop).run()
+    from service.runtime.app import Daemon, install_signal_handlers
+
     install_signal_handlers(stop)  # first: a SIGTERM while connecting stops cleanly too
     # kafka-python logs every failed connection attempt (a dozen lines per second of
     # an outage) while it bootstraps; the outcome is one line of ours instead.

@@ -299,10 +299,29 @@ class ProcessingSettings(_Section):
     one torch thread setting (process-wide, so no model has its own). 1 suits a small
     container: these networks are too small to split, and OpenMP workers that wait on a
     descheduled sibling made more threads far slower at micro-batch sizes
-    (``bench/models.py --threads 2``). ``null`` keeps torch's default."""
+    (``bench/models.py --threads 2``). ``null`` keeps torch's default.
+
+    ``workers``: consumer processes in this pod, each a member of the group with its
+    own partition tasks (:mod:`service.runtime.workers`); ``auto`` = the CPUs of the
+    container's cgroup limit (else of the machine)."""
 
     seed: int = 0
     torch_threads: int | None = Field(1, ge=1, le=256)
+    workers: int | Literal["auto"] = 1
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if value == "auto":
+            return value
+        try:
+            count = int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            count = 0
+        if isinstance(value, bool) or not 1 <= count <= 256 or str(count) != str(value):
+            raise ValueError("must be a number of processes from 1 to 256, or auto")
+        return count
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -23,6 +23,7 @@ from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError
+from service.io.pacing import FetchPacer
 from service.records import RawRecord
 from service.runtime.watchdog import Watchdog, close_within
 
@@ -170,9 +171,11 @@ class KafkaSource:
         self._listener = listener
         self._joined = False
         self.committed: dict[TopicPartition, int] = {}
+        self._pacer = FetchPacer(settings.fetch_max_wait_ms)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         fetched = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        self.fetch_wait_ms = self._pacer.observed(sum(len(m) for m in fetched.values()))
         if not self._joined and self._in_group():
             # Cooperative rebalancing calls on_partitions_assigned only with partitions
             # added: a member that joins with none (more replicas than partitions)
@@ -194,6 +197,18 @@ class KafkaSource:
             for tp, messages in fetched.items()
             for m in messages
         ]
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """How long the broker may hold this consumer's next fetch
+        (:mod:`service.io.pacing`)."""
+        return int(self._consumer._fetcher.config["fetch_max_wait_ms"])
+
+    @fetch_wait_ms.setter
+    def fetch_wait_ms(self, value: int) -> None:
+        # kafka-python reads its fetcher's config for every fetch request it builds,
+        # and has no public setter: the fetcher's own copy is the one to change.
+        self._consumer._fetcher.config["fetch_max_wait_ms"] = value
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         payload = {

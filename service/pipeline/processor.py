@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -163,7 +164,7 @@ class Processor:
                 self.tasks[tp] = self._new_task(tp)
         self.assignments += 1
         self.owned = frozenset(self.tasks) | frozenset(self._waiting)
-        self._metrics.assigned.set(len(self.tasks))
+        self._metrics.assigned.set(len(self.owned))
         log.info("assigned %s; now own %d partitions", list(partitions), len(self.tasks))
 
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
@@ -174,7 +175,7 @@ class Processor:
                     self._metrics.lag.remove(tp[0], str(tp[1]))
         self.owned = frozenset(self.tasks)
         self.positions = {tp: o for tp, o in self.positions.items() if tp in self.tasks}
-        self._metrics.assigned.set(len(self.tasks))
+        self._metrics.assigned.set(len(self.owned))
         self._metrics.active_series.set(self.active_series)
         log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
 
@@ -275,27 +276,18 @@ class Processor:
     def _cap_keys(self) -> None:
         """``forecast.max_keys`` for the whole process: the least recently seen keys of
         all tasks go first, so a flood of new keys on one partition cannot push the
-        process past its memory (README "Memory per key")."""
+        process past its memory (README "Memory per key"). The excess keys are picked
+        by merging the tasks' recency orders, then each task forgets its share at
+        once: the cost is the excess, not the live keys."""
         excess = self.active_series - self._settings.forecast.max_keys
         if excess <= 0:
             return
-        heap = []
-        for tp, task in self.tasks.items():
-            oldest = task.least_recent()
-            if oldest is not None:
-                heap.append((oldest[0], tp))
-        heapq.heapify(heap)
-        while excess > 0 and heap:
-            _, tp = heapq.heappop(heap)
-            task = self.tasks[tp]
-            oldest = task.least_recent()
-            if oldest is None:
-                continue
-            task.forget(oldest[1])
-            excess -= 1
-            following = task.least_recent()
-            if following is not None:
-                heapq.heappush(heap, (following[0], tp))
+        orders = [_tagged(tp, task.by_recency()) for tp, task in self.tasks.items()]
+        doomed: dict[TopicPartition, list[str]] = {}
+        for _, tp, key in itertools.islice(heapq.merge(*orders), excess):
+            doomed.setdefault(tp, []).append(key)
+        for tp, keys in doomed.items():
+            self.tasks[tp].forget(*keys)
 
     def _count_ignored(self, events: list[Event]) -> None:
         """Count feature names outside the fixed list (``auto`` mode only: an explicit
@@ -382,6 +374,13 @@ def producer_request_limit(settings: Settings) -> int:
     (a dead letter is cut to fit in ``max_message_bytes`` with its key and headers;
     the room is a margin for framing, never needed by a prediction)."""
     return settings.schema_.max_message_bytes + DEAD_LETTER_OVERHEAD_BYTES
+
+
+def _tagged(
+    tp: TopicPartition, order: Iterator[tuple[float, str]]
+) -> Iterator[tuple[float, TopicPartition, str]]:
+    for seen, key in order:
+        yield seen, tp, key
 
 
 def _utf8(name: str) -> bool:

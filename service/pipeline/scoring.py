@@ -24,11 +24,20 @@ LARGEST = 1e100
 statistic large, never infinite or NaN (its square still fits a float)."""
 
 
+def _bounded(values: FloatArray) -> FloatArray:
+    """NaN as 0, everything else clipped to ±:data:`LARGEST` (what ``nan_to_num`` then
+    ``clip`` give, in plain ufuncs: scores are updated per model per batch, and those
+    two wrappers cost more than the arithmetic on a live stream's small batches)."""
+    out: FloatArray = np.where(
+        np.isnan(values), 0.0, np.minimum(np.maximum(values, -LARGEST), LARGEST)
+    )
+    return out
+
+
 def _clipped(y_true: FloatArray, y_pred: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Truth and error, NaN as 0 and clipped to ±:data:`LARGEST`."""
-    y_true = np.clip(np.nan_to_num(y_true, nan=0.0), -LARGEST, LARGEST)
-    y_pred = np.clip(np.nan_to_num(y_pred, nan=0.0), -LARGEST, LARGEST)
-    err: FloatArray = np.clip(y_true - y_pred, -LARGEST, LARGEST)
+    y_true = _bounded(np.asarray(y_true, dtype=np.float64))
+    err = _bounded(y_true - _bounded(np.asarray(y_pred, dtype=np.float64)))
     return y_true, err
 
 
@@ -49,7 +58,13 @@ class ScoreStats:
         (its square still fits a float)."""
         if len(y_true) == 0:
             return cls()
-        y_true, err = _clipped(y_true, y_pred)
+        return cls.of_clipped(*_clipped(y_true, y_pred))
+
+    @classmethod
+    def of_clipped(cls, y_true: FloatArray, err: FloatArray) -> ScoreStats:
+        """Statistics of truths and errors already bounded as :meth:`of` bounds them."""
+        if len(y_true) == 0:
+            return cls()
         mean = float(np.mean(y_true))
         return cls(
             n=len(y_true),
@@ -122,8 +137,8 @@ class Scorer:
         self._head = 0
 
     def update(self, y_true: FloatArray, y_pred: FloatArray) -> None:
-        self.total = self.total.merge(ScoreStats.of(y_true, y_pred))
         y_true, err = _clipped(y_true, y_pred)
+        self.total = self.total.merge(ScoreStats.of_clipped(y_true, err))
         if len(err) >= self.window:
             err, y_true = err[-self.window :], y_true[-self.window :]
         positions = (self._head + np.arange(len(err))) % self.window
@@ -164,5 +179,4 @@ class Scorer:
         if self._filled == 0:
             return ScoreStats()
         y = self._y[: self._filled] if self._filled < self.window else self._y
-        err = self.recent_errors()
-        return ScoreStats.of(y, y - err)
+        return ScoreStats.of_clipped(y, self._err[: len(y)])

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -768,9 +768,14 @@ class PartitionTask:
         """When this task's least recently seen key was seen, and the key."""
         return self._windows.least_recent()
 
-    def forget(self, key: str) -> None:
-        """Evict ``key`` now (the process-wide key cap, see the processor)."""
-        self._forget([(key, self._windows.drop(key))])
+    def by_recency(self) -> Iterator[tuple[float, str]]:
+        """(when seen, key) of this task's keys, least recently seen first."""
+        return self._windows.by_recency()
+
+    def forget(self, *keys: str) -> None:
+        """Evict ``keys`` now, all at once (the process-wide key cap, see the
+        processor): per-key state is reset with one call per owner, not per key."""
+        self._forget([(key, self._windows.drop(key)) for key in keys])
 
     def _evict(self) -> None:
         self._forget(self._windows.evict_slots())

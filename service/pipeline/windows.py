@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -217,6 +217,12 @@ class WindowStore:
             evicted.append((key, self._slots[key]))
             self._drop(key)
         return evicted
+
+    def by_recency(self) -> Iterator[tuple[float, str]]:
+        """(when seen, key) of every key, least recently seen first; do not evict
+        while iterating."""
+        for key, seen in self._last_seen.items():
+            yield seen, key
 
     def least_recent(self) -> tuple[float, str] | None:
         """When the least recently seen key was seen, and the key; None if empty."""

@@ -1,0 +1,55 @@
+"""How long the broker may hold the next fetch: short while records flow, long when idle.
+
+Measured before changing anything (README "Workers and latency"): at a paced input
+the loop's own waits are small beside processing (a flush ends ``linger_ms``; the
+commit is one round trip), and ``max_poll_records`` never binds a live stream, whose
+polls hold what arrived. What held a trickle back was the fetch: a broker that
+answers a fetch that found no data late, up to ``fetch_max_wait_ms`` (the test
+broker, Tansu, does; Kafka answers as soon as data arrives), puts much of that wait
+between a record's arrival and its poll.
+
+A short wait is not free: an idle consumer then sends a fetch every few milliseconds.
+So the wait follows the load: :data:`LIVE_WAIT_MS` (at most the configured
+``kafka.fetch_max_wait_ms``) while polls keep returning records, and the configured
+value once none came for :data:`IDLE_AFTER_S`. Under a backlog the wait does not
+matter (there is always data to answer with).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+LIVE_WAIT_MS = 5
+IDLE_AFTER_S = 2.0
+
+
+class FetchPacer:
+    """The fetch wait to use next, from whether the last polls brought records.
+
+    >>> clock = iter([0.0, 0.1, 5.0]).__next__
+    >>> pacer = FetchPacer(100, clock=clock)
+    >>> pacer.observed(3), pacer.observed(0), pacer.observed(0)
+    (5, 5, 100)
+    """
+
+    def __init__(
+        self,
+        idle_wait_ms: int,
+        live_wait_ms: int = LIVE_WAIT_MS,
+        idle_after_s: float = IDLE_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle_wait_ms = idle_wait_ms
+        self.live_wait_ms = min(live_wait_ms, idle_wait_ms)
+        self._idle_after_s = idle_after_s
+        self._clock = clock
+        self._last_records = float("-inf")
+
+    def observed(self, records: int) -> int:
+        """Note a poll that returned ``records``; the wait for the next fetch."""
+        now = self._clock()
+        if records:
+            self._last_records = now
+        live = now - self._last_records < self._idle_after_s
+        return self.live_wait_ms if live else self.idle_wait_ms

@@ -233,6 +233,7 @@ class Processor:
             if self._explainer is not None:
                 self._explainer.forget(task)
             output = self._guarded(task, events)
+            output.counts.record(self._metrics)
             invalid.extend(output.invalid)
             sent = self._send_predictions(output.predictions, events, invalid)
             if self._explainer is not None and self._explainer.topic is not None:
@@ -263,6 +264,7 @@ class Processor:
             )
         predictions: list[Prediction] = []
         invalid: list[Invalid] = []
+        counts = task.take_counts()  # what the failed batch did before it raised
         for event in events:
             try:
                 output = task.process([event])
@@ -271,7 +273,9 @@ class Processor:
                 continue
             predictions.extend(output.predictions)
             invalid.extend(output.invalid)
-        return TaskOutput(predictions, invalid)
+            counts.add(output.counts)
+        counts.add(task.take_counts())
+        return TaskOutput(predictions, invalid, counts)
 
     def _cap_keys(self) -> None:
         """``forecast.max_keys`` for the whole process: the least recently seen keys of
@@ -287,7 +291,7 @@ class Processor:
         for _, tp, key in itertools.islice(heapq.merge(*orders), excess):
             doomed.setdefault(tp, []).append(key)
         for tp, keys in doomed.items():
-            self.tasks[tp].forget(*keys)
+            self.tasks[tp].forget(*keys).record(self._metrics)
 
     def _count_ignored(self, events: list[Event]) -> None:
         """Count feature names outside the fixed list (``auto`` mode only: an explicit
@@ -321,7 +325,6 @@ class Processor:
             self._settings,
             self._prototypes,
             self._pipeline,
-            self._metrics,
             self._on_scored,
         )
         if self._explainer is not None:

@@ -44,6 +44,7 @@ import numpy.typing as npt
 from models.base import FeatureBatch, FloatArray, Model, Plan, run_plan
 from models.ensemble import EnsembleParams, Hedge
 from service.config import ModelSettings, Settings
+from service.pipeline.counts import TaskCounts
 from service.pipeline.drift import DriftMonitor
 from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
 from service.pipeline.intervals import Coverage, CoverageStats, Intervals
@@ -51,7 +52,6 @@ from service.pipeline.scoring import LARGEST, Scorer, ScoreStats
 from service.pipeline.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
 from service.pipeline.windows import WindowStore
 from service.records import Event, Invalid, Prediction
-from service.runtime.metrics import Metrics
 
 ScoredCallback = Callable[[str, FloatArray, FloatArray], None]
 """Called with (model name, true values, predictions) for every scored batch."""
@@ -173,10 +173,12 @@ class _ModelSlot:
 
 @dataclass(frozen=True, slots=True)
 class TaskOutput:
-    """What one poll produced: predictions to publish and records to dead-letter."""
+    """What one poll produced: predictions to publish, records to dead-letter, and
+    what it did, for the processor's metrics."""
 
     predictions: list[Prediction]
     invalid: list[Invalid]
+    counts: TaskCounts = field(default_factory=TaskCounts)
 
 
 class PartitionTask:
@@ -189,7 +191,6 @@ class PartitionTask:
         settings: Settings,
         prototypes: Mapping[str, Model],
         pipeline: FeaturePipeline,
-        metrics: Metrics,
         on_scored: ScoredCallback | None = None,
     ) -> None:
         self.topic = topic
@@ -204,7 +205,7 @@ class PartitionTask:
         self._reject_out_of_order = forecast.out_of_order == "dlq"
         self._shrink = settings.drift.shrink if settings.drift.action == "shrink" else 1.0
         self._pipeline = pipeline
-        self._metrics = metrics
+        self._counts = TaskCounts()
         self._windows = WindowStore(forecast.kept, forecast.key_ttl_s, forecast.max_keys)
         self._recent = min(forecast.kept, max(forecast.window, STATS_SPAN))
         self._seasons = SeasonBook(forecast.seasonal_periods)
@@ -330,7 +331,7 @@ class PartitionTask:
                 queue.append((rows, len(predicted)))
             predicted.append(here)
         if not pushed:
-            return TaskOutput([], invalid)
+            return TaskOutput([], invalid, self.take_counts())
         self._grow()
         slot_index = np.asarray(slots, dtype=np.intp)
         ts = np.fromiter((e.ts_ms for e in pushed), dtype=np.int64, count=len(pushed))
@@ -363,7 +364,7 @@ class PartitionTask:
         self._batches += 1
         if self._batches % _COMPACT_EVERY == 0:
             self._compact_pending()
-        return TaskOutput(predictions, invalid)
+        return TaskOutput(predictions, invalid, self.take_counts())
 
     def _suspects(self, events: Sequence[Event]) -> tuple[list[bool], FloatArray]:
         """Per event, whether :meth:`_check_outlier` must look at it: a value beyond
@@ -562,7 +563,7 @@ class PartitionTask:
             before = np.searchsorted(predicted_at, resolved_at, side="left").astype(np.intp)
         plan = Plan(rows.batch(names), learned.batch(names).take(keep), target[keep], before[keep])
         learn_slots, learn_target, learn_before = learned.slots[keep], target[keep], before[keep]
-        metrics = self._metrics
+        counts = self._counts
         for column in self._base:
             slot = self._slots[column]
             model = slot.model
@@ -574,8 +575,8 @@ class PartitionTask:
             if self._change:  # in key units: a change of 100 typical changes is no forecast
                 out = np.clip(out, -OUTPUT_LIMIT, OUTPUT_LIMIT)
             rows.outputs[:, column] = out
-            metrics.updates.labels(slot.name).inc(model.updates - updates)
-            metrics.nonfinite.labels(slot.name).inc(model.nonfinite_events - nonfinite)
+            counts.updates[slot.name] += model.updates - updates
+            counts.nonfinite[slot.name] += model.nonfinite_events - nonfinite
         if gather is not None:
             learned.outputs = gather.floats(lambda r: r.outputs)
         errors = {c: self._abs_errors(c, truth, learned) for c in range(len(self._slots))}
@@ -613,13 +614,13 @@ class PartitionTask:
             )
             rows.outputs[:, column] = combined
             leaders[column] = lead
-            metrics.updates.labels(slot.name).inc(len(keep))
+            counts.updates[slot.name] += len(keep)
             if gather is not None:
                 learned.outputs[:, column] = gather.floats(_column(lambda r: r.outputs, column))
             errors[column] = self._abs_errors(column, truth, learned)
             drifts[column] = self._drift(column, errors[column])
         for column, slot in enumerate(self._slots):
-            metrics.predictions.labels(slot.name).inc(len(rows))
+            counts.predictions[slot.name] += len(rows)
             if not slot.published or slot.intervals is None:
                 continue
             errors = np.abs(learn_target - learned.outputs[keep, column])
@@ -648,7 +649,7 @@ class PartitionTask:
         scale = slot.scorer.mae_before(abs_err)
         for detector, hits in slot.drift.update(abs_err, scale).items():
             if hits:
-                self._metrics.drift.labels(slot.name, detector).inc(len(hits))
+                self._counts.drifts[(slot.name, detector)] += len(hits)
                 found.update(hits)
         return sorted(found)
 
@@ -666,16 +667,16 @@ class PartitionTask:
     def _score(self, truth: FloatArray, learned: _Rows) -> None:
         if len(truth) == 0:
             return
-        metrics = self._metrics
+        counts = self._counts
         for column, slot in enumerate(self._slots):
             y_hat = learned.levels(column)
             slot.scorer.update(truth, y_hat)
             if self._on_scored is not None:
                 self._on_scored(slot.name, truth, y_hat)
             abs_err = np.minimum(np.nan_to_num(np.abs(truth - y_hat), nan=0.0), LARGEST)
-            metrics.scored.labels(slot.name).inc(len(truth))
-            metrics.abs_error.labels(slot.name).inc(float(abs_err.sum()))
-            metrics.sq_error.labels(slot.name).inc(float(np.dot(abs_err, abs_err)))
+            counts.scored[slot.name] += len(truth)
+            counts.abs_error[slot.name] += float(abs_err.sum())
+            counts.sq_error[slot.name] += float(np.dot(abs_err, abs_err))
 
     def _publishable(
         self, rows: _Rows, new: list[Event], leaders: dict[int, IntArray]
@@ -701,7 +702,7 @@ class PartitionTask:
                 counts = np.bincount(leaders[column], minlength=len(member_names))
                 for name, count in zip(member_names, counts.tolist(), strict=True):
                     if count:
-                        self._metrics.leads.labels(slot.name, name).inc(count)
+                        self._counts.leads[(slot.name, name)] += count
             version = self._version(slot)
             horizon, name = self._horizon, slot.name
             predictions.extend(
@@ -772,10 +773,18 @@ class PartitionTask:
         """(when seen, key) of this task's keys, least recently seen first."""
         return self._windows.by_recency()
 
-    def forget(self, *keys: str) -> None:
+    def forget(self, *keys: str) -> TaskCounts:
         """Evict ``keys`` now, all at once (the process-wide key cap, see the
-        processor): per-key state is reset with one call per owner, not per key."""
+        processor): per-key state is reset with one call per owner, not per key.
+        Returns the counts of it (the evictions)."""
         self._forget([(key, self._windows.drop(key)) for key in keys])
+        return self.take_counts()
+
+    def take_counts(self) -> TaskCounts:
+        """What was counted since the last call (a poll that raised leaves its counts
+        here), and a fresh count."""
+        counts, self._counts = self._counts, TaskCounts()
+        return counts
 
     def _evict(self) -> None:
         self._forget(self._windows.evict_slots())
@@ -789,7 +798,7 @@ class PartitionTask:
             self._strikes.pop(key, None)
         for owner in self._per_key_state():
             owner.reset(slots)
-        self._metrics.evicted.inc(len(evicted))
+        self._counts.evicted += len(evicted)
 
 
 def _column(matrix: Callable[[_Rows], FloatArray], column: int) -> Callable[[_Rows], FloatArray]:

@@ -7,14 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry
 
 from models.base import FeatureBatch, FloatArray, Model
 from service.config import Settings
 from service.pipeline.features import FeaturePipeline
 from service.pipeline.tasks import PartitionTask
 from service.records import Event, Invalid, RawRecord
-from service.runtime.metrics import Metrics
 
 
 class Spy(Model):
@@ -64,8 +62,7 @@ def _task(log: list[tuple[str, Any]], **forecast: Any) -> PartitionTask:
         }
     )
     pipeline = FeaturePipeline(2, settings.forecast.target, (), 4, settings.forecast.horizon)
-    metrics = Metrics(CollectorRegistry(), settings)
-    return PartitionTask("t", 0, settings, {"spy": Spy(log)}, pipeline, metrics)
+    return PartitionTask("t", 0, settings, {"spy": Spy(log)}, pipeline)
 
 
 def _events(values: list[float], key: str = "a", start: int = 0) -> list[Event]:
@@ -203,3 +200,17 @@ def test_quiet_keys_do_not_keep_old_batches_alive(
     expected = [[np.nan, np.nan, np.nan, float(i)] for i in range(200)]
     np.testing.assert_array_equal(window, np.array(expected))  # rows from the copies too
     np.testing.assert_allclose(target, [0.5] * 200)
+
+
+def test_a_poll_returns_its_counts_and_the_next_starts_from_zero() -> None:
+    log: list[tuple[str, Any]] = []
+    task = _task(log, horizon=1)
+    first = task.process(_events([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
+    assert first.counts.predictions["spy"] == 6
+    assert first.counts.scored["spy"] == 5  # the last prediction waits for its truth
+    errors = [abs(p.y_hat - y) for p, y in zip(first.predictions, [2.0, 3, 4, 5, 6], strict=False)]
+    assert first.counts.abs_error["spy"] == pytest.approx(sum(errors))
+    second = task.process(_events([7.0], start=6))
+    assert second.counts.predictions["spy"] == 1
+    assert second.counts.scored["spy"] == 1
+    assert task.forget("a").evicted == 1

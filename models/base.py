@@ -236,6 +236,48 @@ def run_plan(model: Model, plan: Plan) -> FloatArray:
     return out
 
 
+class PassThrough(Model):
+    """A model that is another model: every call goes to ``inner`` unchanged (``run``
+    is :func:`run_plan` on it, so an inner model with its own plan runner keeps it).
+    Subclasses watch what passes by: the workbench's learning-curve probes, the live
+    explanations' record of a poll's rows."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+
+    @property
+    def updates(self) -> int:
+        return self.inner.updates
+
+    @property
+    def nonfinite_events(self) -> int:
+        return self.inner.nonfinite_events
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        return self.inner.predict(batch)
+
+    def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
+        self.inner.learn(batch, target)
+
+    def run(self, plan: Plan) -> FloatArray:
+        return run_plan(self.inner, plan)
+
+    def clone(self) -> Model:
+        return self.inner.clone()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def __getattr__(self, name: str) -> Any:
+        """The inner model's other attributes (a kind's extras, e.g. ``network``)."""
+        if name == "inner":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelContext:
     """What a builder may need to know about the stream to size a model.

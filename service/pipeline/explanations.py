@@ -21,52 +21,27 @@ the model as it stands after the poll the prediction came from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
 
-from models.base import FeatureBatch, FloatArray, Model, Plan, run_plan
+from models.base import FeatureBatch, FloatArray, Model, PassThrough, Plan, run_plan
 from service.config import Settings
 from service.pipeline.tasks import PartitionTask
 from service.records import Prediction
 
 
-class Remembering:
-    """A model that is another model (every call passed through, ``run`` being
-    :func:`models.base.run_plan` on it) and keeps the rows of its last plan."""
+class Remembering(PassThrough):
+    """A model that is another model and keeps the rows of its last plan."""
 
     def __init__(self, inner: Model) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.last: FeatureBatch | None = None
-
-    @property
-    def updates(self) -> int:
-        return self.inner.updates
-
-    def predict(self, batch: FeatureBatch) -> FloatArray:
-        return self.inner.predict(batch)
-
-    def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
-        self.inner.learn(batch, target)
 
     def run(self, plan: Plan) -> FloatArray:
         self.last = plan.predict
         return run_plan(self.inner, plan)
-
-    def clone(self) -> Model:
-        return self.inner.clone()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    # ``nonfinite_events`` and the like, read by the task's metrics
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def contributions(model: Model, batch: FeatureBatch, row: int) -> FloatArray:

@@ -28,7 +28,7 @@ a smaller ``kafka.max_poll_records`` (``FORECASTD_KAFKA__MAX_POLL_RECORDS=50``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ import orjson
 import pandas as pd
 from prometheus_client import CollectorRegistry
 
-from models.base import FeatureBatch, FloatArray, Model, Plan, run_plan
+from models.base import FeatureBatch, FloatArray, Model, PassThrough, Plan, run_plan
 from models.ensemble import Hedge
 from service.config import Settings
 from service.io.decode import Decoder
@@ -67,15 +67,14 @@ class CurvePoint:
     train_mae: float
 
 
-class Probe:
-    """A model that is another model: every call is passed through unchanged
-    (``run`` is :func:`models.base.run_plan` on the inner model, so a model with its
-    own plan runner keeps it). On the side it keeps the rows it learned from since
-    its last checkpoint and, at each checkpoint, its error on them after learning
-    them; and the newest rows it learned, for explanations."""
+class Probe(PassThrough):
+    """A model that is another model (:class:`~models.base.PassThrough`). On the side
+    it keeps the rows it learned from since its last checkpoint and, at each
+    checkpoint, its error on them after learning them; and the newest rows it learned,
+    for explanations."""
 
     def __init__(self, inner: Model, position: Callable[[], int], every: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._position = position
         self._every = max(1, every)
         self._next = self._every
@@ -85,13 +84,6 @@ class Probe:
         self.curve: list[CurvePoint] = []
         self._since: list[tuple[FeatureBatch, FloatArray]] = []
 
-    @property
-    def updates(self) -> int:
-        return self.inner.updates
-
-    def predict(self, batch: FeatureBatch) -> FloatArray:
-        return self.inner.predict(batch)
-
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         self.inner.learn(batch, target)
         self._remember(batch, target)
@@ -100,19 +92,6 @@ class Probe:
         out = run_plan(self.inner, plan)
         self._remember(plan.learn, plan.target)
         return out
-
-    def clone(self) -> Model:
-        return self.inner.clone()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.inner.load_state_dict(state)
-
-    # ``nonfinite_events`` and the like, which the task reads for its metrics
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     def _remember(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Keep the rows learned since the last checkpoint; at a checkpoint, re-predict

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -172,6 +173,20 @@ class Processor:
         self._metrics.assigned.set(len(self.tasks))
         self._metrics.active_series.set(self.active_series)
         log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
+
+    def restore(self, tp: TopicPartition, features: Sequence[str], state: dict[str, Any]) -> None:
+        """Put a checkpoint's learned state (:mod:`service.state`) into ``tp``'s task,
+        building the task first. With ``schema.features: auto`` and nothing discovered
+        yet, the checkpoint's feature names are taken, so the models fit the state."""
+        if self._decoder is None:
+            self._fix_features(tuple(features))
+        task = self.tasks.get(tp)
+        if task is None:
+            task = self.tasks[tp] = self._new_task(tp)
+            self._waiting.discard(tp)
+        task.load_state(state)
+        self.owned = frozenset(self.tasks) | frozenset(self._waiting)
+        self._metrics.assigned.set(len(self.tasks))
 
     @property
     def active_series(self) -> int:

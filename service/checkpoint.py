@@ -1,4 +1,4 @@
-"""The one place where the order of completing a batch is written down.
+"""The one place where the order of completing a batch, and of a checkpoint, is written.
 
 For every batch, in this order:
 
@@ -6,29 +6,258 @@ For every batch, in this order:
    acknowledged by the broker (``acks=all``), or :class:`~service.errors.BrokerError`
    is raised and nothing below happens.
 2. **Account** for the acknowledged outputs (latency histogram, produced counters).
-3. **Commit the input offsets** of the batch (the next offset of each partition).
+3. With ``state.enabled: false``: **commit the input offsets** of the batch. With
+   learned state (the default), offsets are committed only by a checkpoint (below),
+   when one is due: ``state.interval_s`` passed or ``state.every_events`` records were
+   processed since the last.
 
-A crash before step 3 means the batch is read again after restart: its predictions
-may be published twice (at-least-once; consumers de-duplicate on ``source``), but no
-input record is ever committed without its outputs on the broker. State snapshots,
-when they exist, go between steps 2 and 3, so restored state never runs ahead of the
-committed offsets.
+A checkpoint (:class:`Checkpointer`), in this order:
+
+1. **Snapshot** every owned task whose input moved since its last checkpoint
+   (:mod:`service.snapshot`), recording the offset it covers: the next input offset,
+   every record below it learned, none at or above it.
+2. **Send** the snapshots to the state topic (:mod:`service.state`) and **flush**: the
+   checkpoint is durable, after the predictions it covers (flushed in step 1 above).
+3. **Commit** each task's covered offset. Under ``kafka.exactly_once`` steps 2 and 3
+   are one transaction with every prediction and dead letter since the previous
+   checkpoint (:mod:`service.transactions`).
+
+So the committed offsets never run ahead of a durable checkpoint, as in Kafka Streams.
+On assignment a task is restored from its newest checkpoint and the consumer seeks to
+the checkpoint's covered offset (not the committed one, which may lag it if the process
+died between steps 2 and 3): the records from there are read again, were not learned
+by the restored state, so nothing is learned twice, and their predictions carry the
+same ``source`` as any published before the crash (at-least-once: consumers
+de-duplicate on ``source``; exactly-once: a ``read_committed`` consumer sees each
+``source`` once). A task without a checkpoint starts cold from the committed offset.
+
+Checkpoints are also written for the partitions revoked in a rebalance (before they
+are given up) and for every task at shutdown (SIGTERM).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from service.config import Settings
+from service.errors import ForecastdError
 from service.metrics import Metrics
 from service.processor import BatchResult, Processor
 from service.sinks import Sink
-from service.sources import Source
+from service.snapshot import decode, encode, fingerprint
+from service.sources import Source, TopicPartition
+from service.state import StateTopic
+
+log = logging.getLogger(__name__)
+
+
+class Committer(Protocol):
+    """What a checkpoint needs of a source: commit offsets, move a partition's position."""
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def seek(self, positions: Mapping[TopicPartition, int]) -> None: ...
 
 
 def complete_batch(
-    result: BatchResult, sink: Sink, source: Source, processor: Processor, metrics: Metrics
+    result: BatchResult,
+    sink: Sink,
+    source: Source,
+    processor: Processor,
+    metrics: Metrics,
+    state: Checkpointer | None = None,
+    records: int = 0,
 ) -> None:
-    """Make the batch durable in the order above."""
+    """Make the batch durable in the order above (``records``: how many it held)."""
     sink.flush()
     processor.acknowledged(result)
-    if result.offsets:
+    if state is not None:
+        state.processed(records)
+        if state.due():
+            state.checkpoint()
+    elif result.offsets:
         source.commit(result.offsets)
         metrics.commits.inc()
+
+
+class Checkpointer:
+    """Writes the processor's tasks to the state topic, and restores assigned ones.
+
+    Also the source's rebalance listener (it wraps the processor's), so that revoked
+    tasks are checkpointed before they are dropped and assigned ones are restored
+    before their first record is processed. An error while restoring (a checkpoint of
+    another format version, a broker that does not answer) is kept in
+    :attr:`failure` and raised by the loop (:meth:`raise_failure`), since the clients
+    swallow exceptions raised in their rebalance callbacks.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: Processor,
+        sink: Sink,
+        store: StateTopic,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._processor = processor
+        self._sink = sink
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._fingerprint = fingerprint(settings)
+        self.source: Committer | None = None  # set once the source exists
+        self._covered: dict[TopicPartition, int] = {}  # offset of each task's last checkpoint
+        self._written_at: dict[TopicPartition, float] = {}
+        self._events = 0
+        self._since = clock()
+        self.restoring = False
+        self.failure: BaseException | None = None
+        metrics.checkpoint_age.set_function(self._oldest_age)
+
+    # -- schedule -------------------------------------------------------------------------
+
+    def processed(self, records: int) -> None:
+        self._events += records
+
+    def due(self) -> bool:
+        state = self._settings.state
+        return self._events >= state.every_events or self._clock() - self._since >= state.interval_s
+
+    # -- writing --------------------------------------------------------------------------
+
+    def checkpoint(self, partitions: Sequence[TopicPartition] | None = None) -> int:
+        """Checkpoint ``partitions`` (default: every owned task) whose input moved since
+        their last checkpoint, then commit what they cover; returns how many."""
+        processor, source = self._processor, self.source
+        if source is None:
+            raise RuntimeError("Checkpointer.source is not set")
+        started = self._clock()
+        positions = processor.positions
+        chosen = list(processor.tasks) if partitions is None else list(partitions)
+        covered: dict[TopicPartition, int] = {}
+        for tp in chosen:
+            task = processor.tasks.get(tp)
+            offset = positions.get(tp)
+            if task is None or offset is None or self._covered.get(tp) == offset:
+                continue
+            blob = encode(
+                task.state(),
+                topic=tp[0],
+                partition=tp[1],
+                offset=offset,
+                keys=task.active_series,
+                pending=task.pending_predictions,
+                features=processor.features or (),
+                settings_fingerprint=self._fingerprint,
+            )
+            self._store.write(tp, blob, time.time_ns() // 1_000_000)
+            self._metrics.checkpoint_bytes.observe(len(blob))
+            covered[tp] = offset
+        if partitions is None:
+            self._events = 0
+            self._since = started
+        if not covered:
+            return 0
+        self._sink.flush()
+        source.commit(covered)
+        self._metrics.commits.inc()
+        self._covered.update(covered)
+        now = self._clock()
+        self._written_at.update(dict.fromkeys(covered, now))
+        self._metrics.checkpoint_seconds.observe(now - started)
+        return len(covered)
+
+    def _oldest_age(self) -> float:
+        owned = list(self._processor.tasks)
+        if not owned:
+            return 0.0
+        now = self._clock()
+        return max(now - self._written_at.get(tp, self._since) for tp in owned)
+
+    # -- restoring ------------------------------------------------------------------------
+
+    def restore(self, partitions: Sequence[TopicPartition]) -> None:
+        """Restore each of ``partitions`` from its newest checkpoint, and seek to the
+        offset it covers."""
+        if self.source is None:
+            raise RuntimeError("Checkpointer.source is not set")
+        seeks: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            started = self._clock()
+            stored = self._store.newest(tp)
+            if stored is None:
+                self._metrics.restores.labels("none").inc()
+                log.info("partition %s:%d: no checkpoint yet, starting cold", *tp)
+                continue
+            header, state = decode(stored.blob)
+            features = self._processor.features
+            if header.fingerprint != self._fingerprint or (
+                features is not None and tuple(header.features) != features
+            ):
+                self._metrics.restores.labels("retrained").inc()
+                log.warning(
+                    "partition %s:%d: the checkpoint at input offset %d was made with other "
+                    "model, forecast or feature settings; its state does not fit these "
+                    "models, so they start cold from that offset",
+                    *tp,
+                    header.offset,
+                )
+            else:
+                self._processor.restore(tp, header.features, state)
+                self._metrics.restores.labels("restored").inc()
+                log.info(
+                    "partition %s:%d: restored %d keys, %d pending predictions from a %d-byte "
+                    "checkpoint at input offset %d in %.2fs",
+                    *tp,
+                    header.keys,
+                    header.pending,
+                    len(stored.blob),
+                    header.offset,
+                    self._clock() - started,
+                )
+            seeks[tp] = header.offset
+            self._covered[tp] = header.offset
+            self._written_at[tp] = self._clock()
+            self._processor.positions = {**self._processor.positions, tp: header.offset}
+            self._metrics.restore_seconds.observe(self._clock() - started)
+        if seeks:
+            self.source.seek(seeks)
+
+    def raise_failure(self) -> None:
+        """Raise the error a rebalance callback kept, if any."""
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        self._store.close()
+
+    # -- the rebalance listener -----------------------------------------------------------
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        self._processor.on_assigned(partitions)
+        if not partitions or self.failure is not None:
+            return
+        self.restoring = True
+        try:
+            self.restore(partitions)
+        except Exception as exc:
+            self.failure = exc
+            log.error("restoring %s failed: %s", list(partitions), exc)
+        finally:
+            self.restoring = False
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        try:
+            self.checkpoint(partitions)
+        except ForecastdError as exc:  # e.g. lost partitions: another member owns them
+            log.warning("no checkpoint of revoked %s: %s", list(partitions), exc)
+        for tp in partitions:
+            self._covered.pop(tp, None)
+            self._written_at.pop(tp, None)
+        self._processor.on_revoked(partitions)

@@ -213,6 +213,12 @@ class KafkaSource:
         self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
         self.committed.update(offsets)
 
+    def seek(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions from these offsets next (a restored checkpoint's;
+        called from the assignment callback, before their first fetch)."""
+        for (topic, partition), offset in positions.items():
+            self._consumer.seek(KafkaTopicPartition(topic, partition), offset)
+
     def lag(self) -> dict[TopicPartition, int]:
         lags = {}
         for tp in self._consumer.assignment():

@@ -119,9 +119,8 @@ def _truths(records: list[RawRecord]) -> dict[tuple[str, int], float]:
 
 
 def _mae(predictions: list[dict[str, Any]], truths: dict[tuple[str, int], float]) -> float:
-    return sum(abs(p["y_hat"] - truths[(p["key"], p["ts"])]) for p in predictions) / len(
-        predictions
-    )
+    errors = [abs(float(p["y_hat"]) - truths[(p["key"], p["ts"])]) for p in predictions]
+    return sum(errors) / len(errors)
 
 
 def _primary(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -294,7 +294,7 @@ def run_loop(
     while not should_stop():
         records = source.poll(kafka.max_poll_records, timeout_s)
         if state is not None:
-            state.raise_failure()
+            records = state.after_poll(records)
         if watchdog is not None:
             watchdog.turn()
         if records:

@@ -43,9 +43,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from service.config import Settings
-from service.errors import ForecastdError
+from service.errors import BrokerError
 from service.metrics import Metrics
 from service.processor import BatchResult, Processor
+from service.records import RawRecord
 from service.sinks import Sink
 from service.snapshot import decode, encode, fingerprint
 from service.sources import Source, TopicPartition
@@ -55,11 +56,18 @@ log = logging.getLogger(__name__)
 
 
 class Committer(Protocol):
-    """What a checkpoint needs of a source: commit offsets, move a partition's position."""
+    """What checkpoints need of a source: commit offsets, move, pause and resume
+    partitions, and whether its rebalance callbacks may wait on the broker."""
+
+    callbacks_may_block: bool
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
 
     def seek(self, positions: Mapping[TopicPartition, int]) -> None: ...
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
 
 
 def complete_batch(
@@ -116,6 +124,7 @@ class Checkpointer:
         self._events = 0
         self._since = clock()
         self.restoring = False
+        self._pending: set[TopicPartition] = set()  # assigned, restore deferred to the loop
         self.failure: BaseException | None = None
         metrics.checkpoint_age.set_function(self._oldest_age)
 
@@ -130,9 +139,12 @@ class Checkpointer:
 
     # -- writing --------------------------------------------------------------------------
 
-    def checkpoint(self, partitions: Sequence[TopicPartition] | None = None) -> int:
+    def checkpoint(
+        self, partitions: Sequence[TopicPartition] | None = None, commit: bool = True
+    ) -> int:
         """Checkpoint ``partitions`` (default: every owned task) whose input moved since
-        their last checkpoint, then commit what they cover; returns how many."""
+        their last checkpoint, then commit what they cover (unless ``commit`` is
+        false: a restore seeks to the checkpoint's offset anyway); returns how many."""
         processor, source = self._processor, self.source
         if source is None:
             raise RuntimeError("Checkpointer.source is not set")
@@ -164,8 +176,15 @@ class Checkpointer:
         if not covered:
             return 0
         self._sink.flush()
-        source.commit(covered)
-        self._metrics.commits.inc()
+        if commit:
+            try:
+                source.commit(covered)
+                self._metrics.commits.inc()
+            except BrokerError as exc:
+                # The checkpoint is durable and a restore seeks to its offset: the
+                # committed offset is only the fallback for partitions without one. A
+                # commit refused mid-rebalance is retried with the next checkpoint.
+                log.warning("offset commit after a checkpoint failed: %s", exc)
         self._covered.update(covered)
         now = self._clock()
         self._written_at.update(dict.fromkeys(covered, now))
@@ -240,8 +259,15 @@ class Checkpointer:
     # -- the rebalance listener -----------------------------------------------------------
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """Build the tasks; restore them here if the source's callbacks may block,
+        else pause the partitions and leave the restore to :meth:`after_poll`."""
         self._processor.on_assigned(partitions)
-        if not partitions or self.failure is not None:
+        if not partitions or self.source is None:
+            return
+        if not self.source.callbacks_may_block:
+            self._pending.update(partitions)
+            self.restoring = True
+            self.source.pause(partitions)
             return
         self.restoring = True
         try:
@@ -252,12 +278,35 @@ class Checkpointer:
         finally:
             self.restoring = False
 
-    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+    def after_poll(self, records: list[RawRecord]) -> list[RawRecord]:
+        """In the loop's thread after each poll: raise a kept failure, run deferred
+        restores (seek, resume), and drop records of just-restored partitions (they
+        are fetched again from the checkpoint's offset)."""
+        self.raise_failure()
+        if not self._pending:
+            return records
+        pending = sorted(tp for tp in self._pending if tp in self._processor.owned)
+        self._pending.clear()
         try:
-            self.checkpoint(partitions)
-        except ForecastdError as exc:  # e.g. lost partitions: another member owns them
+            self.restore(pending)
+        finally:
+            self.restoring = False
+        if self.source is not None:
+            self.source.resume(pending)
+        moved = set(pending)
+        return [r for r in records if (r.topic, r.partition) not in moved]
+
+    def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Checkpoint the revoked tasks before they are dropped. Any error is logged,
+        not raised: a rebalance must go on (the next owner then restores the previous
+        checkpoint and re-reads from its offset)."""
+        blocking = self.source is not None and self.source.callbacks_may_block
+        try:
+            self.checkpoint([tp for tp in partitions if tp not in self._pending], blocking)
+        except Exception as exc:  # e.g. lost partitions: another member owns them
             log.warning("no checkpoint of revoked %s: %s", list(partitions), exc)
         for tp in partitions:
             self._covered.pop(tp, None)
             self._written_at.pop(tp, None)
+            self._pending.discard(tp)
         self._processor.on_revoked(partitions)

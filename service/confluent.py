@@ -132,6 +132,16 @@ class ConfluentSource:
                 ]
             )
 
+    callbacks_may_block = True
+    """librdkafka heartbeats from its own thread and confluent-kafka calls rebalance
+    callbacks from ``consume`` in the loop's thread: a restore may run inside one."""
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Not needed: restores run inside the assignment callback."""
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        """Not needed: restores run inside the assignment callback."""
+
     def seek(self, positions: Mapping[TopicPartition, int]) -> None:
         """Read these partitions from these offsets next (a restored checkpoint's).
         From the assignment callback, the offsets go into the assignment itself: a

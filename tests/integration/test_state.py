@@ -25,7 +25,7 @@ from kafka import KafkaAdminClient
 from prometheus_client import CollectorRegistry
 
 from service.app import run_loop
-from service.broker import EmbeddedBroker
+from service.broker import EmbeddedBroker, free_port
 from service.config import Settings
 from service.metrics import Metrics
 from service.processor import Processor
@@ -37,6 +37,8 @@ from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,
     make_settings,
+    produce,
+    running_daemon,
     scrape,
     settings_env,
     wait_for,
@@ -212,17 +214,25 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
     assert min(p["model_version"] for p in resumed) > 0
     assert _final_versions(before + after) == _final_versions(list(reference.values()))
 
-    # Warm: the first 600 predictions after the restart score like the 600 before the
-    # kill (the same keys as many times each: keys differ in difficulty), while a
-    # cold daemon on the same events is clearly worse.
+    _assert_warm(_primary(before), resumed, inputs, settings)
+
+
+def _assert_warm(
+    before: list[dict[str, Any]],
+    resumed: list[dict[str, Any]],
+    inputs: list[RawRecord],
+    settings: Settings,
+) -> None:
+    """The first 600 predictions after a restore score like the 600 before it (the
+    same keys as many times each: keys differ in difficulty), while a cold daemon on
+    the same events is clearly worse."""
     truths = _truths(inputs)
     restart: dict[int, int] = {}
     for p in resumed:
-        _, partition, offset = p["source"].rsplit(":", 2)
-        restart[int(partition)] = min(restart.get(int(partition), 10**12), int(offset))
+        restart[_partition(p)] = min(restart.get(_partition(p), 10**12), _offset(p))
     first_after = _scored(resumed, truths)
     per_key = Counter(p["key"] for p in first_after)
-    earlier = [p for p in _primary(before) if _offset(p) < restart.get(_partition(p), 10**12)]
+    earlier = [p for p in before if _offset(p) < restart.get(_partition(p), 10**12)]
     last_before = [
         p
         for key, count in per_key.items()
@@ -233,7 +243,7 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
     mae_before, mae_after, mae_cold = (
         _mae(group, truths) for group in (last_before, first_after, cold)
     )
-    print(f"MAE before kill {mae_before:.4f}, after restart {mae_after:.4f}, cold {mae_cold:.4f}")
+    print(f"MAE before {mae_before:.4f}, after restore {mae_after:.4f}, cold {mae_cold:.4f}")
     assert len(last_before) == SAMPLE
     assert mae_after <= 1.2 * mae_before
     assert mae_cold >= 1.5 * mae_after
@@ -278,3 +288,71 @@ def _wait_ready(port: int) -> None:
 def _all_sources(broker: EmbeddedBroker, topics: Topics, count: int) -> set[str]:
     found = consume_all(broker.bootstrap, topics.input, count, 10.0)
     return {f"{r.topic}:{r.partition}:{r.offset}" for r in found}
+
+
+def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBroker) -> None:
+    """Two daemons in one group on six partitions: the second takes half of the
+    first's partitions with their state; stopped gracefully, it hands them back."""
+    topics = fresh_topics(broker, partitions=6)
+    stream = sine_waves(events_per_key=600, copies=3)
+    env = settings_env(broker, topics, FORECASTD_STATE__INTERVAL_S="0.5")
+    first = make_settings(CONFIG, env)
+    second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
+    third = len(stream) // 3
+    with running_daemon(first) as one:
+        wait_for(lambda: len(one.processor.owned) == 6, 60, "the first daemon owns all")
+        produce(broker.bootstrap, topics.input, stream[:third])
+        wait_for(lambda: _sources(broker, topics, third) >= third, 60, "the first third predicted")
+        with running_daemon(second) as two:
+            wait_for(
+                lambda: (
+                    len(two.processor.tasks) > 0
+                    and len(one.processor.owned) + len(two.processor.owned) == 6
+                ),
+                60,
+                "the partitions are split",
+            )
+            moved = set(two.processor.owned)
+            produce(broker.bootstrap, topics.input, stream[third : 2 * third])
+            wait_for(
+                lambda: _sources(broker, topics, 2 * third) >= 2 * third, 60, "two thirds predicted"
+            )
+        handed_back = len(_outputs(broker.bootstrap, topics.output))
+        wait_for(lambda: len(one.processor.tasks) == 6, 60, "the first daemon owns all again")
+        produce(broker.bootstrap, topics.input, stream[2 * third :])
+        wait_for(
+            lambda: _sources(broker, topics, len(stream)) >= len(stream),
+            60,
+            "every record predicted",
+        )
+        restored = _restored(int(env["FORECASTD_METRICS__PORT"]))
+    assert moved
+    assert restored >= len(moved)  # handed back with their checkpoints
+
+    outputs = _outputs(broker.bootstrap, topics.output)
+    inputs = _inputs(broker, topics, len(stream))
+    reference = {p["source"]: p for p in _primary(_offline(first, inputs))}
+    assert {p["source"] for p in outputs} == set(reference)  # none left without one
+    for p in outputs:
+        expected = reference[p["source"]]["y_hat"]
+        assert p["y_hat"] == pytest.approx(expected, rel=0, abs=0.01), p["source"]
+    assert _final_versions(outputs) == _final_versions(list(reference.values()))
+    back = [p for p in outputs[handed_back:] if (topics.input, _partition(p)) in moved]
+    _assert_warm(
+        [p for p in outputs[:handed_back] if (topics.input, _partition(p)) in moved],
+        back,
+        [r for r in inputs if (r.topic, r.partition) in moved],
+        first,
+    )
+
+
+def _sources(broker: EmbeddedBroker, topics: Topics, expected: int) -> int:
+    return len({p["source"] for p in _outputs(broker.bootstrap, topics.output, expected)})
+
+
+def _restored(port: int) -> float:
+    _, text = scrape(port)
+    for line in text.splitlines():
+        if line.startswith('forecastd_restores_total{outcome="restored"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no forecastd_restores_total on /metrics")

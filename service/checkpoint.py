@@ -18,9 +18,9 @@ A checkpoint (:class:`Checkpointer`), in this order:
    every record below it learned, none at or above it.
 2. **Send** the snapshots to the state topic (:mod:`service.state`) and **flush**: the
    checkpoint is durable, after the predictions it covers (flushed in step 1 above).
-3. **Commit** each task's covered offset. Under ``kafka.exactly_once`` steps 2 and 3
-   are one transaction with every prediction and dead letter since the previous
-   checkpoint (:mod:`service.transactions`).
+3. **Commit** each task's covered offset. (A transactional mode, putting steps 2 and 3
+   and the outputs since the previous checkpoint in one transaction, is not built
+   yet: README "Learned state".)
 
 So the committed offsets never run ahead of a durable checkpoint, as in Kafka Streams.
 On assignment a task is restored from its newest checkpoint and the consumer seeks to
@@ -28,8 +28,7 @@ the checkpoint's covered offset (not the committed one, which may lag it if the 
 died between steps 2 and 3): the records from there are read again, were not learned
 by the restored state, so nothing is learned twice, and their predictions carry the
 same ``source`` as any published before the crash (at-least-once: consumers
-de-duplicate on ``source``; exactly-once: a ``read_committed`` consumer sees each
-``source`` once). A task without a checkpoint starts cold from the committed offset.
+de-duplicate on ``source``). A task without a checkpoint starts cold from the committed offset.
 
 Checkpoints are also written for the partitions revoked in a rebalance (before they
 are given up) and for every task at shutdown (SIGTERM).

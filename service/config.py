@@ -138,9 +138,6 @@ class KafkaSettings(_Section):
     commit_timeout_s: float = Field(30.0, gt=0, le=3600)
     close_timeout_s: float = Field(10.0, gt=0, le=600)
     shutdown_grace_s: float = Field(20.0, gt=0, le=3600)
-    exactly_once: bool = False
-    """With ``state.enabled``: predictions, dead letters, checkpoints and input offsets
-    of each checkpoint interval in one transaction (README "Learned state")."""
     lag_interval_s: float = Field(1.0, gt=0, le=600)
 
     @field_validator("security")
@@ -307,8 +304,7 @@ class StateSettings(_Section):
     A checkpoint is written after a batch once ``interval_s`` passed or
     ``every_events`` records were processed since the last one, and for the
     partitions revoked in a rebalance and at shutdown. A short interval re-reads and
-    re-publishes less after a kill -9 (at-least-once) and makes predictions visible
-    sooner under ``kafka.exactly_once``; a long one writes less. ``chunk_bytes``: the
+    re-publishes less after a kill -9 (at-least-once); a long one writes less. ``chunk_bytes``: the
     largest state record (a checkpoint is split into chunks; keep it under the
     broker's ``message.max.bytes`` and ``schema.max_message_bytes``).
     ``restore_timeout_s`` bounds reading one partition's checkpoint (keep it well under

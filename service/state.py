@@ -25,7 +25,7 @@ however long the topic's history.
 
 A separate kafka-python consumer (no group) reads, whichever ``kafka.client`` the loop
 uses, as the lag monitor does; writes go through the loop's own sink, so a checkpoint
-is flushed, and under ``kafka.exactly_once`` committed, with the predictions it covers.
+is flushed after the predictions it covers.
 """
 
 from __future__ import annotations
@@ -228,7 +228,6 @@ class StateTopic:
                 client_id="forecastd-state",
                 fetch_max_wait_ms=50,
                 max_partition_fetch_bytes=max(1_048_576, 2 * self._chunk),
-                isolation_level="read_committed" if kafka.exactly_once else "read_uncommitted",
                 **client_options(kafka),
             )
         return self._consumer

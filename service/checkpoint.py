@@ -79,9 +79,12 @@ def complete_batch(
     records: int = 0,
 ) -> None:
     """Make the batch durable in the order above (``records``: how many it held)."""
+    if state is not None:
+        state.unflushed = True  # until the flush returns: see Checkpointer.checkpoint
     sink.flush()
     processor.acknowledged(result)
     if state is not None:
+        state.unflushed = False
         state.processed(records)
         if state.due():
             state.checkpoint()
@@ -123,6 +126,7 @@ class Checkpointer:
         self._events = 0
         self._since = clock()
         self.restoring = False
+        self.unflushed = False  # a batch was processed whose flush has not returned
         self._pending: set[TopicPartition] = set()  # assigned, restore deferred to the loop
         self.failure: BaseException | None = None
         metrics.checkpoint_age.set_function(self._oldest_age)
@@ -147,6 +151,12 @@ class Checkpointer:
         processor, source = self._processor, self.source
         if source is None:
             raise RuntimeError("Checkpointer.source is not set")
+        if self.unflushed:
+            # The tasks learned a batch whose outputs the broker never acknowledged
+            # (the flush raised): a checkpoint now would cover records without
+            # predictions. This process stops; the next restores the previous one.
+            log.warning("no checkpoint: the last batch's outputs were not acknowledged")
+            return 0
         started = self._clock()
         positions = processor.positions
         chosen = list(processor.tasks) if partitions is None else list(partitions)
@@ -282,6 +292,8 @@ class Checkpointer:
         restores (seek, resume), and drop records of just-restored partitions (they
         are fetched again from the checkpoint's offset)."""
         self.raise_failure()
+        if records:
+            self.unflushed = True  # the tasks are about to learn them
         if not self._pending:
             return records
         pending = sorted(tp for tp in self._pending if tp in self._processor.owned)

@@ -306,7 +306,7 @@ class StateSettings(_Section):
     partitions revoked in a rebalance and at shutdown. A short interval re-reads and
     re-publishes less after a kill -9 (at-least-once); a long one writes less. ``chunk_bytes``: the
     largest state record (a checkpoint is split into chunks; keep it under the
-    broker's ``message.max.bytes`` and ``schema.max_message_bytes``).
+    broker's ``message.max.bytes``; ``schema.max_message_bytes`` caps it too).
     ``restore_timeout_s`` bounds reading one partition's checkpoint (keep it well under
     the consumer's ``max.poll.interval.ms``, 300 s)."""
 
@@ -374,15 +374,6 @@ class Settings(_Section):
                 if not members:
                     raise ValueError(f"ensemble {model.name!r} has no member models")
         return models
-
-    @model_validator(mode="after")
-    def _chunks_fit_messages(self) -> Settings:
-        if self.state.chunk_bytes > self.schema_.max_message_bytes:
-            raise ValueError(
-                f"state.chunk_bytes ({self.state.chunk_bytes}) must not exceed "
-                f"schema.max_message_bytes ({self.schema_.max_message_bytes})"
-            )
-        return self
 
     @property
     def state_topic(self) -> str:

@@ -79,7 +79,7 @@ class StateTopic:
         self._settings = settings
         self._sink = sink
         self.topic = settings.state_topic
-        self._chunk = settings.state.chunk_bytes
+        self._chunk = min(settings.state.chunk_bytes, settings.schema_.max_message_bytes)
         self._timeout = settings.state.restore_timeout_s
         self._seq: dict[TopicPartition, int] = {}
         self._consumer: Any = None
@@ -101,7 +101,8 @@ class StateTopic:
         inputs = consumer.partitions_for_topic(kafka.input_topic) or set()
         existing = consumer.partitions_for_topic(self.topic)
         if not existing:
-            admin = KafkaAdminClient(client_id="forecastd-state", **client_options(kafka))
+            with _quiet_clients():
+                admin = KafkaAdminClient(client_id="forecastd-state", **client_options(kafka))
             try:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics(
@@ -221,15 +222,15 @@ class StateTopic:
 
     def _reader(self) -> Any:
         if self._consumer is None:
-            kafka = self._settings.kafka
-            self._consumer = KafkaConsumer(
-                enable_auto_commit=False,
-                group_id=None,
-                client_id="forecastd-state",
-                fetch_max_wait_ms=50,
-                max_partition_fetch_bytes=max(1_048_576, 2 * self._chunk),
-                **client_options(kafka),
-            )
+            with _quiet_clients():
+                self._consumer = KafkaConsumer(
+                    enable_auto_commit=False,
+                    group_id=None,
+                    client_id="forecastd-state",
+                    fetch_max_wait_ms=50,
+                    max_partition_fetch_bytes=max(1_048_576, 2 * self._chunk),
+                    **client_options(self._settings.kafka),
+                )
         return self._consumer
 
     def close(self) -> None:
@@ -237,6 +238,20 @@ class StateTopic:
             with contextlib.suppress(Exception):
                 self._consumer.close(autocommit=False)
             self._consumer = None
+
+
+@contextlib.contextmanager
+def _quiet_clients() -> Iterator[None]:
+    """kafka-python logs a new client's whole configuration at DEBUG, passwords
+    included: keep its loggers at INFO or above while one is made (the CLI does the
+    same for the daemon's own clients)."""
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    kafka_log.setLevel(max(logging.INFO, kafka_log.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        kafka_log.setLevel(level)
 
 
 def _parse(record: Any) -> tuple[bytes, _Chunk] | None:

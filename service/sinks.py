@@ -137,6 +137,15 @@ class KafkaSink:
             raise BrokerError(f"cannot send to {topic}: {exc}") from exc
         self._futures.append(future)
 
+    def learn_topic(self, topic: str) -> None:
+        """Fetch ``topic``'s partitions now, while the broker answers: the producer's
+        first send to a topic it does not know yet refreshes its metadata, and a send
+        to another topic waits on that refresh (up to ``max_block_ms``)."""
+        try:
+            self._producer.partitions_for(topic)
+        except KafkaError as exc:
+            raise BrokerError(f"no metadata for {topic}: {exc}") from exc
+
     def flush(self) -> None:
         futures, self._futures = self._futures, []
 

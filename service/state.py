@@ -44,7 +44,7 @@ from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from service.config import Settings
 from service.errors import BrokerError, ConfigError
-from service.sinks import Sink
+from service.sinks import KafkaSink, Sink
 from service.sources import TopicPartition, client_options
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class StateTopic:
                 admin.close()
             log.info("created state topic %s with %d partitions", self.topic, len(inputs))
             existing = self._wait_for_partitions()
+        if isinstance(self._sink, KafkaSink):
+            self._sink.learn_topic(self.topic)
         if inputs and len(existing) < len(inputs):
             raise ConfigError(
                 f"state topic {self.topic} has {len(existing)} partitions but input topic "

@@ -45,7 +45,14 @@ class _Discard:
     """A sink that keeps nothing: what is measured is the daemon's state, not its
     output (a broker holds that)."""
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
         """Drop the record."""
 
     def flush(self) -> None:

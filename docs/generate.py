@@ -58,6 +58,8 @@ LABELS = {
     "partition": "an input partition this process owns",
     "version": "the installed forecastd version",
     "le": "histogram bucket upper bound, seconds",
+    "outcome": "how an assigned partition started: `restored` (from its checkpoint), `none`"
+    " (no checkpoint yet) or `retrained` (the checkpoint's settings differ from the config's)",
 }
 """Every label forecastd exports, with where its values come from (all bounded)."""
 

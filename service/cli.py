@@ -1,4 +1,4 @@
-"""``forecastd run | replay | backtest | tune | check | demo``: the command line.
+"""``forecastd run | replay | backtest | tune | check | state | demo``: the command line.
 
 Exit status: 0 on a clean stop, 2 on a bad config or bad arguments (one line naming
 the key and the reason), 1 when the broker fails us (the supervisor restarts).
@@ -113,6 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
     tune.add_argument("--limit", type=int, default=0, help="use the first N records only")
     tune.set_defaults(handler=_tune)
+
+    state = commands.add_parser("state", help="the learned state's checkpoints (state topic)")
+    state_commands = state.add_subparsers(dest="state_command", required=True)
+    listing = state_commands.add_parser("ls", help="the newest checkpoint of each partition")
+    listing.add_argument("-c", "--config", help="YAML config (broker, group, state.topic)")
+    listing.set_defaults(handler=_state_ls)
+    show = state_commands.add_parser("show", help="summarise one partition's checkpoint")
+    show.add_argument("partition", type=int, help="input partition")
+    show.add_argument("-c", "--config", help="YAML config (broker, group, state.topic)")
+    show.set_defaults(handler=_state_show)
 
     demo = commands.add_parser("demo", help="embedded broker + real data + live table")
     demo.add_argument("-c", "--config", help="YAML config (default: the built-in demo config)")
@@ -265,6 +275,25 @@ def _tune(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     return tune(_offline_records(args, settings), settings, args)
+
+
+def _state_ls(args: argparse.Namespace) -> int:
+    from service.tools.inspect_state import table
+
+    print("\n".join(table(load_settings(args.config))))
+    return 0
+
+
+def _state_show(args: argparse.Namespace) -> int:
+    from service.tools.inspect_state import summary
+
+    try:
+        lines = summary(load_settings(args.config), args.partition)
+    except LookupError as exc:
+        print(f"forecastd: {exc.args[0]}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -325,6 +325,30 @@ class ProcessingSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class StateSettings(_Section):
+    """Durable learned state (README "Learned state"; :mod:`service.runtime.state`).
+
+    ``enabled``: checkpoint every partition task to ``topic`` (default
+    ``<kafka.group_id>.state``, created compacted with one partition per input
+    partition when absent) and restore it when a partition is assigned. Input offsets
+    are then committed only with a checkpoint, up to the offset it covers.
+    A checkpoint is written after a batch once ``interval_s`` passed or
+    ``every_events`` records were processed since the last one, and for the
+    partitions revoked in a rebalance and at shutdown. A short interval re-reads and
+    re-publishes less after a kill -9 (at-least-once); a long one writes less. ``chunk_bytes``: the
+    largest state record (a checkpoint is split into chunks; keep it under the
+    broker's ``message.max.bytes``; ``schema.max_message_bytes`` caps it too).
+    ``restore_timeout_s`` bounds reading one partition's checkpoint (keep it well under
+    the consumer's ``max.poll.interval.ms``, 300 s)."""
+
+    enabled: bool = True
+    topic: str | None = Field(None, min_length=1)
+    interval_s: float = Field(10.0, gt=0, le=86400)
+    every_events: int = Field(200_000, ge=1)
+    chunk_bytes: int = Field(512 * 1024, ge=1024, le=64 * 1024 * 1024)
+    restore_timeout_s: float = Field(120.0, gt=0, le=3600)
+
+
 # The built-in default: an ensemble of complementary members (README "Models"). River's
 # Hoeffding tree is left out: on the quality benchmark it added much to the cost per
 # event and little to the ensemble's MAE (README, "Configuration"); add
@@ -351,6 +375,7 @@ class Settings(_Section):
     metrics: MetricsSettings = MetricsSettings()
     processing: ProcessingSettings = ProcessingSettings()
     explanations: ExplanationsSettings = ExplanationsSettings()
+    state: StateSettings = StateSettings()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -381,6 +406,11 @@ class Settings(_Section):
                 if not members:
                     raise ValueError(f"ensemble {model.name!r} has no member models")
         return models
+
+    @property
+    def state_topic(self) -> str:
+        """Where checkpoints go: ``state.topic``, else ``<kafka.group_id>.state``."""
+        return self.state.topic or f"{self.kafka.group_id}.state"
 
     def members(self, ensemble: ModelSettings) -> tuple[str, ...]:
         """The names of the models ``ensemble`` combines, in config order."""

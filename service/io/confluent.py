@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from service.config import KafkaSettings
@@ -103,6 +103,8 @@ class ConfluentSource:
             on_lost=self._on_revoke,
         )
         self.committed: dict[TopicPartition, int] = {}
+        self._assigning = False
+        self._starts: dict[TopicPartition, int] = {}
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -112,7 +114,43 @@ class ConfluentSource:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[ConfluentTopicPartition]) -> None:
         self._reachable = True
-        self._listener.on_assigned(sorted((tp.topic, tp.partition) for tp in partitions))
+        self._assigning = True
+        try:
+            self._listener.on_assigned(sorted((tp.topic, tp.partition) for tp in partitions))
+        finally:
+            self._assigning = False
+        starts, self._starts = self._starts, {}
+        if starts:
+            # Assign here, with the restored offsets (librdkafka then skips its own
+            # assign with the committed ones); the others from their committed offset.
+            self._consumer.incremental_assign(
+                [
+                    ConfluentTopicPartition(
+                        tp.topic, tp.partition, starts.get((tp.topic, tp.partition), OFFSET_STORED)
+                    )
+                    for tp in partitions
+                ]
+            )
+
+    callbacks_may_block = True
+    """librdkafka heartbeats from its own thread and confluent-kafka calls rebalance
+    callbacks from ``consume`` in the loop's thread: a restore may run inside one."""
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Not needed: restores run inside the assignment callback."""
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        """Not needed: restores run inside the assignment callback."""
+
+    def seek(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions from these offsets next (a restored checkpoint's).
+        From the assignment callback, the offsets go into the assignment itself: a
+        partition cannot be sought before it is assigned."""
+        if self._assigning:
+            self._starts.update(positions)
+            return
+        for (topic, partition), offset in positions.items():
+            self._consumer.seek(ConfluentTopicPartition(topic, partition, offset))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[ConfluentTopicPartition]) -> None:
         self._listener.on_revoked(sorted((tp.topic, tp.partition) for tp in partitions))
@@ -240,12 +278,29 @@ class ConfluentSink:
         if error is not None:
             self._failures.append(str(error))
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
         def produce(_slice_s: float) -> bool:
             try:
-                self._producer.produce(
-                    topic, value, key, headers=list(headers), on_delivery=self._delivered
-                )
+                if partition is None:
+                    self._producer.produce(
+                        topic, value, key, headers=list(headers), on_delivery=self._delivered
+                    )
+                else:
+                    self._producer.produce(
+                        topic,
+                        value,
+                        key,
+                        partition,
+                        headers=list(headers),
+                        on_delivery=self._delivered,
+                    )
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve deliveries, retry
                 return False

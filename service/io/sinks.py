@@ -28,7 +28,17 @@ log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None: ...
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
+        """Queue one record; ``partition`` None: the key's hash picks (checkpoints name
+        theirs: one state partition per input partition, :mod:`service.runtime.state`)."""
+        ...
 
     def flush(self) -> None: ...
 
@@ -41,6 +51,7 @@ class SentRecord:
     key: bytes | None
     value: bytes
     headers: Headers
+    partition: int | None = None
 
 
 class ListSink:
@@ -50,8 +61,15 @@ class ListSink:
         self.records: list[SentRecord] = []
         self._buffer: list[SentRecord] = []
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
-        self._buffer.append(SentRecord(topic, key, value, headers))
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
+        self._buffer.append(SentRecord(topic, key, value, headers, partition))
 
     def flush(self) -> None:
         self.records.extend(self._buffer)
@@ -99,14 +117,34 @@ class KafkaSink:
         )
         self._futures: list[Any] = []
 
-    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
         try:
             future = self._producer.send(
-                topic, key=key, value=value, headers=list(headers) if headers else None
+                topic,
+                key=key,
+                value=value,
+                headers=list(headers) if headers else None,
+                partition=partition,
             )
         except KafkaError as exc:
             raise BrokerError(f"cannot send to {topic}: {exc}") from exc
         self._futures.append(future)
+
+    def learn_topic(self, topic: str) -> None:
+        """Fetch ``topic``'s partitions now, while the broker answers: the producer's
+        first send to a topic it does not know yet refreshes its metadata, and a send
+        to another topic waits on that refresh (up to ``max_block_ms``)."""
+        try:
+            self._producer.partitions_for(topic)
+        except KafkaError as exc:
+            raise BrokerError(f"no metadata for {topic}: {exc}") from exc
 
     def flush(self) -> None:
         futures, self._futures = self._futures, []

@@ -228,6 +228,23 @@ class KafkaSource:
         self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
         self.committed.update(offsets)
 
+    callbacks_may_block = False
+    """kafka-python 3 runs rebalance callbacks on its network thread, which also
+    heartbeats: a callback must not wait on this consumer (no commit) and should be
+    short, so restores run in the loop's thread (:mod:`service.runtime.checkpoint`)."""
+
+    def seek(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Read these partitions from these offsets next (a restored checkpoint's)."""
+        for (topic, partition), offset in positions.items():
+            self._consumer.seek(KafkaTopicPartition(topic, partition), offset)
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        """Fetch nothing of these partitions until :meth:`resume` (while restoring)."""
+        self._consumer.pause(*(KafkaTopicPartition(t, p) for t, p in partitions))
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        self._consumer.resume(*(KafkaTopicPartition(t, p) for t, p in partitions))
+
     def lag(self) -> dict[TopicPartition, int]:
         lags = {}
         for tp in self._consumer.assignment():

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -178,6 +178,20 @@ class Processor:
         self._metrics.assigned.set(len(self.owned))
         self._metrics.active_series.set(self.active_series)
         log.info("revoked %s; now own %d partitions", list(partitions), len(self.tasks))
+
+    def restore(self, tp: TopicPartition, features: Sequence[str], state: dict[str, Any]) -> None:
+        """Put a checkpoint's learned state (:mod:`service.runtime.state`) into ``tp``'s task,
+        building the task first. With ``schema.features: auto`` and nothing discovered
+        yet, the checkpoint's feature names are taken, so the models fit the state."""
+        if self._decoder is None:
+            self._fix_features(tuple(features))
+        task = self.tasks.get(tp)
+        if task is None:
+            task = self.tasks[tp] = self._new_task(tp)
+            self._waiting.discard(tp)
+        task.load_state(state)
+        self.owned = frozenset(self.tasks) | frozenset(self._waiting)
+        self._metrics.assigned.set(len(self.tasks))
 
     @property
     def active_series(self) -> int:

@@ -37,17 +37,19 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from models.base import FeatureBatch, FloatArray, Model, Plan, run_plan
+from models.base import FloatArray, Model, Plan, run_plan
 from models.ensemble import EnsembleParams, Hedge
 from service.config import ModelSettings, Settings
 from service.pipeline.counts import TaskCounts
 from service.pipeline.drift import DriftMonitor
 from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
 from service.pipeline.intervals import Coverage, CoverageStats, Intervals
+from service.pipeline.pending import COMPACT_EVERY, Gather, Ref, Rows, column_of, compact
 from service.pipeline.scoring import LARGEST, Scorer, ScoreStats
 from service.pipeline.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
 from service.pipeline.windows import WindowStore
@@ -60,46 +62,6 @@ IntArray = npt.NDArray[np.intp]
 _NO_TS = np.iinfo(np.int64).min
 
 
-def _empty(*shape: int) -> FloatArray:
-    return np.empty(shape)
-
-
-@dataclass(eq=False, slots=True)
-class _Rows:
-    """The rows one poll predicted (every model), kept while any waits for its truth.
-
-    Pending predictions are references ``(rows, index)`` into these arrays rather than
-    an object per event: a poll's rows are gathered with one fancy index each.
-    ``outputs`` are in learning-target space, ``halves`` the published interval
-    half-widths in key units (NaN: none).
-    """
-
-    keys: list[str] = field(default_factory=list)
-    slots: IntArray = field(default_factory=lambda: np.empty(0, np.intp))
-    window: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, W)
-    x: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, F)
-    offset: FloatArray = field(default_factory=lambda: _empty(0))  # (n,)
-    scale: FloatArray = field(default_factory=lambda: _empty(0))  # (n,)
-    seasonal: FloatArray = field(default_factory=lambda: _empty(0))  # (n,)
-    outputs: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
-    halves: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
-    mature: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def levels(self, column: int) -> FloatArray:
-        """Model ``column``'s outputs in the original scale."""
-        out: FloatArray = self.offset + self.scale * self.outputs[:, column]
-        return out
-
-    def batch(self, names: Sequence[str]) -> FeatureBatch:
-        return FeatureBatch(
-            self.x, self.window, self.offset, self.keys, names, self.scale, self.seasonal
-        )
-
-
-_Ref = tuple[_Rows, int]
 STATS_SPAN = 128
 """Newest values of a key whose statistics are features (its unit, where its level
 stands): enough for a stable spread, and a fraction of the cost of the whole history,
@@ -114,48 +76,6 @@ MATURE_VALUES = 4
 """Values a key's history needs before its rows are learned from: with fewer, its unit
 (the spread of its changes) is a guess, and a target in a guessed unit can be off by
 orders of magnitude. Such rows are predicted, published and scored, not learned."""
-_COMPACT_EVERY = 64  # polls between checks of what waiting rows keep alive
-_COMPACT_SLACK = 4096  # rows kept beyond twice the waiting ones before compacting
-
-
-class _Gather:
-    """Reads referenced rows out of the few polls' arrays they live in, in ``refs``
-    order: each poll's arrays are concatenated once and indexed once per field."""
-
-    def __init__(self, refs: list[_Ref]) -> None:
-        self.sources = list(dict.fromkeys(rows for rows, _ in refs))
-        starts, start = {}, 0
-        for rows in self.sources:
-            starts[id(rows)] = start
-            start += len(rows)
-        self.index = np.fromiter((starts[id(rows)] + row for rows, row in refs), np.intp, len(refs))
-        self.keys = [rows.keys[row] for rows, row in refs]
-
-    def __call__(self, part: Callable[[_Rows], npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:
-        sources = self.sources
-        whole = (
-            part(sources[0]) if len(sources) == 1 else np.concatenate([part(r) for r in sources])
-        )
-        return whole[self.index]
-
-    def floats(self, part: Callable[[_Rows], FloatArray]) -> FloatArray:
-        out: FloatArray = self(part).astype(np.float64, copy=False)
-        return out
-
-    def rows(self) -> _Rows:
-        """The referenced rows as one new set of arrays."""
-        return _Rows(
-            list(self.keys),
-            self(lambda r: r.slots).astype(np.intp, copy=False),
-            self.floats(lambda r: r.window),
-            self.floats(lambda r: r.x),
-            self.floats(lambda r: r.offset),
-            self.floats(lambda r: r.scale),
-            self.floats(lambda r: r.seasonal),
-            self.floats(lambda r: r.outputs),
-            self.floats(lambda r: r.halves),
-            self(lambda r: r.mature).astype(np.bool_, copy=False),
-        )
 
 
 @dataclass(slots=True)
@@ -210,7 +130,7 @@ class PartitionTask:
         self._recent = min(forecast.kept, max(forecast.window, STATS_SPAN))
         self._seasons = SeasonBook(forecast.seasonal_periods)
         self._scaler = RunningScaler(len(pipeline.names))
-        self._pending: dict[str, deque[_Ref]] = {}
+        self._pending: dict[str, deque[Ref]] = {}
         self._batches = 0
         names = [m.name for m in settings.models]
         self._slots = [self._slot(m, settings, prototypes, names) for m in settings.models]
@@ -278,10 +198,10 @@ class PartitionTask:
         slots: list[int] = []
         seen: list[int] = []  # per event: its key's values pushed in this poll before it
         predicted: list[int] = []  # positions (in ``pushed``) of events that get a prediction
-        refs: list[_Ref] = []  # predictions resolved by this poll, in event order
+        refs: list[Ref] = []  # predictions resolved by this poll, in event order
         resolved_at: list[int] = []  # position of the event that resolved each
         truth: list[float] = []
-        rows = _Rows()  # this poll's predictions, filled below
+        rows = Rows()  # this poll's predictions, filled below
         batch_counts: dict[int, int] = {}
         newest: dict[str, int] = {}
         last_y: dict[str, float] = {}  # each key's newest accepted value in this poll
@@ -362,8 +282,8 @@ class PartitionTask:
             rows, new, refs, np.asarray(truth), index, np.asarray(resolved_at, dtype=np.intp)
         )
         self._batches += 1
-        if self._batches % _COMPACT_EVERY == 0:
-            self._compact_pending()
+        if self._batches % COMPACT_EVERY == 0:
+            compact(self._pending)
         return TaskOutput(predictions, invalid, self.take_counts())
 
     def _suspects(self, events: Sequence[Event]) -> tuple[list[bool], FloatArray]:
@@ -484,7 +404,7 @@ class PartitionTask:
 
     def _fill(
         self,
-        rows: _Rows,
+        rows: Rows,
         positions: IntArray,
         new: list[Event],
         slots: IntArray,
@@ -525,20 +445,20 @@ class PartitionTask:
 
     def _run(
         self,
-        rows: _Rows,
+        rows: Rows,
         new: list[Event],
-        refs: list[_Ref],
+        refs: list[Ref],
         truth: FloatArray,
         predicted_at: IntArray,
         resolved_at: IntArray,
     ) -> list[Prediction]:
         """Every model through the poll in event order, then scores (module docstring)."""
         names = self._pipeline.names
-        gather = _Gather(refs) if refs else None
+        gather = Gather(refs) if refs else None
         learned = (
             gather.rows()
             if gather is not None
-            else _Rows(
+            else Rows(
                 slots=np.empty(0, np.intp),
                 window=np.empty((0, self._window)),
                 x=np.empty((0, len(names))),
@@ -616,7 +536,7 @@ class PartitionTask:
             leaders[column] = lead
             counts.updates[slot.name] += len(keep)
             if gather is not None:
-                learned.outputs[:, column] = gather.floats(_column(lambda r: r.outputs, column))
+                learned.outputs[:, column] = gather.floats(column_of(lambda r: r.outputs, column))
             errors[column] = self._abs_errors(column, truth, learned)
             drifts[column] = self._drift(column, errors[column])
         for column, slot in enumerate(self._slots):
@@ -624,7 +544,7 @@ class PartitionTask:
             if not slot.published or slot.intervals is None:
                 continue
             errors = np.abs(learn_target - learned.outputs[keep, column])
-            halves = gather.floats(_column(lambda r: r.halves, column)) if gather else np.empty(0)
+            halves = gather.floats(column_of(lambda r: r.halves, column)) if gather else np.empty(0)
             rows.halves[:, column] = slot.intervals.run(
                 rows.slots, learn_slots, errors, halves[keep], learn_before
             )
@@ -633,7 +553,7 @@ class PartitionTask:
         self._score(truth, learned)
         return self._publishable(rows, new, leaders)
 
-    def _abs_errors(self, column: int, truth: FloatArray, learned: _Rows) -> FloatArray:
+    def _abs_errors(self, column: int, truth: FloatArray, learned: Rows) -> FloatArray:
         """The column's absolute errors on the resolved rows, as its scorer keeps them."""
         abs_err = np.abs(truth - learned.levels(column))
         clipped: FloatArray = np.minimum(np.nan_to_num(abs_err, nan=0.0), LARGEST)
@@ -654,7 +574,7 @@ class PartitionTask:
         return sorted(found)
 
     def _cover(
-        self, slot: _ModelSlot, truth: FloatArray, learned: _Rows, column: int, halves: FloatArray
+        self, slot: _ModelSlot, truth: FloatArray, learned: Rows, column: int, halves: FloatArray
     ) -> None:
         has = np.isfinite(halves)
         if not has.any() or slot.coverage is None:
@@ -664,7 +584,7 @@ class PartitionTask:
         covered = np.abs(truth - y_hat) <= half
         slot.coverage.update(covered[has], 2.0 * half[has])
 
-    def _score(self, truth: FloatArray, learned: _Rows) -> None:
+    def _score(self, truth: FloatArray, learned: Rows) -> None:
         if len(truth) == 0:
             return
         counts = self._counts
@@ -679,7 +599,7 @@ class PartitionTask:
             counts.sq_error[slot.name] += float(np.dot(abs_err, abs_err))
 
     def _publishable(
-        self, rows: _Rows, new: list[Event], leaders: dict[int, IntArray]
+        self, rows: Rows, new: list[Event], leaders: dict[int, IntArray]
     ) -> list[Prediction]:
         predictions: list[Prediction] = []
         if len(rows) == 0:
@@ -746,25 +666,6 @@ class PartitionTask:
         for owner in self._per_key_state():
             owner.ensure(self._windows.capacity)
 
-    def _compact_pending(self) -> None:
-        """Copy the waiting rows out of the polls they came from, when those polls hold
-        mostly resolved rows.
-
-        A poll's arrays live while any of its rows waits; a key that goes quiet would
-        otherwise keep its whole poll alive (on a stream with keys of very different
-        rates, most polls). This bounds what is kept to about twice what waits.
-        """
-        refs = [ref for queue in self._pending.values() for ref in queue]
-        kept = sum(len(rows) for rows in {id(r): r for r, _ in refs}.values())
-        if kept <= 2 * len(refs) + _COMPACT_SLACK:
-            return
-        rows = _Gather(refs).rows()
-        index = 0
-        for queue in self._pending.values():
-            for position in range(len(queue)):
-                queue[position] = (rows, index)
-                index += 1
-
     def least_recent(self) -> tuple[float, str] | None:
         """When this task's least recently seen key was seen, and the key."""
         return self._windows.least_recent()
@@ -800,12 +701,64 @@ class PartitionTask:
             owner.reset(slots)
         self._counts.evicted += len(evicted)
 
+    # -- checkpoints (service.runtime.snapshot, service.runtime.state) ----------------
 
-def _column(matrix: Callable[[_Rows], FloatArray], column: int) -> Callable[[_Rows], FloatArray]:
-    """Reads one model's column of a per-model matrix (outputs, halves) of a poll."""
+    def state(self) -> dict[str, Any]:
+        """Everything this task learned, by reference (pickle it before the next poll).
 
-    def part(rows: _Rows) -> FloatArray:
-        out: FloatArray = matrix(rows)[:, column]
-        return out
+        What comes from the configuration (settings, feature pipeline, metrics,
+        callbacks) is left out: a restore puts the learned parts into a task built
+        from the same settings (:func:`service.runtime.snapshot.fingerprint`)."""
+        return {
+            "windows": self._windows,
+            "seasons": self._seasons,
+            "scaler": self._scaler,
+            "pending": self._pending,
+            "strikes": self._strikes,
+            "batches": self._batches,
+            "seeded_only": self.seeded_only,
+            "models": [
+                {
+                    "name": s.name,
+                    "model": s.model,
+                    "scorer": s.scorer,
+                    "drift": s.drift,
+                    "hedge": s.hedge,
+                    "intervals": s.intervals,
+                    "coverage": s.coverage,
+                }
+                for s in self._slots
+            ],
+        }
 
-    return part
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Replace this task's learned state with ``state`` (from :meth:`state`).
+
+        Raises:
+            ValueError: the state's models are not this task's (names differ).
+        """
+        models = state["models"]
+        names = [m["name"] for m in models]
+        if names != [s.name for s in self._slots]:
+            raise ValueError(
+                f"checkpoint models {names} are not the configured {[s.name for s in self._slots]}"
+            )
+        self._windows = state["windows"]
+        self._seasons = state["seasons"]
+        self._scaler = state["scaler"]
+        self._pending = state["pending"]
+        self._strikes = state["strikes"]
+        self._batches = int(state["batches"])
+        self.seeded_only = int(state["seeded_only"])
+        for slot, saved in zip(self._slots, models, strict=True):
+            slot.model = saved["model"]
+            slot.scorer = saved["scorer"]
+            slot.drift = saved["drift"]
+            slot.hedge = saved["hedge"]
+            slot.intervals = saved["intervals"]
+            slot.coverage = saved["coverage"]
+
+    @property
+    def pending_predictions(self) -> int:
+        """Predictions waiting for their true value."""
+        return sum(len(queue) for queue in self._pending.values())

@@ -260,6 +260,24 @@ class WindowStore:
             self._counts[slot] = state["counts"][index]
             self._newest_ts[slot] = state["newest_ts"][index]
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For a whole-task checkpoint (:mod:`service.runtime.snapshot`), slots unchanged (the
+        task's per-slot state refers to them): the last poll's reader is transient,
+        and last-seen times are kept as ages, since another process's monotonic
+        clock starts elsewhere."""
+        state = dict(self.__dict__)
+        del state["_reader"]
+        now = self._clock()
+        state["_last_seen"] = [(key, now - seen) for key, seen in self._last_seen.items()]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        ages = state.pop("_last_seen")
+        self.__dict__.update(state)
+        now = self._clock()
+        self._last_seen = OrderedDict((key, now - age) for key, age in ages)
+        self._reader = _no_batch
+
     def _drop(self, key: str) -> None:
         slot = self._slots.pop(key)
         del self._last_seen[key]

@@ -41,10 +41,11 @@ from service.errors import BrokerError, ConfigError, ForecastdError
 from service.io.sinks import KafkaSink, Sink
 from service.io.sources import KafkaSource, Source
 from service.pipeline.processor import Processor, producer_request_limit
-from service.runtime.checkpoint import complete_batch
+from service.runtime.checkpoint import Checkpointer, complete_batch
 from service.runtime.health import HealthServer
 from service.runtime.lag import LagMonitor, lag_client
 from service.runtime.metrics import Metrics
+from service.runtime.state import StateTopic
 from service.runtime.watchdog import Watchdog, in_thread
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Daemon:
         try:
             client = connect(self.settings.kafka, self.stop_event)
             api_version = client.config.get("api_version")
-            self.sink, self.processor, self.source = _connect(
+            self.sink, self.processor, self.source, self.state = _connect(
                 self.settings, self.metrics, self.watchdog, api_version
             )
         except BaseException:
@@ -119,6 +120,7 @@ class Daemon:
             return False
         return (
             self.processor.assignments > 0
+            and (self.state is None or not self.state.restoring)
             and self.source.reachable()
             and self.lag.answered_within(self.settings.metrics.ready_stale_s)
         )
@@ -139,7 +141,10 @@ class Daemon:
                     self.metrics,
                     self.stop_event.is_set,
                     self.watchdog,
+                    self.state,
                 )
+                if self.state is not None:
+                    self.state.checkpoint()  # shutdown: every task, then commit
         finally:
             self._close()
         return 0
@@ -149,6 +154,7 @@ class Daemon:
             lambda: self.lag.stop(self.settings.kafka.close_timeout_s),
             self.source.close,
             self.sink.close,
+            self.state.close if self.state is not None else lambda: None,
             self.server.stop,
         )
         for close in closes:
@@ -222,10 +228,11 @@ def _connect(
     metrics: Metrics,
     watchdog: Watchdog,
     api_version: tuple[int, ...] | None = None,
-) -> tuple[Sink, Processor, Source]:
-    """The sink, the processor writing to it, and the source feeding it, for the
-    configured client. ``api_version``: what the connection probe found, so that
-    kafka-python clients do not probe again."""
+) -> tuple[Sink, Processor, Source, Checkpointer | None]:
+    """The sink, the processor writing to it, the source feeding it (through the
+    checkpointer, its rebalance listener, when ``state.enabled``), for the configured
+    client. ``api_version``: what the connection probe found, so that kafka-python
+    clients do not probe again."""
     kafka = settings.kafka
     limit = producer_request_limit(settings)
     sink: Sink
@@ -239,12 +246,28 @@ def _connect(
             ) from exc
         sink = ConfluentSink(kafka, watchdog, limit)
         processor = Processor(settings, sink, metrics)
-        source = ConfluentSource(kafka, processor, watchdog)
+        state = _checkpointer(settings, processor, sink, metrics)
+        confluent = ConfluentSource(kafka, state or processor, watchdog)
+        source = confluent
+        if state is not None:
+            state.source = confluent
     else:
         sink = KafkaSink(kafka, watchdog, limit, api_version)
         processor = Processor(settings, sink, metrics)
-        source = KafkaSource(kafka, processor, watchdog, api_version)
-    return sink, processor, source
+        state = _checkpointer(settings, processor, sink, metrics)
+        python = KafkaSource(kafka, state or processor, watchdog, api_version)
+        source = python
+        if state is not None:
+            state.source = python
+    return sink, processor, source, state
+
+
+def _checkpointer(
+    settings: Settings, processor: Processor, sink: Sink, metrics: Metrics
+) -> Checkpointer | None:
+    if not settings.state.enabled:
+        return None
+    return Checkpointer(settings, processor, sink, StateTopic(settings, sink), metrics)
 
 
 def run_loop(
@@ -255,22 +278,29 @@ def run_loop(
     metrics: Metrics,
     should_stop: Callable[[], bool],
     watchdog: Watchdog | None = None,
+    state: Checkpointer | None = None,
 ) -> None:
     """Poll, process, complete; until ``should_stop()`` or a finite source ends.
 
     ``watchdog`` hears of every turn and every completed batch (or idle poll with
-    nothing waiting); the lag gauge is the lag monitor's job, off this thread."""
+    nothing waiting); the lag gauge is the lag monitor's job, off this thread.
+    ``state``: checkpoints (:mod:`service.runtime.checkpoint`); a restore that failed inside
+    the poll's rebalance callback is raised here, before any record is processed."""
     kafka = settings.kafka
     timeout_s = kafka.poll_timeout_ms / 1000
     if watchdog is not None:
         watchdog.progressed()  # the clock starts now, not when the process did
     while not should_stop():
         records = source.poll(kafka.max_poll_records, timeout_s)
+        if state is not None:
+            records = state.after_poll(records)
         if watchdog is not None:
             watchdog.turn()
         if records:
             result = processor.process(records)
-            complete_batch(result, sink, source, processor, metrics)
+            complete_batch(result, sink, source, processor, metrics, state, len(records))
+        elif state is not None and state.due():
+            state.checkpoint()
         if watchdog is not None and (records or watchdog.waiting == 0):
             watchdog.progressed()
         if source.exhausted:

@@ -131,6 +131,40 @@ class Metrics:
         self.evicted = Counter(
             "forecastd_evicted_series", "Keys evicted (idle TTL or max_keys).", registry=registry
         )
+        # Learned state (service.runtime.checkpoint): no partition label, the age is the oldest
+        # of the tasks this process owns.
+        self.checkpoint_bytes = Histogram(
+            "forecastd_checkpoint_bytes",
+            "Size of one partition task's checkpoint, compressed.",
+            buckets=tuple(float(4**i) for i in range(5, 15)),
+            registry=registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "forecastd_checkpoint_duration_seconds",
+            "Time to write the checkpoints of one round and commit their offsets.",
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0),
+            registry=registry,
+        )
+        self.checkpoint_age = Gauge(
+            "forecastd_checkpoint_age_seconds",
+            "Seconds since the oldest durable checkpoint of an owned partition task.",
+            registry=registry,
+        )
+        self.restore_seconds = Histogram(
+            "forecastd_restore_duration_seconds",
+            "Time to find, read and load one partition task's checkpoint.",
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0),
+            registry=registry,
+        )
+        self.restores = Counter(
+            "forecastd_restores",
+            "Partition tasks assigned, by outcome: restored, none (no checkpoint yet), or"
+            " retrained (the checkpoint's settings differ).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("restored", "none", "retrained"):
+            self.restores.labels(outcome)
         info = Gauge(
             "forecastd_model_info",
             "Configured models (value 1).",

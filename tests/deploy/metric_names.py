@@ -55,6 +55,11 @@ CONTRACT: Mapping[str, frozenset[str]] = {
     "forecastd_commits_total": frozenset(),
     "forecastd_evicted_series_total": frozenset(),
     "forecastd_build_info": frozenset({"version"}),
+    "forecastd_checkpoint_bytes": frozenset({"le"}),
+    "forecastd_checkpoint_duration_seconds": frozenset({"le"}),
+    "forecastd_checkpoint_age_seconds": frozenset(),
+    "forecastd_restore_duration_seconds": frozenset({"le"}),
+    "forecastd_restores_total": frozenset({"outcome"}),
 }
 """The metrics the daemon exports (the contract), until the names come from a live daemon."""
 
@@ -63,6 +68,7 @@ LABEL_VALUES: Mapping[str, frozenset[str]] = {
     "primary": frozenset({"true", "false"}),
     "detector": frozenset({"adwin", "page_hinkley"}),
     "reason": _REASONS,
+    "outcome": frozenset({"restored", "none", "retrained"}),
 }
 """Labels with a closed set of values; a literal ``label="value"`` matcher must use one."""
 

@@ -180,10 +180,11 @@ def test_quiet_keys_do_not_keep_old_batches_alive(
 ) -> None:
     """Waiting rows are copied out of mostly resolved batches every 64 batches; the
     quiet keys' predictions are then scored and learned exactly as without that."""
+    import service.pipeline.pending as pending
     import service.pipeline.tasks as tasks
 
-    monkeypatch.setattr(tasks, "_COMPACT_SLACK", 0)
-    monkeypatch.setattr(tasks, "_COMPACT_EVERY", compact_every)
+    monkeypatch.setattr(pending, "_COMPACT_SLACK", 0)
+    monkeypatch.setattr(tasks, "COMPACT_EVERY", compact_every)
     log: list[tuple[str, Any]] = []
     task = _task(log)
     live = _quiet_keys(task, 200)

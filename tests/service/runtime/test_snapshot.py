@@ -1,0 +1,114 @@
+"""The checkpoint format: a restored task continues exactly as the original would."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.config import Settings
+from service.io.sinks import ListSink
+from service.pipeline.processor import Processor
+from service.records import Prediction, RawRecord
+from service.runtime import snapshot
+from service.runtime.metrics import Metrics
+from service.runtime.snapshot import FORMAT_VERSION, SnapshotFormatError
+
+# The built-in default models (ensemble, torch MLP, River linear, baselines), seasons
+# detected: every kind of state a task holds.
+SETTINGS = Settings.model_validate({"kafka": {"max_poll_records": 50}})
+TP = ("ticks", 0)
+
+
+def _records(start: int, count: int, keys: int = 4) -> list[RawRecord]:
+    out = []
+    for offset in range(start, start + count):
+        step, k = divmod(offset, keys)
+        y = 10.0 * k + 3.0 * math.sin(step / 5.0) + 0.01 * step
+        value = orjson.dumps({"key": f"k{k}", "ts": 1_700_000_000_000 + step * 1000, "y": y})
+        out.append(RawRecord(TP[0], TP[1], offset, f"k{k}".encode(), value, (), None))
+    return out
+
+
+def _processor() -> Processor:
+    processor = Processor(SETTINGS, ListSink(), Metrics(CollectorRegistry(), SETTINGS))
+    processor.on_assigned([TP])
+    return processor
+
+
+def _feed(processor: Processor, records: list[RawRecord]) -> list[Prediction]:
+    out = []
+    for i in range(0, len(records), 50):
+        out.extend(processor.process(records[i : i + 50]).predictions)
+    return out
+
+
+def _checkpoint(processor: Processor) -> bytes:
+    task = processor.tasks[TP]
+    return snapshot.encode(
+        task.state(),
+        topic=TP[0],
+        partition=TP[1],
+        offset=processor.positions[TP],
+        keys=task.active_series,
+        pending=task.pending_predictions,
+        features=processor.features or (),
+        settings_fingerprint=snapshot.fingerprint(SETTINGS),
+    )
+
+
+def test_a_restored_task_predicts_and_learns_exactly_as_the_original() -> None:
+    original = _processor()
+    _feed(original, _records(0, 1200))
+    blob = _checkpoint(original)
+    header, state = snapshot.decode(blob)
+    assert (header.version, header.partition, header.offset) == (FORMAT_VERSION, 0, 1200)
+    assert header.keys == 4
+    assert header.pending == 4  # horizon 1: one waiting per key
+
+    restored = _processor()
+    restored.restore(TP, header.features, state)
+    later = _records(1200, 400)
+    expected = _feed(original, later)
+    got = _feed(restored, later)
+    assert len(got) == len(expected) > 0
+    # The first predictions after the checkpoint resolve the pending ones made before
+    # it: the scores, versions and forecasts go on as if nothing happened.
+    assert [(p.source, p.model, p.model_version) for p in got] == [
+        (p.source, p.model, p.model_version) for p in expected
+    ]
+    assert [p.y_hat for p in got] == pytest.approx([p.y_hat for p in expected], rel=1e-9)
+    assert min(p.model_version for p in got) > 0
+    assert (
+        restored.tasks[TP].scores()["ensemble"][0].n == original.tasks[TP].scores()["ensemble"][0].n
+    )
+
+
+def test_a_checkpoint_of_another_format_version_fails_clearly() -> None:
+    processor = _processor()
+    _feed(processor, _records(0, 100))
+    blob = bytearray(_checkpoint(processor))
+    struct.pack_into(">H", blob, 4, FORMAT_VERSION + 1)
+    with pytest.raises(SnapshotFormatError, match=rf"format version {FORMAT_VERSION + 1}.*reads"):
+        snapshot.decode(bytes(blob))
+
+
+def test_foreign_or_damaged_bytes_fail_clearly() -> None:
+    with pytest.raises(SnapshotFormatError, match="not a forecastd checkpoint"):
+        snapshot.decode(b"{}")
+    processor = _processor()
+    _feed(processor, _records(0, 100))
+    blob = _checkpoint(processor)
+    with pytest.raises(SnapshotFormatError, match="damaged"):
+        snapshot.decode(blob[:-10])
+
+
+def test_the_fingerprint_follows_the_settings_that_shape_state() -> None:
+    other = Settings.model_validate({"models": [{"name": "m", "kind": "ewma", "primary": True}]})
+    kafka = SETTINGS.kafka.model_copy(update={"linger_ms": 1})
+    polled = SETTINGS.model_copy(update={"kafka": kafka})
+    assert snapshot.fingerprint(other) != snapshot.fingerprint(SETTINGS)
+    assert snapshot.fingerprint(polled) == snapshot.fingerprint(SETTINGS)

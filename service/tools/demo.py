@@ -116,8 +116,12 @@ def _watch(
         while time.monotonic() - started < duration:
             elapsed = time.monotonic() - started
             live.update(_table(daemon, total, elapsed, title="live"))
-            consumed = _value(daemon, "forecastd_messages_consumed_total")
-            if sent and consumed >= sent[0]:
+            # Done when every record sent was processed to the end (its predictions
+            # and dead letters counted), not merely consumed: the summary must not
+            # race the last batch. Offsets start at 0, so the next positions add up to
+            # the records processed.
+            processed = sum(daemon.processor.positions.values())
+            if sent and processed >= sent[0]:
                 break
             time.sleep(0.25)
         live.update(_table(daemon, total, time.monotonic() - started, title="live"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -9,13 +12,38 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from service.config import Settings, load_settings
 from service.runtime.app import Daemon
 from service.tools.broker import EmbeddedBroker, free_port
+
+PIPELINE_CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
+"""The config the integration tests start from; topics and ports come from FORECASTD_*."""
+
+
+def start_daemon(env: dict[str, str], config: str = PIPELINE_CONFIG) -> subprocess.Popen[bytes]:
+    """``forecastd run`` as a real process, with ``env`` over this environment; its
+    output (stdout and stderr together) on ``stdout``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "run", "-c", config],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
+    """The group's committed offset per input partition (those it committed)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 @dataclass(frozen=True)

@@ -2,44 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient
 
 from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
+    committed_offsets,
     consume_all,
     fresh_topics,
     produce,
     settings_env,
+    start_daemon,
     wait_for,
 )
 from tests.integration.streams import linear_trends
 
 pytestmark = pytest.mark.integration
 
-CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
-
-
-def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "run", "-c", CONFIG],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
 
 def _run_then_sigterm(env: dict[str, str], meanwhile: Callable[[], None]) -> tuple[int, bytes]:
     """Start ``forecastd run``, call ``meanwhile()``, send SIGTERM; (exit status, output)."""
-    daemon = _start(env)
+    daemon = start_daemon(env)
     try:
         meanwhile()
         daemon.send_signal(signal.SIGTERM)
@@ -48,15 +34,6 @@ def _run_then_sigterm(env: dict[str, str], meanwhile: Callable[[], None]) -> tup
         if daemon.poll() is None:
             daemon.kill()
     return daemon.returncode, output
-
-
-def _committed(bootstrap: str, group: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
 
 def _predicted_sources(bootstrap: str, topic: str) -> set[str]:
@@ -73,14 +50,14 @@ def test_sigterm_mid_stream_then_restart_loses_no_committed_record(
 
     def feed_then_interrupt() -> None:
         produce(broker.bootstrap, topics.input, stream[:3000])
-        wait_for(lambda: bool(_committed(broker.bootstrap, topics.group)), 60, "a commit")
+        wait_for(lambda: bool(committed_offsets(broker.bootstrap, topics.group)), 60, "a commit")
         produce(broker.bootstrap, topics.input, stream[3000:])
 
     returncode, output = _run_then_sigterm(env, feed_then_interrupt)
     assert returncode == 0, output.decode()[-2000:]
     assert b"finishing the batch" in output
 
-    committed = _committed(broker.bootstrap, topics.group)
+    committed = committed_offsets(broker.bootstrap, topics.group)
     assert committed, "the first run committed nothing"
     assert sum(committed.values()) < len(stream), "SIGTERM came too late to test mid-stream"
     predicted = _predicted_sources(broker.bootstrap, topics.output)
@@ -90,14 +67,14 @@ def test_sigterm_mid_stream_then_restart_loses_no_committed_record(
 
     def until_all_committed() -> None:
         wait_for(
-            lambda: sum(_committed(broker.bootstrap, topics.group).values()) >= len(stream),
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) >= len(stream),
             90,
             "every offset committed",
         )
 
     returncode, output = _run_then_sigterm(env, until_all_committed)
     assert returncode == 0, output.decode()[-2000:]
-    assert sum(_committed(broker.bootstrap, topics.group).values()) == len(stream)
+    assert sum(committed_offsets(broker.bootstrap, topics.group).values()) == len(stream)
     inputs = consume_all(broker.bootstrap, topics.input, len(stream))
     every_source = {f"{r.topic}:{r.partition}:{r.offset}" for r in inputs}
     assert every_source <= _predicted_sources(broker.bootstrap, topics.output)

@@ -13,30 +13,26 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient
 
 from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
+    committed_offsets,
     consume_all,
     fresh_topics,
     produce,
     scrape,
     settings_env,
+    start_daemon,
     wait_for,
 )
 from tests.integration.streams import linear_trends
 
 pytestmark = pytest.mark.integration
-
-CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
 
 
 @pytest.fixture
@@ -44,24 +40,6 @@ def own_broker() -> Iterator[EmbeddedBroker]:
     """A broker of this test's own: it is stopped, the session's broker must not be."""
     with EmbeddedBroker() as broker:
         yield broker
-
-
-def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "run", "-c", CONFIG],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _committed(bootstrap: str, group: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
 
 
 def _status(port: int, path: str) -> int | None:
@@ -89,14 +67,18 @@ def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
     )
     port = int(env["FORECASTD_METRICS__PORT"])
     produce(broker.bootstrap, topics.input, stream)
-    daemon = _start(env)
+    daemon = start_daemon(env)
     pid = broker._process.pid if broker._process is not None else 0
     stopped = False
     try:
-        wait_for(lambda: _committed(broker.bootstrap, topics.group) > 0, 60, "a first commit")
+        wait_for(
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) > 0,
+            60,
+            "a first commit",
+        )
         assert _status(port, "/healthz") == 200
         # Mid-stream, or the test would prove nothing.
-        assert _committed(broker.bootstrap, topics.group) < len(stream)
+        assert sum(committed_offsets(broker.bootstrap, topics.group).values()) < len(stream)
         os.kill(pid, signal.SIGSTOP)
         stopped = True
         wait_for(lambda: _status(port, "/healthz") == 503, 20, "/healthz to fail")
@@ -119,10 +101,10 @@ def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
         assert "did not complete" in text.strip().splitlines()[-1]
 
     # The broker is back: a new process predicts every record, none is lost.
-    restarted = _start(env)
+    restarted = start_daemon(env)
     try:
         wait_for(
-            lambda: _committed(broker.bootstrap, topics.group) == len(stream),
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) == len(stream),
             90,
             "every record committed after the restart",
         )

@@ -9,19 +9,14 @@ offline without interruption (the processing is deterministic for these models).
 from __future__ import annotations
 
 import itertools
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
@@ -35,7 +30,9 @@ from service.runtime.snapshot import FORMAT_VERSION
 from service.tools.broker import EmbeddedBroker, free_port
 from service.tools.inspect_state import summary, table
 from tests.integration.kafka_helpers import (
+    PIPELINE_CONFIG,
     Topics,
+    committed_offsets,
     consume_all,
     fresh_topics,
     make_settings,
@@ -43,33 +40,16 @@ from tests.integration.kafka_helpers import (
     running_daemon,
     scrape,
     settings_env,
+    start_daemon,
     wait_for,
 )
 from tests.integration.streams import Record, sine_waves
 
 pytestmark = pytest.mark.integration
 
-CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
+CONFIG = PIPELINE_CONFIG
 PRIMARY = "linear"
 SAMPLE = 600
-
-
-def _start(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "run", "-c", CONFIG],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _committed(bootstrap: str, group: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
 
 
 class _Paced(threading.Thread):
@@ -156,17 +136,21 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
     )
     feeder = _Paced(broker.bootstrap, topics.input, stream)
     port = int(env["FORECASTD_METRICS__PORT"])
-    daemon = _start(env)
+    daemon = start_daemon(env)
     try:
         _wait_ready(port)
         feeder.start()
-        wait_for(lambda: _committed(broker.bootstrap, topics.group) >= 3000, 90, "checkpoints")
+        wait_for(
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) >= 3000,
+            90,
+            "checkpoints",
+        )
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
     finally:
         if daemon.poll() is None:
             daemon.kill()
-    killed_at = _committed(broker.bootstrap, topics.group)
+    killed_at = sum(committed_offsets(broker.bootstrap, topics.group).values())
     before = _outputs(broker.bootstrap, topics.output)
     feeder.join(timeout=60)
     assert killed_at < len(stream), "the kill came after the whole stream: not mid-stream"
@@ -174,7 +158,7 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
 
     assert not every_source <= {p["source"] for p in before}, "killed after the last record"
 
-    daemon = _start(env)
+    daemon = start_daemon(env)
     try:
         _wait_ready(port)
         wait_for(

@@ -16,29 +16,27 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
+    committed_offsets,
     consume_all,
     fresh_topics,
     produce,
     scrape,
     settings_env,
+    start_daemon,
     wait_for,
 )
 from tests.integration.streams import START_MS, Record
 
 pytestmark = pytest.mark.integration
 
-CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
 KEYS, STEPS = 40, 25
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+), metrics on 127\.0\.0\.1:(\d+)\)")
 TOTALS = (
@@ -86,15 +84,6 @@ def _status(port: int, path: str) -> int:
         return 0
 
 
-def _committed(bootstrap: str, group: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        offsets = admin.list_group_offsets(group).get(group, {})
-    finally:
-        admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-
-
 class _Output:
     """The pod's merged stdout/stderr, read as it comes (worker ports are logged)."""
 
@@ -126,12 +115,7 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
     topics = fresh_topics(broker, partitions=4)
     env = settings_env(broker, topics, FORECASTD_PROCESSING__WORKERS="2")
     port = int(env["FORECASTD_METRICS__PORT"])
-    pod = subprocess.Popen(
-        [sys.executable, "-m", "service", "run", "-c", CONFIG],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    pod = start_daemon(env)
     output = _Output(pod)
     try:
         # Ready only once both workers joined: the group has settled on two members.
@@ -183,7 +167,7 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
         produce(broker.bootstrap, topics.input, second)
         total = len(first) + len(second)
         wait_for(
-            lambda: sum(_committed(broker.bootstrap, topics.group).values()) >= total,
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) >= total,
             90,
             "every offset committed",
         )
@@ -193,7 +177,7 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
         if pod.poll() is None:
             pod.kill()
             pod.wait()
-    assert sum(_committed(broker.bootstrap, topics.group).values()) == total
+    assert sum(committed_offsets(broker.bootstrap, topics.group).values()) == total
     # at-least-once across the kill: every record predicted, some perhaps twice
     every = {
         orjson.loads(r.value)["source"] for r in consume_all(broker.bootstrap, topics.output, total)

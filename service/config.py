@@ -359,6 +359,7 @@ _DEFAULT_MODELS = (
     {"name": "seasonal", "kind": "seasonal_naive"},
     {"name": "ewma", "kind": "ewma", "params": {"alpha": 0.5}},
     {"name": "linear", "kind": "river.linear"},
+    {"name": "rls", "kind": "rls"},
     {"name": "mlp", "kind": "torch.mlp"},
 )
 

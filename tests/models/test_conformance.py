@@ -46,6 +46,7 @@ def test_variants_conform(kind: str, params: dict[str, Any]) -> None:
     ("kind", "params"),
     [
         ("river.linear", {}),
+        ("rls", {}),
         ("river.custom", {"estimator": "linear_model.LinearRegression", "mini_batch": True}),
     ],
 )

@@ -13,7 +13,15 @@ from models.baselines import EWMAParams, Persistence, PersistenceParams
 from models.river_kinds import RiverLinearParams
 
 CONTEXT = ModelContext(feature_names=("a",), window=4, horizon=1)
-BUILTIN = ["ewma", "persistence", "river.custom", "river.forest", "river.linear", "river.tree"]
+BUILTIN = [
+    "ewma",
+    "persistence",
+    "river.custom",
+    "river.forest",
+    "river.linear",
+    "river.tree",
+    "rls",
+]
 
 
 def test_builtin_kinds_are_registered() -> None:

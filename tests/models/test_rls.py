@@ -1,0 +1,106 @@
+"""The ``rls`` kind: least squares without a learning rate, bounded steps, forgetting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import registry
+from models.base import FeatureBatch, ModelContext
+from models.rls import RLS, RLSParams
+
+CONTEXT = ModelContext(feature_names=("x1", "x2", "x3"), window=1, horizon=0, seed=3)
+
+
+def rows(x: np.ndarray) -> FeatureBatch:
+    n = len(x)
+    return FeatureBatch(
+        x=x,
+        window=np.full((n, 1), np.nan),
+        offset=np.zeros(n),
+        keys=["k"] * n,
+        feature_names=list(CONTEXT.feature_names),
+    )
+
+
+def stream(rng: np.random.Generator, n: int, coefficients: np.ndarray) -> tuple[np.ndarray, ...]:
+    x = rng.normal(size=(n, 3))
+    return x, x @ coefficients + 0.5 + 0.1 * rng.normal(size=n)
+
+
+def test_it_holds_the_exact_weighted_ridge_fit_after_every_event() -> None:
+    """RLS is not an approximation: after n events its weights solve the ridge
+    problem with weights ``lambda ** age`` on the events and ``lambda ** n * ridge``
+    on the prior (errors unclipped)."""
+    rng = np.random.default_rng(0)
+    x, y = stream(rng, 300, np.array([2.0, -1.0, 0.3]))
+    params = RLSParams(memory=100, ridge=10.0, clip=1e9)
+    model = RLS(params, n_features=3)
+    model.learn(rows(x), y)
+    forget = 1 - 1 / params.memory
+    age = forget ** np.arange(len(y) - 1, -1, -1)
+    design = np.column_stack([x, np.ones(len(x))])
+    gram = (design * age[:, None]).T @ design + forget ** len(y) * params.ridge * np.eye(4)
+    exact = np.linalg.solve(gram, (design * age[:, None]).T @ y)
+    np.testing.assert_allclose(model.weights, exact, atol=1e-6)
+
+
+def test_it_learns_faster_than_sgd_on_few_rows() -> None:
+    """The reason it is a default member: on a few hundred rows SGD has barely moved."""
+    rng = np.random.default_rng(1)
+    x, y = stream(rng, 200, np.array([2.0, -1.0, 0.3]))
+    test_x, test_y = stream(rng, 500, np.array([2.0, -1.0, 0.3]))
+    errors = {}
+    for kind in ("rls", "river.linear"):
+        model = registry.build(kind, {}, CONTEXT)
+        model.learn(rows(x), y)
+        errors[kind] = float(np.mean(np.abs(model.predict(rows(test_x)) - test_y)))
+    assert errors["rls"] < 0.5 * errors["river.linear"]
+
+
+def test_it_follows_a_change_of_the_relation_within_a_few_memories() -> None:
+    rng = np.random.default_rng(2)
+    model = RLS(RLSParams(memory=200), n_features=3)
+    before, after = np.array([2.0, -1.0, 0.3]), np.array([-1.0, 1.0, 0.0])
+    for coefficients in (before, after):
+        x, y = stream(rng, 1500, coefficients)
+        model.learn(rows(x), y)
+    np.testing.assert_allclose(model.weights[:3], after, atol=0.05)
+
+
+def test_one_outlier_moves_the_fit_by_a_bounded_step() -> None:
+    rng = np.random.default_rng(3)
+    x, y = stream(rng, 500, np.array([2.0, -1.0, 0.3]))
+    probe = rng.normal(size=(50, 3))
+    moved = {}
+    for clip in (4.0, 1e9):
+        model = RLS(RLSParams(clip=clip), n_features=3)
+        model.learn(rows(x), y)
+        before = model.predict(rows(probe))
+        model.learn(rows(x[:1]), np.array([1e6]))
+        moved[clip] = float(np.max(np.abs(model.predict(rows(probe)) - before)))
+    assert moved[4.0] < 1.0 < moved[1e9]
+
+
+def test_an_input_that_stops_varying_does_not_wind_up_the_covariance() -> None:
+    """Forgetting alone would grow P without bound along a silent input, and the next
+    event that excites it would throw the weights."""
+    rng = np.random.default_rng(4)
+    model = RLS(RLSParams(memory=50), n_features=3)
+    x, y = stream(rng, 200, np.array([2.0, -1.0, 0.3]))
+    model.learn(rows(x), y)
+    silent = x.copy()
+    silent[:, 2] = 0.0
+    for _ in range(20):
+        model.learn(rows(silent), silent @ np.array([2.0, -1.0, 0.3]) + 0.5)
+    state = model.state_dict()
+    assert np.trace(state["p"]) * state["p_scale"] <= 4 / RLSParams().ridge + 1e-9
+    model.learn(rows(np.array([[0.0, 0.0, 5.0]])), np.array([2.0]))
+    assert np.all(np.abs(model.weights) < 10)
+
+
+def test_a_state_of_another_feature_list_is_refused() -> None:
+    model = RLS(RLSParams(), n_features=3)
+    other = RLS(RLSParams(), n_features=5)
+    with pytest.raises(ValueError, match="feature list changed"):
+        model.load_state_dict(other.state_dict())

@@ -25,7 +25,10 @@ months:
   initial value, i.e. the ridge prior is never weaker than at the start;
 * *bounded errors*: the error an update uses is clipped at ``clip`` times the
   model's running mean absolute a-priori error (a Huber-type update), so one outlier
-  moves the weights by a bounded step.
+  moves the weights by a bounded step;
+* *a covariance that stays a covariance*: if rounding ever makes ``P`` indefinite
+  (``x' P x < 0``, the classic failure of RLS in long runs), ``P`` starts again from
+  its prior, the weights are kept, and ``forecastd_model_nonfinite_total`` counts it.
 
 It learns one event at a time (the update is sequential by nature), so how fast it
 learns does not depend on batching.
@@ -95,6 +98,7 @@ class RLS(Model):
         self._trace = self._trace_cap
         self._mae = 0.0
         self._seen = 0
+        self._restarts = 0
 
     @property
     def updates(self) -> int:
@@ -119,6 +123,9 @@ class RLS(Model):
         lam, scale = self._lambda, self._scale
         px = dgemv(scale, self._p, x)  # P x
         denom = lam + ddot(x, px)
+        if not denom >= lam:  # P lost positive definiteness to rounding (or NaN)
+            self._restart_covariance()
+            return
         error = y - ddot(self.weights, x)
         magnitude = abs(error)
         self._seen += 1
@@ -139,6 +146,19 @@ class RLS(Model):
             self._p *= scale
             scale = 1.0
         self._scale = scale
+
+    def _restart_covariance(self) -> None:
+        """Start P again from the prior, keeping the weights: the fit so far stays,
+        its confidence is forgotten. Counted as a non-finite event."""
+        self._p = np.asfortranarray(np.eye(self.n_features + 1) / self.params.ridge)
+        self._scale = 1.0
+        self._trace = self._trace_cap
+        self._restarts += 1
+
+    @property
+    def nonfinite_events(self) -> int:
+        """Times rounding broke the covariance and it was started again."""
+        return self._restarts
 
     def clone(self) -> RLS:
         return RLS(self.params, self.n_features)

@@ -104,3 +104,18 @@ def test_a_state_of_another_feature_list_is_refused() -> None:
     other = RLS(RLSParams(), n_features=5)
     with pytest.raises(ValueError, match="feature list changed"):
         model.load_state_dict(other.state_dict())
+
+
+def test_a_covariance_broken_by_rounding_starts_again_from_the_prior() -> None:
+    rng = np.random.default_rng(5)
+    model = RLS(RLSParams(), n_features=3)
+    x, y = stream(rng, 100, np.array([2.0, -1.0, 0.3]))
+    model.learn(rows(x), y)
+    weights = model.weights.copy()
+    state = model.state_dict()
+    model.load_state_dict({**state, "p": -np.eye(4)})  # what rounding could leave
+    model.learn(rows(x[:1]), y[:1])
+    assert model.nonfinite_events == 1
+    np.testing.assert_array_equal(model.weights, weights)
+    model.learn(rows(x), y)
+    assert np.all(np.isfinite(model.predict(rows(x))))

@@ -75,21 +75,27 @@ class Intervals:
         learn_errors: FloatArray,
         learn_halves: FloatArray,
         before: IntArray,
+        learn_predicted: IntArray | None = None,
     ) -> FloatArray:
         """Half-widths (key units) of the intervals of the predict rows, NaN while the
         task has fewer than ``min_samples`` scores; learning, in event order, from the
         resolved rows' absolute errors and the half-widths they were published with
-        (NaN: none)."""
+        (NaN: none). ``learn_predicted``: for each resolved row predicted in this same
+        run, its index among the predict rows (-1 for one predicted earlier); its
+        half-width is then the one computed here, so that ACI does not depend on
+        where polls begin and end."""
         n = len(predict_slots)
         halves = [math.nan] * n
         slots = predict_slots.tolist()
         done = 0
         errors, published = learn_errors.tolist(), learn_halves.tolist()
+        same = [-1] * len(errors) if learn_predicted is None else learn_predicted.tolist()
         for j, (slot, stop) in enumerate(zip(learn_slots.tolist(), before.tolist(), strict=True)):
             while done < stop:
                 halves[done] = self._half(slots[done])
                 done += 1
-            self._learn(slot, errors[j], published[j])
+            half = halves[same[j]] if same[j] >= 0 else published[j]
+            self._learn(slot, errors[j], half)
         while done < n:
             halves[done] = self._half(slots[done])
             done += 1

@@ -539,6 +539,10 @@ class PartitionTask:
                 learned.outputs[:, column] = gather.floats(column_of(lambda r: r.outputs, column))
             errors[column] = self._abs_errors(column, truth, learned)
             drifts[column] = self._drift(column, errors[column])
+        # A row predicted earlier in this very poll was published with the interval
+        # computed below, in the same pass: point at it, so that ACI and coverage see
+        # it as they would had the poll ended between its prediction and its truth.
+        same_poll = np.fromiter((row if src is rows else -1 for src, row in refs), np.intp)
         for column, slot in enumerate(self._slots):
             counts.predictions[slot.name] += len(rows)
             if not slot.published or slot.intervals is None:
@@ -546,9 +550,10 @@ class PartitionTask:
             errors = np.abs(learn_target - learned.outputs[keep, column])
             halves = gather.floats(column_of(lambda r: r.halves, column)) if gather else np.empty(0)
             rows.halves[:, column] = slot.intervals.run(
-                rows.slots, learn_slots, errors, halves[keep], learn_before
+                rows.slots, learn_slots, errors, halves[keep], learn_before, same_poll[keep]
             )
             if gather is not None:
+                halves = gather.floats(column_of(lambda r: r.halves, column))
                 self._cover(slot, truth, learned, column, halves)
         self._score(truth, learned)
         return self._publishable(rows, new, leaders)

@@ -108,6 +108,30 @@ def test_the_poll_size_changes_no_score(models: str) -> None:
             assert maes[poll][model] == pytest.approx(mae, rel=0.02), (model, poll)
 
 
+def _intervals(result: BacktestResult) -> dict[str, tuple[float | None, float | None]]:
+    published = (orjson.loads(raw) for raw in result.published)
+    return {p["source"]: (p["lower"], p["upper"]) for p in published}
+
+
+@pytest.mark.parametrize("horizon", [0, 1])
+def test_the_poll_size_changes_no_interval(horizon: int) -> None:
+    """A row predicted and resolved within one poll (every row at horizon 0, most of
+    a backlog's) adapts its key's ACI level as one resolved in a later poll does."""
+    records = _walk_and_map(300)
+    exact = {"models": [{"name": "linear", "kind": "river.linear", "primary": True}]}
+    runs = {}
+    for poll in (1, 1000):
+        settings = _settings(
+            kafka={"max_poll_records": poll}, forecast={"horizon": horizon}, **exact
+        )
+        runs[poll] = _intervals(run_backtest(records, settings))
+    assert runs[1].keys() == runs[1000].keys()
+    bounded = [source for source, (lower, _) in runs[1].items() if lower is not None]
+    assert len(bounded) > 400
+    for source in bounded:
+        assert runs[1000][source] == pytest.approx(runs[1][source], rel=1e-9), source
+
+
 def test_the_poll_size_changes_not_when_a_drift_reshuffles_the_ensemble() -> None:
     """Real water flow: spiky, so members' detectors fire, and with a short rolling
     window some member's recent errors fall below its long-run ones, so the ensemble

@@ -1,0 +1,183 @@
+"""What another ensemble would score: the combiner replayed on its members' forecasts.
+
+    python -m bench.combiner                                 # the default, replayed
+    python -m bench.combiner --member mlp_lr1=torch.mlp:'{"lr": 0.01}' \\
+        --variant base=last,seasonal,ewma,linear,rls,mlp \\
+        --variant more=last,seasonal,ewma,linear,rls,mlp,mlp_lr1
+    python -m bench.combiner --eta 0.3,0.6 --share 0.003,0.01 --memory 300,1000
+
+Members learn from the truth, never from the ensemble, so their forecasts do not
+depend on how they are combined. This runs the built-in default (plus any
+``--member``) once per dataset of :mod:`bench.quality`, every model published, and
+then replays :class:`models.ensemble.Hedge` over those forecasts, event by event in
+arrival order (each forecast combined before its truth is learned), for every member
+set (``--variant``) and every ``eta``/``share``/``memory`` given. That takes seconds
+per variant where a run of the daemon takes a minute, so the combiner's settings and
+the default member set can be chosen on all datasets at once.
+
+Two simplifications: the replay judges members in the series' scale, as the daemon
+does, but it does not act on drift (``drift.action``) and it combines levels rather
+than learning targets (the same numbers for the weights, which depend on errors
+only). So the first row, the default replayed, is within a fraction of a percent of
+``bench.quality``'s *default* column, not equal to it; compare variants with that row.
+Printed: each variant's MAE over the default variant's, per dataset (the first
+:data:`bench.quality.WARMUP` of each key left out, as there), and their geometric mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from bench.quality import CASES, Truth, default_settings, geometric_mean
+from models.ensemble import EnsembleParams, Hedge
+from service.config import Settings
+from service.pipeline.scoring import FloatArray
+from service.tools import datasets, replay
+from service.tools.backtest import run_backtest
+
+
+@dataclass(frozen=True)
+class Forecasts:
+    """One dataset's member forecasts (levels, NaN where none), in arrival order."""
+
+    names: tuple[str, ...]
+    levels: FloatArray  # (events, members)
+    keys: Sequence[str]
+    y: FloatArray
+    horizon: int
+    truth: Truth
+
+
+def forecasts(dataset: str, extra: Sequence[dict[str, Any]] = ()) -> Forecasts:
+    """Run the default (and ``extra`` models) with every model published."""
+    case = CASES[dataset]
+    frame = datasets.load(dataset)
+    features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
+    data = default_settings(case.horizon, features)
+    models = [m.model_dump() for m in Settings().models] + list(extra)
+    data["models"] = [{**m, "publish": True} for m in models]
+    settings = Settings.model_validate(data)
+    pairs = replay.encode(frame, replay.Columns(features=features), settings.schema_)
+    records = replay.as_records(pairs, settings.kafka.input_topic)
+    names = tuple(m.name for m in settings.models if m.kind != "ensemble")
+    levels = np.full((len(records), len(names)), np.nan)
+    column = {name: i for i, name in enumerate(names)}
+    for value in run_backtest(records, settings).published:
+        record = orjson.loads(value)
+        if record["model"] in column and record["y_hat"] is not None:
+            row = int(record["source"].rsplit(":", 1)[1])  # one partition: offset == row
+            levels[row, column[record["model"]]] = float(record["y_hat"])
+    y = frame["y"].to_numpy(dtype=float)
+    truth = Truth.of(frame["key"], y, case.horizon)
+    return Forecasts(names, levels, frame["key"].astype(str).tolist(), y, case.horizon, truth)
+
+
+def replayed_mae(data: Forecasts, members: Sequence[str], params: EnsembleParams) -> float:
+    """MAE of the ensemble of ``members`` with ``params``, replayed event by event."""
+    columns = [data.names.index(m) for m in members]
+    levels = data.levels[:, columns]
+    slot_of: dict[str, int] = {}
+    slots = [slot_of.setdefault(key, len(slot_of)) for key in data.keys]
+    hedge = Hedge(len(members), params)
+    hedge.ensure(len(slot_of))
+    combined = np.full(len(slots), np.nan)
+    waiting: dict[int, deque[int]] = {}
+    rows = levels.tolist()
+
+    def predict(i: int) -> None:
+        if np.isfinite(levels[i]).all():
+            weights = hedge.weights(slots[i])
+            combined[i] = sum(w * v for w, v in zip(weights, rows[i], strict=True))
+
+    def learn(i: int, truth: float) -> None:
+        if np.isfinite(combined[i]):
+            hedge._learn(slots[i], rows[i], truth)
+
+    for i, slot in enumerate(slots):
+        truth = float(data.y[i])
+        if data.horizon == 0:  # predicted first, then resolved by its own value
+            predict(i)
+            learn(i, truth)
+            continue
+        queue = waiting.setdefault(slot, deque())
+        if len(queue) >= data.horizon:  # this value resolves the key's oldest forecast
+            learn(queue.popleft(), truth)
+        predict(i)
+        queue.append(i)
+    errors = np.abs(combined[data.truth.rows] - data.truth.y)
+    return float(np.nanmean(errors))
+
+
+def _member(spec: str) -> dict[str, Any]:
+    """``NAME=KIND[:JSON params]`` as a model entry."""
+    name, _, rest = spec.partition("=")
+    kind, _, params = rest.partition(":")
+    if not name or not kind:
+        raise argparse.ArgumentTypeError(f"--member wants NAME=KIND[:JSON], got {spec!r}")
+    return {"name": name, "kind": kind, "params": orjson.loads(params) if params else {}}
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--datasets", default=",".join(CASES))
+    parser.add_argument("--member", type=_member, action="append", default=[])
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=member,member,... (repeatable)"
+    )
+    defaults = EnsembleParams()
+    parser.add_argument("--eta", type=_floats, default=[defaults.eta])
+    parser.add_argument("--share", type=_floats, default=[defaults.share])
+    parser.add_argument("--memory", type=_floats, default=[float(defaults.memory)])
+    args = parser.parse_args(argv)
+    default_members = Settings().members(Settings().primary)
+    variants = {"default": tuple(default_members)}
+    for spec in args.variant:
+        name, _, members = spec.partition("=")
+        variants[name] = tuple(m for m in members.split(",") if m)
+    grid = [
+        EnsembleParams(eta=eta, share=share, memory=int(memory))
+        for eta, share, memory in itertools.product(args.eta, args.share, args.memory)
+    ]
+    default_params = EnsembleParams()
+    runs = [("default", default_params)] if default_params not in grid else []
+    runs += [(name, params) for name in variants for params in grid]
+
+    table = Table(title="ensemble MAE replayed, over the default's replayed MAE")
+    table.add_column("variant")
+    table.add_column("eta / share / memory")
+    names = [n for n in args.datasets.split(",") if n]
+    for name in names:
+        table.add_column(name, justify="right")
+    table.add_column("geometric mean", justify="right")
+    ratios: dict[int, list[float]] = {i: [] for i in range(len(runs))}
+    for dataset in names:
+        data = forecasts(dataset, args.member)
+        base = replayed_mae(data, variants["default"], default_params)
+        for i, (variant, params) in enumerate(runs):
+            ratios[i].append(replayed_mae(data, variants[variant], params) / base)
+    for i, (variant, params) in enumerate(runs):
+        table.add_row(
+            variant,
+            f"{params.eta:g} / {params.share:g} / {params.memory}",
+            *[f"{r:.3f}" for r in ratios[i]],
+            f"{geometric_mean(ratios[i]):.3f}",
+        )
+    Console(width=max(Console().width, 200)).print(table)
+
+
+if __name__ == "__main__":
+    main()

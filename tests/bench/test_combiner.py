@@ -1,0 +1,60 @@
+"""bench.combiner: the replayed ensemble is the daemon's ensemble, within its stated
+simplifications, so variants compared on it mean something."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import orjson
+import pytest
+
+from bench.combiner import Forecasts, _member, forecasts, replayed_mae
+from bench.quality import CASES, Truth, default_settings
+from models.ensemble import EnsembleParams
+from service.config import Settings
+from service.tools import datasets, replay
+from service.tools.backtest import run_backtest
+
+
+def _daemon_mae(dataset: str) -> float:
+    case = CASES[dataset]
+    frame = datasets.load(dataset)
+    settings = Settings.model_validate(default_settings(case.horizon, ()))
+    pairs = replay.encode(frame, replay.Columns(), settings.schema_)
+    records = replay.as_records(pairs, settings.kafka.input_topic)
+    y_hat = np.full(len(records), np.nan)
+    for value in run_backtest(records, settings).published:
+        record = orjson.loads(value)
+        y_hat[int(record["source"].rsplit(":", 1)[1])] = record["y_hat"]
+    truth = Truth.of(frame["key"], frame["y"].to_numpy(dtype=float), case.horizon)
+    return float(np.nanmean(np.abs(y_hat[truth.rows] - truth.y)))
+
+
+def test_the_replayed_default_is_the_daemons_ensemble() -> None:
+    data = forecasts("waterflow")
+    members = Settings().members(Settings().primary)
+    replayed = replayed_mae(data, members, EnsembleParams())
+    assert replayed == pytest.approx(_daemon_mae("waterflow"), rel=0.01)
+
+
+def test_a_member_set_of_one_is_that_member() -> None:
+    rng = np.random.default_rng(0)
+    y = np.cumsum(rng.normal(size=300))
+    truth = Truth(np.arange(299), y[1:])
+    shifted = np.r_[y[1:], np.nan]  # the forecast made at event i is for event i + 1
+    data = Forecasts(
+        ("a", "b"), np.column_stack([shifted, shifted + 1.0]), ["k"] * 300, y, 1, truth
+    )
+    assert replayed_mae(data, ["b"], EnsembleParams()) == pytest.approx(1.0)
+    assert replayed_mae(data, ["a", "b"], EnsembleParams()) < 0.2
+
+
+def test_a_member_is_given_as_name_kind_and_params() -> None:
+    assert _member('wide=torch.mlp:{"hidden": [128]}') == {
+        "name": "wide",
+        "kind": "torch.mlp",
+        "params": {"hidden": [128]},
+    }
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=KIND"):
+        _member("torch.mlp")

@@ -76,7 +76,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.config import Settings
@@ -88,7 +87,7 @@ from service.records import RawRecord
 from service.runtime.localstate import LocalState
 from service.runtime.metrics import Metrics
 from service.runtime.snapshot import Header, SnapshotFormatError, decode, encode, fingerprint
-from service.runtime.state import StateTopic
+from service.runtime.state import CoversCommitted, StateTopic
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +199,6 @@ class ExactlyOnce:
 
     def restorable(self, source: Committer, tp: TopicPartition) -> Callable[[int], bool] | None:
         return CoversCommitted(source.committed_offset(tp))
-
-
-@dataclass(frozen=True, slots=True)
-class CoversCommitted:
-    """Accepts the checkpoint that covers exactly the group's ``committed`` offset (None:
-    the group committed none for the partition yet, so no checkpoint is accepted)."""
-
-    committed: int | None
-
-    def __call__(self, offset: int) -> bool:
-        return offset == self.committed
 
 
 def commit_order(settings: Settings, sink: Sink, metrics: Metrics) -> CommitOrder:

@@ -79,6 +79,19 @@ class Stored:
     chunks: int
 
 
+@dataclass(frozen=True, slots=True)
+class CoversCommitted:
+    """Accepts (:meth:`StateTopic.newest`) the checkpoint that covers exactly the
+    group's ``committed`` offset: with ``kafka.exactly_once`` one transaction wrote
+    both, so that is the newest committed checkpoint (None: the group committed
+    nothing for the partition yet, and no checkpoint is accepted)."""
+
+    committed: int | None
+
+    def __call__(self, offset: int) -> bool:
+        return offset == self.committed
+
+
 @dataclass(slots=True)
 class _Chunk:
     offset: int
@@ -295,6 +308,30 @@ class StateTopic:
             with contextlib.suppress(Exception):
                 self._consumer.close(autocommit=False)
             self._consumer = None
+
+
+def group_offsets(settings: Settings) -> dict[int, int]:
+    """The consumer group's committed offset per input partition, read without joining
+    the group (for ``forecastd state``).
+
+    Raises:
+        BrokerError: the broker did not answer.
+    """
+    kafka = settings.kafka
+    try:
+        with _quiet_clients():
+            admin = KafkaAdminClient(client_id="forecastd-state", **client_options(kafka))
+        try:
+            offsets = admin.list_group_offsets(kafka.group_id).get(kafka.group_id, {})
+        finally:
+            admin.close()
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read the offsets of group {kafka.group_id}: {exc}") from exc
+    return {
+        tp.partition: int(meta.offset)
+        for tp, meta in offsets.items()
+        if tp.topic == kafka.input_topic and meta.offset >= 0
+    }
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -309,19 +310,40 @@ def _all_sources(broker: EmbeddedBroker, topics: Topics, count: int) -> set[str]
     return {f"{r.topic}:{r.partition}:{r.offset}" for r in found}
 
 
-def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBroker) -> None:
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_scale_out_and_back_moves_state_with_the_partitions(
+    broker: EmbeddedBroker, exactly_once: bool
+) -> None:
     """Two daemons in one group on six partitions: the second takes half of the
-    first's partitions with their state; stopped gracefully, it hands them back."""
+    first's partitions with their state; stopped gracefully, it hands them back. With
+    exactly-once each revocation commits the open transaction from inside the
+    rebalance callback, and a read_committed reader sees every prediction once."""
     topics = fresh_topics(broker, partitions=6)
     stream = sine_waves(events_per_key=600, copies=3)
-    env = settings_env(broker, topics, FORECASTD_STATE__INTERVAL_S="0.5")
+    env = settings_env(
+        broker,
+        topics,
+        FORECASTD_STATE__INTERVAL_S="0.5",
+        FORECASTD_KAFKA__EXACTLY_ONCE=str(exactly_once).lower(),
+        FORECASTD_KAFKA__TRANSACTIONAL_ID=f"{topics.group}-one",  # two on one host
+    )
     first = make_settings(CONFIG, env)
-    second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
+    second = make_settings(
+        CONFIG,
+        {
+            **env,
+            "FORECASTD_METRICS__PORT": str(free_port()),
+            "FORECASTD_KAFKA__TRANSACTIONAL_ID": f"{topics.group}-two",
+        },
+    )
+    read = _committed_outputs if exactly_once else _read_outputs
     third = len(stream) // 3
     with running_daemon(first) as one:
         wait_for(lambda: len(one.processor.owned) == 6, 60, "the first daemon owns all")
         produce(broker.bootstrap, topics.input, stream[:third])
-        wait_for(lambda: _sources(broker, topics, third) >= third, 60, "the first third predicted")
+        wait_for(
+            lambda: _sources(broker, topics, third, read) >= third, 60, "the first third predicted"
+        )
         with running_daemon(second) as two:
             wait_for(
                 lambda: (
@@ -334,13 +356,15 @@ def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBrok
             moved = set(two.processor.owned)
             produce(broker.bootstrap, topics.input, stream[third : 2 * third])
             wait_for(
-                lambda: _sources(broker, topics, 2 * third) >= 2 * third, 60, "two thirds predicted"
+                lambda: _sources(broker, topics, 2 * third, read) >= 2 * third,
+                60,
+                "two thirds predicted",
             )
-        handed_back = len(_read_outputs(broker.bootstrap, topics.output))
+        handed_back = len(read(broker.bootstrap, topics.output))
         wait_for(lambda: len(one.processor.tasks) == 6, 60, "the first daemon owns all again")
         produce(broker.bootstrap, topics.input, stream[2 * third :])
         wait_for(
-            lambda: _sources(broker, topics, len(stream)) >= len(stream),
+            lambda: _sources(broker, topics, len(stream), read) >= len(stream),
             60,
             "every record predicted",
         )
@@ -348,10 +372,13 @@ def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBrok
     assert moved
     assert restored >= len(moved)  # handed back with their checkpoints
 
-    outputs = _read_outputs(broker.bootstrap, topics.output)
+    outputs = read(broker.bootstrap, topics.output)
     inputs = _inputs(broker, topics, len(stream))
     reference = {p["source"]: p for p in _primary(_offline(first, inputs))}
-    assert {p["source"] for p in outputs} == set(reference)  # none left without one
+    predicted = Counter(p["source"] for p in outputs)
+    assert set(predicted) == set(reference)  # none left without one
+    if exactly_once:
+        assert max(predicted.values()) == 1, predicted.most_common(3)
     for p in outputs:
         expected = reference[p["source"]]["y_hat"]
         assert p["y_hat"] == pytest.approx(expected, rel=0, abs=0.01), p["source"]
@@ -365,8 +392,13 @@ def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBrok
     )
 
 
-def _sources(broker: EmbeddedBroker, topics: Topics, expected: int) -> int:
-    return len({p["source"] for p in _read_outputs(broker.bootstrap, topics.output, expected)})
+def _sources(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    expected: int,
+    read: Callable[[str, str, int], list[dict[str, Any]]] = _read_outputs,
+) -> int:
+    return len({p["source"] for p in read(broker.bootstrap, topics.output, expected)})
 
 
 def _restored(port: int) -> float:

@@ -120,10 +120,12 @@ class CommitOrder(Protocol):
     """Step 3 of a checkpoint, and what may be restored: the part of the order that
     differs between the delivery modes (see the module docstring)."""
 
-    covers_every_task: bool
-    """Whether a commit makes every output sent since the previous one visible, so
-    that a checkpoint, even of revoked partitions only, must include every task with
-    outputs since then."""
+    atomic: bool
+    """Whether a commit makes every output sent since the previous one visible at once
+    (a transaction). A checkpoint, even of revoked partitions only, must then include
+    every task with outputs since then; and a revocation whose checkpoint failed must
+    stop the process, since the open transaction holds outputs of partitions given
+    up, which must never be committed now."""
 
     def commit(
         self, covered: Mapping[TopicPartition, int], source: Committer, offsets: bool
@@ -143,7 +145,7 @@ class CommitOrder(Protocol):
 class AtLeastOnce:
     """Flush, then commit the offsets through the consumer (the default)."""
 
-    covers_every_task = False
+    atomic = False
 
     def __init__(self, sink: Sink, metrics: Metrics) -> None:
         self._sink = sink
@@ -179,7 +181,7 @@ class ExactlyOnce:
     revocation commits them from inside the rebalance callback too.
     """
 
-    covers_every_task = True
+    atomic = True
 
     def __init__(self, sink: TransactionalSink, metrics: Metrics) -> None:
         self._sink = sink
@@ -276,6 +278,7 @@ class Checkpointer:
         self.unflushed = False  # a batch was processed whose flush has not returned
         self._pending: set[TopicPartition] = set()  # assigned, restore deferred to the loop
         self.failure: BaseException | None = None
+        self._aborted = False  # a transaction failed: this process commits nothing more
         metrics.checkpoint_age.set_function(self._oldest_age)
 
     # -- schedule -------------------------------------------------------------------------
@@ -293,7 +296,7 @@ class Checkpointer:
         self, partitions: Sequence[TopicPartition] | None = None, commit: bool = True
     ) -> int:
         """Checkpoint ``partitions`` (default: every owned task; every one with
-        exactly-once, see :attr:`CommitOrder.covers_every_task`) whose input moved since
+        exactly-once, see :attr:`CommitOrder.atomic`) whose input moved since
         their last checkpoint, then commit what they cover (``commit`` false: not
         through the consumer, see :meth:`CommitOrder.commit`); returns how many.
 
@@ -310,9 +313,12 @@ class Checkpointer:
             # predictions. This process stops; the next restores the previous one.
             log.warning("no checkpoint: the last batch's outputs were not acknowledged")
             return 0
+        if self._aborted:
+            log.warning("no checkpoint: a transaction failed, this process is stopping")
+            return 0
         started = self._clock()
         positions = processor.positions
-        every = partitions is None or self._order.covers_every_task
+        every = partitions is None or self._order.atomic
         chosen = [tp for tp in processor.tasks if tp not in self._pending] if every else partitions
         covered: dict[TopicPartition, int] = {}
         blobs: dict[TopicPartition, bytes] = {}
@@ -340,7 +346,11 @@ class Checkpointer:
             self._since = started
         if not covered:
             return 0
-        self._order.commit(covered, source, commit)
+        try:
+            self._order.commit(covered, source, commit)
+        except TransactionAborted:
+            self._aborted = True
+            raise
         if self._local is not None:
             for tp, blob in blobs.items():
                 self._local.save(tp, blob)
@@ -511,16 +521,26 @@ class Checkpointer:
     def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         """Checkpoint the revoked tasks before they are dropped. An error is logged,
         not raised: a rebalance must go on (the next owner then restores the previous
-        checkpoint and re-reads from its offset). A failed transaction is kept for
-        the loop to raise: this process must restart (module docstring)."""
+        checkpoint and re-reads from its offset). With exactly-once the error is also
+        kept for the loop to raise as :class:`TransactionAborted`: this process must
+        restart (module docstring, :attr:`CommitOrder.atomic`)."""
         blocking = self.source is not None and self.source.callbacks_may_block
         try:
             self.checkpoint([tp for tp in partitions if tp not in self._pending], blocking)
-        except TransactionAborted as exc:
-            self.failure = exc
-            log.error("no checkpoint of revoked %s: %s", list(partitions), exc)
         except Exception as exc:  # e.g. lost partitions: another member owns them
-            log.warning("no checkpoint of revoked %s: %s", list(partitions), exc)
+            if self._order.atomic:  # see CommitOrder.atomic
+                self._aborted = True
+                self.failure = (
+                    exc
+                    if isinstance(exc, TransactionAborted)
+                    else TransactionAborted(
+                        f"no checkpoint of revoked partitions ({exc}); exiting so that a "
+                        "restart restores every partition from its last committed checkpoint"
+                    )
+                )
+                log.error("no checkpoint of revoked %s: %s", list(partitions), exc)
+            else:
+                log.warning("no checkpoint of revoked %s: %s", list(partitions), exc)
         for tp in partitions:
             self._covered.pop(tp, None)
             self._written_at.pop(tp, None)

@@ -45,8 +45,11 @@ class Store:
         self.blobs: dict[TopicPartition, bytes] = {}
         self.history: dict[TopicPartition, list[bytes]] = {}
         self.reads = 0
+        self.refuse: Exception | None = None
 
     def write(self, tp: TopicPartition, blob: bytes, created_ms: int, covers: int) -> int:
+        if self.refuse is not None:
+            raise self.refuse
         assert read_header(blob).offset == covers
         self.blobs[tp] = blob
         self.history.setdefault(tp, []).append(blob)
@@ -284,6 +287,24 @@ def test_a_transaction_that_fails_in_a_rebalance_stops_the_loop() -> None:
     with pytest.raises(TransactionAborted, match="restores every partition"):
         state.after_poll([])
     assert sink.records == []
+
+
+def test_any_failed_revocation_checkpoint_stops_the_loop_and_nothing_commits_after() -> None:
+    """The open transaction holds the revoked partitions' outputs: if their checkpoint
+    fails, that transaction must never commit (their new owner re-reads them)."""
+    store = Store()
+    processor, state, source, sink, _ = _exactly_once(store)
+    state.on_assigned([TP, TP1])
+    state.after_poll([])
+    _batch(processor, state, source, _records(0, 30))
+    store.refuse = BrokerError("cannot send to the state topic")
+    state.on_revoked([TP1])
+    with pytest.raises(TransactionAborted, match="cannot send to the state topic"):
+        state.after_poll([])
+    store.refuse = None
+    _batch(processor, state, source, _records(30, 100))  # due, yet
+    assert state.checkpoint() == 0
+    assert sink.commits == []
 
 
 def test_exactly_once_restores_only_the_checkpoint_that_covers_the_committed_offset() -> None:

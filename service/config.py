@@ -430,7 +430,8 @@ class Settings(_Section):
     def _exactly_once_needs_checkpoints(self) -> Settings:
         """A transaction commits the checkpoint with the offsets it covers, and stays
         open from one checkpoint to the next: the broker aborts one older than its
-        timeout, so checkpoints must come well within it."""
+        timeout, so checkpoints must come well within it; and a restore reads the
+        state topic read_committed, so it may wait that long for one left open."""
         kafka, state = self.kafka, self.state
         if not kafka.exactly_once:
             return self
@@ -444,6 +445,13 @@ class Settings(_Section):
                 f"state.interval_s ({state.interval_s:g}) must be at most half of"
                 f" kafka.transaction_timeout_s ({kafka.transaction_timeout_s:g}) with"
                 " kafka.exactly_once: a transaction stays open from one checkpoint to the next"
+            )
+        if state.restore_timeout_s <= kafka.transaction_timeout_s:
+            raise ValueError(
+                f"state.restore_timeout_s ({state.restore_timeout_s:g}) must exceed"
+                f" kafka.transaction_timeout_s ({kafka.transaction_timeout_s:g}) with"
+                " kafka.exactly_once: a restore waits for a transaction that a dead process"
+                " left open to time out"
             )
         return self
 

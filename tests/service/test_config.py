@@ -107,6 +107,11 @@ def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> Non
             "state.interval_s (45) must be at most half of kafka.transaction_timeout_s (60)",
         ),
         (
+            "kafka:\n  exactly_once: true\n  transaction_timeout_s: 300\n",
+            {},
+            "state.restore_timeout_s (120) must exceed kafka.transaction_timeout_s (300)",
+        ),
+        (
             "models:\n  - {name: m, kind: torch.mlp, primary: true, params: {threads: 2}}\n",
             {},
             "models[0].params: the 'threads' param was removed: torch's threads are"

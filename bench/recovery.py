@@ -110,7 +110,7 @@ def measure(broker: EmbeddedBroker, keys: int) -> Result:
     writer = StateTopic(settings, sink)
     writer.ensure()
     written_at = time.perf_counter()
-    chunks = writer.write(tp, blob, 0)
+    chunks = writer.write(tp, blob, 0, processor.positions[tp])
     sink.flush()
     written = time.perf_counter()
     sink.close()

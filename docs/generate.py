@@ -59,7 +59,13 @@ LABELS = {
     "version": "the installed forecastd version",
     "le": "histogram bucket upper bound, seconds",
     "outcome": "how an assigned partition started: `restored` (from its checkpoint), `none`"
-    " (no checkpoint yet) or `retrained` (the checkpoint's settings differ from the config's)",
+    " (no usable checkpoint: none yet, or with `kafka.exactly_once` none that covers the"
+    " group's committed offset) or `retrained` (the checkpoint's settings differ from the"
+    " config's)",
+    "source": "where a restored checkpoint was read: `local` (`state.local_dir`) or"
+    " `changelog` (the state topic)",
+    "op": "`read` (a local checkpoint not used: unreadable, damaged, another version or"
+    " partition) or `write`",
 }
 """Every label forecastd exports, with where its values come from (all bounded)."""
 

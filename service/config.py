@@ -117,7 +117,18 @@ class KafkaSettings(_Section):
     batch the broker has not taken by then is left uncommitted and the process exits
     1 (keep it plus three ``close_timeout_s`` below the pod's
     ``terminationGracePeriodSeconds``: 20 + 3 x 10 < 60). ``lag_interval_s``:
-    how often the lag thread measures lag and broker reachability."""
+    how often the lag thread measures lag and broker reachability.
+
+    ``exactly_once`` (needs ``state.enabled``): the outputs, checkpoints and input
+    offsets of each commit point go in one Kafka transaction
+    (:class:`service.runtime.checkpoint.ExactlyOnce`). ``transactional_id``: the
+    producer's transactional id, the same across restarts of one process so that a
+    restarted process fences its predecessor; null means ``<group_id>-<host name>``
+    (a Kubernetes pod's name), and a worker of ``processing.workers`` appends
+    ``-<index>`` (:func:`service.runtime.app.transactional_id`). ``transaction_timeout_s``:
+    how long the broker lets a transaction stay open; a transaction left open by a
+    process that died and does not come back under its id blocks ``read_committed``
+    readers of its partitions that long."""
 
     bootstrap_servers: str = "localhost:9092"
     client: Literal["kafka-python", "confluent"] = "kafka-python"
@@ -139,6 +150,9 @@ class KafkaSettings(_Section):
     close_timeout_s: float = Field(10.0, gt=0, le=600)
     shutdown_grace_s: float = Field(20.0, gt=0, le=3600)
     lag_interval_s: float = Field(1.0, gt=0, le=600)
+    exactly_once: bool = False
+    transactional_id: str | None = Field(None, min_length=1, max_length=200)
+    transaction_timeout_s: float = Field(60.0, ge=1, le=900)
 
     @field_validator("security")
     @classmethod
@@ -339,7 +353,11 @@ class StateSettings(_Section):
     largest state record (a checkpoint is split into chunks; keep it under the
     broker's ``message.max.bytes``; ``schema.max_message_bytes`` caps it too).
     ``restore_timeout_s`` bounds reading one partition's checkpoint (keep it well under
-    the consumer's ``max.poll.interval.ms``, 300 s)."""
+    the consumer's ``max.poll.interval.ms``, 300 s).
+
+    ``local_dir``: also keep each checkpoint in ``<local_dir>/<topic>-<partition>.ckpt``
+    (:mod:`service.runtime.localstate`), so that a process restarted on the same volume
+    restores without reading the state topic; the topic stays the authority."""
 
     enabled: bool = True
     topic: str | None = Field(None, min_length=1)
@@ -347,6 +365,7 @@ class StateSettings(_Section):
     every_events: int = Field(200_000, ge=1)
     chunk_bytes: int = Field(512 * 1024, ge=1024, le=64 * 1024 * 1024)
     restore_timeout_s: float = Field(120.0, gt=0, le=3600)
+    local_dir: str | None = Field(None, min_length=1)
 
 
 # The built-in default: an ensemble of complementary members (README "Models"). River's
@@ -407,6 +426,35 @@ class Settings(_Section):
                 if not members:
                     raise ValueError(f"ensemble {model.name!r} has no member models")
         return models
+
+    @model_validator(mode="after")
+    def _exactly_once_needs_checkpoints(self) -> Settings:
+        """A transaction commits the checkpoint with the offsets it covers, and stays
+        open from one checkpoint to the next: the broker aborts one older than its
+        timeout, so checkpoints must come well within it; and a restore reads the
+        state topic read_committed, so it may wait that long for one left open."""
+        kafka, state = self.kafka, self.state
+        if not kafka.exactly_once:
+            return self
+        if not state.enabled:
+            raise ValueError(
+                "kafka.exactly_once needs state.enabled: true (each transaction commits the"
+                " checkpoint of the records it covers)"
+            )
+        if state.interval_s > kafka.transaction_timeout_s / 2:
+            raise ValueError(
+                f"state.interval_s ({state.interval_s:g}) must be at most half of"
+                f" kafka.transaction_timeout_s ({kafka.transaction_timeout_s:g}) with"
+                " kafka.exactly_once: a transaction stays open from one checkpoint to the next"
+            )
+        if state.restore_timeout_s <= kafka.transaction_timeout_s:
+            raise ValueError(
+                f"state.restore_timeout_s ({state.restore_timeout_s:g}) must exceed"
+                f" kafka.transaction_timeout_s ({kafka.transaction_timeout_s:g}) with"
+                " kafka.exactly_once: a restore waits for a transaction that a dead process"
+                " left open to time out"
+            )
+        return self
 
     @property
     def state_topic(self) -> str:
@@ -546,4 +594,6 @@ def _describe(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
     if error["type"] == "extra_forbidden":
         reason = "unknown key (check the spelling against docs/configuration.md)"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{path or '<top level>'}: {reason}{got}{more}"
+    if not path:  # a rule across sections: its reason names the keys
+        return f"{reason}{got}{more}"
+    return f"{path}: {reason}{got}{more}"

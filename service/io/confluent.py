@@ -16,12 +16,17 @@ the callbacks get only the partitions that move, and confluent-kafka does the
 incremental assign/unassign after them, so partitions that stay keep their tasks.
 Synchronous commits and closes have no timeout in librdkafka: they run in a helper
 thread that :mod:`service.runtime.watchdog` waits for, a slice at a time.
+
+With ``kafka.exactly_once`` the consumer reads ``read_committed`` (librdkafka's
+default too) and commits nothing itself; :class:`ConfluentTransactionalSink` commits
+the offsets in the producer's transaction (:mod:`service.runtime.checkpoint`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
@@ -32,6 +37,8 @@ from service.errors import BrokerError, ConfigError
 from service.io.sources import RebalanceListener, TopicPartition
 from service.records import Headers, RawRecord
 from service.runtime.watchdog import Watchdog, close_within, in_thread
+
+log = logging.getLogger(__name__)
 
 _SECURITY_NAMES = {
     "security_protocol": "security.protocol",
@@ -92,6 +99,8 @@ class ConfluentSource:
                 "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 6),
                 "fetch.wait.max.ms": settings.fetch_max_wait_ms,
                 "partition.assignment.strategy": "cooperative-sticky",
+                # librdkafka's default, spelt out: kafka.exactly_once relies on it
+                "isolation.level": "read_committed",
                 "client.id": "forecastd",
                 "error_cb": self._on_error,
             }
@@ -201,6 +210,24 @@ class ConfluentSource:
         self._watchdog.bounded("offset commit", step, self._settings.commit_timeout_s)
         self.committed.update(offsets)
 
+    def group_metadata(self) -> Any:
+        """This member's group metadata, for a transaction's offsets (KIP-447)."""
+        return self._consumer.consumer_group_metadata()
+
+    def committed_offset(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` on the broker (None: none yet).
+
+        Called in this thread, with librdkafka's own timeout: from inside the
+        assignment callback (where restores run), a helper thread's call would wait
+        for the very ``consume`` that runs the callback."""
+        try:
+            [position] = self._consumer.committed(
+                [ConfluentTopicPartition(*tp)], timeout=self._settings.commit_timeout_s
+            )
+        except KafkaException as exc:
+            raise BrokerError(f"cannot read the committed offset of {tp}: {exc}") from exc
+        return int(position.offset) if position.offset >= 0 else None
+
     def lag(self) -> dict[TopicPartition, int]:
         lags = {}
         assigned = self._consumer.assignment()
@@ -253,12 +280,23 @@ class ConfluentSink:
         settings: KafkaSettings,
         watchdog: Watchdog | None = None,
         max_request_bytes: int = 1_048_576 + 65_536,
+        transactional_id: str | None = None,
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
+        delivery_s = settings.flush_timeout_s
+        transactional: dict[str, Any] = {}
+        if transactional_id is not None:
+            transactional = {
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": int(settings.transaction_timeout_s * 1000),
+            }
+            # librdkafka requires message.timeout.ms <= transaction.timeout.ms
+            delivery_s = min(delivery_s, settings.transaction_timeout_s)
         self._producer = Producer(
             {
                 **librdkafka_options(settings),
+                **transactional,
                 "acks": "all",
                 "enable.idempotence": True,
                 "linger.ms": settings.linger_ms,
@@ -268,7 +306,7 @@ class ConfluentSink:
                 # consistent_random, hashes with CRC32).
                 "partitioner": "murmur2_random",
                 "message.max.bytes": max_request_bytes,
-                "message.timeout.ms": int(settings.flush_timeout_s * 1000),
+                "message.timeout.ms": int(delivery_s * 1000),
                 "client.id": "forecastd",
             }
         )
@@ -328,3 +366,81 @@ class ConfluentSink:
             self._producer.close()  # stop librdkafka's threads: no reconnects after us
 
         close_within(close, timeout, "producer close")
+
+
+class ConfluentTransactionalSink(ConfluentSink):
+    """confluent-kafka transactional producer (``kafka.exactly_once``); as
+    :class:`service.io.sinks.KafkaTransactionalSink`. Each transactional call runs in a
+    helper thread with librdkafka's own timeout set to the bound the watchdog keeps."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        transactional_id: str,
+        watchdog: Watchdog | None = None,
+        max_request_bytes: int = 1_048_576 + 65_536,
+    ) -> None:
+        super().__init__(settings, watchdog, max_request_bytes, transactional_id)
+        self._open = False
+        timeout = settings.connect_timeout_s
+        self._wait("init transactions", lambda: self._producer.init_transactions(timeout), timeout)
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
+        if not self._open:
+            self._begin()
+        super().send(topic, key, value, headers, partition)
+
+    def commit(self, offsets: Mapping[TopicPartition, int], group: Any) -> None:
+        if not self._open:
+            self._begin()
+        positions = [ConfluentTopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        offsets_s, commit_s = self._settings.commit_timeout_s, self._settings.flush_timeout_s
+        if positions:
+            self._wait(
+                "transaction offsets",
+                lambda: self._producer.send_offsets_to_transaction(positions, group, offsets_s),
+                offsets_s,
+            )
+        self._wait(
+            "transaction commit", lambda: self._producer.commit_transaction(commit_s), commit_s
+        )
+        self._open = False
+        failures, self._failures = self._failures, []
+        if failures:  # commit_transaction raises first; kept as a second check
+            raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0]}")
+
+    def close(self) -> None:
+        if self._open:
+            # as KafkaTransactionalSink.close: abort now rather than at the timeout
+            self._open = False
+            timeout = self._settings.close_timeout_s
+            close_within(lambda: self._abort(timeout), timeout, "transaction abort")
+        super().close()
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise BrokerError(f"cannot begin a transaction: {exc}") from exc
+        self._open = True
+
+    def _abort(self, timeout_s: float) -> None:
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except KafkaException as exc:  # fenced or fatal: the broker aborts it anyway
+            log.warning("transaction abort: %s", exc.args[0].name() if exc.args else exc)
+
+    def _wait(self, what: str, call: Callable[[], None], timeout_s: float) -> None:
+        try:
+            self._watchdog.bounded(
+                what, in_thread(call, f"forecastd-{what.replace(' ', '-')}"), timeout_s
+            )
+        except KafkaException as exc:
+            raise BrokerError(f"{what} failed: {exc}") from exc

@@ -5,24 +5,31 @@ record sent since the last flush, and raises :class:`BrokerError` if any failed,
 if that takes longer than ``kafka.flush_timeout_s`` (or the shutdown grace period
 after SIGTERM: see :mod:`service.runtime.watchdog`). The processing loop commits input offsets
 only after ``flush`` returned (at-least-once).
+
+A :class:`TransactionalSink` (``kafka.exactly_once``) puts every record sent between
+two :meth:`~TransactionalSink.commit` calls, and the input offsets given to the
+second, in one Kafka transaction: ``read_committed`` readers see all of them or none.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
+from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError
 from service.io.partitioner import CachedHashPartitioner
-from service.io.sources import client_options
+from service.io.sources import TopicPartition, client_options
 from service.records import Headers
-from service.runtime.watchdog import Watchdog, close_within
+from service.runtime.watchdog import Watchdog, close_within, in_thread
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,25 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TransactionalSink(Sink, Protocol):
+    """A sink whose records become visible to ``read_committed`` readers only when
+    :meth:`commit` returns, together with the consumer group's input offsets. The first
+    ``send`` after a commit opens the next transaction; ``close`` aborts an open one."""
+
+    def commit(self, offsets: Mapping[TopicPartition, int], group: Any) -> None:
+        """Commit the open transaction (opening one if none is: offsets alone), with
+        ``offsets`` as the group's committed input offsets. ``group``: the input
+        consumer's group metadata (``Source.group_metadata``), so that the broker
+        refuses the offsets of a member that lost its partitions (KIP-447).
+
+        Raises:
+            BrokerError: the transaction did not commit; the broker aborts it (or its
+                timeout does). Nothing of it is visible to ``read_committed`` readers.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +123,20 @@ class KafkaSink:
         watchdog: Watchdog | None = None,
         max_request_bytes: int = 1_048_576 + 65_536,
         api_version: tuple[int, ...] | None = None,
+        transactional_id: str | None = None,
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
+        delivery_s = settings.flush_timeout_s
+        transactional: dict[str, Any] = {}
+        if transactional_id is not None:
+            transaction_ms = int(settings.transaction_timeout_s * 1000)
+            transactional = {
+                "transactional_id": transactional_id,
+                "transaction_timeout_ms": transaction_ms,
+            }
+            # a record still undelivered when its transaction times out is lost with it
+            delivery_s = min(delivery_s, settings.transaction_timeout_s)
         self._producer = KafkaProducer(
             acks="all",
             enable_idempotence=True,
@@ -107,12 +144,13 @@ class KafkaSink:
             batch_size=settings.producer_batch_bytes,
             partitioner=CachedHashPartitioner(),
             retries=2**31 - 1,
-            delivery_timeout_ms=int(settings.flush_timeout_s * 1000),
+            delivery_timeout_ms=int(delivery_s * 1000),
             request_timeout_ms=min(30_000, int(settings.flush_timeout_s * 1000)),
             max_request_size=max_request_bytes,
             max_block_ms=int(settings.shutdown_grace_s * 1000),
             client_id="forecastd",
             api_version=api_version,
+            **transactional,
             **client_options(settings),
         )
         self._futures: list[Any] = []
@@ -177,3 +215,94 @@ class KafkaSink:
                     self._producer.close(timeout=0)
 
         close_within(close, timeout, "producer close")
+
+
+class KafkaTransactionalSink(KafkaSink):
+    """kafka-python transactional producer (``kafka.exactly_once``): the same producer
+    as :class:`KafkaSink`, with a transactional id, so that what :meth:`commit` commits
+    is atomic and a restarted process with the same id fences this one.
+
+    Constructing it registers the id with the broker (``init_transactions``): a
+    transaction the previous holder of the id left open is aborted then, before this
+    process reads anything. kafka-python's transactional calls wait without a timeout
+    of their own, so each runs in a helper thread that :mod:`service.runtime.watchdog`
+    bounds.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        transactional_id: str,
+        watchdog: Watchdog | None = None,
+        max_request_bytes: int = 1_048_576 + 65_536,
+        api_version: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__(settings, watchdog, max_request_bytes, api_version, transactional_id)
+        self._open = False
+        self._wait(
+            "init transactions", self._producer.init_transactions, settings.connect_timeout_s
+        )
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        partition: int | None = None,
+    ) -> None:
+        if not self._open:
+            self._begin()
+        super().send(topic, key, value, headers, partition)
+
+    def commit(self, offsets: Mapping[TopicPartition, int], group: Any) -> None:
+        if not self._open:
+            self._begin()
+        payload = {
+            KafkaTopicPartition(topic, partition): OffsetAndMetadata(offset, None, -1)
+            for (topic, partition), offset in offsets.items()
+        }
+        futures, self._futures = self._futures, []
+        settings = self._settings
+        if payload:
+            self._wait(
+                "transaction offsets",
+                lambda: self._producer.send_offsets_to_transaction(payload, group),
+                settings.commit_timeout_s,
+            )
+        self._wait(
+            "transaction commit", self._producer.commit_transaction, settings.flush_timeout_s
+        )
+        self._open = False
+        failed = [f.exception for f in futures if f.failed()]
+        if failed:  # commit_transaction raises first; kept as a second check
+            raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0]}")
+
+    def close(self) -> None:
+        if self._open:
+            # Unsent or uncommitted records belong to no checkpoint: abort them now,
+            # so that read_committed readers need not wait for the transaction timeout.
+            self._open = False
+            close_within(self._abort, self._settings.close_timeout_s, "transaction abort")
+        super().close()
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaError as exc:
+            raise BrokerError(f"cannot begin a transaction: {exc}") from exc
+        self._open = True
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction()
+        except KafkaError as exc:  # fenced or fatal: the broker aborts it anyway
+            log.warning("transaction abort: %s", type(exc).__name__)
+
+    def _wait(self, what: str, call: Callable[[], None], timeout_s: float) -> None:
+        try:
+            self._watchdog.bounded(
+                what, in_thread(call, f"forecastd-{what.replace(' ', '-')}"), timeout_s
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"{what} failed: {type(exc).__name__}: {exc}") from exc

@@ -143,6 +143,10 @@ class KafkaSource:
     protocol every rebalance revoked every partition and reset every model. A group
     must not mix the two protocols: upgrade a group that runs an older forecastd by
     stopping it first, or with two rolling restarts, as Kafka's documentation says.
+
+    With ``kafka.exactly_once`` it reads ``read_committed`` (an upstream transaction's
+    records only once committed) and commits nothing itself: the transactional sink
+    commits the offsets (:mod:`service.runtime.checkpoint`).
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class KafkaSource:
             max_poll_records=settings.max_poll_records,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
             partition_assignment_strategy=[CooperativeStickyAssignor],
+            isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
             client_id="forecastd",
             api_version=api_version,
             **client_options(settings),
@@ -244,6 +249,21 @@ class KafkaSource:
 
     def resume(self, partitions: Sequence[TopicPartition]) -> None:
         self._consumer.resume(*(KafkaTopicPartition(t, p) for t, p in partitions))
+
+    def group_metadata(self) -> Any:
+        """This member's group metadata, for a transaction's offsets (KIP-447)."""
+        return self._consumer.group_metadata()
+
+    def committed_offset(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp`` on the broker (None: none yet)."""
+        try:
+            offset = self._consumer.committed(
+                KafkaTopicPartition(*tp),
+                timeout_ms=int(self._settings.commit_timeout_s * 1000),
+            )
+        except KafkaError as exc:
+            raise BrokerError(f"cannot read the committed offset of {tp}: {exc}") from exc
+        return None if offset is None or offset < 0 else int(offset)
 
     def lag(self) -> dict[TopicPartition, int]:
         lags = {}

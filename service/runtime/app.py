@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +41,7 @@ from prometheus_client import (
 
 from service.config import KafkaSettings, Settings
 from service.errors import BrokerError, ConfigError, ForecastdError
-from service.io.sinks import KafkaSink, Sink
+from service.io.sinks import KafkaSink, KafkaTransactionalSink, Sink
 from service.io.sources import KafkaSource, Source
 from service.pipeline.processor import Processor, producer_request_limit
 from service.runtime.checkpoint import Checkpointer, complete_batch
@@ -231,20 +234,32 @@ def _connect(
 ) -> tuple[Sink, Processor, Source, Checkpointer | None]:
     """The sink, the processor writing to it, the source feeding it (through the
     checkpointer, its rebalance listener, when ``state.enabled``), for the configured
-    client. ``api_version``: what the connection probe found, so that kafka-python
-    clients do not probe again."""
+    client; the sink is transactional with ``kafka.exactly_once``, and is made
+    first, so that its transactional id fences this process's predecessor before
+    anything is read. ``api_version``: what the connection probe found, so that
+    kafka-python clients do not probe again."""
     kafka = settings.kafka
     limit = producer_request_limit(settings)
+    tid = transactional_id(settings) if kafka.exactly_once else None
+    if tid is not None:
+        log.info("exactly-once: transactional id %s", tid)
     sink: Sink
     source: Source
     if kafka.client == "confluent":
         try:
-            from service.io.confluent import ConfluentSink, ConfluentSource
+            from service.io.confluent import (
+                ConfluentSink,
+                ConfluentSource,
+                ConfluentTransactionalSink,
+            )
         except ImportError as exc:
             raise ConfigError(
                 "kafka.client: confluent needs confluent-kafka: pip install 'forecastd[confluent]'"
             ) from exc
-        sink = ConfluentSink(kafka, watchdog, limit)
+        if tid is None:
+            sink = ConfluentSink(kafka, watchdog, limit)
+        else:
+            sink = ConfluentTransactionalSink(kafka, tid, watchdog, limit)
         processor = Processor(settings, sink, metrics)
         state = _checkpointer(settings, processor, sink, metrics)
         confluent = ConfluentSource(kafka, state or processor, watchdog)
@@ -252,7 +267,10 @@ def _connect(
         if state is not None:
             state.source = confluent
     else:
-        sink = KafkaSink(kafka, watchdog, limit, api_version)
+        if tid is None:
+            sink = KafkaSink(kafka, watchdog, limit, api_version)
+        else:
+            sink = KafkaTransactionalSink(kafka, tid, watchdog, limit, api_version)
         processor = Processor(settings, sink, metrics)
         state = _checkpointer(settings, processor, sink, metrics)
         python = KafkaSource(kafka, state or processor, watchdog, api_version)
@@ -260,6 +278,36 @@ def _connect(
         if state is not None:
             state.source = python
     return sink, processor, source, state
+
+
+def transactional_id(settings: Settings) -> str:
+    """This process's transactional id (``kafka.exactly_once``).
+
+    The decision: one id per consumer process, ``<prefix>[-<worker index>]``, the prefix
+    ``kafka.transactional_id`` or ``<group_id>-<host name>``. It must be unique among
+    live processes (two producers with one id fence each other) and the same when a
+    process restarts in its place, so that the new one's ``init_transactions`` fences
+    the old one and aborts the transaction it left open at once. In Kubernetes the
+    host name is the pod's name: a container restarted in its pod (a crash, an OOM
+    kill) keeps it; a pod rescheduled by a Deployment gets a new name, and its
+    predecessor's open transaction then holds back ``read_committed`` readers of its
+    partitions until ``kafka.transaction_timeout_s`` (a StatefulSet keeps names). One
+    id per process rather than per input partition (the pre-KIP-447 scheme) is
+    enough because the offsets go with the consumer's group metadata: the broker
+    refuses a commit from a member of an older generation, so a zombie cannot commit
+    over the partitions' new owner whatever its id.
+
+    A worker of ``processing.workers`` is a process that
+    :mod:`service.runtime.workers` names ``forecastd-worker-<index>``; its index keeps
+    the ids of a pod's workers apart and stable across their restarts.
+    """
+    kafka = settings.kafka
+    prefix = kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
+    worker = _WORKER_NAME.fullmatch(multiprocessing.current_process().name)
+    return prefix if worker is None else f"{prefix}-{worker.group(1)}"
+
+
+_WORKER_NAME = re.compile(r"forecastd-worker-(\d+)")
 
 
 def _checkpointer(

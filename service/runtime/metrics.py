@@ -165,6 +165,24 @@ class Metrics:
         )
         for outcome in ("restored", "none", "retrained"):
             self.restores.labels(outcome)
+        self.restore_sources = Counter(
+            "forecastd_restore_source",
+            "Partition tasks restored, by where their checkpoint was read: local"
+            " (state.local_dir) or changelog (the state topic).",
+            ["source"],
+            registry=registry,
+        )
+        for source in ("local", "changelog"):
+            self.restore_sources.labels(source)
+        self.local_state_errors = Counter(
+            "forecastd_local_state_errors",
+            "Local checkpoint files (state.local_dir) that could not be used (op=read: the"
+            " state topic was read instead) or written (op=write).",
+            ["op"],
+            registry=registry,
+        )
+        for op in ("read", "write"):
+            self.local_state_errors.labels(op)
         info = Gauge(
             "forecastd_model_info",
             "Configured models (value 1).",

@@ -9,7 +9,10 @@ the input topic is an error that says so.
 
 Records. A checkpoint (:mod:`service.runtime.snapshot`) is cut into chunks of at most
 ``state.chunk_bytes``. Each chunk's key is ``<input topic>:<partition>:<slot>:<index>``
-and its header ``forecastd.checkpoint`` is ``<seq>.<created ms>:<index>:<count>``.
+and its header ``forecastd.checkpoint`` is ``<seq>.<created ms>:<index>:<count>``;
+header ``forecastd.checkpoint.offset`` holds the input offset the checkpoint covers,
+so that the newest one's can be learned from the last record alone
+(:meth:`StateTopic.newest_offset`, for ``state.local_dir``).
 Consecutive checkpoints of a task alternate between slot 0 and 1, so compaction
 (which keeps the newest record per key) can never mix a half-written checkpoint into
 the chunks of the last complete one: the last complete checkpoint of the other slot
@@ -25,7 +28,16 @@ however long the topic's history.
 
 A separate kafka-python consumer (no group) reads, whichever ``kafka.client`` the loop
 uses, as the lag monitor does; writes go through the loop's own sink, so a checkpoint
-is flushed after the predictions it covers.
+is flushed after the predictions it covers (and, with ``kafka.exactly_once``, goes in
+their transaction).
+
+Exactly-once. The reader is ``read_committed`` then: the records of a transaction still
+open are not read (a restore waits for it to end, at most
+``kafka.transaction_timeout_s``), nor, on a broker that reports aborted transactions
+in its fetch responses, those of an aborted one. Some brokers do not (Tansu 0.6, the
+test broker, returns the aborted chunks to ``read_committed`` readers), so the caller
+also passes ``accept``, which admits only the checkpoint that covers the group's
+committed offset (:class:`service.runtime.checkpoint.ExactlyOnce`).
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +58,14 @@ from service.config import Settings
 from service.errors import BrokerError, ConfigError
 from service.io.sinks import KafkaSink, Sink
 from service.io.sources import TopicPartition, client_options
+from service.runtime.snapshot import read_header
 
 log = logging.getLogger(__name__)
 
 HEADER = "forecastd.checkpoint"
+OFFSET_HEADER = "forecastd.checkpoint.offset"
 _FIRST_WINDOW = 64
+_PROBE_WINDOW = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +79,26 @@ class Stored:
     chunks: int
 
 
+@dataclass(frozen=True, slots=True)
+class CoversCommitted:
+    """Accepts (:meth:`StateTopic.newest`) the checkpoint that covers exactly the
+    group's ``committed`` offset: with ``kafka.exactly_once`` one transaction wrote
+    both, so that is the newest committed checkpoint (None: the group committed
+    nothing for the partition yet, and no checkpoint is accepted)."""
+
+    committed: int | None
+
+    def __call__(self, offset: int) -> bool:
+        return offset == self.committed
+
+
 @dataclass(slots=True)
 class _Chunk:
     offset: int
     index: int
     count: int
     value: bytes
+    covers: int | None = None  # the covered input offset (OFFSET_HEADER), where written
 
 
 class StateTopic:
@@ -144,9 +173,10 @@ class StateTopic:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, tp: TopicPartition, blob: bytes, created_ms: int) -> int:
-        """Send one checkpoint of ``tp``'s task through the sink, in chunks (the caller
-        flushes: :mod:`service.runtime.checkpoint`); returns the chunks sent."""
+    def write(self, tp: TopicPartition, blob: bytes, created_ms: int, covers: int) -> int:
+        """Send one checkpoint of ``tp``'s task, covering input offset ``covers``,
+        through the sink, in chunks (the caller makes them durable:
+        :mod:`service.runtime.checkpoint`); returns the chunks sent."""
         if self._sink is None:
             raise RuntimeError("a read-only StateTopic cannot write")
         seq = self._seq.get(tp, 0) + 1
@@ -157,16 +187,23 @@ class StateTopic:
             part = blob[index * self._chunk : (index + 1) * self._chunk]
             key = f"{topic}:{partition}:{seq % 2}:{index}".encode()
             header = f"{seq}.{created_ms}:{index}:{count}".encode()
-            self._sink.send(self.topic, key, part, ((HEADER, header),), partition=partition)
+            headers = ((HEADER, header), (OFFSET_HEADER, str(covers).encode()))
+            self._sink.send(self.topic, key, part, headers, partition=partition)
         return count
 
     # -- reading --------------------------------------------------------------------------
 
-    def newest(self, tp: TopicPartition) -> Stored | None:
+    def newest(
+        self, tp: TopicPartition, accept: Callable[[int], bool] | None = None
+    ) -> Stored | None:
         """The newest complete checkpoint of ``tp``'s task, or None if there is none.
+        ``accept``: given a checkpoint's covered input offset, whether it may be
+        restored (None: any); older ones are tried until one is accepted.
 
         Raises:
             BrokerError: the partition could not be read within ``state.restore_timeout_s``.
+            SnapshotFormatError: ``accept`` was given and a checkpoint's header does
+                not read (another format version).
         """
         self.ensure()
         topic, partition = tp
@@ -177,10 +214,39 @@ class StateTopic:
         window = _FIRST_WINDOW
         while high > low:
             start = max(low, high - window)
-            found = _newest_complete(self._read(ktp, start, high, prefix, deadline))
+            found = _newest_complete(self._read(ktp, start, high, prefix, deadline), accept)
             if found is not None:
                 self._seq[tp] = max(self._seq.get(tp, 0), found.seq)
                 return found
+            if start == low:
+                return None
+            window *= 4
+        return None
+
+    def newest_offset(self, tp: TopicPartition) -> int | None:
+        """The input offset covered by the newest checkpoint written for ``tp`` (complete
+        or not), from the last few records of its state partition; None if it has
+        none, or if the newest was written without an offset header (an older
+        forecastd). Reads a few chunks, not a whole checkpoint.
+
+        Raises:
+            BrokerError: the partition could not be read within ``state.restore_timeout_s``.
+        """
+        self.ensure()
+        topic, partition = tp
+        ktp = KafkaTopicPartition(self.topic, partition)
+        deadline = time.monotonic() + self._timeout
+        low, high = self._bounds(ktp, deadline)
+        prefix = f"{topic}:{partition}:".encode()
+        window = _PROBE_WINDOW
+        while high > low:
+            start = max(low, high - window)
+            last: _Chunk | None = None
+            for _, chunk in self._read(ktp, start, high, prefix, deadline):
+                if last is None or chunk.offset > last.offset:
+                    last = chunk
+            if last is not None:
+                return last.covers
             if start == low:
                 return None
             window *= 4
@@ -224,10 +290,12 @@ class StateTopic:
 
     def _reader(self) -> Any:
         if self._consumer is None:
+            committed = self._settings.kafka.exactly_once
             with _quiet_clients():
                 self._consumer = KafkaConsumer(
                     enable_auto_commit=False,
                     group_id=None,
+                    isolation_level="read_committed" if committed else "read_uncommitted",
                     client_id="forecastd-state",
                     fetch_max_wait_ms=50,
                     max_partition_fetch_bytes=max(1_048_576, 2 * self._chunk),
@@ -240,6 +308,30 @@ class StateTopic:
             with contextlib.suppress(Exception):
                 self._consumer.close(autocommit=False)
             self._consumer = None
+
+
+def group_offsets(settings: Settings) -> dict[int, int]:
+    """The consumer group's committed offset per input partition, read without joining
+    the group (for ``forecastd state``).
+
+    Raises:
+        BrokerError: the broker did not answer.
+    """
+    kafka = settings.kafka
+    try:
+        with _quiet_clients():
+            admin = KafkaAdminClient(client_id="forecastd-state", **client_options(kafka))
+        try:
+            offsets = admin.list_group_offsets(kafka.group_id).get(kafka.group_id, {})
+        finally:
+            admin.close()
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read the offsets of group {kafka.group_id}: {exc}") from exc
+    return {
+        tp.partition: int(meta.offset)
+        for tp, meta in offsets.items()
+        if tp.topic == kafka.input_topic and meta.offset >= 0
+    }
 
 
 @contextlib.contextmanager
@@ -258,39 +350,46 @@ def _quiet_clients() -> Iterator[None]:
 
 def _parse(record: Any) -> tuple[bytes, _Chunk] | None:
     """(checkpoint id, chunk) of a state record; None for a record of no checkpoint."""
-    for name, value in record.headers or ():
-        if name != HEADER or value is None:
-            continue
+    headers = dict(record.headers or ())
+    value = headers.get(HEADER)
+    if value is None:
+        return None
+    try:
+        ident, index, count = value.decode().rsplit(":", 2)
+        chunk = _Chunk(record.offset, int(index), int(count), record.value)
+    except (UnicodeDecodeError, ValueError):
+        log.warning("state record at offset %d: unreadable %s header", record.offset, HEADER)
+        return None
+    covers = headers.get(OFFSET_HEADER)
+    if covers is not None:
         try:
-            ident, index, count = value.decode().rsplit(":", 2)
-            return ident.encode(), _Chunk(record.offset, int(index), int(count), record.value)
+            chunk.covers = int(covers.decode())
         except (UnicodeDecodeError, ValueError):
-            log.warning("state record at offset %d: unreadable %s header", record.offset, HEADER)
-    return None
+            log.warning(
+                "state record at offset %d: unreadable %s header", record.offset, OFFSET_HEADER
+            )
+    return ident.encode(), chunk
 
 
-def _newest_complete(chunks: Iterator[tuple[bytes, _Chunk]]) -> Stored | None:
-    """Of the checkpoints whose every chunk was read, the one written last."""
+def _newest_complete(
+    chunks: Iterator[tuple[bytes, _Chunk]], accept: Callable[[int], bool] | None = None
+) -> Stored | None:
+    """Of the checkpoints whose every chunk was read (and, given ``accept``, whose
+    covered offset it accepts), the one written last."""
     groups: dict[bytes, dict[int, _Chunk]] = {}
     for ident, chunk in chunks:
         groups.setdefault(ident, {})[chunk.index] = chunk
-    best: tuple[int, bytes] | None = None
+    complete: list[tuple[int, bytes]] = []
     for ident, parts in groups.items():
         count = next(iter(parts.values())).count
         if len(parts) != count or set(parts) != set(range(count)):
             continue
-        last = max(chunk.offset for chunk in parts.values())
-        if best is None or last > best[0]:
-            best = (last, ident)
-    if best is None:
-        return None
-    ident = best[1]
-    parts = groups[ident]
-    seq, created = ident.decode().split(".", 1)
-    return Stored(
-        b"".join(parts[i].value for i in range(len(parts))),
-        int(seq),
-        int(created),
-        parts[0].offset,
-        len(parts),
-    )
+        complete.append((max(chunk.offset for chunk in parts.values()), ident))
+    for _, ident in sorted(complete, reverse=True):
+        parts = groups[ident]
+        blob = b"".join(parts[i].value for i in range(len(parts)))
+        if accept is not None and not accept(read_header(blob).offset):
+            continue
+        seq, created = ident.decode().split(".", 1)
+        return Stored(blob, int(seq), int(created), parts[0].offset, len(parts))
+    return None

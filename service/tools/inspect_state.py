@@ -1,7 +1,10 @@
 """``forecastd state ls | show``: what the state topic holds, for operators.
 
 ``ls`` reads the newest complete checkpoint of every state partition (the same
-backwards scan a restore does, :mod:`service.runtime.state`) and prints one line each; ``show``
+backwards scan a restore does, :mod:`service.runtime.state`; with
+``kafka.exactly_once``, as the restore does, the newest that covers the group's
+committed offset, so that a checkpoint of an aborted transaction is never shown) and
+prints one line each; ``show``
 also unpacks one (which runs the unpickler: read the trust note in
 :mod:`service.runtime.snapshot`) and summarises its models. Neither writes anything or joins
 the consumer group, so both are safe against a running fleet.
@@ -10,12 +13,13 @@ the consumer group, so both are safe against a running fleet.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from service.config import Settings
 from service.runtime.snapshot import Header, SnapshotFormatError, decode, read_header
-from service.runtime.state import StateTopic, Stored
+from service.runtime.state import CoversCommitted, StateTopic, Stored, group_offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +37,9 @@ def entries(settings: Settings) -> list[Entry]:
     store = StateTopic(settings)
     try:
         found = []
+        accept = _restorable(settings)
         for partition in store.partitions():
-            stored = store.newest((settings.kafka.input_topic, partition))
+            stored = store.newest((settings.kafka.input_topic, partition), accept(partition))
             if stored is None:
                 continue
             try:
@@ -82,7 +87,9 @@ def summary(settings: Settings, partition: int) -> list[str]:
     """
     store = StateTopic(settings)
     try:
-        stored = store.newest((settings.kafka.input_topic, partition))
+        stored = store.newest(
+            (settings.kafka.input_topic, partition), _restorable(settings)(partition)
+        )
     finally:
         store.close()
     if stored is None:
@@ -117,3 +124,17 @@ def _fields(header: Header) -> dict[str, Any]:
         "settings fingerprint": header.fingerprint,
         "body": f"{header.body_bytes} bytes, {header.codec}",
     }
+
+
+def _restorable(settings: Settings) -> Callable[[int], Callable[[int], bool] | None]:
+    """Per input partition, which checkpoints a restore would take: any (the newest)
+    at-least-once; with exactly-once, the one covering the group's committed offset,
+    read from the broker without joining the group.
+
+    Raises:
+        BrokerError: the group's offsets could not be read.
+    """
+    if not settings.kafka.exactly_once:
+        return lambda partition: None
+    committed = group_offsets(settings)
+    return lambda partition: CoversCommitted(committed.get(partition))

@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.net.compat import KafkaNetClient
+from kafka.protocol.consumer import FetchRequest
+from kafka.record import MemoryRecords
 
 from service.config import Settings, load_settings
 from service.runtime.app import Daemon
@@ -117,6 +120,110 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
         found.extend(batch)
     consumer.close()
     return found
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A record a ``read_committed`` consumer sees (:func:`committed_records`)."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def committed_records(bootstrap: str, topic: str) -> list[Committed]:
+    """What a ``read_committed`` consumer of ``topic`` sees now, in offset order per
+    partition: records written outside transactions, and those of committed
+    transactions; none of an aborted transaction, none of one still open.
+
+    It reads the raw record batches (a Fetch request of its own) and applies the
+    transaction markers itself, as the Kafka protocol has consumers do with the
+    aborted-transaction index a broker returns: Tansu 0.6 writes the commit and abort
+    markers but returns no such index, so kafka-python's and librdkafka's
+    ``read_committed`` consumers hand out the records of aborted transactions on it
+    (docs/operations.md). On a broker that returns the index, this reader and theirs
+    agree.
+    """
+    client = KafkaNetClient(bootstrap_servers=bootstrap.split(","), client_id="committed-reader")
+    try:
+        leaders = _leaders(client, topic)
+        found: list[Committed] = []
+        for partition, leader in sorted(leaders.items()):
+            found.extend(_committed_in(client, leader, topic, partition))
+        return found
+    finally:
+        client.close()
+
+
+def _leaders(client: KafkaNetClient, topic: str) -> dict[int, int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        client.poll(future=client.cluster.request_update(), timeout_ms=1000)
+        partitions = client.cluster.partitions_for_topic(topic) or set()
+        leaders = {
+            p: client.cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions
+        }
+        if leaders and all(leader is not None and leader >= 0 for leader in leaders.values()):
+            return leaders
+        time.sleep(0.1)
+    raise AssertionError(f"no leaders for {topic} within 10s")
+
+
+def _committed_in(
+    client: KafkaNetClient, leader: int, topic: str, partition: int
+) -> list[Committed]:
+    committed: list[Committed] = []
+    open_transactions: dict[int, list[Committed]] = {}  # producer id -> its records so far
+    offset = 0
+    while True:
+        request = FetchRequest(
+            replica_id=-1,
+            max_wait_ms=100,
+            min_bytes=1,
+            max_bytes=1 << 19,  # under the client's receive_message_max_bytes (1 MB)
+            isolation_level=0,  # everything, markers included: the filtering is ours
+            session_id=0,
+            session_epoch=0,
+            topics=[
+                FetchRequest.FetchTopic(
+                    topic=topic,
+                    partitions=[
+                        FetchRequest.FetchTopic.FetchPartition(
+                            partition=partition,
+                            fetch_offset=offset,
+                            partition_max_bytes=1 << 19,
+                            current_leader_epoch=0,
+                            log_start_offset=-1,
+                            last_fetched_epoch=-1,
+                        )
+                    ],
+                )
+            ],
+            forgotten_topics_data=[],
+            rack_id="",
+            max_version=12,  # topics by name (v13 names them by id)
+        )
+        response = client.send_and_receive(leader, request)
+        data = response.responses[0].partitions[0]
+        assert data.error_code == 0, f"fetch {topic}:{partition}: error {data.error_code}"
+        batches = MemoryRecords(data.records)
+        batch = batches.next_batch()
+        if batch is None:  # the end; an open transaction's records stay out (the LSO)
+            return sorted(committed, key=lambda r: r.offset)
+        while batch is not None:
+            raw = list(batch)
+            records = [Committed(partition, r.offset, r.key, r.value) for r in raw]
+            if batch.is_control_batch:
+                ended = open_transactions.pop(batch.producer_id, [])
+                if not raw[0].abort:
+                    committed.extend(ended)
+            elif batch.is_transactional:
+                open_transactions.setdefault(batch.producer_id, []).extend(records)
+            else:
+                committed.extend(records)
+            offset = batch.next_offset
+            batch = batches.next_batch()
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:

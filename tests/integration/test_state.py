@@ -4,6 +4,9 @@ The daemon runs as a real process on the real broker; checkpoints go to the stat
 topic every half second, in 4 KiB chunks, so a checkpoint is several records. The
 reference for "as if nothing happened" is the same input run through the same code
 offline without interruption (the processing is deterministic for these models).
+With ``kafka.exactly_once`` the predictions are read as a ``read_committed`` consumer
+sees them (:func:`~tests.integration.kafka_helpers.committed_records`), and each
+input record must have exactly one.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,19 +25,21 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.io.sinks import ListSink
+from service.io.sinks import KafkaTransactionalSink, ListSink
 from service.io.sources import ListSource
 from service.pipeline.processor import Processor
 from service.records import RawRecord
 from service.runtime.app import run_loop
 from service.runtime.metrics import Metrics
-from service.runtime.snapshot import FORMAT_VERSION
+from service.runtime.snapshot import FORMAT_VERSION, decode, encode
+from service.runtime.state import OFFSET_HEADER, StateTopic
 from service.tools.broker import EmbeddedBroker, free_port
 from service.tools.inspect_state import summary, table
 from tests.integration.kafka_helpers import (
     PIPELINE_CONFIG,
     Topics,
     committed_offsets,
+    committed_records,
     consume_all,
     fresh_topics,
     make_settings,
@@ -72,11 +79,17 @@ class _Paced(threading.Thread):
         producer.close()
 
 
-def _outputs(bootstrap: str, topic: str, expected: int = 10**9) -> list[dict[str, Any]]:
+def _read_outputs(bootstrap: str, topic: str, expected: int = 10**9) -> list[dict[str, Any]]:
     """The predictions on ``topic`` (one partition: in the order produced), once
     ``expected`` arrived or after a few seconds."""
     found = consume_all(bootstrap, topic, expected, 3.0)
     return [orjson.loads(r.value) for r in sorted(found, key=lambda r: r.offset)]
+
+
+def _committed_outputs(bootstrap: str, topic: str, expected: int = 0) -> list[dict[str, Any]]:
+    """The predictions on ``topic`` that a read_committed consumer sees now, in the order
+    produced (``expected`` is not waited for: a committed transaction is all there)."""
+    return [orjson.loads(r.value or b"") for r in committed_records(bootstrap, topic)]
 
 
 def _offline(settings: Settings, records: list[RawRecord]) -> list[dict[str, Any]]:
@@ -121,9 +134,12 @@ def _inputs(broker: EmbeddedBroker, topics: Topics, count: int) -> list[RawRecor
     ]
 
 
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
 def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
-    broker: EmbeddedBroker, client: str
+    broker: EmbeddedBroker, client: str, exactly_once: bool
 ) -> None:
+    """At-least-once: every record predicted, some twice. Exactly-once: a
+    read_committed reader sees each record's prediction once."""
     topics = fresh_topics(broker)
     stream = sine_waves(events_per_key=600, copies=3)  # 9 keys: 600 predictions, ~67 each
     env = settings_env(
@@ -131,9 +147,11 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
         topics,
         client,
         FORECASTD_KAFKA__MAX_POLL_RECORDS="50",
+        FORECASTD_KAFKA__EXACTLY_ONCE=str(exactly_once).lower(),
         FORECASTD_STATE__INTERVAL_S="0.5",
         FORECASTD_STATE__CHUNK_BYTES="4096",
     )
+    _outputs = _committed_outputs if exactly_once else _read_outputs
     feeder = _Paced(broker.bootstrap, topics.input, stream)
     port = int(env["FORECASTD_METRICS__PORT"])
     daemon = start_daemon(env)
@@ -191,9 +209,14 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
     assert sum(int(row[1]) for row in rows) == len(stream)
     assert {row[4] for row in rows} == {str(FORMAT_VERSION)}
     assert any(line.startswith("model linear (") for line in summary(settings, used[0]))
-    # Nothing lost: every record predicted (primary model), by one run or the other.
-    predicted = {p["source"] for p in _primary(before + after)}
-    assert predicted == set(reference)
+    # Nothing lost: every record predicted (primary model), by one run or the other;
+    # with exactly-once, each once (the killed run's open transaction was aborted).
+    predicted = Counter(p["source"] for p in _primary(before + after))
+    assert set(predicted) == set(reference)
+    if exactly_once:
+        assert max(predicted.values()) == 1, predicted.most_common(3)
+        written = len(_read_outputs(broker.bootstrap, topics.output))
+        print(f"{written - len(before + after)} predictions in aborted transactions")
     # Every prediction of either run, the re-read records' included, is the one an
     # uninterrupted run makes (test-then-train gives the same values whatever the
     # polls, up to the feature scaler's per-poll update: far below the noise, 0.1),
@@ -287,19 +310,40 @@ def _all_sources(broker: EmbeddedBroker, topics: Topics, count: int) -> set[str]
     return {f"{r.topic}:{r.partition}:{r.offset}" for r in found}
 
 
-def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBroker) -> None:
+@pytest.mark.parametrize("exactly_once", [False, True], ids=["at-least-once", "exactly-once"])
+def test_scale_out_and_back_moves_state_with_the_partitions(
+    broker: EmbeddedBroker, exactly_once: bool
+) -> None:
     """Two daemons in one group on six partitions: the second takes half of the
-    first's partitions with their state; stopped gracefully, it hands them back."""
+    first's partitions with their state; stopped gracefully, it hands them back. With
+    exactly-once each revocation commits the open transaction from inside the
+    rebalance callback, and a read_committed reader sees every prediction once."""
     topics = fresh_topics(broker, partitions=6)
     stream = sine_waves(events_per_key=600, copies=3)
-    env = settings_env(broker, topics, FORECASTD_STATE__INTERVAL_S="0.5")
+    env = settings_env(
+        broker,
+        topics,
+        FORECASTD_STATE__INTERVAL_S="0.5",
+        FORECASTD_KAFKA__EXACTLY_ONCE=str(exactly_once).lower(),
+        FORECASTD_KAFKA__TRANSACTIONAL_ID=f"{topics.group}-one",  # two on one host
+    )
     first = make_settings(CONFIG, env)
-    second = make_settings(CONFIG, {**env, "FORECASTD_METRICS__PORT": str(free_port())})
+    second = make_settings(
+        CONFIG,
+        {
+            **env,
+            "FORECASTD_METRICS__PORT": str(free_port()),
+            "FORECASTD_KAFKA__TRANSACTIONAL_ID": f"{topics.group}-two",
+        },
+    )
+    read = _committed_outputs if exactly_once else _read_outputs
     third = len(stream) // 3
     with running_daemon(first) as one:
         wait_for(lambda: len(one.processor.owned) == 6, 60, "the first daemon owns all")
         produce(broker.bootstrap, topics.input, stream[:third])
-        wait_for(lambda: _sources(broker, topics, third) >= third, 60, "the first third predicted")
+        wait_for(
+            lambda: _sources(broker, topics, third, read) >= third, 60, "the first third predicted"
+        )
         with running_daemon(second) as two:
             wait_for(
                 lambda: (
@@ -312,13 +356,15 @@ def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBrok
             moved = set(two.processor.owned)
             produce(broker.bootstrap, topics.input, stream[third : 2 * third])
             wait_for(
-                lambda: _sources(broker, topics, 2 * third) >= 2 * third, 60, "two thirds predicted"
+                lambda: _sources(broker, topics, 2 * third, read) >= 2 * third,
+                60,
+                "two thirds predicted",
             )
-        handed_back = len(_outputs(broker.bootstrap, topics.output))
+        handed_back = len(read(broker.bootstrap, topics.output))
         wait_for(lambda: len(one.processor.tasks) == 6, 60, "the first daemon owns all again")
         produce(broker.bootstrap, topics.input, stream[2 * third :])
         wait_for(
-            lambda: _sources(broker, topics, len(stream)) >= len(stream),
+            lambda: _sources(broker, topics, len(stream), read) >= len(stream),
             60,
             "every record predicted",
         )
@@ -326,10 +372,13 @@ def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBrok
     assert moved
     assert restored >= len(moved)  # handed back with their checkpoints
 
-    outputs = _outputs(broker.bootstrap, topics.output)
+    outputs = read(broker.bootstrap, topics.output)
     inputs = _inputs(broker, topics, len(stream))
     reference = {p["source"]: p for p in _primary(_offline(first, inputs))}
-    assert {p["source"] for p in outputs} == set(reference)  # none left without one
+    predicted = Counter(p["source"] for p in outputs)
+    assert set(predicted) == set(reference)  # none left without one
+    if exactly_once:
+        assert max(predicted.values()) == 1, predicted.most_common(3)
     for p in outputs:
         expected = reference[p["source"]]["y_hat"]
         assert p["y_hat"] == pytest.approx(expected, rel=0, abs=0.01), p["source"]
@@ -343,13 +392,145 @@ def test_scale_out_and_back_moves_state_with_the_partitions(broker: EmbeddedBrok
     )
 
 
-def _sources(broker: EmbeddedBroker, topics: Topics, expected: int) -> int:
-    return len({p["source"] for p in _outputs(broker.bootstrap, topics.output, expected)})
+def _sources(
+    broker: EmbeddedBroker,
+    topics: Topics,
+    expected: int,
+    read: Callable[[str, str, int], list[dict[str, Any]]] = _read_outputs,
+) -> int:
+    return len({p["source"] for p in read(broker.bootstrap, topics.output, expected)})
 
 
 def _restored(port: int) -> float:
+    return _metric(port, 'forecastd_restores_total{outcome="restored"}')
+
+
+def _metric(port: int, sample: str) -> float:
+    """The value of ``sample`` (name and labels, as scraped) on the daemon's /metrics."""
     _, text = scrape(port)
     for line in text.splitlines():
-        if line.startswith('forecastd_restores_total{outcome="restored"}'):
+        if line.startswith(sample + " "):
             return float(line.split()[-1])
-    raise AssertionError("no forecastd_restores_total on /metrics")
+    raise AssertionError(f"no {sample} on /metrics")
+
+
+def test_a_checkpoint_of_an_aborted_transaction_is_never_restored(
+    broker: EmbeddedBroker, client: str
+) -> None:
+    """With exactly-once, a checkpoint that sits in the state topic but whose
+    transaction was aborted (what a process killed between writing its checkpoint and
+    committing leaves, once its successor fenced it) is never restored, even where the
+    broker hands aborted records to read_committed readers (Tansu 0.6 does): here it
+    is the same task's state claiming 100 more records, and restoring it would skip
+    them."""
+    topics = fresh_topics(broker, partitions=1)
+    stream = sine_waves(events_per_key=200)  # 3 keys, 600 records
+    env = settings_env(
+        broker,
+        topics,
+        client,
+        FORECASTD_KAFKA__EXACTLY_ONCE="true",
+        FORECASTD_STATE__INTERVAL_S="0.5",
+    )
+    settings = make_settings(CONFIG, env)
+    tp, half = (topics.input, 0), len(stream) // 2
+    produce(broker.bootstrap, topics.input, stream[:half])
+    with running_daemon(settings):
+        wait_for(
+            lambda: committed_offsets(broker.bootstrap, topics.group).get(0) == half,
+            60,
+            "the first half committed",
+        )
+    reader = StateTopic(settings)
+    try:
+        stored = reader.newest(tp)
+    finally:
+        reader.close()
+    assert stored is not None
+    header, state = decode(stored.blob)
+    assert header.offset == half
+
+    ahead = half + 100
+    aborted = encode(
+        state,
+        topic=tp[0],
+        partition=tp[1],
+        offset=ahead,
+        keys=header.keys,
+        pending=header.pending,
+        features=tuple(header.features),
+        settings_fingerprint=header.fingerprint,
+    )
+    sink = KafkaTransactionalSink(settings.kafka, f"{topics.group}-aborted")
+    writer = StateTopic(settings, sink)
+    try:
+        writer.write(tp, aborted, 0, ahead)
+        sink.flush()  # in the log, in a transaction still open ...
+    finally:
+        sink.close()  # ... which this aborts
+        writer.close()
+    in_log = consume_all(broker.bootstrap, settings.state_topic, 10**9, 3.0)
+    assert any((OFFSET_HEADER, str(ahead).encode()) in r.headers for r in in_log)
+    assert committed_offsets(broker.bootstrap, topics.group) == {0: half}
+
+    produce(broker.bootstrap, topics.input, stream[half:])
+    port = int(env["FORECASTD_METRICS__PORT"])
+    with running_daemon(settings):
+        wait_for(
+            lambda: len(_committed_outputs(broker.bootstrap, topics.output)) >= len(stream),
+            60,
+            "every record predicted",
+        )
+        restored = _restored(port)
+    outputs = _committed_outputs(broker.bootstrap, topics.output)
+    sources = Counter(p["source"] for p in outputs)
+    assert set(sources) == {f"{topics.input}:0:{offset}" for offset in range(len(stream))}
+    assert max(sources.values()) == 1
+    assert restored == 1  # the committed checkpoint: warm from the first record on
+    assert min(p["model_version"] for p in outputs if _offset(p) >= half) > 0
+
+
+def test_a_restart_on_the_same_volume_restores_from_the_local_directory(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """``state.local_dir``: a restarted daemon restores from its own files (the metric
+    says where each checkpoint was read), warm; a damaged file is reported and its
+    partition restored from the state topic instead."""
+    topics = fresh_topics(broker)
+    stream = sine_waves(events_per_key=200, copies=3)  # 9 keys, 1800 records
+    env = settings_env(
+        broker, topics, FORECASTD_STATE__INTERVAL_S="0.5", FORECASTD_STATE__LOCAL_DIR=str(tmp_path)
+    )
+    settings = make_settings(CONFIG, env)
+    half = len(stream) // 2
+    produce(broker.bootstrap, topics.input, stream[:half])
+    with running_daemon(settings):
+        wait_for(
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) == half,
+            60,
+            "the first half committed",
+        )
+    committed = committed_offsets(broker.bootstrap, topics.group)
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert files == [f"{topics.input}-{p}.ckpt" for p in sorted(committed)]
+    (tmp_path / files[-1]).write_bytes(b"FDCP damaged")
+
+    produce(broker.bootstrap, topics.input, stream[half:])
+    port = int(env["FORECASTD_METRICS__PORT"])
+    with running_daemon(settings):
+        wait_for(
+            lambda: _sources(broker, topics, len(stream)) >= len(stream),
+            60,
+            "every record predicted",
+        )
+        read = {
+            where: _metric(port, f'forecastd_restore_source_total{{source="{where}"}}')
+            for where in ("local", "changelog")
+        }
+        errors = _metric(port, 'forecastd_local_state_errors_total{op="read"}')
+    assert read == {"local": len(committed) - 1, "changelog": 1}
+    assert errors == 1
+    outputs = _read_outputs(broker.bootstrap, topics.output)
+    for partition, offset in committed.items():
+        first = next(p for p in outputs if _partition(p) == partition and _offset(p) == offset)
+        assert first["model_version"] > 0  # warm: it continues the first run's count

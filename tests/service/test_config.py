@@ -97,6 +97,21 @@ def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> Non
         ("", {"FORECASTD_METRICS__PORT": "http"}, "metrics.port: Input should be a valid integer"),
         ("kafka: [1, 2]\n", {}, "kafka: Input should be a valid dictionary"),
         (
+            "kafka:\n  exactly_once: true\nstate:\n  enabled: false\n",
+            {},
+            "kafka.exactly_once needs state.enabled: true",
+        ),
+        (
+            "kafka:\n  exactly_once: true\n",
+            {"FORECASTD_STATE__INTERVAL_S": "45"},
+            "state.interval_s (45) must be at most half of kafka.transaction_timeout_s (60)",
+        ),
+        (
+            "kafka:\n  exactly_once: true\n  transaction_timeout_s: 300\n",
+            {},
+            "state.restore_timeout_s (120) must exceed kafka.transaction_timeout_s (300)",
+        ),
+        (
             "models:\n  - {name: m, kind: torch.mlp, primary: true, params: {threads: 2}}\n",
             {},
             "models[0].params: the 'threads' param was removed: torch's threads are"

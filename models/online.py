@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.base import FeatureBatch, FloatArray, Model, Plan
-from models.guard import LastGood, all_finite
+from models.guard import LastGood, all_finite, clip_gradients
 from models.moments import Moments
 from models.replay import ReplayBuffer, Rows
 
@@ -506,8 +506,7 @@ class OnlineRegressor(Model):
                     return False
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
-            max_norm = self.config.clip_norm if self.config.clip_norm is not None else np.inf
-            norm = nn.utils.clip_grad_norm_(self._params, max_norm)
+            norm = clip_gradients(self._params, self.config.clip_norm)
             if not bool(torch.isfinite(norm)):
                 self._optimizer.zero_grad(set_to_none=True)
                 return False

@@ -46,6 +46,7 @@ from service.runtime.health import HealthServer
 from service.runtime.lag import LagMonitor, lag_client
 from service.runtime.metrics import Metrics
 from service.runtime.state import StateTopic
+from service.runtime.warmup import warm_up
 from service.runtime.watchdog import Watchdog, in_thread
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class Daemon:
         """Serve until stopped; returns the exit status."""
         self.lag.start()
         try:
+            warm_up(self.settings)  # before the freeze: see service.runtime.warmup
             with frozen_heap():
                 run_loop(
                     self.settings,

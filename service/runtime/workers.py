@@ -161,6 +161,32 @@ class Deaths:
         return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2.0 ** max(0, len(self._times) - 1))
 
 
+class PodMetrics:
+    """The supervisor's registry: the workers' merged metrics (:class:`PodCollector`,
+    which adds ``forecastd_worker_up``), and the pod's own. A single-process daemon
+    (``processing.workers: 1``) has none of these."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        count: int,
+        endpoints: Callable[[], Sequence[Endpoint]],
+    ) -> None:
+        self.collector = PodCollector(endpoints)
+        registry.register(self.collector)
+        self.restarts = Counter(
+            "forecastd_worker_restarts",
+            "Worker processes restarted after they died (pods of several workers only).",
+            registry=registry,
+        )
+        self.workers = Gauge(
+            "forecastd_workers",
+            "Worker processes this pod runs (pods of several workers only).",
+            registry=registry,
+        )
+        self.workers.set(count)
+
+
 @dataclass
 class _Worker:
     index: int
@@ -195,16 +221,9 @@ class Pod:
             for i in range(count)
         ]
         self.registry = CollectorRegistry()
-        self.collector = PodCollector(self.endpoints)
-        self.registry.register(self.collector)
-        self.restarts = Counter(
-            "forecastd_worker_restarts",
-            "Worker processes restarted after they died.",
-            registry=self.registry,
-        )
-        Gauge("forecastd_workers", "Worker processes this pod runs.", registry=self.registry).set(
-            count
-        )
+        self.metrics = PodMetrics(self.registry, count, self.endpoints)
+        self.collector = self.metrics.collector
+        self.restarts = self.metrics.restarts
         self.server = HealthServer(
             self.registry,
             self.ready,

@@ -23,6 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.tools.broker import EmbeddedBroker, free_port
+from tests.deploy.metric_names import POD_ONLY, check_names, exported_names, metric_names_used
+from tests.deploy.support import DASHBOARD, RULES
 from tests.integration.kafka_helpers import (
     committed_offsets,
     consume_all,
@@ -151,6 +153,10 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
         assigned = [own[i][("forecastd_assigned_partitions", ())] for i in own]
         assert pod_samples[("forecastd_assigned_partitions", ())] == sum(assigned) == 4
         assert pod_samples[("forecastd_workers", ())] == 2
+        # every metric the alert rules and the dashboard read is on the pod's page
+        used = metric_names_used(RULES, DASHBOARD)
+        assert used >= POD_ONLY
+        assert check_names(used, exported_names(scrape(port)[1])) == []
         # a non-additive gauge is exported per worker
         assert {("model", "linear"), ("window", "total"), ("worker", "0")} <= {
             label for key in pod_samples if key[0] == "forecastd_model_mae" for label in key[1]
@@ -243,8 +249,7 @@ def test_a_worker_that_keeps_dying_stops_the_pod_and_the_other_drains(
         records = _stream()
         produce(broker.bootstrap, topics.input, records)
         wait_for(
-            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values())
-            >= len(records),
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) >= len(records),
             90,
             "every offset committed",
         )

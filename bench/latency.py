@@ -44,18 +44,17 @@ from typing import Any
 
 import numpy as np
 import orjson
-from kafka import KafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history, spread
 from bench.throughput import (
     WARM_UP,
-    _committed,
     _daemon_settings,
     _read,
     config_path,
     running_pod,
+    wait_done,
 )
 from service.config import Settings, load_settings
 from service.io.sinks import Sink
@@ -272,18 +271,12 @@ def run(
         broker.create_topics([topic], partitions=3)
         broker.create_topics([output, f"{topic}.dlq"])
         settings = _daemon_settings(config, broker.bootstrap, topic, output, "kafka-python", env)
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         warm, paced = pairs[:WARM_UP], pairs[WARM_UP:]
-        try:
-            with running_pod(settings, 1, target=traced_worker):
-                replay.to_kafka(warm, topic, broker.bootstrap, show_progress=False)
-                while _committed(admin, settings.kafka.group_id) < len(warm):
-                    time.sleep(0.05)
-                replay.to_kafka(paced, topic, broker.bootstrap, rate=rate, show_progress=False)
-                while _committed(admin, settings.kafka.group_id) < len(pairs):
-                    time.sleep(0.05)
-        finally:
-            admin.close()
+        with running_pod(settings, 1, target=traced_worker) as pod:
+            replay.to_kafka(warm, topic, broker.bootstrap, show_progress=False)
+            wait_done(pod, settings, len(warm), 0.1)
+            replay.to_kafka(paced, topic, broker.bootstrap, rate=rate, show_progress=False)
+            wait_done(pod, settings, len(pairs))
         inputs = _read(broker.bootstrap, topic, len(pairs))
         outputs = _read(broker.bootstrap, output, len(pairs))
     trace = orjson.loads(trace_path.read_bytes())

@@ -39,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -153,9 +154,33 @@ def _daemon_settings(
     return load_settings(config, env=env)
 
 
-def _committed(admin: KafkaAdminClient, group: str) -> int:
-    offsets = admin.list_group_offsets(group).get(group, {})
-    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+def done(pod: Pod, settings: Settings) -> int:
+    """Records the pod has finished, from its ``/metrics``: the primary model's
+    predictions the broker acknowledged plus the records dead-lettered. (Not the
+    group's committed offsets: with learned state on, the default, offsets are
+    committed only with a checkpoint, every ``state.interval_s``, so a backlog of a
+    few seconds was all committed at once and its rate could not be timed.)"""
+    primary = next(m.name for m in settings.models if m.primary)
+    with urllib.request.urlopen(f"http://127.0.0.1:{pod.port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "forecastd_predictions_produced_total":
+                total += sample.value if sample.labels.get("model") == primary else 0.0
+            elif sample.name == "forecastd_invalid_messages_total":
+                total += sample.value
+    return int(total)
+
+
+def wait_done(pod: Pod, settings: Settings, count: int, interval_s: float = 0.25) -> None:
+    """Until the pod finished ``count`` records (:func:`done`), scraping every
+    ``interval_s``: each scrape of the pod scrapes every worker, so not too often."""
+    deadline = time.monotonic() + 600
+    while done(pod, settings) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the pod did not finish {count} records in 600 s")
+        time.sleep(interval_s)
 
 
 @contextmanager
@@ -189,22 +214,23 @@ def _ready(port: int) -> bool:
 
 def bench_daemon(settings: Settings, records: int, workers: int) -> float:
     """Events/s of a pod of ``workers`` on an input topic already holding ``records``
-    records, from the first commit after every worker joined to the last commit."""
-    group = settings.kafka.group_id
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    try:
-        with running_pod(settings, workers):
-            # from the first batch done once every worker is in: model building and
-            # the rebalance that the second worker's join causes are not counted
-            while (already := _committed(admin, group)) == 0:
-                time.sleep(0.005)
-            started = time.perf_counter()
-            while (done := _committed(admin, group)) < records:
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - started
-    finally:
-        admin.close()
-    return (done - already) / elapsed
+    records, from the moment every worker joined (model building and the rebalance
+    that the second worker's join causes are not counted) to the last prediction, by
+    the predictions' own ``produced_at``: nothing polls the pod while it works."""
+    with running_pod(settings, workers) as pod:
+        ready_ms = time.time() * 1000
+        wait_done(pod, settings, records)
+    produced = {
+        prediction["source"]: prediction["produced_at"]
+        for prediction in (
+            orjson.loads(r.value)
+            for r in _read(settings.kafka.bootstrap_servers, settings.kafka.output_topic, records)
+        )
+    }
+    after = [at for at in produced.values() if at >= ready_ms]
+    if len(after) < 2:
+        raise RuntimeError("the pod finished before it was ready: give it more --records")
+    return float(len(after) / ((max(after) - ready_ms) / 1000))
 
 
 def bench_latency(
@@ -220,19 +246,12 @@ def bench_latency(
     broker.create_topics([topic], partitions=3)
     broker.create_topics([output, f"{topic}.dlq"])
     settings = _daemon_settings(config, broker.bootstrap, topic, output, client)
-    group = settings.kafka.group_id
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     warm, paced = pairs[:WARM_UP], pairs[WARM_UP:]
-    try:
-        with running_pod(settings, 1):
-            replay.to_kafka(warm, topic, broker.bootstrap, show_progress=False)
-            while _committed(admin, group) < len(warm):
-                time.sleep(0.05)
-            replay.to_kafka(paced, topic, broker.bootstrap, rate=rate, show_progress=False)
-            while _committed(admin, group) < len(pairs):
-                time.sleep(0.05)
-    finally:
-        admin.close()
+    with running_pod(settings, 1) as pod:
+        replay.to_kafka(warm, topic, broker.bootstrap, show_progress=False)
+        wait_done(pod, settings, len(warm), 0.1)
+        replay.to_kafka(paced, topic, broker.bootstrap, rate=rate, show_progress=False)
+        wait_done(pod, settings, len(pairs))
     inputs = _read(broker.bootstrap, topic, len(pairs))
     sent_at = {f"{r.topic}:{r.partition}:{r.offset}": r.timestamp for r in inputs}
     warm_sources = set(sorted(sent_at, key=sent_at.__getitem__)[: len(warm)])
@@ -345,7 +364,7 @@ def _backlog_rates(
     pairs = history(args, base.schema_, args.records)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
     broker.create_topics([topic], partitions=3)
-    broker.create_topics(["raw-out", "bench-out", f"{topic}.dlq"])
+    broker.create_topics(["raw-out", f"{topic}.dlq"])
     replay.to_kafka(pairs, topic, broker.bootstrap, show_progress=False)
     batch = base.kafka.max_poll_records  # the raw loop polls as much as the daemon
     raws: list[float] = []
@@ -354,7 +373,9 @@ def _backlog_rates(
         with frozen_heap():  # as the daemon runs: torch's heap is not the transport's
             raws.append(RAW[client](broker.bootstrap, topic, len(pairs), batch))
         for workers in args.workers:
-            settings = _daemon_settings(args.config, broker.bootstrap, topic, "bench-out", client)
+            output = f"bench-out-{uuid.uuid4().hex[:6]}"  # the run's own: read back by it
+            broker.create_topics([output])
+            settings = _daemon_settings(args.config, broker.bootstrap, topic, output, client)
             daemons[workers].append(bench_daemon(settings, len(pairs), workers))
     raw = max(raws)
     best = {w: max(rates_) for w, rates_ in daemons.items()}

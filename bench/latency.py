@@ -154,6 +154,14 @@ class Breakdown:
     after_stall: np.ndarray
     batches: int
     longest_batch_ms: float
+    poll_ms: float
+    """Median time of a poll that returned records."""
+    flush_ms: float
+    """Median time of a batch's flush."""
+    fixed_ms: float
+    per_record_us: float
+    """A least-squares line through the paced batches: processing a batch of n records
+    took about ``fixed_ms + n * per_record_us / 1000``."""
     checkpoints: list[float]
     full_gcs: list[float]
 
@@ -174,6 +182,8 @@ def analyse(
 ) -> Breakdown:
     """Take every counted prediction apart (module docstring); times in seconds."""
     polls: list[list[Any]] = []  # the polls whose records were processed, in order
+    processes: list[list[Any]] = []
+    flushes: list[list[Any]] = []  # each batch's own flush (a checkpoint's comes later)
     acks: list[list[Any]] = []
     last_poll: list[Any] | None = None
     for event in trace:
@@ -181,9 +191,12 @@ def analyse(
             last_poll = event
         elif event[0] == "process" and last_poll is not None and last_poll[3]:
             polls.append(last_poll)
+            processes.append(event)
+        elif event[0] == "flush" and len(flushes) < len(processes):
+            flushes.append(event)
         elif event[0] == "ack":
             acks.append(event)
-    if len(acks) != len(polls):
+    if not len(acks) == len(flushes) == len(polls):
         raise RuntimeError(f"{len(polls)} batches processed but {len(acks)} acknowledged")
     where: dict[tuple[int, int], int] = {}
     for batch, poll in enumerate(polls):
@@ -209,8 +222,10 @@ def analyse(
             )
         )
     table = np.array(rows) * np.array([1000, 1000, 1000, 1000, 1, 1])
-    paced = [p for p in polls if p[2] >= first_counted]
-    processes = [e for e in trace if e[0] == "process" and e[2] >= first_counted]
+    paced = [i for i, poll in enumerate(polls) if poll[2] >= first_counted]
+    sizes = np.array([sum(hi - lo + 1 for _, lo, hi in polls[i][3]) for i in paced])
+    took = np.array([1000 * (processes[i][2] - processes[i][1]) for i in paced])
+    per_record, fixed = np.polyfit(sizes, took, 1) if len(paced) > 1 else (0.0, 0.0)
     gc_starts = [e for e in trace if e[0] == "gc-start" and e[1] >= first_counted]
     gc_stops = [e for e in trace if e[0] == "gc-stop" and e[1] >= first_counted]
     full = [
@@ -226,7 +241,11 @@ def analyse(
         batch=table[:, 4],
         after_stall=table[:, 5] > 0,
         batches=len(paced),
-        longest_batch_ms=max((1000 * (e[2] - e[1]) for e in processes), default=0.0),
+        longest_batch_ms=float(took.max()) if len(took) else 0.0,
+        poll_ms=float(np.median([1000 * (polls[i][2] - polls[i][1]) for i in paced])),
+        flush_ms=float(np.median([1000 * (flushes[i][2] - flushes[i][1]) for i in paced])),
+        fixed_ms=float(fixed),
+        per_record_us=float(1000 * per_record),
         checkpoints=[
             1000 * (e[2] - e[1])
             for e in trace
@@ -319,6 +338,11 @@ def report(result: Breakdown, title: str, console: Console) -> None:
         f" on average; longest batch {result.longest_batch_ms:.0f} ms to process;"
         f" checkpoints {len(result.checkpoints)} ({_list(result.checkpoints)} ms);"
         f" full GCs {len(result.full_gcs)} ({_list(result.full_gcs)} ms)"
+    )
+    console.print(
+        f"a batch: poll (with records) p50 {result.poll_ms:.1f} ms; processing about"
+        f" {result.fixed_ms:.1f} ms + {result.per_record_us:.0f} µs per record (least"
+        f" squares over the paced batches); flush p50 {result.flush_ms:.1f} ms"
     )
     calm = result.to_acknowledged[~result.after_stall]
     console.print(

@@ -205,9 +205,10 @@ def frozen_heap() -> Iterator[None]:
     of them, and the loop's steady allocation (River's per-event dicts, records,
     predictions) triggered one every second or so. ``gc.freeze`` after a collection
     moves them to a generation the collector skips, as Instagram does for its Django
-    workers (README, "Throughput and latency"). Objects made later are collected as before;
-    leaving the block unfreezes, so a process that runs daemons one after another
-    (tests) can still collect the old ones.
+    workers (README, "Throughput, workers and latency"). What the models import on
+    their first steps is loaded before it by :func:`~service.runtime.warmup.warm_up`.
+    Objects made later are collected as before; leaving the block unfreezes, so a
+    process that runs daemons one after another (tests) can still collect the old ones.
     """
     gc.collect()
     gc.freeze()

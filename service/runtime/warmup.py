@@ -3,12 +3,13 @@
 The daemon serves with its start-up heap frozen (:func:`service.runtime.app.frozen_heap`):
 a full garbage collection then walks only the objects made while serving. But the
 models are built on the first poll (``schema.features: auto`` must see records
-first), and their first steps import more: PyTorch's optimizer machinery, River's
-and SciPy's pieces the pipeline touches only once values arrive. Those imports left
-about 120,000 module-lifetime objects (functions, closures, type annotations) in the
-collector's oldest generation, unfrozen, so every full collection while serving
-walked them again: tens of milliseconds, each landing on whichever batch triggered
-it (README "Throughput, workers and latency").
+first), and their first steps import more: PyTorch's optimizer machinery, and what
+else the pipeline touches only once values arrive. Those imports left
+their module-lifetime objects (functions, closures, type annotations), many times
+the objects a few keys' state makes, unfrozen in the collector's oldest generation,
+so every full collection while serving walked them again, each landing on whichever
+batch triggered it (README "Throughput, workers and latency"; ``bench.latency``
+shows the collections).
 
 :func:`warm_up` runs a few hundred synthetic events through a throwaway
 :class:`~service.pipeline.processor.Processor` (the real pipeline, the configured

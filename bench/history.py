@@ -19,3 +19,13 @@ def repeated_history(dataset: str, schema: SchemaSettings, count: int) -> list[t
         (key, orjson.dumps({**orjson.loads(value), "ts": _START_MS + index}))
         for index, (key, value) in enumerate(pairs)
     ]
+
+
+def spread(pairs: list[tuple[bytes, bytes]], keys: int) -> list[tuple[bytes, bytes]]:
+    """The same records with their keys replaced by ``keys`` distinct ones, in turn
+    (record i gets key ``i % keys``), as the record key and the JSON ``key`` field."""
+    out = []
+    for index, (_, value) in enumerate(pairs):
+        key = f"key-{index % keys}"
+        out.append((key.encode(), orjson.dumps({**orjson.loads(value), "key": key})))
+    return out

@@ -317,11 +317,16 @@ class ProcessingSettings(_Section):
 
     ``workers``: consumer processes in this pod, each a member of the group with its
     own partition tasks (:mod:`service.runtime.workers`); ``auto`` = the CPUs of the
-    container's cgroup limit (else of the machine)."""
+    container's cgroup limit (else of the machine). A worker that dies is restarted;
+    one that dies ``worker_failures`` times within ``worker_failure_window_s`` stops
+    the pod with status 1, so that Kubernetes restarts it and the failure shows
+    (CrashLoopBackOff) instead of a pod running at part capacity."""
 
     seed: int = 0
     torch_threads: int | None = Field(1, ge=1, le=256)
     workers: int | Literal["auto"] = 1
+    worker_failures: int = Field(5, ge=1, le=1000)
+    worker_failure_window_s: float = Field(300.0, gt=0, le=86400)
 
     @field_validator("workers", mode="before")
     @classmethod

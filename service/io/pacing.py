@@ -1,6 +1,6 @@
 """How long the broker may hold the next fetch: short while records flow, long when idle.
 
-Measured before changing anything (README "Workers and latency"): at a paced input
+Measured before changing anything (README "Throughput, workers and latency"): at a paced input
 the loop's own waits are small beside processing (a flush ends ``linger_ms``; the
 commit is one round trip), and ``max_poll_records`` never binds a live stream, whose
 polls hold what arrived. What held a trickle back was the fetch: a broker that
@@ -13,6 +13,15 @@ So the wait follows the load: :data:`LIVE_WAIT_MS` (at most the configured
 ``kafka.fetch_max_wait_ms``) while polls keep returning records, and the configured
 value once none came for :data:`IDLE_AFTER_S`. Under a backlog the wait does not
 matter (there is always data to answer with).
+
+Why the number of records per poll is not paced as well: a live poll holds only what
+arrived during the loop's previous turn (both clients return at once with what is
+buffered, so ``kafka.max_poll_records`` binds only a backlog), and a poll is
+processed at a fixed cost per partition task plus a cost per record. Taking fewer
+than what is there adds a turn's fixed cost and makes the rest wait for it, so the
+p99 rose in every paced run that capped polls (``bench.latency --set
+FORECASTD_KAFKA__MAX_POLL_RECORDS=200``, README): a queue with a fixed cost per batch
+does best taking all it has.
 """
 
 from __future__ import annotations

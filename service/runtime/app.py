@@ -49,6 +49,7 @@ from service.runtime.health import HealthServer
 from service.runtime.lag import LagMonitor, lag_client
 from service.runtime.metrics import Metrics
 from service.runtime.state import StateTopic
+from service.runtime.warmup import warm_up
 from service.runtime.watchdog import Watchdog, in_thread
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Daemon:
         """Serve until stopped; returns the exit status."""
         self.lag.start()
         try:
+            warm_up(self.settings)  # before the freeze: see service.runtime.warmup
             with frozen_heap():
                 run_loop(
                     self.settings,
@@ -206,9 +208,10 @@ def frozen_heap() -> Iterator[None]:
     of them, and the loop's steady allocation (River's per-event dicts, records,
     predictions) triggered one every second or so. ``gc.freeze`` after a collection
     moves them to a generation the collector skips, as Instagram does for its Django
-    workers (README, "Throughput and latency"). Objects made later are collected as before;
-    leaving the block unfreezes, so a process that runs daemons one after another
-    (tests) can still collect the old ones.
+    workers (README, "Throughput, workers and latency"). What the models import on
+    their first steps is loaded before it by :func:`~service.runtime.warmup.warm_up`.
+    Objects made later are collected as before; leaving the block unfreezes, so a
+    process that runs daemons one after another (tests) can still collect the old ones.
     """
     gc.collect()
     gc.freeze()

@@ -103,7 +103,8 @@ class PodCollector(Collector):
             )
         up = GaugeMetricFamily(
             "forecastd_worker_up",
-            "Whether the worker answered this scrape of the pod's /metrics.",
+            "1 when the worker is running and answered this scrape of the pod's /metrics,"
+            " else 0 (pods of several workers only).",
             labels=["worker"],
         )
         merged: dict[str, Metric] = {}

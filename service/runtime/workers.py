@@ -17,12 +17,20 @@ partition and never imports the models; it
   exited within :func:`drain_timeout_s` is killed; its batch is uncommitted and read
   again); exit status 0 only if every worker exited 0;
 * restarts a worker that dies, after a backoff that doubles from
-  :data:`FIRST_BACKOFF_S` to :data:`MAX_BACKOFF_S`; a worker that dies
-  :data:`MAX_FAILURES` times in a row (without staying up :data:`STABLE_S` between)
-  stops the pod with status 1, so that a broken pod is restarted by Kubernetes and
-  seen, rather than running at part capacity without anyone noticing.
-  ``forecastd_worker_restarts_total`` counts the restarts; the pod is not ready while
-  a worker is down, so its partitions' lag shows in the group.
+  :data:`FIRST_BACKOFF_S` to :data:`MAX_BACKOFF_S`. A worker that dies
+  ``processing.worker_failures`` times within ``processing.worker_failure_window_s``
+  (:class:`Deaths`), or that cannot start at all (:data:`EXIT_CANNOT_START`: no
+  broker answered within ``kafka.connect_timeout_s``, a refused topic, a client
+  setting), stops the pod: the other workers are drained as on SIGTERM and the
+  supervisor exits 1, so that Kubernetes restarts the pod and the failure shows
+  (CrashLoopBackOff), rather than a pod running at part capacity without anyone
+  noticing. ``forecastd_worker_restarts_total`` counts the restarts; the pod is not
+  ready while a worker is down, so its partitions' lag shows in the group.
+
+Why a window, not "deaths in a row without staying up a minute" (the rule before): a
+worker that cannot reach the broker dies after ``kafka.connect_timeout_s``, 60 s by
+default, so it "stayed up" a minute every time and was restarted forever, at part
+capacity, with nothing visible outside the pod but a restart counter.
 """
 
 from __future__ import annotations
@@ -34,9 +42,10 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -50,9 +59,12 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
-MAX_FAILURES = 5
-STABLE_S = 60.0
 PROBE_TIMEOUT_S = 1.0
+EXIT_CANNOT_START = 3
+"""A worker's exit status when its daemon could not start (the constructor raised: no
+broker answered in time, a topic or client setting the broker refused). Restarting
+it would fail the same way, so the supervisor stops the pod at once, as a
+single-process daemon exits 1 in the same case."""
 
 WorkerTarget = Callable[[Settings, int, int], None]
 """Runs in the worker process: (settings, worker index, loopback metrics port)."""
@@ -67,7 +79,7 @@ def drain_timeout_s(settings: Settings) -> float:
 
 def run_worker(settings: Settings, index: int, port: int) -> None:
     """A worker's whole life: an ordinary daemon on a loopback port; exits with its
-    status (0 clean stop, 1 broker failure)."""
+    status (0 clean stop, 1 broker failure while serving, :data:`EXIT_CANNOT_START`)."""
     stop = threading.Event()
     _on_signals(stop)  # first: a SIGTERM while importing or connecting stops cleanly
     threading.Thread(
@@ -91,27 +103,99 @@ def run_worker(settings: Settings, index: int, port: int) -> None:
     kafka_log.setLevel(logging.CRITICAL)  # as the CLI: one line of ours on a failed connect
     try:
         daemon = Daemon(own, stop_event=stop)
-        kafka_log.setLevel(level)
+    except Interrupted:
+        sys.exit(0)
+    except ForecastdError as exc:
+        print(f"forecastd worker {index}: cannot start: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CANNOT_START)
+    except OSError as exc:  # e.g. the loopback port was taken meanwhile: start again
+        print(f"forecastd worker {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    kafka_log.setLevel(level)
+    try:
         status = daemon.run()
     except Interrupted:
         status = 0
     except ForecastdError as exc:
         print(f"forecastd worker {index}: {exc}", file=sys.stderr)
         status = 1
-    except OSError as exc:  # e.g. the loopback port was taken meanwhile: start again
+    except OSError as exc:
         print(f"forecastd worker {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
         status = 1
     sys.exit(status)
 
 
+class Deaths:
+    """When one worker died, within a sliding window: :meth:`died` says whether the
+    pod must stop (``limit`` deaths within ``window_s``), :meth:`backoff` how long to
+    wait before the next start.
+
+    >>> deaths = Deaths(limit=3, window_s=60.0)
+    >>> deaths.died(0.0), deaths.died(10.0), deaths.backoff()
+    (False, False, 2.0)
+    >>> deaths.died(100.0)  # the first two are out of the window by now
+    False
+    >>> deaths.died(110.0), deaths.died(120.0)
+    (False, True)
+    """
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self._times: deque[float] = deque()
+
+    def died(self, now: float) -> bool:
+        """Note a death at ``now``; True when it is the ``limit``-th in the window."""
+        self._times.append(now)
+        while self._times and self._times[0] <= now - self.window_s:
+            self._times.popleft()
+        return len(self._times) >= self.limit
+
+    @property
+    def recent(self) -> int:
+        """Deaths within the window, as of the last one."""
+        return len(self._times)
+
+    def backoff(self) -> float:
+        """1, 2, 4 ... :data:`MAX_BACKOFF_S` seconds, by the deaths in the window."""
+        return min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2.0 ** max(0, len(self._times) - 1))
+
+
+class PodMetrics:
+    """The supervisor's registry: the workers' merged metrics (:class:`PodCollector`,
+    which adds ``forecastd_worker_up``), and the pod's own. A single-process daemon
+    (``processing.workers: 1``) has none of these."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        count: int,
+        endpoints: Callable[[], Sequence[Endpoint]],
+    ) -> None:
+        self.collector = PodCollector(endpoints)
+        registry.register(self.collector)
+        self.restarts = Counter(
+            "forecastd_worker_restarts",
+            "Worker processes restarted after they died (pods of several workers only).",
+            registry=registry,
+        )
+        self.workers = Gauge(
+            "forecastd_workers",
+            "Worker processes this pod runs (pods of several workers only).",
+            registry=registry,
+        )
+        self.workers.set(count)
+
+
 @dataclass
 class _Worker:
     index: int
+    deaths: Deaths
     process: BaseProcess | None = None
     port: int | None = None
     started: float = 0.0
-    failures: int = 0  # deaths in a row, each within STABLE_S of its start
     restart_at: float | None = None
+    exits: list[int | None] = field(default_factory=list)
 
 
 class Pod:
@@ -131,18 +215,15 @@ class Pod:
         self._target = target
         self._clock = clock
         self._context = multiprocessing.get_context("spawn")
-        self._workers = [_Worker(i) for i in range(count)]
+        processing = settings.processing
+        self._workers = [
+            _Worker(i, Deaths(processing.worker_failures, processing.worker_failure_window_s))
+            for i in range(count)
+        ]
         self.registry = CollectorRegistry()
-        self.collector = PodCollector(self.endpoints)
-        self.registry.register(self.collector)
-        self.restarts = Counter(
-            "forecastd_worker_restarts",
-            "Worker processes restarted after they died.",
-            registry=self.registry,
-        )
-        Gauge("forecastd_workers", "Worker processes this pod runs.", registry=self.registry).set(
-            count
-        )
+        self.metrics = PodMetrics(self.registry, count, self.endpoints)
+        self.collector = self.metrics.collector
+        self.restarts = self.metrics.restarts
         self.server = HealthServer(
             self.registry,
             self.ready,
@@ -214,37 +295,62 @@ class Pod:
         )
 
     def _tend(self) -> bool:
-        """Notice deaths, restart what is due; False when a worker keeps dying."""
+        """Notice deaths, restart what is due; False when the pod must stop."""
         now = self._clock()
         for worker in self._workers:
             process = worker.process
             if process is not None and process.exitcode is not None:
                 self.collector.retire(worker.index)
-                up_for = now - worker.started
-                worker.failures = worker.failures + 1 if up_for < STABLE_S else 1
                 worker.process = None
-                if worker.failures >= MAX_FAILURES:
-                    log.error(
-                        "worker %d exited with status %s, %d times in a row: stopping the"
-                        " pod (exit 1) rather than running at part capacity",
-                        worker.index,
-                        process.exitcode,
-                        worker.failures,
-                    )
+                if not self._restartable(worker, process.exitcode, now - worker.started, now):
                     return False
-                backoff = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (worker.failures - 1))
-                worker.restart_at = now + backoff
-                log.error(
-                    "worker %d exited with status %s after %.0fs; restarting in %.0fs",
-                    worker.index,
-                    process.exitcode,
-                    up_for,
-                    backoff,
-                )
             due = worker.restart_at is not None and now >= worker.restart_at
             if worker.process is None and due and not self.stop_event.is_set():
                 self.restarts.inc()
                 self._start(worker)
+        return True
+
+    def _restartable(self, worker: _Worker, status: int, up_for: float, now: float) -> bool:
+        """Log a worker's death; schedule its restart, or return False (the pod stops)."""
+        how = _describe(status)
+        if status == EXIT_CANNOT_START:
+            log.error(
+                "worker %d could not start (its error is above: is a broker listening at"
+                " kafka.bootstrap_servers %s?); restarting it would fail the same way:"
+                " stopping the pod with status 1",
+                worker.index,
+                self.settings.kafka.bootstrap_servers,
+            )
+            return False
+        if worker.deaths.died(now):
+            processing = self.settings.processing
+            log.error(
+                "worker %d %s: its %d%s death within %.0fs (processing.worker_failures:"
+                " %d, processing.worker_failure_window_s: %.0f); stopping the pod with"
+                " status 1 rather than running at part capacity: see the worker's errors"
+                " above",
+                worker.index,
+                how,
+                worker.deaths.recent,
+                _ordinal(worker.deaths.recent),
+                processing.worker_failure_window_s,
+                processing.worker_failures,
+                processing.worker_failure_window_s,
+            )
+            return False
+        backoff = worker.deaths.backoff()
+        worker.restart_at = now + backoff
+        log.error(
+            "worker %d %s after %.0fs up; restarting it in %.0fs (%d of %d deaths allowed"
+            " within %.0fs)",
+            worker.index,
+            how,
+            up_for,
+            backoff,
+            worker.deaths.recent,
+            worker.deaths.limit - 1,
+            worker.deaths.window_s,
+        )
         return True
 
     def _drain(self) -> bool:
@@ -261,6 +367,7 @@ class Pod:
                 log.error("worker %s did not stop in time: killing it", process.name)
                 process.kill()
                 process.join()
+            log.info("%s stopped: %s", process.name, _describe(process.exitcode or 0))
             clean = clean and process.exitcode == 0
         return clean
 
@@ -286,6 +393,27 @@ def _on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _describe(status: int) -> str:
+    """A worker's exit status in words (negative: the signal that killed it)."""
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _ordinal(n: int) -> str:
+    """The English ordinal suffix of ``n``.
+
+    >>> [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22)]
+    ['st', 'nd', 'rd', 'th', 'th', 'th', 'th', 'st', 'nd']
+    """
+    if 10 <= n % 100 <= 20:
+        return "th"
+    return {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
 
 
 def _alive(process: BaseProcess | None) -> bool:

@@ -60,8 +60,18 @@ CONTRACT: Mapping[str, frozenset[str]] = {
     "forecastd_checkpoint_age_seconds": frozenset(),
     "forecastd_restore_duration_seconds": frozenset({"le"}),
     "forecastd_restores_total": frozenset({"outcome"}),
+    # a pod's supervisor (processing.workers > 1)
+    "forecastd_workers": frozenset(),
+    "forecastd_worker_up": frozenset({"worker"}),
+    "forecastd_worker_restarts_total": frozenset(),
 }
 """The metrics the daemon exports (the contract), until the names come from a live daemon."""
+
+POD_ONLY = frozenset(
+    {"forecastd_workers", "forecastd_worker_up", "forecastd_worker_restarts_total"}
+)
+"""Exported by a pod's supervisor (``processing.workers`` > 1) only, never by a
+single-process daemon: tests/integration/test_workers.py checks them on a live pod."""
 
 LABEL_VALUES: Mapping[str, frozenset[str]] = {
     "window": frozenset({"rolling", "total"}),

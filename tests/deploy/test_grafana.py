@@ -78,6 +78,14 @@ def test_dashboard_covers_the_operator_questions() -> None:
         "forecastd_consumer_lag",
         "forecastd_active_series",
         "forecastd_model_updates_total",
+        "forecastd_workers",
+        "forecastd_worker_up",
+        "forecastd_worker_restarts_total",
+        "forecastd_checkpoint_bytes",
+        "forecastd_checkpoint_duration_seconds",
+        "forecastd_checkpoint_age_seconds",
+        "forecastd_restore_duration_seconds",
+        "forecastd_restores_total",
     } <= used
     windows = {
         (metric, value)

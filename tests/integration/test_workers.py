@@ -12,6 +12,7 @@ tests run on both clients.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -22,7 +23,9 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.tools.broker import EmbeddedBroker
+from service.tools.broker import EmbeddedBroker, free_port
+from tests.deploy.metric_names import POD_ONLY, check_names, exported_names, metric_names_used
+from tests.deploy.support import DASHBOARD, RULES
 from tests.integration.kafka_helpers import (
     committed_offsets,
     consume_all,
@@ -108,6 +111,13 @@ class _Output:
     def tail(self) -> str:
         return "".join(self.lines[-60:])
 
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def done(self) -> None:
+        """Wait until the process's output is read to its end (after it exited)."""
+        self._thread.join(timeout=10)
+
 
 def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
     broker: EmbeddedBroker,
@@ -144,6 +154,17 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
         assigned = [own[i][("forecastd_assigned_partitions", ())] for i in own]
         assert pod_samples[("forecastd_assigned_partitions", ())] == sum(assigned) == 4
         assert pod_samples[("forecastd_workers", ())] == 2
+        # every metric the alert rules and the dashboard read is on the pod's page (the
+        # lag gauge has samples once the workers' lag threads measured)
+        used = metric_names_used(RULES, DASHBOARD)
+        assert used >= POD_ONLY
+
+        def missing() -> list[str]:
+            return check_names(used, exported_names(scrape(port)[1]))
+
+        with contextlib.suppress(AssertionError):  # the assert below names what is missing
+            wait_for(lambda: not missing(), 30, "every name on the pod's page")
+        assert missing() == []
         # a non-additive gauge is exported per worker
         assert {("model", "linear"), ("window", "total"), ("worker", "0")} <= {
             label for key in pod_samples if key[0] == "forecastd_model_mae" for label in key[1]
@@ -184,3 +205,78 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
     }
     inputs = consume_all(broker.bootstrap, topics.input, total)
     assert every == {f"{r.topic}:{r.partition}:{r.offset}" for r in inputs}
+
+
+def test_a_pod_whose_workers_cannot_reach_the_broker_stops_with_status_1(
+    broker: EmbeddedBroker,
+) -> None:
+    """Before, such a worker died after kafka.connect_timeout_s each time, "stayed up"
+    long enough to be forgiven, and was restarted forever: a pod at no capacity that
+    nothing outside it noticed."""
+    topics = fresh_topics(broker)
+    nowhere = f"127.0.0.1:{free_port()}"
+    env = settings_env(
+        broker,
+        topics,
+        FORECASTD_PROCESSING__WORKERS="2",
+        FORECASTD_KAFKA__BOOTSTRAP_SERVERS=nowhere,
+        FORECASTD_KAFKA__CONNECT_TIMEOUT_S="2",
+    )
+    pod = start_daemon(env)
+    output = _Output(pod)
+    try:
+        status = pod.wait(timeout=120)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+            pod.wait()
+    output.done()
+    assert status == 1, output.tail()
+    assert f"is a broker listening at kafka.bootstrap_servers {nowhere}?" in output.text()
+    assert "stopping the pod with status 1" in output.text()
+    starts = [int(m[1]) for m in STARTED.finditer(output.text())]
+    assert sorted(starts) == [0, 1], f"a worker was restarted: {output.tail()}"
+
+
+def test_a_worker_that_keeps_dying_stops_the_pod_and_the_other_drains(
+    broker: EmbeddedBroker,
+) -> None:
+    topics = fresh_topics(broker, partitions=4)
+    env = settings_env(
+        broker,
+        topics,
+        FORECASTD_PROCESSING__WORKERS="2",
+        FORECASTD_PROCESSING__WORKER_FAILURES="3",
+        FORECASTD_PROCESSING__WORKER_FAILURE_WINDOW_S="600",
+    )
+    port = int(env["FORECASTD_METRICS__PORT"])
+    pod = start_daemon(env)
+    output = _Output(pod)
+    try:
+        wait_for(lambda: _status(port, "/readyz") == 200, 120, "the pod to be ready")
+        records = _stream()
+        produce(broker.bootstrap, topics.input, records)
+        wait_for(
+            lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) >= len(records),
+            90,
+            "every offset committed",
+        )
+        for death in range(1, 4):
+            pid = output.workers()[1][0]
+            os.kill(pid, signal.SIGKILL)
+            if death < 3:
+                wait_for(lambda pid=pid: output.workers()[1][0] != pid, 30, "a restart")
+                # just started, far from ready: the pod must say so
+                assert _status(port, "/readyz") == 503, output.tail()
+        status = pod.wait(timeout=120)
+    finally:
+        if pod.poll() is None:
+            pod.kill()
+            pod.wait()
+    output.done()
+    assert status == 1, output.tail()
+    text = output.text()
+    assert "worker 1 was killed by SIGKILL: its 3rd death within 600s" in text, output.tail()
+    assert "forecastd-worker-0 stopped: exited with status 0" in text, output.tail()
+    assert len(STARTED.findall(text)) == 4  # two workers, worker 1 restarted twice
+    assert sum(committed_offsets(broker.bootstrap, topics.group).values()) == len(records)

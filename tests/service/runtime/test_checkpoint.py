@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -117,16 +117,24 @@ def _records(start: int, count: int) -> list[RawRecord]:
     ]
 
 
-def _daemon(
-    store: Store, settings: Settings = SETTINGS
-) -> tuple[Processor, Checkpointer, Source, ListSink, Metrics]:
+SinkT = TypeVar("SinkT", bound=ListSink)
+
+
+def _wired(
+    store: Store, settings: Settings, sink: SinkT
+) -> tuple[Processor, Checkpointer, Source, SinkT, Metrics]:
     metrics = Metrics(CollectorRegistry(), settings)
-    sink = ListSink()
     processor = Processor(settings, sink, metrics)
     state = Checkpointer(settings, processor, sink, store, metrics)  # type: ignore[arg-type]
     source = Source()
     state.source = source
     return processor, state, source, sink, metrics
+
+
+def _daemon(
+    store: Store, settings: Settings = SETTINGS
+) -> tuple[Processor, Checkpointer, Source, ListSink, Metrics]:
+    return _wired(store, settings, ListSink())
 
 
 def _batch(
@@ -238,13 +246,7 @@ class TransactionalSink(ListSink):
 def _exactly_once(
     store: Store, settings: Settings = EXACTLY_ONCE
 ) -> tuple[Processor, Checkpointer, Source, TransactionalSink, Metrics]:
-    metrics = Metrics(CollectorRegistry(), settings)
-    sink = TransactionalSink()
-    processor = Processor(settings, sink, metrics)
-    state = Checkpointer(settings, processor, sink, store, metrics)  # type: ignore[arg-type]
-    source = Source()
-    state.source = source
-    return processor, state, source, sink, metrics
+    return _wired(store, settings, TransactionalSink())
 
 
 def test_exactly_once_makes_outputs_visible_with_their_checkpoint_and_offsets() -> None:

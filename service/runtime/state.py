@@ -205,22 +205,11 @@ class StateTopic:
             SnapshotFormatError: ``accept`` was given and a checkpoint's header does
                 not read (another format version).
         """
-        self.ensure()
-        topic, partition = tp
-        ktp = KafkaTopicPartition(self.topic, partition)
-        deadline = time.monotonic() + self._timeout
-        low, high = self._bounds(ktp, deadline)
-        prefix = f"{topic}:{partition}:".encode()
-        window = _FIRST_WINDOW
-        while high > low:
-            start = max(low, high - window)
-            found = _newest_complete(self._read(ktp, start, high, prefix, deadline), accept)
+        for chunks in self._backwards(tp, _FIRST_WINDOW):
+            found = _newest_complete(chunks, accept)
             if found is not None:
                 self._seq[tp] = max(self._seq.get(tp, 0), found.seq)
                 return found
-            if start == low:
-                return None
-            window *= 4
         return None
 
     def newest_offset(self, tp: TopicPartition) -> int | None:
@@ -232,25 +221,34 @@ class StateTopic:
         Raises:
             BrokerError: the partition could not be read within ``state.restore_timeout_s``.
         """
+        for chunks in self._backwards(tp, _PROBE_WINDOW):
+            last: _Chunk | None = None
+            for _, chunk in chunks:
+                if last is None or chunk.offset > last.offset:
+                    last = chunk
+            if last is not None:
+                return last.covers
+        return None
+
+    def _backwards(
+        self, tp: TopicPartition, window: int
+    ) -> Iterator[Iterator[tuple[bytes, _Chunk]]]:
+        """The chunks of ``tp``'s task in its state partition, from its end backwards in
+        windows of ``window`` records, each four times the last, until its start: the
+        newest checkpoint costs about its own bytes to find, however long the
+        partition (all within one ``state.restore_timeout_s``)."""
         self.ensure()
         topic, partition = tp
         ktp = KafkaTopicPartition(self.topic, partition)
         deadline = time.monotonic() + self._timeout
         low, high = self._bounds(ktp, deadline)
         prefix = f"{topic}:{partition}:".encode()
-        window = _PROBE_WINDOW
         while high > low:
             start = max(low, high - window)
-            last: _Chunk | None = None
-            for _, chunk in self._read(ktp, start, high, prefix, deadline):
-                if last is None or chunk.offset > last.offset:
-                    last = chunk
-            if last is not None:
-                return last.covers
+            yield self._read(ktp, start, high, prefix, deadline)
             if start == low:
-                return None
+                return
             window *= 4
-        return None
 
     def partitions(self) -> list[int]:
         """The state topic's partitions (empty if it does not exist)."""

@@ -52,7 +52,7 @@ from bench.throughput import (
     WARM_UP,
     _daemon_settings,
     _read,
-    config_path,
+    add_stream_options,
     running_pod,
     wait_done,
 )
@@ -66,7 +66,6 @@ from service.runtime.watchdog import Watchdog
 from service.tools import replay
 from service.tools.broker import EmbeddedBroker
 
-ROOT = Path(__file__).resolve().parents[1]
 AFTER_STALL_S = 0.5
 """A prediction whose event arrived during a checkpoint or a full collection, or this
 long after one ended, counts as one a stall delayed (the queue it left drains)."""
@@ -361,14 +360,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, required=True, help="events/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced seconds")
-    parser.add_argument(
-        "--config",
-        type=config_path,
-        default=ROOT / "configs" / "demo.yaml",
-        help="a config file, or 'default' for the built-in settings",
-    )
-    parser.add_argument("--dataset", default="sp500")
-    parser.add_argument("--keys", type=int, default=None, help="spread over this many keys")
+    add_stream_options(parser)
     parser.add_argument(
         "--set",
         action="append",

@@ -282,6 +282,19 @@ def config_path(value: str) -> Path | None:
     return None if value == "default" else Path(value)
 
 
+def add_stream_options(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--dataset`` and ``--keys``: what the daemon runs and on what
+    (this benchmark's and ``bench.latency``'s)."""
+    parser.add_argument(
+        "--config",
+        type=config_path,
+        default=ROOT / "configs" / "demo.yaml",
+        help="a config file, or 'default' for the built-in settings",
+    )
+    parser.add_argument("--dataset", default="sp500")
+    parser.add_argument("--keys", type=int, default=None, help="spread over this many keys")
+
+
 def history(args: argparse.Namespace, schema: SchemaSettings, count: int) -> list[Pair]:
     """``count`` records of ``--dataset``, spread over ``--keys`` keys if given."""
     pairs = repeated_history(args.dataset, schema, count)
@@ -291,14 +304,7 @@ def history(args: argparse.Namespace, schema: SchemaSettings, count: int) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
-    parser.add_argument(
-        "--config",
-        type=config_path,
-        default=ROOT / "configs" / "demo.yaml",
-        help="a config file, or 'default' for the built-in settings",
-    )
-    parser.add_argument("--dataset", default="sp500")
-    parser.add_argument("--keys", type=int, default=None, help="spread over this many keys")
+    add_stream_options(parser)
     parser.add_argument("--clients", nargs="*", default=list(RAW), choices=list(RAW))
     parser.add_argument("--workers", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="best of, raw and daemon")

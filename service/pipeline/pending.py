@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -126,6 +128,34 @@ def compact(pending: dict[str, deque[Ref]]) -> None:
         for position in range(len(queue)):
             queue[position] = (rows, index)
             index += 1
+
+
+def pack(pending: dict[str, deque[Ref]]) -> dict[str, Any]:
+    """``pending`` as a few arrays, for a checkpoint: pickling a queue and a tuple per
+    waiting prediction took most of a checkpoint's time with many keys. The polls'
+    arrays (:class:`Rows`) are stored once each, as before."""
+    refs = [ref for queue in pending.values() for ref in queue]
+    polls, rows = zip(*refs, strict=True) if refs else ((), ())
+    ids = np.fromiter(map(id, polls), dtype=np.int64, count=len(polls))
+    _, first, source = np.unique(ids, return_index=True, return_inverse=True)
+    return {
+        "keys": list(pending),
+        "lengths": np.fromiter(map(len, pending.values()), dtype=np.intp, count=len(pending)),
+        "sources": [polls[i] for i in first],
+        "source": source.astype(np.intp),
+        "row": np.array(rows, dtype=np.intp),
+    }
+
+
+def unpack(packed: dict[str, Any]) -> dict[str, deque[Ref]]:
+    """The queues :func:`pack` packed, in their order."""
+    sources: list[Rows] = packed["sources"]
+    polls = map(sources.__getitem__, packed["source"].tolist())
+    refs = iter(zip(polls, packed["row"].tolist(), strict=True))
+    return {
+        key: deque(islice(refs, length))
+        for key, length in zip(packed["keys"], packed["lengths"].tolist(), strict=True)
+    }
 
 
 def column_of(matrix: Callable[[Rows], FloatArray], column: int) -> Callable[[Rows], FloatArray]:

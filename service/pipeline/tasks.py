@@ -49,7 +49,16 @@ from service.pipeline.counts import TaskCounts
 from service.pipeline.drift import DriftMonitor
 from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
 from service.pipeline.intervals import Coverage, CoverageStats, Intervals
-from service.pipeline.pending import COMPACT_EVERY, Gather, Ref, Rows, column_of, compact
+from service.pipeline.pending import (
+    COMPACT_EVERY,
+    Gather,
+    Ref,
+    Rows,
+    column_of,
+    compact,
+    pack,
+    unpack,
+)
 from service.pipeline.scoring import LARGEST, Scorer, ScoreStats
 from service.pipeline.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
 from service.pipeline.windows import WindowStore
@@ -718,7 +727,7 @@ class PartitionTask:
             "windows": self._windows,
             "seasons": self._seasons,
             "scaler": self._scaler,
-            "pending": self._pending,
+            "pending": pack(self._pending),
             "strikes": self._strikes,
             "batches": self._batches,
             "seeded_only": self.seeded_only,
@@ -751,7 +760,10 @@ class PartitionTask:
         self._windows = state["windows"]
         self._seasons = state["seasons"]
         self._scaler = state["scaler"]
-        self._pending = state["pending"]
+        pending = state["pending"]  # packed, or (older checkpoints) the queues themselves
+        self._pending = (
+            unpack(pending) if isinstance(pending.get("lengths"), np.ndarray) else pending
+        )
         self._strikes = state["strikes"]
         self._batches = int(state["batches"])
         self.seeded_only = int(state["seeded_only"])
@@ -766,4 +778,4 @@ class PartitionTask:
     @property
     def pending_predictions(self) -> int:
         """Predictions waiting for their true value."""
-        return sum(len(queue) for queue in self._pending.values())
+        return sum(map(len, self._pending.values()))

@@ -28,6 +28,17 @@ def _no_batch(rows: npt.NDArray[np.intp], offsets: npt.NDArray[np.intp]) -> Floa
     raise RuntimeError("read() needs a push_many() first")
 
 
+def _tail_index(
+    slots: npt.NDArray[np.intp], held: npt.NDArray[np.intp], window: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """(rows, columns) of the last ``held[i]`` cells of each row ``slots[i]``: where a
+    young key's values are (its row is NaN-padded on the left)."""
+    rows = np.repeat(slots, held)
+    starts = np.cumsum(held) - held  # of each row's run in the flat result
+    columns = window - np.repeat(held, held) + np.arange(len(rows)) - np.repeat(starts, held)
+    return rows, columns
+
+
 class WindowStore:
     """The last ``window`` target values of every live key of one task.
 
@@ -74,6 +85,7 @@ class WindowStore:
             if not self._free:
                 self._grow()
             slot = self._free.pop()
+            self._values[slot] = np.nan  # rows are filled when handed out (see _grow)
             self._slots[key] = slot
         self._last_seen[key] = self._clock()
         self._last_seen.move_to_end(key)
@@ -261,21 +273,59 @@ class WindowStore:
             self._newest_ts[slot] = state["newest_ts"][index]
 
     def __getstate__(self) -> dict[str, Any]:
-        """For a whole-task checkpoint (:mod:`service.runtime.snapshot`), slots unchanged (the
-        task's per-slot state refers to them): the last poll's reader is transient,
-        and last-seen times are kept as ages, since another process's monotonic
-        clock starts elsewhere."""
+        """For a whole-task checkpoint (:mod:`service.runtime.snapshot`), slots unchanged
+        (the task's per-slot state refers to them), in a compact form: the last poll's
+        reader is transient; of each key's row only the values it holds (a young key's
+        NaN padding is most of the matrix when keys are many and short-lived, and
+        copying and compressing it was most of a checkpoint's time); the key maps as
+        arrays (one object per key pickles slowly); last-seen times as ages, since
+        another process's monotonic clock starts elsewhere."""
         state = dict(self.__dict__)
-        del state["_reader"]
-        now = self._clock()
-        state["_last_seen"] = [(key, now - seen) for key, seen in self._last_seen.items()]
+        del state["_reader"], state["_values"], state["_slots"], state["_last_seen"]
+        keys = list(self._slots)
+        slots = np.fromiter(self._slots.values(), dtype=np.intp, count=len(keys))
+        held = np.minimum(self._counts[slots], self.window)
+        full = held == self.window
+        young = _tail_index(slots[~full], held[~full], self.window)
+        state["_free"] = np.array(self._free, dtype=np.intp)
+        state["_compact"] = {
+            "capacity": self.capacity,
+            "keys": keys,
+            "slots": slots,
+            "held": held,
+            "full": self._values[slots[full]],  # rows as they are
+            "young": self._values[young],  # the values of the others, flat
+            "recency": np.fromiter(
+                map(self._slots.__getitem__, self._last_seen), dtype=np.intp, count=len(keys)
+            ),
+            "ages": self._clock() - np.fromiter(self._last_seen.values(), dtype=np.float64),
+        }
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        ages = state.pop("_last_seen")
+        compact = state.pop("_compact", None)
+        if compact is None:  # the layout before the compact form
+            ages = state.pop("_last_seen")
+            self.__dict__.update(state)
+            now = self._clock()
+            self._last_seen = OrderedDict((key, now - age) for key, age in ages)
+            self._reader = _no_batch
+            return
         self.__dict__.update(state)
+        self._free = state["_free"].tolist()
+        keys, slots, held = compact["keys"], compact["slots"], compact["held"]
+        full = held == self.window
+        self._values = np.empty((compact["capacity"], self.window))  # as _grow leaves it
+        self._values[slots[~full]] = np.nan
+        self._values[slots[full]] = compact["full"]
+        self._values[_tail_index(slots[~full], held[~full], self.window)] = compact["young"]
+        self._slots = dict(zip(keys, slots.tolist(), strict=True))
+        key_of = dict(zip(slots.tolist(), keys, strict=True))
         now = self._clock()
-        self._last_seen = OrderedDict((key, now - age) for key, age in ages)
+        self._last_seen = OrderedDict(
+            (key_of[slot], now - age)
+            for slot, age in zip(compact["recency"].tolist(), compact["ages"].tolist(), strict=True)
+        )
         self._reader = _no_batch
 
     def _drop(self, key: str) -> None:
@@ -287,9 +337,13 @@ class WindowStore:
         self._free.append(slot)
 
     def _grow(self) -> None:
+        """Double the rows. The new rows are left unwritten (:meth:`slot` fills a row
+        when it hands it out): the allocator maps them lazily, so a doubling costs
+        the copy of the rows in use, not a write of the whole new matrix, which with a
+        long history and many keys is hundreds of megabytes, all at once."""
         old = len(self._counts)
         new = old * 2
-        values = np.full((new, self.window), np.nan)
+        values = np.empty((new, self.window))
         values[:old] = self._values
         self._values = values
         self._counts = np.concatenate([self._counts, np.zeros(old, dtype=np.int64)])

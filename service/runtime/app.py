@@ -351,7 +351,7 @@ def run_loop(
             result = processor.process(records)
             complete_batch(result, sink, source, processor, metrics, state, len(records))
         elif state is not None and state.due():
-            state.checkpoint()
+            state.scheduled()
         if watchdog is not None and (records or watchdog.waiting == 0):
             watchdog.progressed()
         if source.exhausted:

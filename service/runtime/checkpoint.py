@@ -15,7 +15,10 @@ For every batch, in this order (both delivery modes):
 
 A checkpoint (:class:`Checkpointer`), in this order:
 
-1. **Snapshot** every owned task whose input moved since its last checkpoint
+1. **Snapshot** the tasks (with at-least-once, when due, one task per turn of the
+   loop, a *round*, so that the loop never stops for all of them at once; on
+   revocation the revoked ones; at shutdown and with exactly-once every one) whose
+   input moved since its last checkpoint
    (:mod:`service.runtime.snapshot`), recording the offset it covers: the next input
    offset, every record below it learned, none at or above it.
 2. **Send** the snapshots to the state topic (:mod:`service.runtime.state`).
@@ -75,6 +78,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -231,7 +235,7 @@ def complete_batch(
         state.unflushed = False
         state.processed(records)
         if state.due():
-            state.checkpoint()
+            state.scheduled()
     elif result.offsets:
         source.commit(result.offsets)
         metrics.commits.inc()
@@ -274,6 +278,7 @@ class Checkpointer:
         self._written_at: dict[TopicPartition, float] = {}
         self._events = 0
         self._since = clock()
+        self._round: deque[TopicPartition] = deque()  # tasks left in a round (scheduled)
         self.restoring = False
         self.unflushed = False  # a batch was processed whose flush has not returned
         self._pending: set[TopicPartition] = set()  # assigned, restore deferred to the loop
@@ -287,8 +292,38 @@ class Checkpointer:
         self._events += records
 
     def due(self) -> bool:
+        """A round of checkpoints is due, or one is under way."""
         state = self._settings.state
-        return self._events >= state.every_events or self._clock() - self._since >= state.interval_s
+        return (
+            bool(self._round)
+            or self._events >= state.every_events
+            or self._clock() - self._since >= state.interval_s
+        )
+
+    def scheduled(self) -> int:
+        """The checkpoint :meth:`due` asked for; returns how many tasks it wrote.
+
+        At-least-once: a *round*, one task per call (the loop calls once per turn),
+        each committed on its own, so that the loop never stops for every task's
+        snapshot at once: with many keys a task's snapshot takes a while, and
+        the records arriving meanwhile wait. The round starts the next interval. A
+        task with nothing new is passed over in the same call. With an atomic commit
+        order (exactly-once) every task goes in one transaction, as
+        :attr:`CommitOrder.atomic` requires.
+        """
+        if self._order.atomic:
+            return self.checkpoint()
+        if not self._round:
+            self._round.extend(tp for tp in self._processor.tasks if tp not in self._pending)
+            self._events = 0
+            self._since = self._clock()
+        while self._round:
+            tp = self._round.popleft()
+            if tp in self._processor.tasks and tp not in self._pending:
+                written = self.checkpoint([tp])
+                if written:
+                    return written
+        return 0
 
     # -- writing --------------------------------------------------------------------------
 

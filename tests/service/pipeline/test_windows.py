@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -112,3 +115,73 @@ def test_push_many_holds_each_keys_values_in_order(
         assert store.newest_ts(slot) == max(
             [t for t, (k, _) in enumerate(before + batch) if k == key]
         )
+
+
+class _Clock:
+    """A settable clock that pickles (a store pickles its clock)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _same_store(copy: WindowStore, store: WindowStore) -> None:
+    """Every live slot's window, count and time, the key → slot map, the recency order
+    and the free slots are the same."""
+    assert copy._slots == store._slots
+    assert [key for _, key in copy.by_recency()] == [key for _, key in store.by_recency()]
+    seen = [when for when, _ in store.by_recency()]
+    assert [when for when, _ in copy.by_recency()] == pytest.approx(seen, abs=1.0)
+    assert copy._free == store._free
+    assert copy.capacity == store.capacity
+    for slot in store._slots.values():
+        np.testing.assert_array_equal(copy.row(slot), store.row(slot))
+        assert copy.count(slot) == store.count(slot)
+        assert copy.newest_ts(slot) == store.newest_ts(slot)
+
+
+@given(events, st.integers(2, 6), st.integers(0, 3))
+def test_a_pickled_store_is_the_same_store(
+    stream: list[tuple[str, float]], window: int, max_keys: int
+) -> None:
+    """Young keys (NaN-padded), full windows, evicted keys' free slots: the compact
+    form a checkpoint pickles restores every one as it was, slots unchanged."""
+    clock = _Clock()
+    store = WindowStore(window, max_keys=max_keys or 1_000_000, clock=clock)
+    for ts, (key, y) in enumerate(stream):
+        clock.now = float(ts)
+        store.push(store.slot(key), ts, y)
+        store.evict()
+    copy = pickle.loads(pickle.dumps(store, protocol=5))  # noqa: S301 - our own bytes
+    copy._clock = store._clock
+    _same_store(copy, store)
+    # and it goes on as the original: a new key gets a clean row in a reused slot
+    for target in (store, copy):
+        target.push(target.slot("new"), 10_000, 1.0)
+    _same_store(copy, store)
+    assert np.isnan(copy.row(copy.slot("new"))[:-1]).all()
+
+
+def test_a_store_pickled_in_the_earlier_full_layout_still_loads() -> None:
+    """Checkpoints written before the compact form held the whole matrix."""
+    store = WindowStore(window=3, initial_capacity=2, clock=lambda: 0.0)
+    for ts, key in enumerate(["a", "b", "a", "c", "a"]):
+        store.push(store.slot(key), ts, float(ts))
+    earlier = {key: value for key, value in store.__dict__.items() if key != "_reader"}
+    earlier["_last_seen"] = [(key, 0.0) for key in store._last_seen]
+    copy = WindowStore.__new__(WindowStore)
+    copy.__setstate__(earlier)
+    _same_store(copy, store)
+
+
+def test_rows_of_a_grown_store_are_clean_when_handed_out() -> None:
+    """Growing leaves the new rows unwritten; a key never sees another's values, nor
+    an evicted key's."""
+    store = WindowStore(window=4, initial_capacity=1, max_keys=6)
+    for ts, key in enumerate("abcdefghij"):
+        store.push(store.slot(key), ts, float(ts))
+        store.evict()
+        assert np.isnan(store.row(store.slot(key))[:-1]).all()
+    assert store.capacity == 8

@@ -158,6 +158,25 @@ def test_offsets_are_committed_only_with_a_checkpoint_up_to_what_it_covers() -> 
     assert TP in store.blobs
 
 
+def test_a_due_checkpoint_writes_one_task_per_turn_each_committed_on_its_own() -> None:
+    """At-least-once: a round, so that the loop never stops for every task at once;
+    a task with nothing new is passed over; the round starts the next interval."""
+    store = Store()
+    processor, state, source, _, _ = _daemon(store)
+    tps = [TP, (TP[0], 1), (TP[0], 2)]
+    state.on_assigned(tps)
+    state.after_poll([])
+    moved = _records(0, 60) + [r._replace(partition=1) for r in _records(0, 60)]
+    _batch(processor, state, source, moved)  # 120 >= every_events: due, first of the round
+    assert source.commits == [{TP: 60}]
+    assert state.due()  # the round goes on, whatever the schedule says
+    assert state.scheduled() == 1
+    assert source.commits == [{TP: 60}, {tps[1]: 60}]
+    assert sorted(store.blobs) == tps[:2]  # partition 2 had nothing new
+    assert state.scheduled() == 0
+    assert not state.due()  # the round is over and the interval starts from it
+
+
 def test_an_assigned_partition_is_restored_sought_and_resumed_before_its_records() -> None:
     store = Store()
     processor, state, source, _, _ = _daemon(store)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import pickle
 import struct
+import zlib
 
 import orjson
 import pytest
@@ -33,8 +36,8 @@ def _records(start: int, count: int, keys: int = 4) -> list[RawRecord]:
     return out
 
 
-def _processor() -> Processor:
-    processor = Processor(SETTINGS, ListSink(), Metrics(CollectorRegistry(), SETTINGS))
+def _processor(settings: Settings = SETTINGS) -> Processor:
+    processor = Processor(settings, ListSink(), Metrics(CollectorRegistry(), settings))
     processor.on_assigned([TP])
     return processor
 
@@ -46,7 +49,7 @@ def _feed(processor: Processor, records: list[RawRecord]) -> list[Prediction]:
     return out
 
 
-def _checkpoint(processor: Processor) -> bytes:
+def _checkpoint(processor: Processor, settings: Settings = SETTINGS) -> bytes:
     task = processor.tasks[TP]
     return snapshot.encode(
         task.state(),
@@ -56,7 +59,7 @@ def _checkpoint(processor: Processor) -> bytes:
         keys=task.active_series,
         pending=task.pending_predictions,
         features=processor.features or (),
-        settings_fingerprint=snapshot.fingerprint(SETTINGS),
+        settings_fingerprint=snapshot.fingerprint(settings),
     )
 
 
@@ -84,6 +87,52 @@ def test_a_restored_task_predicts_and_learns_exactly_as_the_original() -> None:
     assert min(p.model_version for p in got) > 0
     assert (
         restored.tasks[TP].scores()["ensemble"][0].n == original.tasks[TP].scores()["ensemble"][0].n
+    )
+
+
+# A short history and a key cap below the keys: full windows, evicted keys' slots
+# handed to others, young keys, all in one checkpoint.
+CROWDED = Settings.model_validate(
+    {
+        "kafka": {"max_poll_records": 50},
+        "forecast": {"window": 8, "lags": 4, "history": 12, "max_keys": 5},
+    }
+)
+
+
+def test_a_crowded_task_continues_exactly_after_a_restore() -> None:
+    original = _processor(CROWDED)
+    _feed(original, _records(0, 600, keys=7) + _records(600, 30, keys=3))
+    header, state = snapshot.decode(_checkpoint(original, CROWDED))
+    restored = _processor(CROWDED)
+    restored.restore(TP, header.features, state)
+    later = _records(630, 300, keys=6)
+    expected, got = _feed(original, later), _feed(restored, later)
+    assert len(got) == len(expected) > 0
+    assert [(p.key, p.source, p.model_version) for p in got] == [
+        (p.key, p.source, p.model_version) for p in expected
+    ]
+    assert [p.y_hat for p in got] == pytest.approx([p.y_hat for p in expected], rel=1e-9)
+
+
+def test_a_checkpoint_of_the_earlier_codec_is_still_read() -> None:
+    """Bodies written as one zlib-compressed pickle (``pickle5+zlib``) still restore."""
+    processor = _processor()
+    _feed(processor, _records(0, 200))
+    blob = _checkpoint(processor)
+    header, state = snapshot.decode(blob)
+    body = zlib.compress(pickle.dumps(state, protocol=5), 1)
+    meta = orjson.dumps(
+        {**dataclasses.asdict(header), "codec": "pickle5+zlib", "body_bytes": len(body)}
+    )
+    earlier = struct.pack(">4sHI", b"FDCP", FORMAT_VERSION, len(meta)) + meta + body
+    again, state_again = snapshot.decode(earlier)
+    assert again.codec == "pickle5+zlib"
+    restored = _processor()
+    restored.restore(TP, again.features, state_again)
+    later = _records(200, 100)
+    assert [p.y_hat for p in _feed(restored, later)] == pytest.approx(
+        [p.y_hat for p in _feed(processor, later)], rel=1e-9
     )
 
 

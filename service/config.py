@@ -274,12 +274,16 @@ class ScoringSettings(_Section):
 
 class DriftSettings(_Section):
     """Drift detectors on each model's absolute residuals. ``action``: what a confirmed
-    drift of an ensemble member does: ``shrink`` multiplies every key's ensemble memory
-    by ``shrink`` (so the ensemble re-learns whom to trust from the new regime's
-    errors), ``none`` only counts it."""
+    drift of an ensemble member does: ``none`` (the default) only counts it,
+    ``shrink`` multiplies every key's ensemble memory by ``shrink`` (so the ensemble
+    re-learns whom to trust from the new regime's errors). ``none`` is the default
+    because on the ten ``bench.quality`` datasets ``shrink`` helped by 0.02% at most and cost
+    2.5% MAE on the heart-beat waveform: a detector on a partition's pooled residuals
+    fires on noise, and its action reaches every key, while fixed share already lets a
+    member that became the best take over within a few dozen events."""
 
     detectors: tuple[Literal["adwin", "page_hinkley"], ...] = ("adwin", "page_hinkley")
-    action: Literal["shrink", "none"] = "shrink"
+    action: Literal["shrink", "none"] = "none"
     shrink: float = Field(0.2, ge=0.0, le=1.0)
     adwin_delta: float = Field(0.002, gt=0, lt=1)
     page_hinkley_threshold: float = Field(50.0, gt=0)

@@ -144,7 +144,11 @@ def test_the_poll_size_changes_not_when_a_drift_reshuffles_the_ensemble() -> Non
     maes = {}
     original = Hedge.drift
     for poll, log in shrinks.items():
-        settings = _settings(kafka={"max_poll_records": poll}, scoring={"rolling_window": 100})
+        settings = _settings(
+            kafka={"max_poll_records": poll},
+            scoring={"rolling_window": 100},
+            drift={"action": "shrink"},
+        )
 
         def logged(
             self: Hedge, member: int, factor: float, log: list[tuple[int, int]] = log

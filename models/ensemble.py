@@ -13,9 +13,9 @@ ch. 2-3) under two changes that make it track a best member that changes over ti
 * *discounting*: past losses fade with a memory of ``memory`` events. With
   ``drift.action: shrink`` (not the default) a confirmed drift of a member whose
   errors fell also forgets that member's past on every key, so it takes over at
-  once; on the quality benchmark that helped by 0.02% at most (a detector on a partition's
-  pooled residuals also fires on noise, and the action reaches every key), so by
-  default fixed share alone does the switching.
+  once; on the quality benchmark that helped almost nowhere (a detector on a
+  partition's pooled residuals also fires on noise, and the action reaches every
+  key), so by default fixed share alone does the switching.
 
 The loss is the absolute error (``loss: squared``: the squared error) divided by the
 key's best member's running mean of it (a plain mean over the first ``memory``

@@ -277,9 +277,9 @@ class DriftSettings(_Section):
     drift of an ensemble member does: ``none`` (the default) only counts it,
     ``shrink`` multiplies every key's ensemble memory by ``shrink`` (so the ensemble
     re-learns whom to trust from the new regime's errors). ``none`` is the default
-    because on the ten ``bench.quality`` datasets ``shrink`` helped by 0.02% at most and cost
-    2.5% MAE on the heart-beat waveform: a detector on a partition's pooled residuals
-    fires on noise, and its action reaches every key, while fixed share already lets a
+    because on the ``bench.quality`` datasets ``shrink`` helped almost nowhere and cost
+    MAE on several (README, "Forecast quality"): a detector on a partition's pooled
+    residuals fires on noise, and its action reaches every key, while fixed share already lets a
     member that became the best take over within a few dozen events."""
 
     detectors: tuple[Literal["adwin", "page_hinkley"], ...] = ("adwin", "page_hinkley")

@@ -291,7 +291,8 @@ class PartitionTask:
             rows, new, refs, np.asarray(truth), index, np.asarray(resolved_at, dtype=np.intp)
         )
         self._batches += 1
-        if self._batches % COMPACT_EVERY == 0:
+        # offset by partition: the tasks of one poll do not all compact in the same poll
+        if (self._batches + self.partition) % COMPACT_EVERY == 0:
             compact(self._pending)
         return TaskOutput(predictions, invalid, self.take_counts())
 

@@ -1,6 +1,7 @@
 """Per-key rolling windows with bounded memory.
 
-All keys of a partition task share one ``(capacity, W)`` float64 matrix; a key owns a
+All keys of a partition task share one ``(capacity, W)`` float64 matrix (kept in
+blocks that grow without copying: :mod:`service.pipeline.blocks`); a key owns a
 row (its *slot*), ordered oldest to newest and left-padded with NaN while the key is
 young. Pushing shifts the row by one: O(W) in C, no Python-level ring arithmetic, and
 the feature pipeline can read many windows at once by fancy indexing.
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from service.pipeline.blocks import BLOCK_ROWS, RowBlocks
 
 _NO_TS = np.iinfo(np.int64).min
 FloatArray = npt.NDArray[np.float64]
@@ -56,12 +59,14 @@ class WindowStore:
         max_keys: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
         initial_capacity: int = 64,
+        block_rows: int = BLOCK_ROWS,
     ) -> None:
         self.window = window
         self._ttl_s = ttl_s
         self._max_keys = max_keys
         self._clock = clock
-        self._values = np.full((initial_capacity, window), np.nan)
+        self._block_rows = block_rows
+        self._values = RowBlocks(window, initial_capacity, block_rows)
         self._counts = np.zeros(initial_capacity, dtype=np.int64)
         self._newest_ts = np.full(initial_capacity, _NO_TS, dtype=np.int64)
         self._slots: dict[str, int] = {}
@@ -85,7 +90,7 @@ class WindowStore:
             if not self._free:
                 self._grow()
             slot = self._free.pop()
-            self._values[slot] = np.nan  # rows are filled when handed out (see _grow)
+            self._values.row(slot)[:] = np.nan  # rows are filled when handed out
             self._slots[key] = slot
         self._last_seen[key] = self._clock()
         self._last_seen.move_to_end(key)
@@ -98,7 +103,7 @@ class WindowStore:
 
     def last(self, slot: int) -> float:
         """The newest value of ``slot`` (NaN for a key without values)."""
-        return float(self._values[slot, -1])
+        return float(self._values.row(slot)[-1])
 
     def newest_of(self, slots: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
         """The newest event time of each of ``slots`` (int64 min where none)."""
@@ -153,7 +158,7 @@ class WindowStore:
         starts = np.cumsum(counts) - counts  # of each group in the grouped values
         group_of = np.searchsorted(grouped, slots)
         old = len(grouped) * width
-        values = np.concatenate([self._values[grouped].ravel(), ys[order]])
+        values = np.concatenate([self._values.take(grouped).ravel(), ys[order]])
 
         def gather(
             group: npt.NDArray[np.intp],
@@ -174,8 +179,8 @@ class WindowStore:
         self._reader = read
         take = width if columns is None else min(columns, width)
         windows = gather(group_of, starts[group_of], seen, np.arange(-take, 0))
-        self._values[grouped] = gather(
-            np.arange(len(grouped)), starts, counts, np.arange(-width, 0)
+        self._values.put(
+            grouped, gather(np.arange(len(grouped)), starts, counts, np.arange(-width, 0))
         )
         self._counts[grouped] += counts
         np.maximum.at(self._newest_ts, slots, ts_ms)
@@ -190,7 +195,7 @@ class WindowStore:
 
     def row(self, slot: int) -> npt.NDArray[np.float64]:
         """A copy of the window of ``slot``, oldest first."""
-        row: npt.NDArray[np.float64] = self._values[slot].copy()
+        row: npt.NDArray[np.float64] = self._values.row(slot).copy()
         return row
 
     @property
@@ -255,7 +260,7 @@ class WindowStore:
         return {
             "window": self.window,
             "keys": keys,
-            "values": self._values[slots].copy(),
+            "values": self._values.take(slots),
             "counts": self._counts[slots].copy(),
             "newest_ts": self._newest_ts[slots].copy(),
         }
@@ -268,7 +273,7 @@ class WindowStore:
             self._drop(key)
         for index, key in enumerate(state["keys"]):
             slot = self.slot(key)
-            self._values[slot] = state["values"][index]
+            self._values.row(slot)[:] = state["values"][index]
             self._counts[slot] = state["counts"][index]
             self._newest_ts[slot] = state["newest_ts"][index]
 
@@ -293,8 +298,8 @@ class WindowStore:
             "keys": keys,
             "slots": slots,
             "held": held,
-            "full": self._values[slots[full]],  # rows as they are
-            "young": self._values[young],  # the values of the others, flat
+            "full": self._values.take(slots[full]),  # rows as they are
+            "young": self._values.cells(*young),  # the values of the others, flat
             "recency": np.fromiter(
                 map(self._slots.__getitem__, self._last_seen), dtype=np.intp, count=len(keys)
             ),
@@ -304,9 +309,13 @@ class WindowStore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         compact = state.pop("_compact", None)
-        if compact is None:  # the layout before the compact form
+        if compact is None:  # the layout before the compact form: one whole matrix
             ages = state.pop("_last_seen")
             self.__dict__.update(state)
+            matrix = state["_values"]
+            self._block_rows = BLOCK_ROWS
+            self._values = RowBlocks(self.window, len(matrix))
+            self._values.put(np.arange(len(matrix)), matrix)
             now = self._clock()
             self._last_seen = OrderedDict((key, now - age) for key, age in ages)
             self._reader = _no_batch
@@ -315,10 +324,13 @@ class WindowStore:
         self._free = state["_free"].tolist()
         keys, slots, held = compact["keys"], compact["slots"], compact["held"]
         full = held == self.window
-        self._values = np.empty((compact["capacity"], self.window))  # as _grow leaves it
-        self._values[slots[~full]] = np.nan
-        self._values[slots[full]] = compact["full"]
-        self._values[_tail_index(slots[~full], held[~full], self.window)] = compact["young"]
+        # free rows stay unwritten, as after a growth
+        self._values = RowBlocks(self.window, compact["capacity"], self._block_rows)
+        self._values.put(slots[~full], np.nan)
+        self._values.put(slots[full], compact["full"])
+        self._values.put_cells(
+            *_tail_index(slots[~full], held[~full], self.window), compact["young"]
+        )
         self._slots = dict(zip(keys, slots.tolist(), strict=True))
         key_of = dict(zip(slots.tolist(), keys, strict=True))
         now = self._clock()
@@ -331,21 +343,18 @@ class WindowStore:
     def _drop(self, key: str) -> None:
         slot = self._slots.pop(key)
         del self._last_seen[key]
-        self._values[slot] = np.nan
+        self._values.row(slot)[:] = np.nan
         self._counts[slot] = 0
         self._newest_ts[slot] = _NO_TS
         self._free.append(slot)
 
     def _grow(self) -> None:
-        """Double the rows. The new rows are left unwritten (:meth:`slot` fills a row
-        when it hands it out): the allocator maps them lazily, so a doubling costs
-        the copy of the rows in use, not a write of the whole new matrix, which with a
-        long history and many keys is hundreds of megabytes, all at once."""
+        """Double the slots. The new rows are left unwritten (:meth:`slot` fills a row
+        when it hands it out), and the rows in use are not copied
+        (:class:`~service.pipeline.blocks.RowBlocks`)."""
         old = len(self._counts)
         new = old * 2
-        values = np.empty((new, self.window))
-        values[:old] = self._values
-        self._values = values
+        self._values.grow(new)
         self._counts = np.concatenate([self._counts, np.zeros(old, dtype=np.int64)])
         self._newest_ts = np.concatenate([self._newest_ts, np.full(old, _NO_TS, dtype=np.int64)])
         self._free.extend(range(new - 1, old - 1, -1))

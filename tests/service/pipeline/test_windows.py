@@ -16,11 +16,11 @@ events = st.lists(
 )
 
 
-@given(events, st.integers(2, 8))
+@given(events, st.integers(2, 8), st.sampled_from([1, 2, 4096]))
 def test_each_window_holds_the_last_w_values_of_its_key(
-    stream: list[tuple[str, float]], window: int
+    stream: list[tuple[str, float]], window: int, block_rows: int
 ) -> None:
-    store = WindowStore(window=window, initial_capacity=1)
+    store = WindowStore(window=window, initial_capacity=1, block_rows=block_rows)
     history: dict[str, list[float]] = {}
     for ts, (key, y) in enumerate(stream):
         store.push(store.slot(key), ts, y)
@@ -84,7 +84,7 @@ def test_push_many_holds_each_keys_values_in_order(
 ) -> None:
     """Windows just before (or after) each value of a batch, and the state it leaves,
     are those of each key's plain history."""
-    store = WindowStore(window, initial_capacity=1)
+    store = WindowStore(window, initial_capacity=1, block_rows=2)
     history: dict[str, list[float]] = {}
     for ts, (key, y) in enumerate(before):
         store.push(store.slot(key), ts, y)
@@ -142,14 +142,16 @@ def _same_store(copy: WindowStore, store: WindowStore) -> None:
         assert copy.newest_ts(slot) == store.newest_ts(slot)
 
 
-@given(events, st.integers(2, 6), st.integers(0, 3))
+@given(events, st.integers(2, 6), st.integers(0, 3), st.sampled_from([1, 2, 4096]))
 def test_a_pickled_store_is_the_same_store(
-    stream: list[tuple[str, float]], window: int, max_keys: int
+    stream: list[tuple[str, float]], window: int, max_keys: int, block_rows: int
 ) -> None:
     """Young keys (NaN-padded), full windows, evicted keys' free slots: the compact
     form a checkpoint pickles restores every one as it was, slots unchanged."""
     clock = _Clock()
-    store = WindowStore(window, max_keys=max_keys or 1_000_000, clock=clock)
+    store = WindowStore(
+        window, max_keys=max_keys or 1_000_000, clock=clock, block_rows=block_rows
+    )
     for ts, (key, y) in enumerate(stream):
         clock.now = float(ts)
         store.push(store.slot(key), ts, y)
@@ -171,6 +173,7 @@ def test_a_store_pickled_in_the_earlier_full_layout_still_loads() -> None:
         store.push(store.slot(key), ts, float(ts))
     earlier = {key: value for key, value in store.__dict__.items() if key != "_reader"}
     earlier["_last_seen"] = [(key, 0.0) for key in store._last_seen]
+    earlier["_values"] = store._values.take(np.arange(store.capacity))
     copy = WindowStore.__new__(WindowStore)
     copy.__setstate__(earlier)
     _same_store(copy, store)

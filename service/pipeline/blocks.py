@@ -103,7 +103,8 @@ class RowBlocks:
 
     def row(self, row: int) -> FloatArray:
         """Row ``row`` itself (a view: write through it, or copy it)."""
-        return self.blocks[row >> self._shift][row & (self._block_rows - 1)]
+        out: FloatArray = self.blocks[row >> self._shift][row & (self._block_rows - 1)]
+        return out
 
     def _split(self, rows: IntArray) -> list[tuple[int, IntArray, IntArray]]:
         """(block, rows within it, positions in ``rows``) for each block ``rows`` touch."""

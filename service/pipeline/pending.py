@@ -1,20 +1,24 @@
-"""Predictions waiting for their true value: the rows a poll predicted, shared by
-reference, and the compaction that keeps quiet keys from pinning whole polls.
+"""Predictions waiting for their true value: the rows a poll predicted, kept while any
+of them waits, and the compaction that keeps quiet keys from pinning whole polls.
 
-A task keeps, per key, a queue of :data:`Ref` ``(rows, index)`` into the arrays of the
-poll that made the prediction (:class:`Rows`); a poll's rows are gathered with one
-fancy index per field (:class:`Gather`). They are part of a task's checkpoint
-(:mod:`service.runtime.snapshot`): a prediction made before a checkpoint is still scored and
-learned after a restore. Pickle keeps the sharing (one ``Rows`` referenced by many
-refs is stored once), so a checkpoint is as small as the live structure.
+A task's :class:`PendingBook` numbers every predicted row (a poll's rows get the next
+ids in order) and keeps, per key, the ids of its waiting predictions as a tuple of
+ints, and each poll's arrays (:class:`Rows`) while any of its rows waits. Ints in
+tuples, rather than a queue object and a reference per prediction, because the
+garbage collector walks every container object on each full collection: with 100k
+keys a deque and a tuple per key were most of what it walked, and full collections
+land on whichever poll triggers them; a tuple of ints is untracked once the collector
+has seen it. Rows are gathered with one fancy index per field (:class:`Gather`).
+The book is part of a task's checkpoint (:mod:`service.runtime.snapshot`): a
+prediction made before a checkpoint is still scored and learned after a restore.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 import numpy as np
@@ -67,21 +71,15 @@ class Rows:
         )
 
 
-Ref = tuple[Rows, int]
-
-
 class Gather:
-    """Reads referenced rows out of the few polls' arrays they live in, in ``refs``
-    order: each poll's arrays are concatenated once and indexed once per field."""
+    """Reads rows out of the few polls' arrays they live in, in the order asked: each
+    poll's arrays are concatenated once and indexed once per field."""
 
-    def __init__(self, refs: list[Ref]) -> None:
-        self.sources = list(dict.fromkeys(rows for rows, _ in refs))
-        starts, start = {}, 0
-        for rows in self.sources:
-            starts[id(rows)] = start
-            start += len(rows)
-        self.index = np.fromiter((starts[id(rows)] + row for rows, row in refs), np.intp, len(refs))
-        self.keys = [rows.keys[row] for rows, row in refs]
+    def __init__(self, sources: list[Rows], index: IntArray) -> None:
+        self.sources = sources
+        self.index = index
+        keys = sources[0].keys if len(sources) == 1 else list(chain(*(r.keys for r in sources)))
+        self.keys = [keys[i] for i in index.tolist()]
 
     def __call__(self, part: Callable[[Rows], npt.NDArray[np.generic]]) -> npt.NDArray[np.generic]:
         sources = self.sources
@@ -95,7 +93,7 @@ class Gather:
         return out
 
     def rows(self) -> Rows:
-        """The referenced rows as one new set of arrays."""
+        """The gathered rows as one new set of arrays."""
         return Rows(
             list(self.keys),
             self(lambda r: r.slots).astype(np.intp, copy=False),
@@ -110,52 +108,134 @@ class Gather:
         )
 
 
-def compact(pending: dict[str, deque[Ref]]) -> None:
-    """Copy the waiting rows out of the polls they came from, when those polls hold
-    mostly resolved rows.
+class PendingBook:
+    """The waiting predictions of one task (module docstring).
 
-    A poll's arrays live while any of its rows waits; a key that goes quiet would
-    otherwise keep its whole poll alive (on a stream with keys of very different
-    rates, most polls). This bounds what is kept to about twice what waits.
+    A poll: ids ``base + i`` for its ``i``-th predicted row (:attr:`base`), :meth:`push`
+    per event (or, at horizon 0, the poll's own ids resolved at once), :meth:`add` of
+    the filled rows, :meth:`gather` of the resolved ids, :meth:`release` of them.
     """
-    refs = [ref for queue in pending.values() for ref in queue]
-    kept = sum(len(rows) for rows in {id(r): r for r, _ in refs}.values())
-    if kept <= 2 * len(refs) + _COMPACT_SLACK:
-        return
-    rows = Gather(refs).rows()
-    index = 0
-    for queue in pending.values():
-        for position in range(len(queue)):
-            queue[position] = (rows, index)
-            index += 1
 
+    def __init__(self) -> None:
+        self._queues: dict[str, tuple[int, ...]] = {}
+        self._polls: dict[int, Rows] = {}  # by the id of their first row, in id order
+        self._waiting: dict[int, int] = {}  # rows of each poll still waiting
+        self._next = 0
 
-def pack(pending: dict[str, deque[Ref]]) -> dict[str, Any]:
-    """``pending`` as a few arrays, for a checkpoint: pickling a queue and a tuple per
-    waiting prediction took most of a checkpoint's time with many keys. The polls'
-    arrays (:class:`Rows`) are stored once each, as before."""
-    refs = [ref for queue in pending.values() for ref in queue]
-    polls, rows = zip(*refs, strict=True) if refs else ((), ())
-    ids = np.fromiter(map(id, polls), dtype=np.int64, count=len(polls))
-    _, first, source = np.unique(ids, return_index=True, return_inverse=True)
-    return {
-        "keys": list(pending),
-        "lengths": np.fromiter(map(len, pending.values()), dtype=np.intp, count=len(pending)),
-        "sources": [polls[i] for i in first],
-        "source": source.astype(np.intp),
-        "row": np.array(rows, dtype=np.intp),
-    }
+    def __len__(self) -> int:
+        return sum(self._waiting.values())
 
+    @property
+    def base(self) -> int:
+        """The id the next poll's first predicted row gets."""
+        return self._next
 
-def unpack(packed: dict[str, Any]) -> dict[str, deque[Ref]]:
-    """The queues :func:`pack` packed, in their order."""
-    sources: list[Rows] = packed["sources"]
-    polls = map(sources.__getitem__, packed["source"].tolist())
-    refs = iter(zip(polls, packed["row"].tolist(), strict=True))
-    return {
-        key: deque(islice(refs, length))
-        for key, length in zip(packed["keys"], packed["lengths"].tolist(), strict=True)
-    }
+    def push(self, key: str, row: int, horizon: int) -> int | None:
+        """``row`` waits for ``key``'s ``horizon``-th next value; returns the id of the
+        prediction this value of ``key`` resolves, if one waited that long."""
+        queue = self._queues.get(key, ())
+        if len(queue) >= horizon:
+            self._queues[key] = (*queue[1:], row)
+            return queue[0]
+        self._queues[key] = (*queue, row)
+        return None
+
+    def add(self, rows: Rows) -> None:
+        """The poll whose rows got ids from :attr:`base` on, filled."""
+        if len(rows):
+            self._polls[self._next] = rows
+            self._waiting[self._next] = len(rows)
+            self._next += len(rows)
+
+    def gather(self, ids: IntArray) -> Gather:
+        """The rows of ``ids`` (of polls added and not released)."""
+        bases = np.fromiter(self._polls, dtype=np.int64, count=len(self._polls))
+        which = np.searchsorted(bases, ids, side="right") - 1
+        used = np.unique(which)
+        sources = [self._polls[int(bases[u])] for u in used]
+        lengths = np.array([len(rows) for rows in sources], dtype=np.int64)
+        starts = np.cumsum(lengths) - lengths
+        index = starts[np.searchsorted(used, which)] + (ids - bases[which])
+        return Gather(sources, index.astype(np.intp))
+
+    def release(self, ids: IntArray) -> None:
+        """``ids`` no longer wait (resolved, or their key forgotten): a poll none of
+        whose rows waits is dropped."""
+        if not len(ids):
+            return
+        bases = np.fromiter(self._polls, dtype=np.int64, count=len(self._polls))
+        which, counts = np.unique(np.searchsorted(bases, ids, side="right") - 1, return_counts=True)
+        for base, count in zip(bases[which].tolist(), counts.tolist(), strict=True):
+            left = self._waiting[base] - count
+            if left > 0:
+                self._waiting[base] = left
+            else:
+                del self._waiting[base], self._polls[base]
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the waiting predictions of ``keys`` (evicted)."""
+        dropped = [self._queues.pop(key, ()) for key in keys]
+        self.release(np.fromiter(chain(*dropped), dtype=np.int64))
+
+    def compact(self) -> None:
+        """Copy the waiting rows out of the polls they came from, when those polls
+        hold mostly resolved rows.
+
+        A poll's arrays live while any of its rows waits; a key that goes quiet would
+        otherwise keep its whole poll alive (on a stream with keys of very different
+        rates, most polls). This bounds what is kept to about twice what waits.
+        """
+        waiting = len(self)
+        if sum(map(len, self._polls.values())) <= 2 * waiting + _COMPACT_SLACK:
+            return
+        keys = list(self._queues)
+        lengths = list(map(len, self._queues.values()))
+        ids = np.fromiter(chain(*self._queues.values()), dtype=np.int64, count=waiting)
+        rows = self.gather(ids).rows()
+        self._polls, self._waiting = {}, {}
+        fresh = iter(range(self._next, self._next + waiting))
+        self.add(rows)
+        self._queues = {
+            key: tuple(islice(fresh, n)) for key, n in zip(keys, lengths, strict=True) if n
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For a checkpoint: the queues as arrays (a tuple per key pickles slowly)."""
+        return {
+            "keys": list(self._queues),
+            "lengths": np.fromiter(map(len, self._queues.values()), np.intp, len(self._queues)),
+            "ids": np.fromiter(chain(*self._queues.values()), dtype=np.int64),
+            "polls": self._polls,
+            "waiting": self._waiting,
+            "next": self._next,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        ids = iter(state["ids"].tolist())
+        self._queues = {
+            key: tuple(islice(ids, n))
+            for key, n in zip(state["keys"], state["lengths"].tolist(), strict=True)
+        }
+        self._polls, self._waiting, self._next = state["polls"], state["waiting"], state["next"]
+
+    @classmethod
+    def of_queues(cls, queues: dict[str, deque[tuple[Rows, int]]]) -> PendingBook:
+        """The book of the per-key queues of ``(rows, index)`` that checkpoints held
+        before this book existed."""
+        book = cls()
+        bases: dict[int, int] = {}
+        for queue in queues.values():
+            for rows, _ in queue:
+                if id(rows) not in bases:
+                    bases[id(rows)] = book._next
+                    book._polls[book._next] = rows
+                    book._waiting[book._next] = 0
+                    book._next += len(rows)
+        for key, queue in queues.items():
+            book._queues[key] = tuple(bases[id(rows)] + row for rows, row in queue)
+            for rows, _ in queue:
+                book._waiting[bases[id(rows)]] += 1
+        return book
 
 
 def column_of(matrix: Callable[[Rows], FloatArray], column: int) -> Callable[[Rows], FloatArray]:

@@ -34,7 +34,6 @@ it only seeds the history and gets no prediction.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,16 +48,7 @@ from service.pipeline.counts import TaskCounts
 from service.pipeline.drift import DriftMonitor
 from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
 from service.pipeline.intervals import Coverage, CoverageStats, Intervals
-from service.pipeline.pending import (
-    COMPACT_EVERY,
-    Gather,
-    Ref,
-    Rows,
-    column_of,
-    compact,
-    pack,
-    unpack,
-)
+from service.pipeline.pending import COMPACT_EVERY, Gather, PendingBook, Rows, column_of
 from service.pipeline.scoring import LARGEST, Scorer, ScoreStats
 from service.pipeline.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
 from service.pipeline.windows import WindowStore
@@ -139,7 +129,7 @@ class PartitionTask:
         self._recent = min(forecast.kept, max(forecast.window, STATS_SPAN))
         self._seasons = SeasonBook(forecast.seasonal_periods)
         self._scaler = RunningScaler(len(pipeline.names))
-        self._pending: dict[str, deque[Ref]] = {}
+        self._pending = PendingBook()
         self._batches = 0
         names = [m.name for m in settings.models]
         self._slots = [self._slot(m, settings, prototypes, names) for m in settings.models]
@@ -207,7 +197,7 @@ class PartitionTask:
         slots: list[int] = []
         seen: list[int] = []  # per event: its key's values pushed in this poll before it
         predicted: list[int] = []  # positions (in ``pushed``) of events that get a prediction
-        refs: list[Ref] = []  # predictions resolved by this poll, in event order
+        refs: list[int] = []  # ids of the predictions this poll resolves, in event order
         resolved_at: list[int] = []  # position of the event that resolved each
         truth: list[float] = []
         rows = Rows()  # this poll's predictions, filled below
@@ -215,7 +205,8 @@ class PartitionTask:
         newest: dict[str, int] = {}
         last_y: dict[str, float] = {}  # each key's newest accepted value in this poll
         latest: int | None = None
-        windows, horizon = self._windows, self._horizon
+        windows, horizon, pending = self._windows, self._horizon, self._pending
+        base = pending.base  # the id of this poll's first predicted row
         suspect, unit_at = self._suspects(events)
         strikes = self._strikes
         for number, event in enumerate(events):
@@ -248,16 +239,15 @@ class PartitionTask:
                 if self._change and windows.count(slot) + position == 0:
                     self.seeded_only += 1  # nothing to change from: it only seeds
                     continue
-                refs.append((rows, len(predicted)))
+                refs.append(base + len(predicted))
                 resolved_at.append(here)
                 truth.append(event.y)
             else:
-                queue = self._pending.setdefault(event.key, deque())
-                if len(queue) >= horizon:
-                    refs.append(queue.popleft())
+                resolved = pending.push(event.key, base + len(predicted), horizon)
+                if resolved is not None:
+                    refs.append(resolved)
                     resolved_at.append(here)
                     truth.append(event.y)
-                queue.append((rows, len(predicted)))
             predicted.append(here)
         if not pushed:
             return TaskOutput([], invalid, self.take_counts())
@@ -287,13 +277,24 @@ class PartitionTask:
             count_at[index],
             periods[index],
         )
+        pending.add(rows)
+        resolved_ids = np.asarray(refs, dtype=np.int64)
+        gather = pending.gather(resolved_ids) if refs else None
+        pending.release(resolved_ids)
+        same_poll = np.where(resolved_ids >= base, resolved_ids - base, -1).astype(np.intp)
         predictions = self._run(
-            rows, new, refs, np.asarray(truth), index, np.asarray(resolved_at, dtype=np.intp)
+            rows,
+            new,
+            gather,
+            same_poll,
+            np.asarray(truth),
+            index,
+            np.asarray(resolved_at, dtype=np.intp),
         )
         self._batches += 1
         # offset by partition: the tasks of one poll do not all compact in the same poll
         if (self._batches + self.partition) % COMPACT_EVERY == 0:
-            compact(self._pending)
+            pending.compact()
         return TaskOutput(predictions, invalid, self.take_counts())
 
     def _suspects(self, events: Sequence[Event]) -> tuple[list[bool], FloatArray]:
@@ -457,14 +458,16 @@ class PartitionTask:
         self,
         rows: Rows,
         new: list[Event],
-        refs: list[Ref],
+        gather: Gather | None,
+        same_poll: IntArray,
         truth: FloatArray,
         predicted_at: IntArray,
         resolved_at: IntArray,
     ) -> list[Prediction]:
-        """Every model through the poll in event order, then scores (module docstring)."""
+        """Every model through the poll in event order, then scores (module docstring).
+        ``gather``: the rows the poll resolves (None: none); ``same_poll``: for each,
+        its index among this poll's rows, -1 for a row of an earlier poll."""
         names = self._pipeline.names
-        gather = Gather(refs) if refs else None
         learned = (
             gather.rows()
             if gather is not None
@@ -550,9 +553,9 @@ class PartitionTask:
             errors[column] = self._abs_errors(column, truth, learned)
             drifts[column] = self._drift(column, errors[column])
         # A row predicted earlier in this very poll was published with the interval
-        # computed below, in the same pass: point at it, so that ACI and coverage see
-        # it as they would had the poll ended between its prediction and its truth.
-        same_poll = np.fromiter((row if src is rows else -1 for src, row in refs), np.intp)
+        # computed below, in the same pass: point at it (same_poll), so that ACI and
+        # coverage see it as they would had the poll ended between its prediction and
+        # its truth.
         for column, slot in enumerate(self._slots):
             counts.predictions[slot.name] += len(rows)
             if not slot.published or slot.intervals is None:
@@ -709,8 +712,8 @@ class PartitionTask:
         if not evicted:
             return
         slots = [slot for _, slot in evicted]
+        self._pending.forget(key for key, _ in evicted)
         for key, _ in evicted:
-            self._pending.pop(key, None)
             self._strikes.pop(key, None)
         for owner in self._per_key_state():
             owner.reset(slots)
@@ -728,7 +731,7 @@ class PartitionTask:
             "windows": self._windows,
             "seasons": self._seasons,
             "scaler": self._scaler,
-            "pending": pack(self._pending),
+            "pending": self._pending,
             "strikes": self._strikes,
             "batches": self._batches,
             "seeded_only": self.seeded_only,
@@ -761,10 +764,10 @@ class PartitionTask:
         self._windows = state["windows"]
         self._seasons = state["seasons"]
         self._scaler = state["scaler"]
-        pending = state["pending"]  # packed, or (older checkpoints) the queues themselves
-        self._pending = (
-            unpack(pending) if isinstance(pending.get("lengths"), np.ndarray) else pending
-        )
+        pending = state["pending"]  # older checkpoints: per-key queues of (rows, index)
+        if not isinstance(pending, PendingBook):
+            pending = PendingBook.of_queues(pending)
+        self._pending = pending
         self._strikes = state["strikes"]
         self._batches = int(state["batches"])
         self.seeded_only = int(state["seeded_only"])
@@ -779,4 +782,4 @@ class PartitionTask:
     @property
     def pending_predictions(self) -> int:
         """Predictions waiting for their true value."""
-        return sum(map(len, self._pending.values()))
+        return len(self._pending)

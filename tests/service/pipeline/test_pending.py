@@ -1,41 +1,120 @@
-"""Pending predictions: packing the queues for a checkpoint and back."""
+"""Pending predictions: ids per key, polls kept while any row waits, compaction,
+checkpoint round trips."""
 
 from __future__ import annotations
 
+import gc
 import pickle
 from collections import deque
 
 import numpy as np
 
-from service.pipeline.pending import Ref, Rows, pack, unpack
+from service.pipeline.pending import PendingBook, Rows
 
 
 def _rows(keys: list[str]) -> Rows:
     n = len(keys)
-    return Rows(keys=keys, slots=np.arange(n, dtype=np.intp), offset=np.arange(n, dtype=float))
+    return Rows(
+        keys=keys,
+        slots=np.arange(n, dtype=np.intp),
+        window=np.zeros((n, 4)),
+        x=np.zeros((n, 2)),
+        offset=np.arange(n, dtype=float),
+        scale=np.ones(n),
+        seasonal=np.zeros(n),
+        outputs=np.zeros((n, 3)),
+        halves=np.zeros((n, 3)),
+        mature=np.ones(n, dtype=np.bool_),
+    )
 
 
-def test_packed_queues_unpack_in_order_sharing_each_polls_rows() -> None:
+def _poll(book: PendingBook, keys: list[str], horizon: int) -> list[int]:
+    """One poll predicting one row per key in ``keys``; returns the ids it resolved."""
+    base = book.base
+    resolved = [book.push(key, base + i, horizon) for i, key in enumerate(keys)]
+    book.add(_rows(keys))
+    ids = [r for r in resolved if r is not None]
+    if ids:
+        book.release(np.array(ids))
+    return ids
+
+
+def test_each_value_resolves_its_keys_prediction_horizon_values_back() -> None:
+    book = PendingBook()
+    assert _poll(book, ["a", "b", "a"], horizon=2) == []  # ids 0, 1, 2
+    assert _poll(book, ["a", "b"], horizon=2) == [0]  # ids 3, 4: a's third value
+    assert _poll(book, ["a", "b", "b"], horizon=2) == [2, 1, 4]  # ids 5, 6, 7
+    assert book._queues == {"a": (3, 5), "b": (6, 7)}
+    assert len(book) == 4
+
+
+def test_gather_reads_the_rows_of_any_ids_and_a_fully_resolved_poll_is_dropped() -> None:
+    book = PendingBook()
+    _poll(book, ["a", "b"], horizon=1)
+    _poll(book, ["c"], horizon=1)
+    gather = book.gather(np.array([2, 0, 1]))
+    assert gather.keys == ["c", "a", "b"]
+    assert gather(lambda r: r.offset).tolist() == [0.0, 0.0, 1.0]
+    assert _poll(book, ["a", "b"], horizon=1) == [0, 1]
+    assert list(book._polls) == [2, 3]  # the first poll's rows all resolved
+
+
+def test_forgotten_keys_release_their_rows() -> None:
+    book = PendingBook()
+    _poll(book, ["a", "b"], horizon=3)
+    _poll(book, ["a"], horizon=3)
+    book.forget(["a", "nobody"])
+    assert len(book) == 1
+    assert list(book._polls) == [0]
+    book.forget(["b"])
+    assert len(book) == 0
+    assert not book._polls
+
+
+def test_compaction_copies_the_waiting_rows_out_of_mostly_resolved_polls() -> None:
+    book = PendingBook()
+    busy = [f"k{i}" for i in range(5000)]
+    for poll in range(5):  # each poll pinned by a key that never comes back
+        _poll(book, [f"quiet{poll}", *busy], horizon=1)
+    assert len(book._polls) == 5
+    assert len(book) == 5005
+    quiet_rows = book.gather(np.array([book._queues[f"quiet{p}"][0] for p in range(5)])).rows()
+    book.compact()
+    assert len(book._polls) == 1
+    assert len(book) == 5005
+    assert sum(map(len, book._polls.values())) == 5005
+    # the queues point at the same rows as before, under new ids
+    again = book.gather(np.array([book._queues[f"quiet{p}"][0] for p in range(5)])).rows()
+    assert again.keys == quiet_rows.keys == [f"quiet{p}" for p in range(5)]
+    assert book.gather(np.array(book._queues["k5"])).keys == ["k5"]
+    [waiting] = book._queues["k5"]
+    assert _poll(book, ["k5"], horizon=1) == [waiting]
+    assert len(book) == 5005
+
+
+def test_a_book_pickles_and_its_queues_are_invisible_to_the_collector() -> None:
+    book = PendingBook()
+    for _ in range(3):
+        _poll(book, ["a", "b", "c"], horizon=2)
+    copy = pickle.loads(pickle.dumps(book, protocol=5))  # noqa: S301 - our own bytes
+    assert copy._queues == book._queues
+    assert copy.base == book.base
+    assert len(copy) == len(book)
+    assert copy.gather(np.array(book._queues["b"])).keys == ["b", "b"]
+    gc.collect()
+    assert not any(gc.is_tracked(queue) for queue in copy._queues.values())
+
+
+def test_the_per_key_queues_of_earlier_checkpoints_become_a_book() -> None:
     first, second = _rows(["a", "b", "a"]), _rows(["b", "c"])
-    pending: dict[str, deque[Ref]] = {
+    queues = {
         "a": deque([(first, 0), (first, 2)]),
         "b": deque([(first, 1), (second, 0)]),
-        "quiet": deque(),
         "c": deque([(second, 1)]),
     }
-    blob = pickle.dumps(pack(pending), protocol=5)
-    copy = unpack(pickle.loads(blob))  # noqa: S301 - our own bytes
-    assert list(copy) == list(pending)
-    for key, queue in pending.items():
-        assert [(rows.keys, row) for rows, row in copy[key]] == [
-            (rows.keys, row) for rows, row in queue
-        ]
-    # one Rows per poll, as in the live structure: a poll's arrays are stored once
-    assert copy["a"][0][0] is copy["b"][0][0]
-    assert copy["b"][1][0] is copy["c"][0][0]
-    assert copy["a"][0][0] is not copy["c"][0][0]
-
-
-def test_nothing_pending_packs_to_nothing() -> None:
-    assert unpack(pack({})) == {}
-    assert unpack(pack({"a": deque()})) == {"a": deque()}
+    book = PendingBook.of_queues(queues)
+    assert len(book) == 5
+    for key, queue in queues.items():
+        gather = book.gather(np.array(book._queues[key]))
+        assert gather.keys == [rows.keys[row] for rows, row in queue]
+    assert book.base == 5  # new polls' ids follow

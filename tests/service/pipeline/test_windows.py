@@ -149,9 +149,7 @@ def test_a_pickled_store_is_the_same_store(
     """Young keys (NaN-padded), full windows, evicted keys' free slots: the compact
     form a checkpoint pickles restores every one as it was, slots unchanged."""
     clock = _Clock()
-    store = WindowStore(
-        window, max_keys=max_keys or 1_000_000, clock=clock, block_rows=block_rows
-    )
+    store = WindowStore(window, max_keys=max_keys or 1_000_000, clock=clock, block_rows=block_rows)
     for ts, (key, y) in enumerate(stream):
         clock.now = float(ts)
         store.push(store.slot(key), ts, y)

@@ -40,8 +40,8 @@ def _empty(*shape: int) -> FloatArray:
 class Rows:
     """The rows one poll predicted (every model), kept while any waits for its truth.
 
-    Pending predictions are references ``(rows, index)`` into these arrays rather than
-    an object per event: a poll's rows are gathered with one fancy index each.
+    Pending predictions are row ids into these arrays (:class:`PendingBook`) rather
+    than an object per event: a poll's rows are gathered with one fancy index each.
     ``outputs`` are in learning-target space, ``halves`` the published interval
     half-widths in key units (NaN: none).
     """
@@ -59,6 +59,21 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def slice(self, start: int, stop: int) -> Rows:
+        """Rows ``start:stop`` (views of these arrays)."""
+        return Rows(
+            self.keys[start:stop],
+            self.slots[start:stop],
+            self.window[start:stop],
+            self.x[start:stop],
+            self.offset[start:stop],
+            self.scale[start:stop],
+            self.seasonal[start:stop],
+            self.outputs[start:stop],
+            self.halves[start:stop],
+            self.mature[start:stop],
+        )
 
     def levels(self, column: int) -> FloatArray:
         """Model ``column``'s outputs in the original scale."""
@@ -200,13 +215,23 @@ class PendingBook:
         }
 
     def __getstate__(self) -> dict[str, Any]:
-        """For a checkpoint: the queues as arrays (a tuple per key pickles slowly)."""
+        """For a checkpoint: the queues as arrays (a tuple per key pickles slowly), and
+        the polls' rows as one set of arrays with each poll's first id and length
+        (with many keys, hundreds of small polls wait at once, and pickling each
+        one's arrays on its own cost more than the rows)."""
+        polls = list(self._polls.values())
+        lengths = np.array([len(rows) for rows in polls], dtype=np.int64)
+        merged = (
+            Gather(polls, np.arange(int(lengths.sum()), dtype=np.intp)).rows() if polls else None
+        )
         return {
             "keys": list(self._queues),
             "lengths": np.fromiter(map(len, self._queues.values()), np.intp, len(self._queues)),
             "ids": np.fromiter(chain(*self._queues.values()), dtype=np.int64),
-            "polls": self._polls,
-            "waiting": self._waiting,
+            "rows": merged,
+            "bases": np.fromiter(self._polls, dtype=np.int64, count=len(self._polls)),
+            "poll_lengths": lengths,
+            "waiting": np.fromiter(self._waiting.values(), np.int64, len(self._waiting)),
             "next": self._next,
         }
 
@@ -216,7 +241,17 @@ class PendingBook:
             key: tuple(islice(ids, n))
             for key, n in zip(state["keys"], state["lengths"].tolist(), strict=True)
         }
-        self._polls, self._waiting, self._next = state["polls"], state["waiting"], state["next"]
+        merged: Rows | None = state["rows"]
+        bases = state["bases"].tolist()
+        lengths = state["poll_lengths"].tolist()
+        starts = np.cumsum([0, *lengths])[:-1].tolist()
+        self._polls = {
+            base: merged.slice(start, start + length)
+            for base, start, length in zip(bases, starts, lengths, strict=True)
+            if merged is not None
+        }
+        self._waiting = dict(zip(bases, state["waiting"].tolist(), strict=True))
+        self._next = state["next"]
 
     @classmethod
     def of_queues(cls, queues: dict[str, deque[tuple[Rows, int]]]) -> PendingBook:

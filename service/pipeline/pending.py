@@ -128,7 +128,11 @@ class PendingBook:
 
     A poll: ids ``base + i`` for its ``i``-th predicted row (:attr:`base`), :meth:`push`
     per event (or, at horizon 0, the poll's own ids resolved at once), :meth:`add` of
-    the filled rows, :meth:`gather` of the resolved ids, :meth:`release` of them.
+    the filled rows, :meth:`live` to drop resolved ids of predictions never made,
+    :meth:`gather` of the resolved ids, :meth:`release` of them. An id is never handed
+    out twice, even when a poll raises before its rows are added (the processor then
+    retries its events one by one): its predictions were never published, and a value
+    that resolves one of them is simply not learned from it.
     """
 
     def __init__(self) -> None:
@@ -138,7 +142,8 @@ class PendingBook:
         self._next = 0
 
     def __len__(self) -> int:
-        return sum(self._waiting.values())
+        """Predictions waiting for their truth."""
+        return sum(map(len, self._queues.values()))
 
     @property
     def base(self) -> int:
@@ -148,6 +153,7 @@ class PendingBook:
     def push(self, key: str, row: int, horizon: int) -> int | None:
         """``row`` waits for ``key``'s ``horizon``-th next value; returns the id of the
         prediction this value of ``key`` resolves, if one waited that long."""
+        self._next = max(self._next, row + 1)
         queue = self._queues.get(key, ())
         if len(queue) >= horizon:
             self._queues[key] = (*queue[1:], row)
@@ -155,12 +161,22 @@ class PendingBook:
         self._queues[key] = (*queue, row)
         return None
 
-    def add(self, rows: Rows) -> None:
-        """The poll whose rows got ids from :attr:`base` on, filled."""
+    def add(self, rows: Rows, base: int) -> None:
+        """The poll whose rows got ids from ``base`` (its :attr:`base`) on, filled."""
         if len(rows):
-            self._polls[self._next] = rows
-            self._waiting[self._next] = len(rows)
-            self._next += len(rows)
+            self._polls[base] = rows
+            self._waiting[base] = len(rows)
+            self._next = max(self._next, base + len(rows))
+
+    def live(self, ids: IntArray) -> npt.NDArray[np.bool_]:
+        """Which of ``ids`` are rows of an added poll still kept."""
+        if not self._polls:
+            return np.zeros(len(ids), dtype=np.bool_)
+        bases = np.fromiter(self._polls, dtype=np.int64, count=len(self._polls))
+        lengths = np.fromiter(map(len, self._polls.values()), np.int64, len(self._polls))
+        which = np.searchsorted(bases, ids, side="right") - 1
+        inside = ids - bases[which] < lengths[which]
+        return (which >= 0) & inside
 
     def gather(self, ids: IntArray) -> Gather:
         """The rows of ``ids`` (of polls added and not released)."""
@@ -209,7 +225,7 @@ class PendingBook:
         rows = self.gather(ids).rows()
         self._polls, self._waiting = {}, {}
         fresh = iter(range(self._next, self._next + waiting))
-        self.add(rows)
+        self.add(rows, self._next)
         self._queues = {
             key: tuple(islice(fresh, n)) for key, n in zip(keys, lengths, strict=True) if n
         }

@@ -277,9 +277,11 @@ class PartitionTask:
             count_at[index],
             periods[index],
         )
-        pending.add(rows)
+        pending.add(rows, base)
         resolved_ids = np.asarray(refs, dtype=np.int64)
-        gather = pending.gather(resolved_ids) if refs else None
+        made = pending.live(resolved_ids)  # all but those of a poll that raised
+        resolved_ids = resolved_ids[made]
+        gather = pending.gather(resolved_ids) if len(resolved_ids) else None
         pending.release(resolved_ids)
         same_poll = np.where(resolved_ids >= base, resolved_ids - base, -1).astype(np.intp)
         predictions = self._run(
@@ -287,9 +289,9 @@ class PartitionTask:
             new,
             gather,
             same_poll,
-            np.asarray(truth),
+            np.asarray(truth, dtype=np.float64)[made],
             index,
-            np.asarray(resolved_at, dtype=np.intp),
+            np.asarray(resolved_at, dtype=np.intp)[made],
         )
         self._batches += 1
         # offset by partition: the tasks of one poll do not all compact in the same poll

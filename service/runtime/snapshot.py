@@ -20,8 +20,8 @@ copied into the pickle stream), the whole LZ4-compressed as one frame (codec
 ``pickle5-oob+lz4``; layout in :func:`_pack`). A checkpoint is taken between polls,
 so its time is latency: copying a hundred megabytes of arrays through the pickle
 stream, and zlib (which spent twenty times LZ4's time on doubles, which no general
-codec shrinks much, for a few percent of size), were most of it. A restore unpickles
-the arrays over the decompressed (writable) buffer without copying them again.
+codec shrinks much, for a few percent of size), were most of it. A restore builds
+each array over its own copy of its segment.
 Bodies of the earlier codec, ``pickle5+zlib``, are still read. Pickle because River
 models serialise no other way, torch tensors and NumPy arrays pickle without copies
 through Python objects, and one call covers every class a task holds, so a new piece
@@ -67,7 +67,6 @@ _PREFIX = struct.Struct(">4sHI")
 _CODEC = "pickle5-oob+lz4"
 _OLD_CODEC = "pickle5+zlib"
 _COUNT = struct.Struct(">I")
-_ALIGN = 64  # segments start at multiples of this in the decompressed body
 
 
 class SnapshotFormatError(ForecastdError):
@@ -186,39 +185,34 @@ def decode(blob: bytes) -> tuple[Header, dict[str, Any]]:
 
 def _pack(state: dict[str, Any]) -> bytes:
     """The body: one LZ4 frame of ``u32 n``, ``n`` u64 segment lengths, then the
-    segments (the pickle, then each out-of-band buffer), each padded to
-    :data:`_ALIGN` bytes so that the arrays a restore builds over them are aligned."""
+    segments (the pickle, then each out-of-band buffer)."""
     buffers: list[pickle.PickleBuffer] = []
     stream = pickle.dumps(state, protocol=5, buffer_callback=buffers.append)
     segments = [memoryview(stream), *(buffer.raw() for buffer in buffers)]
     lengths = struct.pack(f">{len(segments)}Q", *(segment.nbytes for segment in segments))
     compressor = lz4.frame.LZ4FrameCompressor()
     parts = [compressor.begin(), compressor.compress(_COUNT.pack(len(segments)) + lengths)]
-    written = _COUNT.size + len(lengths)
-    for segment in segments:
-        padding = -written % _ALIGN
-        if padding:
-            parts.append(compressor.compress(bytes(padding)))
-        parts.append(compressor.compress(segment))
-        written += padding + segment.nbytes
+    parts += [compressor.compress(segment) for segment in segments]
     parts.append(compressor.flush())
     return b"".join(parts)
 
 
 def _unpack(body: bytes) -> Any:
-    data = memoryview(lz4.frame.decompress(body, return_bytearray=True))
+    data = memoryview(lz4.frame.decompress(body))
     (count,) = _COUNT.unpack_from(data)
     lengths = struct.unpack_from(f">{count}Q", data, _COUNT.size)
     position = _COUNT.size + 8 * count
     segments = []
     for length in lengths:
-        position += -position % _ALIGN
         segments.append(data[position : position + length])
         position += length
     if not segments or position != len(data):
         raise ValueError("segment lengths do not add up to the body")
-    return _unpickle(segments[0], segments[1:])
+    # each array gets its own (writable) copy: arrays over the one decompressed body
+    # would keep all of it alive while any of them lives, windows the store has
+    # already copied into its own rows included
+    return _unpickle(segments[0], [bytearray(segment) for segment in segments[1:]])
 
 
-def _unpickle(stream: bytes | memoryview, buffers: Sequence[memoryview] = ()) -> Any:
+def _unpickle(stream: bytes | memoryview, buffers: Sequence[bytearray] = ()) -> Any:
     return pickle.loads(stream, buffers=buffers)  # noqa: S301 - see "Trust boundary"

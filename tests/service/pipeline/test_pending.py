@@ -29,14 +29,16 @@ def _rows(keys: list[str]) -> Rows:
 
 
 def _poll(book: PendingBook, keys: list[str], horizon: int) -> list[int]:
-    """One poll predicting one row per key in ``keys``; returns the ids it resolved."""
+    """One poll predicting one row per key in ``keys``, as a task runs it; returns the
+    ids of the predictions it resolved."""
     base = book.base
     resolved = [book.push(key, base + i, horizon) for i, key in enumerate(keys)]
-    book.add(_rows(keys))
-    ids = [r for r in resolved if r is not None]
-    if ids:
-        book.release(np.array(ids))
-    return ids
+    book.add(_rows(keys), base)
+    ids = np.array([r for r in resolved if r is not None], dtype=np.int64)
+    ids = ids[book.live(ids)]
+    book.release(ids)
+    out: list[int] = ids.tolist()
+    return out
 
 
 def test_each_value_resolves_its_keys_prediction_horizon_values_back() -> None:
@@ -103,6 +105,20 @@ def test_a_book_pickles_and_its_queues_are_invisible_to_the_collector() -> None:
     assert copy.gather(np.array(book._queues["b"])).keys == ["b", "b"]
     gc.collect()
     assert not any(gc.is_tracked(queue) for queue in copy._queues.values())
+
+
+def test_a_poll_that_never_added_its_rows_hands_out_no_id_twice() -> None:
+    """A poll that raised between its pushes and its rows: its ids are not live, and
+    the next poll's ids are new."""
+    book = PendingBook()
+    _poll(book, ["a"], horizon=1)  # id 0
+    assert book.push("a", book.base, horizon=1) == 0  # id 1 handed out, never added
+    assert book.base == 2
+    assert _poll(book, ["a", "b"], horizon=1) == []  # a resolves 1: not live, not learned
+    # id 0 was taken out of a's queue by the poll that raised: its row stays kept
+    # (compaction, which rebuilds from the queues, drops it), but no queue holds it
+    assert book.live(np.array([0, 1, 2, 3])).tolist() == [True, False, True, True]
+    assert book._queues == {"a": (2,), "b": (3,)}
 
 
 def test_the_per_key_queues_of_earlier_checkpoints_become_a_book() -> None:

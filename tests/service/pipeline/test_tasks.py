@@ -215,3 +215,30 @@ def test_a_poll_returns_its_counts_and_the_next_starts_from_zero() -> None:
     assert second.counts.predictions["spy"] == 1
     assert second.counts.scored["spy"] == 1
     assert task.forget("a").evicted == 1
+
+
+def test_a_poll_that_raises_before_its_rows_exist_leaves_later_polls_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The prediction a failed poll never made is not scored against the next value,
+    and its id is not handed to the next poll's rows (the processor retries a failed
+    poll's events one by one on the same task)."""
+    log: list[tuple[str, Any]] = []
+    task = _task(log, horizon=1)
+    task.process(_events([1.0, 2.0, 3.0]))
+    fill = task._fill
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug between the pushes and the rows")
+
+    monkeypatch.setattr(task, "_fill", broken)
+    with pytest.raises(RuntimeError):
+        task.process(_events([4.0], start=3))
+    monkeypatch.setattr(task, "_fill", fill)
+    task.take_counts()
+    out = task.process(_events([5.0, 6.0], start=4))
+    assert len(out.predictions) == 2
+    # 5.0 resolves the failed poll's prediction (never made: not scored), 6.0 the 5.0's
+    assert out.counts.scored["spy"] == 1
+    assert out.counts.abs_error["spy"] == pytest.approx(abs(6.0 - out.predictions[0].y_hat))
+    assert task.pending_predictions == 1

@@ -192,6 +192,7 @@ class PendingBook:
     def release(self, ids: IntArray) -> None:
         """``ids`` no longer wait (resolved, or their key forgotten): a poll none of
         whose rows waits is dropped."""
+        ids = ids[self.live(ids)]  # a failed poll's ids hold no row
         if not len(ids):
             return
         bases = np.fromiter(self._polls, dtype=np.int64, count=len(self._polls))
@@ -222,12 +223,18 @@ class PendingBook:
         keys = list(self._queues)
         lengths = list(map(len, self._queues.values()))
         ids = np.fromiter(chain(*self._queues.values()), dtype=np.int64, count=waiting)
-        rows = self.gather(ids).rows()
+        alive = self.live(ids)  # a failed poll's ids hold no row: they are dropped
+        rows = self.gather(ids[alive]).rows()
+        fresh = np.full(len(ids), -1, dtype=np.int64)
+        fresh[alive] = np.arange(self._next, self._next + int(alive.sum()))
         self._polls, self._waiting = {}, {}
-        fresh = iter(range(self._next, self._next + waiting))
         self.add(rows, self._next)
+        renumbered = iter(fresh.tolist())
+        queues = {key: tuple(islice(renumbered, n)) for key, n in zip(keys, lengths, strict=True)}
         self._queues = {
-            key: tuple(islice(fresh, n)) for key, n in zip(keys, lengths, strict=True) if n
+            key: queue if min(queue) >= 0 else tuple(i for i in queue if i >= 0)
+            for key, queue in queues.items()
+            if queue and max(queue) >= 0
         }
 
     def __getstate__(self) -> dict[str, Any]:

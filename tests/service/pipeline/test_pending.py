@@ -8,7 +8,9 @@ import pickle
 from collections import deque
 
 import numpy as np
+import pytest
 
+from service.pipeline import pending
 from service.pipeline.pending import PendingBook, Rows
 
 
@@ -119,6 +121,28 @@ def test_a_poll_that_never_added_its_rows_hands_out_no_id_twice() -> None:
     # (compaction, which rebuilds from the queues, drops it), but no queue holds it
     assert book.live(np.array([0, 1, 2, 3])).tolist() == [True, False, True, True]
     assert book._queues == {"a": (2,), "b": (3,)}
+
+
+def test_ids_of_a_failed_poll_are_neither_released_nor_compacted_into_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pending, "_COMPACT_SLACK", 0)
+    book = PendingBook()
+    keys = [f"k{i}" for i in range(3000)]
+    for poll in range(3):
+        _poll(book, [f"quiet{poll}", *keys], horizon=1)
+    base = book.base
+    book.push("k1", base, horizon=1)  # a poll that raised: k1 now waits on a dangling id
+    book.push("lost", base + 1, horizon=1)
+    assert not book.live(np.array([base, base + 1])).any()
+    book.forget(["lost"])  # releases nothing of the poll before it
+    assert sorted(book._waiting.values()) == [1, 1, 3001]
+    book.compact()  # 9,003 rows kept for 3,003 waiting: compacts (no slack)
+    assert len(book._polls) == 1
+    assert "k1" not in book._queues  # its only id held no row
+    assert book.gather(np.array(book._queues["k2"])).keys == ["k2"]
+    assert book.gather(np.array(book._queues["quiet0"])).keys == ["quiet0"]
+    assert len(book) == sum(map(len, book._polls.values())) == 3002
 
 
 def test_the_per_key_queues_of_earlier_checkpoints_become_a_book() -> None:

@@ -343,8 +343,7 @@ class WindowStore:
     def _drop(self, key: str) -> None:
         slot = self._slots.pop(key)
         del self._last_seen[key]
-        self._values.row(slot)[:] = np.nan
-        self._counts[slot] = 0
+        self._counts[slot] = 0  # its row is filled again when the slot is handed out
         self._newest_ts[slot] = _NO_TS
         self._free.append(slot)
 

@@ -39,6 +39,18 @@ def start_daemon(env: dict[str, str], config: str = PIPELINE_CONFIG) -> subproce
     )
 
 
+@contextmanager
+def reaped(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """``process``, killed and waited for on the way out if it is still running: a
+    test that fails midway must not leave a daemon behind on the shared broker."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
     """The group's committed offset per input partition (those it committed)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)

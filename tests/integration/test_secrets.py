@@ -19,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from service.tools.broker import EmbeddedBroker
-from tests.integration.kafka_helpers import fresh_topics, scrape, settings_env, wait_for
+from tests.integration.kafka_helpers import (
+    fresh_topics,
+    reaped,
+    scrape,
+    settings_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +43,12 @@ def _run(env: dict[str, str], until_ready: bool) -> tuple[int, str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        try:
+        with reaped(daemon):
             if until_ready:
                 port = int(env["FORECASTD_METRICS__PORT"])
                 wait_for(lambda: _ready(port), 60, "readiness")
                 daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
-        finally:
-            if daemon.poll() is None:
-                daemon.kill()
         log.seek(0)
         return daemon.returncode, log.read().decode(errors="replace")
 

@@ -14,6 +14,7 @@ from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,
     produce,
+    reaped,
     settings_env,
     start_daemon,
     wait_for,
@@ -25,14 +26,10 @@ pytestmark = pytest.mark.integration
 
 def _run_then_sigterm(env: dict[str, str], meanwhile: Callable[[], None]) -> tuple[int, bytes]:
     """Start ``forecastd run``, call ``meanwhile()``, send SIGTERM; (exit status, output)."""
-    daemon = start_daemon(env)
-    try:
+    with reaped(start_daemon(env)) as daemon:
         meanwhile()
         daemon.send_signal(signal.SIGTERM)
         output, _ = daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
     return daemon.returncode, output
 
 

@@ -25,6 +25,7 @@ from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,
     produce,
+    reaped,
     scrape,
     settings_env,
     start_daemon,
@@ -101,8 +102,7 @@ def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
         assert "did not complete" in text.strip().splitlines()[-1]
 
     # The broker is back: a new process predicts every record, none is lost.
-    restarted = start_daemon(env)
-    try:
+    with reaped(start_daemon(env)) as restarted:
         wait_for(
             lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) == len(stream),
             90,
@@ -110,9 +110,6 @@ def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
         )
         restarted.send_signal(signal.SIGTERM)
         restarted.communicate(timeout=30)
-    finally:
-        if restarted.poll() is None:
-            restarted.kill()
     assert restarted.returncode == 0
     inputs = consume_all(broker.bootstrap, topics.input, len(stream))
     predictions = consume_all(broker.bootstrap, topics.output, len(stream), timeout_s=60)

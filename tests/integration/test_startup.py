@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from service.tools.broker import EmbeddedBroker, free_port
-from tests.integration.kafka_helpers import Topics, scrape, settings_env, wait_for
+from tests.integration.kafka_helpers import (
+    Topics,
+    reaped,
+    scrape,
+    settings_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,14 +57,10 @@ def test_no_broker_one_line_exit_1_with_the_health_port_up_meanwhile() -> None:
         "FORECASTD_PROCESSING__LOG_LEVEL": "WARNING",
     }
     started = time.monotonic()
-    daemon = _start(env)
-    try:
+    with reaped(_start(env)) as daemon:
         wait_for(lambda: _probe(port, "/healthz") == 200, 30, "the health port")
         assert _probe(port, "/readyz") == 503
         _, err = daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
     elapsed = time.monotonic() - started
     lines = err.decode().strip().splitlines()
     assert daemon.returncode == 1
@@ -73,8 +75,7 @@ def test_a_broker_that_comes_up_while_retrying_is_used(client: str) -> None:
     topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
     env = {**settings_env(broker, topics, client), "FORECASTD_KAFKA__CONNECT_TIMEOUT_S": "60"}
     port = int(env["FORECASTD_METRICS__PORT"])
-    daemon = _start(env)
-    try:
+    with reaped(_start(env)) as daemon:
         wait_for(lambda: _probe(port, "/readyz") == 503, 30, "the health port, not ready")
         time.sleep(2)
         with broker:
@@ -82,7 +83,4 @@ def test_a_broker_that_comes_up_while_retrying_is_used(client: str) -> None:
             wait_for(lambda: _probe(port, "/readyz") == 200, 60, "ready once the broker is up")
             daemon.terminate()
             daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
     assert daemon.returncode == 0

@@ -44,6 +44,7 @@ from tests.integration.kafka_helpers import (
     fresh_topics,
     make_settings,
     produce,
+    reaped,
     running_daemon,
     scrape,
     settings_env,
@@ -154,8 +155,7 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
     _outputs = _committed_outputs if exactly_once else _read_outputs
     feeder = _Paced(broker.bootstrap, topics.input, stream)
     port = int(env["FORECASTD_METRICS__PORT"])
-    daemon = start_daemon(env)
-    try:
+    with reaped(start_daemon(env)) as daemon:
         _wait_ready(port)
         feeder.start()
         wait_for(
@@ -165,9 +165,6 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
         )
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
     killed_at = sum(committed_offsets(broker.bootstrap, topics.group).values())
     before = _outputs(broker.bootstrap, topics.output)
     feeder.join(timeout=60)
@@ -176,8 +173,7 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
 
     assert not every_source <= {p["source"] for p in before}, "killed after the last record"
 
-    daemon = start_daemon(env)
-    try:
+    with reaped(start_daemon(env)) as daemon:
         _wait_ready(port)
         wait_for(
             lambda: (
@@ -192,9 +188,6 @@ def test_kill_9_mid_stream_then_restart_resumes_warm_and_loses_nothing(
         )
         daemon.send_signal(signal.SIGTERM)
         output, _ = daemon.communicate(timeout=60)
-    finally:
-        if daemon.poll() is None:
-            daemon.kill()
     assert daemon.returncode == 0, output.decode()[-2000:]
     assert b"restored" in output, output.decode()[-2000:]
     after = _outputs(broker.bootstrap, topics.output)[len(before) :]

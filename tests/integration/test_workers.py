@@ -31,6 +31,7 @@ from tests.integration.kafka_helpers import (
     consume_all,
     fresh_topics,
     produce,
+    reaped,
     scrape,
     settings_env,
     start_daemon,
@@ -125,9 +126,8 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
     topics = fresh_topics(broker, partitions=4)
     env = settings_env(broker, topics, FORECASTD_PROCESSING__WORKERS="2")
     port = int(env["FORECASTD_METRICS__PORT"])
-    pod = start_daemon(env)
-    output = _Output(pod)
-    try:
+    with reaped(start_daemon(env)) as pod:
+        output = _Output(pod)
         # Ready only once both workers joined: the group has settled on two members.
         wait_for(lambda: _status(port, "/readyz") == 200, 120, "the pod to be ready")
         assert scrape(port, "/healthz")[0] == 200
@@ -194,10 +194,6 @@ def test_two_workers_share_the_partitions_and_the_pod_reports_their_sums(
         )
         pod.send_signal(signal.SIGTERM)
         assert pod.wait(timeout=90) == 0, output.tail()
-    finally:
-        if pod.poll() is None:
-            pod.kill()
-            pod.wait()
     assert sum(committed_offsets(broker.bootstrap, topics.group).values()) == total
     # at-least-once across the kill: every record predicted, some perhaps twice
     every = {
@@ -222,14 +218,9 @@ def test_a_pod_whose_workers_cannot_reach_the_broker_stops_with_status_1(
         FORECASTD_KAFKA__BOOTSTRAP_SERVERS=nowhere,
         FORECASTD_KAFKA__CONNECT_TIMEOUT_S="2",
     )
-    pod = start_daemon(env)
-    output = _Output(pod)
-    try:
+    with reaped(start_daemon(env)) as pod:
+        output = _Output(pod)
         status = pod.wait(timeout=120)
-    finally:
-        if pod.poll() is None:
-            pod.kill()
-            pod.wait()
     output.done()
     assert status == 1, output.tail()
     assert f"is a broker listening at kafka.bootstrap_servers {nowhere}?" in output.text()
@@ -250,9 +241,8 @@ def test_a_worker_that_keeps_dying_stops_the_pod_and_the_other_drains(
         FORECASTD_PROCESSING__WORKER_FAILURE_WINDOW_S="600",
     )
     port = int(env["FORECASTD_METRICS__PORT"])
-    pod = start_daemon(env)
-    output = _Output(pod)
-    try:
+    with reaped(start_daemon(env)) as pod:
+        output = _Output(pod)
         wait_for(lambda: _status(port, "/readyz") == 200, 120, "the pod to be ready")
         records = _stream()
         produce(broker.bootstrap, topics.input, records)
@@ -269,10 +259,6 @@ def test_a_worker_that_keeps_dying_stops_the_pod_and_the_other_drains(
                 # just started, far from ready: the pod must say so
                 assert _status(port, "/readyz") == 503, output.tail()
         status = pod.wait(timeout=120)
-    finally:
-        if pod.poll() is None:
-            pod.kill()
-            pod.wait()
     output.done()
     assert status == 1, output.tail()
     text = output.text()

@@ -2,6 +2,7 @@
 
     python bench/models.py                      # all kinds, batches of 1, 64 and 512
     python bench/models.py --kinds torch.mlp torch.attention --threads 2
+    python bench/models.py --kinds torch.mlp torch.attention --device cuda   # a GPU node
 
 Each cell drives one model the way a partition task does: ``predict`` on a batch, then
 ``learn`` on the same rows, repeated for ``--seconds`` on synthetic batches shaped like
@@ -72,22 +73,39 @@ def events_per_second(kind: str, params: dict[str, Any], size: int, seconds: flo
     raise AssertionError("unreachable: cycle() never ends")
 
 
+def device_name(device: str) -> str:
+    """The GPU's name for the header line, empty on CPU."""
+    if device == "cpu":
+        return ""
+    return f" + {torch.cuda.get_device_name(torch.device(device))}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kinds", nargs="*", help="kinds to run (default: all registered)")
     parser.add_argument("--sizes", nargs="*", type=int, default=list(SIZES))
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per cell")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--device", default="cpu", help="the torch.* kinds' device param (cpu, cuda, cuda:1)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     kinds = args.kinds or registry.kinds()
     rows = [(kind, "defaults", REQUIRED.get(kind, {})) for kind in kinds]
     rows += [variant for variant in VARIANTS if variant[0] in kinds]
+    if args.device != "cpu":
+        rows = [
+            (kind, f"{label}, {args.device}", {**params, "device": args.device})
+            for kind, label, params in rows
+            if kind.startswith("torch.")
+        ]
 
     console = Console()
     console.print(
         f"predict + learn, events/s (higher is better) - torch {torch.__version__}, "
-        f"{args.threads} torch thread(s), {platform.processor() or platform.machine()}, "
+        f"{args.threads} torch thread(s), {platform.processor() or platform.machine()}"
+        f"{device_name(args.device)}, "
         f"window {CONTEXT.window}, {CONTEXT.n_features} features, "
         f"{args.seconds:g} s per cell"
     )

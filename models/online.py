@@ -25,6 +25,9 @@ Updates. ``learn`` appends the finite rows to a pending set; once it holds at le
 norm clipping) runs on the pending rows plus ``replay_samples`` rows drawn uniformly
 from a ring buffer of the last ``replay_size`` learned rows (against catastrophic
 forgetting when a partition's mix of keys shifts). ``updates`` counts optimizer steps.
+An MLP on the CPU (the default member) takes the same steps through NumPy on the
+module's own tensors (:mod:`models.mlp_kernel`), where torch's per-call dispatch would
+cost several times the arithmetic; ``trainer`` says which path a model takes.
 ``learn_every`` trades freshness for cost at small micro-batches (per step, Python and
 dispatch overhead dominate until a batch holds hundreds of rows); ``max_step_rows``
 caps the rows of one step (a seeded uniform sample of the pending rows; all of them
@@ -69,6 +72,7 @@ from torch import Tensor, nn
 
 from models.base import FeatureBatch, FloatArray, Model, Plan
 from models.guard import LastGood, all_finite, clip_gradients
+from models.mlp_kernel import MLPKernel
 from models.moments import Moments
 from models.replay import ReplayBuffer, Rows
 
@@ -103,7 +107,7 @@ class OnlineConfig:
             learn from hundreds of rows with the step size of one: on FriedmanDrift in
             batches of 100, the MLP trailed River linear until updates took 32-row steps.
         max_steps: at most this many steps per update: larger updates get proportionally
-            larger steps. A step costs about half a millisecond whatever its size, so this
+            larger steps. A step's cost is mostly fixed (dispatch, not arithmetic), so this
             bounds the learning cost of a backlog's 500-record batches, while the small
             batches of a live stream keep their ``minibatch_rows``-row steps.
         key_embedding: dimensions of the hashed key embedding (0: none).
@@ -257,6 +261,13 @@ class OnlineRegressor(Model):
         self._scale = Moments()  # of window deviations
         self._rng = np.random.default_rng(config.seed)
         self._good = LastGood(self._params)
+        # An MLP on the CPU trains through NumPy on the module's own tensors
+        # (models.mlp_kernel); every other network through autograd.
+        self._kernel = (
+            MLPKernel.build(self._net.body, self._optimizer, self._params, config)
+            if self._net.embedding is None
+            else None
+        )
         self._updates = 0
         self._nonfinite = 0
 
@@ -294,6 +305,12 @@ class OnlineRegressor(Model):
         return self._nonfinite
 
     @property
+    def trainer(self) -> Literal["numpy", "autograd"]:
+        """``numpy``: an MLP on the CPU, trained by :mod:`models.mlp_kernel`;
+        ``autograd``: every other network, trained through torch."""
+        return "autograd" if self._kernel is None else "numpy"
+
+    @property
     def network(self) -> nn.Module:
         """The trained body (for inspection; do not train it from outside)."""
         body: nn.Module = self._net.body
@@ -305,9 +322,12 @@ class OnlineRegressor(Model):
         if n == 0:
             return np.zeros(0, dtype=np.float64)
         rows = self._rows(batch, None)
-        with torch.inference_mode():
-            out = self._net(*self._tensors(rows))  # (n,)
-        z = out.to(device="cpu", dtype=torch.float64).numpy()
+        if self._kernel is not None:
+            z = self._kernel.forward(rows.x).astype(np.float64)
+        else:
+            with torch.inference_mode():
+                out = self._net(*self._tensors(rows))  # (n,)
+            z = out.to(device="cpu", dtype=torch.float64).numpy()
         y = z * self._targets.std + self._targets.mean
         result: FloatArray = np.where(np.isfinite(y), y, 0.0)
         return result
@@ -408,6 +428,8 @@ class OnlineRegressor(Model):
         }
         groups = self._optimizer.state_dict()["param_groups"]
         self._optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+        if self._kernel is not None:
+            self._kernel.bind_optimizer_state()
         self._targets = Moments.from_state(state["targets"])
         self._scale = Moments.from_state(state["window_scale"])
         self._replay.load_state_dict(state["replay"])
@@ -493,6 +515,8 @@ class OnlineRegressor(Model):
     def _try_step(self, rows: Rows, torch_seed: int) -> bool:
         """Forward, backward, clip, step; ``False`` (and no change) if anything is non-finite."""
         z = (rows.target - self._targets.mean) / self._targets.std
+        if self._kernel is not None:
+            return self._kernel.step(rows.x, z.astype(np.float32))
         target = torch.from_numpy(z.astype(np.float32)).to(self._device)
         inputs = self._tensors(rows)
         # Train mode only matters for dropout; toggling walks every submodule, which

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from models import online, registry
 from models.base import FeatureBatch, Model, ModelContext
 from models.checks import run_all, synthetic_batches
+from models.mlp_kernel import MLPKernel
 from models.online import OnlineConfig, OnlineRegressor
 
 CONTEXT = ModelContext(feature_names=("a", "b", "c"), window=6, horizon=1, seed=7)
@@ -149,6 +150,14 @@ def test_models_leave_the_global_torch_generator_alone() -> None:
 # -- the NaN guard -----------------------------------------------------------------------
 
 
+@pytest.fixture
+def autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.mlp`` trained through autograd and ``torch.optim``, not
+    :mod:`models.mlp_kernel` (whose own guard tests are in ``test_mlp_kernel.py``):
+    the guard tests below poison torch's functions."""
+    monkeypatch.setattr(MLPKernel, "build", classmethod(lambda cls, *args: None))
+
+
 def trained(kind: str = "torch.mlp") -> tuple[OnlineRegressor, dict[str, Any]]:
     model = build(kind, {"learn_every": 1})
     for batch, target in STREAM[:4]:
@@ -173,6 +182,7 @@ def test_non_finite_targets_are_dropped_and_counted(bad: float) -> None:
     assert np.all(np.isfinite(model.predict(batch)))
 
 
+@pytest.mark.usefixtures("autograd")
 def test_a_non_finite_loss_skips_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
     model, before = trained()
     batch, target = STREAM[4]
@@ -189,6 +199,7 @@ def test_a_non_finite_loss_skips_the_step(monkeypatch: pytest.MonkeyPatch) -> No
     assert model.updates == before["updates"] + len(target)
 
 
+@pytest.mark.usefixtures("autograd")
 def test_a_non_finite_gradient_skips_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
     model, before = trained()
     batch, target = STREAM[4]
@@ -201,6 +212,7 @@ def test_a_non_finite_gradient_skips_the_step(monkeypatch: pytest.MonkeyPatch) -
     assert model.updates == before["updates"] + len(target)
 
 
+@pytest.mark.usefixtures("autograd")
 @pytest.mark.parametrize("kind", KINDS)
 def test_non_finite_parameters_are_restored(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     model, before = trained(kind)

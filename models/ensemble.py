@@ -40,6 +40,7 @@ This module holds the arithmetic and the per-key state; the partition task runs 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from typing import Literal
 
@@ -53,6 +54,7 @@ from models.registry import ModelParams, ModelSpec, register
 __all__ = ["LOSS_CAP", "EnsembleParams", "Hedge"]
 
 LOSS_CAP = 25.0
+_LOG_FLOOR = math.log(1e-300)  # a weight that underflowed (share 0)
 
 
 class EnsembleParams(ModelParams):
@@ -106,6 +108,7 @@ class Hedge:
         self._epoch = np.zeros((0, members), dtype=np.int64)
         self._known = np.zeros(0, dtype=np.bool_)
         self._drifts = [0] * members
+        self._drifted = False
         self.learned = 0
         self._pool_log_w = [0.0] * members
         self._pool_mse = [0.0] * (members + 1)
@@ -133,6 +136,7 @@ class Hedge:
         take the lead soon, one that got worse loses it to its new errors."""
         self.shrink_to = factor
         self._drifts[member] += 1
+        self._drifted = True
         self._pool_log_w = _shrunk(self._pool_log_w, member, factor)
 
     def weights(self, slot: int) -> list[float]:
@@ -147,6 +151,8 @@ class Hedge:
             self._epoch[slot] = self._drifts
             return list(self._pool_log_w)
         log_w: list[float] = self._log_w[slot].tolist()
+        if not self._drifted:  # no drift yet: every slot's epochs are all 0
+            return log_w
         epochs: list[int] = self._epoch[slot].tolist()
         if epochs != self._drifts:
             for member, (seen, now) in enumerate(zip(epochs, self._drifts, strict=True)):
@@ -186,9 +192,8 @@ class Hedge:
                 w = cache.get(slot)
                 if w is None:
                     w = cache[slot] = self.weights(slot)
-                row = rows[done]
-                combined[done] = sum(a * b for a, b in zip(w, row, strict=True))
-                leaders[done] = max(range(self.members), key=w.__getitem__)
+                combined[done] = sum(map(operator.mul, w, rows[done]))
+                leaders[done] = w.index(max(w))
                 done += 1
 
         drift_rows: dict[int, list[int]] = {}
@@ -210,7 +215,9 @@ class Hedge:
         self.learned += 1
         errors = [(y - p) ** 2 for p in row] if self.squared else [abs(y - p) for p in row]
         log_w = self._row(slot)
-        self._log_w[slot], self._mse[slot] = self._update(log_w, self._mse[slot].tolist(), errors)
+        log_w, stats = self._update(log_w, self._mse[slot].tolist(), errors)
+        self._log_w[slot] = log_w
+        self._mse[slot] = stats
         self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
 
     def _update(
@@ -219,21 +226,32 @@ class Hedge:
         """One event's errors into log-weights and the running errors ``stats``
         (members' mean errors, then how many events they average: a plain mean up to
         ``memory`` events, exponentially weighted after)."""
-        *running, count = stats
+        running, count = stats[:-1], stats[-1]
         best = min(running) if count > 0 else 0.0
         unit = best if best > 0 else sum(errors) / len(errors)
         if unit <= 0:  # every member exact: no member earned or lost anything
             return log_w, [*running, count + 1]
+        cap = self._cap
         # one wild error moves a member's running error by a bounded step
-        errors_in = [min(e, self._cap * unit) for e in errors] if best > 0 else errors
+        bound = cap * unit if best > 0 else math.inf
         rate = 1.0 / min(count + 1, self.memory)
-        new = [m + rate * (e - m) for m, e in zip(running, errors_in, strict=True)]
-        decay, eta = self.decay, self.eta
-        moved = [
-            decay * v - eta * min(e / unit, self._cap) for v, e in zip(log_w, errors, strict=True)
+        new = [
+            m + rate * ((e if e < bound else bound) - m)
+            for m, e in zip(running, errors, strict=True)
         ]
-        weights = _normalised(moved, self.share)
-        return [math.log(max(w, 1e-300)) for w in weights], [*new, count + 1]
+        new.append(count + 1)
+        decay, eta, limit = self.decay, self.eta, cap * unit
+        moved = [
+            decay * v - eta * (e / unit if e < limit else cap)
+            for v, e in zip(log_w, errors, strict=True)
+        ]
+        # _normalised, then the logarithm, in one pass
+        top = max(moved)
+        exp, log, share = math.exp, math.log, self.share
+        raw = [exp(v - top) for v in moved]
+        keep, even = (1.0 - share) / sum(raw), share / len(raw)
+        shared = [keep * r + even for r in raw]
+        return [log(w) if w > 1e-300 else _LOG_FLOOR for w in shared], new
 
 
 def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:

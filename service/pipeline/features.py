@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from models.moments import merge_moments
-from service.pipeline.scoring import LARGEST
+from service.pipeline.scoring import LARGEST, finite_or_zero
 from service.pipeline.seasons import MAX_SEASONS, calendar_mask
 
 FloatArray = npt.NDArray[np.float64]
@@ -260,7 +260,7 @@ class RunningScaler:
     def transform(self, raw: FloatArray) -> FloatArray:
         std = np.sqrt(self.m2 / np.maximum(self.count, 1.0))
         scaled = (np.clip(raw, -LARGEST, LARGEST) - self.mean) / np.where(std > _EPS, std, 1.0)
-        return np.clip(np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), -_CLIP, _CLIP)
+        return np.clip(finite_or_zero(scaled), -_CLIP, _CLIP)
 
     def fit_transform(self, raw: FloatArray) -> FloatArray:
         """Scale each row with the statistics of every row up to it (this one
@@ -286,7 +286,5 @@ class RunningScaler:
         std = np.sqrt(np.maximum(m2, 0.0) / safe)
         scaled = (raw - mean) / np.where(std > _EPS, std, 1.0)
         self.count, self.mean, self.m2 = count[-1].copy(), mean[-1].copy(), np.maximum(m2[-1], 0.0)
-        out: FloatArray = np.clip(
-            np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0), -_CLIP, _CLIP
-        )
+        out: FloatArray = np.clip(finite_or_zero(scaled), -_CLIP, _CLIP)
         return out

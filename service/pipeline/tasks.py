@@ -49,7 +49,7 @@ from service.pipeline.drift import DriftMonitor
 from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
 from service.pipeline.intervals import Coverage, CoverageStats, Intervals
 from service.pipeline.pending import COMPACT_EVERY, Gather, PendingBook, Rows, column_of
-from service.pipeline.scoring import LARGEST, Scorer, ScoreStats
+from service.pipeline.scoring import LARGEST, Scorer, ScoreStats, bounded, finite_or_zero
 from service.pipeline.seasons import SPACING_GAPS, SeasonBook, detect, detection_due
 from service.pipeline.windows import WindowStore
 from service.records import Event, Invalid, Prediction
@@ -322,7 +322,7 @@ class PartitionTask:
         units[known] = self._seasons.units[slot_of[known]]
         keys = [e.key for e in events]
         order = sorted(range(len(events)), key=keys.__getitem__)  # stable: by key, in order
-        ys = np.clip(np.nan_to_num(ys), -1e150, 1e150)  # changes and squares stay finite
+        ys = bounded(ys, 1e150)  # changes and squares stay finite
         previous = stored.copy()
         # a key's changes earlier in this poll, for keys the store cannot judge yet
         count = np.zeros(len(events))
@@ -506,7 +506,7 @@ class PartitionTask:
                 continue
             updates, nonfinite = model.updates, model.nonfinite_events
             out = np.asarray(run_plan(model, plan), dtype=np.float64)
-            out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+            out = finite_or_zero(out)
             if self._change:  # in key units: a change of 100 typical changes is no forecast
                 out = np.clip(out, -OUTPUT_LIMIT, OUTPUT_LIMIT)
             rows.outputs[:, column] = out
@@ -576,7 +576,7 @@ class PartitionTask:
     def _abs_errors(self, column: int, truth: FloatArray, learned: Rows) -> FloatArray:
         """The column's absolute errors on the resolved rows, as its scorer keeps them."""
         abs_err = np.abs(truth - learned.levels(column))
-        clipped: FloatArray = np.minimum(np.nan_to_num(abs_err, nan=0.0), LARGEST)
+        clipped: FloatArray = bounded(abs_err)
         return clipped
 
     def _drift(self, column: int, abs_err: FloatArray) -> list[int]:
@@ -613,7 +613,7 @@ class PartitionTask:
             slot.scorer.update(truth, y_hat)
             if self._on_scored is not None:
                 self._on_scored(slot.name, truth, y_hat)
-            abs_err = np.minimum(np.nan_to_num(np.abs(truth - y_hat), nan=0.0), LARGEST)
+            abs_err = bounded(np.abs(truth - y_hat))
             counts.scored[slot.name] += len(truth)
             counts.abs_error[slot.name] += float(abs_err.sum())
             counts.sq_error[slot.name] += float(np.dot(abs_err, abs_err))

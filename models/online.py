@@ -263,11 +263,7 @@ class OnlineRegressor(Model):
         self._good = LastGood(self._params)
         # An MLP on the CPU trains through NumPy on the module's own tensors
         # (models.mlp_kernel); every other network through autograd.
-        self._kernel = (
-            MLPKernel.build(self._net.body, self._optimizer, self._params, config)
-            if self._net.embedding is None
-            else None
-        )
+        self._kernel = self._build_kernel()
         self._updates = 0
         self._nonfinite = 0
 
@@ -383,6 +379,29 @@ class OnlineRegressor(Model):
         """A fresh, untrained model: same network factory, config and seed."""
         return OnlineRegressor(self._make_network, self._n_features, self._window, self.config)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a checkpoint pickles its task's models) as what builds it plus
+        :meth:`state_dict`, not as its attributes: with the NumPy kernel the
+        parameters are views of one flat buffer, which torch would pickle once per
+        parameter, and NumPy's views of it as copies that no longer share its memory."""
+        return {
+            "make_network": self._make_network,
+            "n_features": self._n_features,
+            "window": self._window,
+            "config": self.config,
+            "state": self.state_dict(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_net" in state:  # pickled before __getstate__ existed: its attributes
+            self.__dict__.update(state)
+            self._kernel = self._build_kernel()
+            return
+        self.__init__(  # type: ignore[misc]
+            state["make_network"], state["n_features"], state["window"], state["config"]
+        )
+        self.load_state_dict(state["state"])
+
     def state_dict(self) -> dict[str, Any]:
         """Network, optimizer moments, normalisers, replay, pending rows, RNG, counters.
 
@@ -455,6 +474,13 @@ class OnlineRegressor(Model):
         return out
 
     # -- internals ----------------------------------------------------------------------
+
+    def _build_kernel(self) -> MLPKernel | None:
+        """The NumPy kernel where it trains this network exactly (a key embedding
+        adds a parameter it does not know), else ``None``: autograd."""
+        if self._net.embedding is not None:
+            return None
+        return MLPKernel.build(self._net.body, self._optimizer, self._params, self.config)
 
     def _rows(self, batch: FeatureBatch, target: FloatArray | None) -> Rows:
         """Copy a batch into the stored form (never a view: the task keeps the batch)."""

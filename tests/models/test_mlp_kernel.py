@@ -3,6 +3,7 @@ checkpoints, the same guard against non-finite steps, and only where it applies.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import numpy as np
@@ -191,3 +192,43 @@ def test_other_networks_train_through_autograd(kind: str, params: dict[str, Any]
 
 def test_the_default_mlp_uses_the_kernel() -> None:
     kernel_model({})
+
+
+def test_a_pickled_model_is_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    # checkpoints pickle the task's models: the copy must keep the kernel's buffers
+    # and the module's tensors one memory, and be no larger than an autograd model's
+    fast, slow = kernel_model({"learn_every": 4}), autograd_model(monkeypatch, {"learn_every": 4})
+    for batch, target in STREAM[:8]:
+        fast.learn(batch, target)
+        slow.learn(batch, target)
+    copy = pickle.loads(pickle.dumps(fast))  # noqa: S301 - own bytes
+    assert copy.trainer == "numpy"
+    pickled = copy.state_dict()["network"]
+    assert len(pickle.dumps(fast)) < 1.2 * len(pickle.dumps(slow))
+    for batch, target in STREAM[8:14]:
+        np.testing.assert_array_equal(copy.predict(batch), fast.predict(batch))
+        copy.learn(batch, target)
+        fast.learn(batch, target)
+    learned = copy.state_dict()["network"]  # what a checkpoint of the copy holds
+    for name, tensor in fast.state_dict()["network"].items():
+        torch.testing.assert_close(learned[name], tensor, rtol=0, atol=0)
+    assert not torch.equal(learned["body.out.weight"], pickled["body.out.weight"])
+
+
+def test_a_model_pickled_as_its_attributes_loads_with_the_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # how checkpoints pickled a model before OnlineRegressor.__getstate__
+    old = autograd_model(monkeypatch, {"learn_every": 4})
+    for batch, target in STREAM[:8]:
+        old.learn(batch, target)
+    attributes = dict(old.__dict__)
+    del attributes["_kernel"]
+    restored = OnlineRegressor.__new__(OnlineRegressor)
+    restored.__setstate__(pickle.loads(pickle.dumps(attributes)))  # noqa: S301 - own bytes
+    assert restored.trainer == "numpy"
+    batch, target = STREAM[8]
+    np.testing.assert_allclose(restored.predict(batch), old.predict(batch), rtol=1e-5)
+    restored.learn(batch, target)
+    old.learn(batch, target)
+    np.testing.assert_allclose(restored.predict(batch), old.predict(batch), rtol=1e-3, atol=1e-5)

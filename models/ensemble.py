@@ -245,13 +245,9 @@ class Hedge:
             decay * v - eta * (e / unit if e < limit else cap)
             for v, e in zip(log_w, errors, strict=True)
         ]
-        # _normalised, then the logarithm, in one pass
-        top = max(moved)
-        exp, log, share = math.exp, math.log, self.share
-        raw = [exp(v - top) for v in moved]
-        keep, even = (1.0 - share) / sum(raw), share / len(raw)
-        shared = [keep * r + even for r in raw]
-        return [log(w) if w > 1e-300 else _LOG_FLOOR for w in shared], new
+        log = math.log
+        weights = _normalised(moved, self.share)
+        return [log(w) if w > 1e-300 else _LOG_FLOOR for w in weights], new
 
 
 def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:
@@ -264,11 +260,10 @@ def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:
 
 def _normalised(log_w: list[float], share: float) -> list[float]:
     """Weights from log-weights, with ``share`` of the mass spread evenly."""
-    top = max(log_w)
-    raw = [math.exp(v - top) for v in log_w]
-    total = sum(raw)
-    even = share / len(raw)
-    return [(1 - share) * r / total + even for r in raw]
+    top, exp = max(log_w), math.exp
+    raw = [exp(v - top) for v in log_w]
+    keep, even = (1.0 - share) / sum(raw), share / len(raw)
+    return [keep * r + even for r in raw]
 
 
 def _build(params: EnsembleParams, context: ModelContext) -> Model:

@@ -201,12 +201,17 @@ class MLPKernel:
                 v.copy_(old["exp_avg_sq"]) if "exp_avg_sq" in old else v.zero_()
                 state[p] = {"step": self._step_t, "exp_avg": m, "exp_avg_sq": v}
 
-    def forward(self, x: F32) -> F32:
-        """The network's output for rows ``x`` (n, in_features), float32."""
+    def forward(self, x: F32, trace: list[tuple[F32, F32, F32]] | None = None) -> F32:
+        """The network's output for rows ``x`` (n, in_features), float32; with
+        ``trace``, each hidden layer's (input, pre-activation, output) appended to it."""
         h = x
         *hidden, (w_out, b_out) = self._layers
         for weight, bias in hidden:
-            h = self._act(h @ weight.T + bias)
+            a = h @ weight.T + bias
+            out_h = self._act(a)
+            if trace is not None:
+                trace.append((h, a, out_h))
+            h = out_h
         out: F32 = h @ w_out[0] + b_out[0]
         return out
 
@@ -247,32 +252,24 @@ class MLPKernel:
     def _backward(self, x: F32, target: F32) -> F32 | None:
         """Gradient of the mean squared error into ``self._grad``; ``None`` when the
         loss is not finite."""
-        inputs, pre, post = [], [], []
-        h = x
-        *hidden, (w_out, b_out) = self._layers
-        for weight, bias in hidden:
-            a = h @ weight.T + bias
-            inputs.append(h)
-            pre.append(a)
-            h = self._act(a)
-            post.append(h)
-        out = h @ w_out[0] + b_out[0]
-        residual = out - target
+        trace: list[tuple[F32, F32, F32]] = []
+        residual = self.forward(x, trace) - target
         if not math.isfinite(float(np.dot(residual, residual))):
             return None
         d = residual * np.float32(2.0 / len(target))  # d loss / d out, (n,)
-        (gw_out, gb_out), *_ = reversed(self._layer_grads)
-        np.matmul(d, h, out=gw_out[0])
+        *hidden, (w_out, _) = self._layers
+        *hidden_grads, (gw_out, gb_out) = self._layer_grads
+        np.matmul(d, trace[-1][2], out=gw_out[0])
         gb_out[0] = d.sum()
         delta = np.multiply.outer(d, w_out[0])  # d loss / d h_L, (n, H_L)
         for i in range(len(hidden) - 1, -1, -1):
-            weight, _ = hidden[i]
-            g_weight, g_bias = self._layer_grads[i]
-            delta *= self._act_grad(pre[i], post[i])
-            np.matmul(delta.T, inputs[i], out=g_weight)
+            inputs, pre, post = trace[i]
+            g_weight, g_bias = hidden_grads[i]
+            delta *= self._act_grad(pre, post)
+            np.matmul(delta.T, inputs, out=g_weight)
             np.sum(delta, axis=0, out=g_bias)
             if i:
-                delta = delta @ weight
+                delta = delta @ hidden[i][0]
         return self._grad
 
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:

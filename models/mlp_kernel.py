@@ -169,7 +169,7 @@ class MLPKernel:
     ) -> MLPKernel | None:
         """A kernel for ``body``, or ``None`` where it would not train it exactly as
         autograd and ``optimizer`` do (another network, device or optimizer, dropout).
-        ``params`` must be all of the network's parameters (no key embedding)."""
+        ``params`` must be exactly the body's parameters: a key embedding adds one."""
         if not isinstance(body, MLP) or torch.device(config.device).type != "cpu":
             return None
         if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:

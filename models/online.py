@@ -476,10 +476,9 @@ class OnlineRegressor(Model):
     # -- internals ----------------------------------------------------------------------
 
     def _build_kernel(self) -> MLPKernel | None:
-        """The NumPy kernel where it trains this network exactly (a key embedding
-        adds a parameter it does not know), else ``None``: autograd."""
-        if self._net.embedding is not None:
-            return None
+        """The NumPy kernel where it trains this network exactly, else ``None``:
+        autograd. (A key embedding's parameter is not the body's, which
+        :meth:`MLPKernel.build` refuses.)"""
         return MLPKernel.build(self._net.body, self._optimizer, self._params, self.config)
 
     def _rows(self, batch: FeatureBatch, target: FloatArray | None) -> Rows:

@@ -17,14 +17,18 @@ feeds both the same streams) and, like River's, starts afresh after each detecti
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import numpy as np
+import numpy.typing as npt
 from river import drift
 from scipy.signal import lfilter
 
 from service.config import DriftSettings
 from service.pipeline.scoring import FloatArray
+
+IntArray = npt.NDArray[np.intp]
 
 _MIN_SCALE = 1e-12
 
@@ -101,6 +105,66 @@ class PageHinkley:
         self._min_increase, self._max_decrease = float(min_increase[-1]), float(max_decrease[-1])
         return None
 
+    @staticmethod
+    def update_together(detectors: Sequence[PageHinkley], values: FloatArray) -> list[list[int]]:
+        """``update_many`` of each detector with its row of ``values`` (one row per
+        detector, all the same length), in one pass of array calls for all of them: a
+        task feeds the same rows to the detector of each of its models, and per call a
+        scan costs the same for a few rows as for a few hundred. A detector that
+        detects in its row is then run again on its own (the joint pass leaves its
+        state as it was), so the results are those of ``update_many``."""
+        rows, width = values.shape
+        if rows == 0 or width == 0:
+            return [[] for _ in range(rows)]
+        first = detectors[0]
+        alpha, delta = first.alpha, first.delta
+        if any(
+            d.alpha != alpha or d.delta != delta or d.threshold != first.threshold
+            for d in detectors
+        ):
+            return [d.update_many(row) for d, row in zip(detectors, values, strict=True)]
+        state = np.array(
+            [
+                (d._n, d._total, d._increase, d._decrease, d._min_increase, d._max_decrease)
+                for d in detectors
+            ]
+        )
+        count = state[:, :1] + np.arange(1, width + 1)
+        totals = np.cumsum(np.concatenate((state[:, 1:2], values), axis=1), axis=1)[:, 1:]
+        deviation = values - totals / count
+        steps = np.concatenate((deviation - delta, deviation + delta))
+        moved, _ = lfilter(
+            [1.0], [1.0, -alpha], steps, axis=1, zi=alpha * state[:, 2:4].T.reshape(-1, 1)
+        )
+        increase, decrease = moved[:rows], moved[rows:]
+        min_increase = np.minimum(np.minimum.accumulate(increase, axis=1), state[:, 4:5])
+        max_decrease = np.maximum(np.maximum.accumulate(decrease, axis=1), state[:, 5:6])
+        hit = (count >= first.min_instances) & (
+            (increase - min_increase > first.threshold)
+            | (max_decrease - decrease > first.threshold)
+        )
+        found = hit.any(axis=1).tolist()
+        ends = np.column_stack(
+            (
+                count[:, -1],
+                totals[:, -1],
+                increase[:, -1],
+                decrease[:, -1],
+                min_increase[:, -1],
+                max_decrease[:, -1],
+            )
+        ).tolist()
+        out: list[list[int]] = []
+        for detector, row, detected, end in zip(detectors, values, found, ends, strict=True):
+            if detected:
+                out.append(detector.update_many(row))
+                continue
+            detector._n = int(end[0])
+            detector._total, detector._increase, detector._decrease = end[1], end[2], end[3]
+            detector._min_increase, detector._max_decrease = end[4], end[5]
+            out.append([])
+        return out
+
     def _forget(self, steps: FloatArray, previous: float) -> FloatArray:
         """``s[t] = alpha * s[t-1] + steps[t]`` from ``s[-1] = previous``."""
         out, _ = lfilter([1.0], [1.0, -self.alpha], steps, zi=[self.alpha * previous])
@@ -147,13 +211,61 @@ class DriftMonitor:
 
         Errors with no error history yet (``scale`` 0) are not fed: there is no unit.
         """
-        errors = np.asarray(abs_errors, dtype=np.float64)
-        scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), errors.shape)
-        fed = np.flatnonzero(scales > 0)
+        fed, values = _fed(abs_errors, scale)
         if len(fed) == 0:
             return {name: [] for name in self._detectors}
-        values = errors[fed] / np.maximum(scales[fed], _MIN_SCALE)
         return {
             name: fed[detector.update_many(values)].tolist()
             for name, detector in self._detectors.items()
         }
+
+    @staticmethod
+    def update_together(
+        monitors: Sequence[DriftMonitor],
+        abs_errors: Sequence[FloatArray] | FloatArray,
+        scales: Sequence[FloatArray] | FloatArray,
+    ) -> list[dict[str, list[int]]]:
+        """:meth:`update` of each monitor with its errors and scales, with the
+        Page-Hinkley detectors of those fed the same number of rows run in one pass
+        (:meth:`PageHinkley.update_together`): the same detections, for a fraction of
+        the per-call cost on a live stream's small batches."""
+        fed = _fed_together(abs_errors, scales)
+        out: list[dict[str, list[int]]] = [{} for _ in monitors]
+        joint: dict[tuple[str, int], list[int]] = {}  # detector name, rows fed: monitors
+        for i, (monitor, (rows, values)) in enumerate(zip(monitors, fed, strict=True)):
+            for name, detector in monitor._detectors.items():
+                if len(rows) == 0:
+                    out[i][name] = []
+                elif isinstance(detector, PageHinkley):
+                    joint.setdefault((name, len(rows)), []).append(i)
+                else:
+                    out[i][name] = rows[detector.update_many(values)].tolist()
+        for (name, _), members in joint.items():
+            detectors = [cast(PageHinkley, monitors[i]._detectors[name]) for i in members]
+            found = PageHinkley.update_together(detectors, np.stack([fed[i][1] for i in members]))
+            for i, hits in zip(members, found, strict=True):
+                out[i][name] = fed[i][0][hits].tolist()
+        return out
+
+
+def _fed_together(
+    abs_errors: Sequence[FloatArray] | FloatArray, scales: Sequence[FloatArray] | FloatArray
+) -> list[tuple[IntArray, FloatArray]]:
+    """:func:`_fed` of each pair; in a few array calls when every row of errors of the
+    same length has a scale, as it has once each model has been scored."""
+    lengths = {len(errors) for errors in abs_errors}
+    if len(lengths) == 1 and all(np.shape(scale) == np.shape(abs_errors[0]) for scale in scales):
+        stacked = np.asarray(scales, dtype=np.float64)
+        if bool((stacked > 0).all()):
+            values = np.asarray(abs_errors, dtype=np.float64) / np.maximum(stacked, _MIN_SCALE)
+            every = np.arange(lengths.pop())
+            return [(every, row) for row in values]
+    return [_fed(errors, scale) for errors, scale in zip(abs_errors, scales, strict=True)]
+
+
+def _fed(abs_errors: FloatArray, scale: float | FloatArray) -> tuple[IntArray, FloatArray]:
+    """The indices of the errors that have a scale, and those errors in its units."""
+    errors = np.asarray(abs_errors, dtype=np.float64)
+    scales = np.broadcast_to(np.asarray(scale, dtype=np.float64), errors.shape)
+    fed = np.flatnonzero(scales > 0)
+    return fed, errors[fed] / np.maximum(scales[fed], _MIN_SCALE)

@@ -10,7 +10,7 @@ target), which the tests check on the same stream.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +144,35 @@ class Scorer:
     def update(self, y_true: FloatArray, y_pred: FloatArray) -> None:
         y_true, err = _clipped(y_true, y_pred)
         self.total = self.total.merge(ScoreStats.of_clipped(y_true, err))
+        self._remember(y_true, err)
+
+    @staticmethod
+    def update_together(
+        scorers: Sequence[Scorer], y_true: FloatArray, y_pred: FloatArray
+    ) -> list[ScoreStats]:
+        """:meth:`update` of each scorer with one column of ``y_pred`` (rows × scorers)
+        against the same truths, the truths' statistics computed once: a task scores
+        all its models on the same rows. Returns each scorer's statistics of the batch."""
+        if len(y_true) == 0:
+            return [ScoreStats() for _ in scorers]
+        truth = bounded(np.asarray(y_true, dtype=np.float64))
+        # one row per scorer: the sums run along contiguous rows, as update's do
+        errors = np.ascontiguousarray(
+            bounded(truth - bounded(np.asarray(y_pred, dtype=np.float64)).T)
+        )
+        of_truth = ScoreStats.of_clipped(truth, truth)
+        sum_abs = np.abs(errors).sum(axis=1).tolist()
+        sum_sq = np.einsum("ij,ij->i", errors, errors).tolist()
+        batches = []
+        for i, scorer in enumerate(scorers):
+            batch = ScoreStats(len(truth), sum_abs[i], sum_sq[i], of_truth.y_mean, of_truth.y_m2)
+            scorer.total = scorer.total.merge(batch)
+            scorer._remember(truth, errors[i])
+            batches.append(batch)
+        return batches
+
+    def _remember(self, y_true: FloatArray, err: FloatArray) -> None:
+        """The newest errors and truths into the rolling window."""
         if len(err) >= self.window:
             err, y_true = err[-self.window :], y_true[-self.window :]
         positions = (self._head + np.arange(len(err))) % self.window
@@ -158,6 +187,18 @@ class Scorer:
         before = self.total.sum_abs + np.concatenate(([0.0], np.cumsum(abs_errors)[:-1]))
         counts = self.total.n + np.arange(len(abs_errors), dtype=np.float64)
         out: FloatArray = np.divide(before, counts, out=np.zeros(len(abs_errors)), where=counts > 0)
+        return out
+
+    @staticmethod
+    def mae_before_together(scorers: Sequence[Scorer], abs_errors: FloatArray) -> FloatArray:
+        """:meth:`mae_before` of each scorer with its row of ``abs_errors`` (one row
+        per scorer, the same rows of a batch), in one pass for all of them."""
+        rows, width = abs_errors.shape
+        sums = np.array([[s.total.sum_abs, s.total.n] for s in scorers]).reshape(rows, 2)
+        running = np.cumsum(abs_errors, axis=1)
+        before = sums[:, :1] + np.concatenate((np.zeros((rows, 1)), running[:, :-1]), axis=1)
+        counts = sums[:, 1:] + np.arange(width, dtype=np.float64)
+        out: FloatArray = np.divide(before, counts, out=np.zeros((rows, width)), where=counts > 0)
         return out
 
     def improving_after(self, abs_errors: FloatArray, row: int) -> bool:

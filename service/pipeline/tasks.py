@@ -514,14 +514,24 @@ class PartitionTask:
             counts.nonfinite[slot.name] += model.nonfinite_events - nonfinite
         if gather is not None:
             learned.outputs = gather.floats(lambda r: r.outputs)
-        errors = {c: self._abs_errors(c, truth, learned) for c in range(len(self._slots))}
-        drifts = {c: self._drift(c, errors[c]) for c in self._base}
+        every = bounded(
+            np.abs(
+                truth[:, None]
+                - (learned.offset[:, None] + learned.scale[:, None] * learned.outputs)
+            )
+        )
+        errors = {c: every[:, c] for c in range(len(self._slots))}  # as _abs_errors
+        # Drift of the members acts on the ensemble only under drift.action: shrink;
+        # otherwise every model's detectors run together after the ensembles.
+        drifts = self._drift(self._base, errors) if self._shrink < 1.0 else {}
         leaders: dict[int, IntArray] = {}
+        scored = [c for c in self._base if c not in drifts]  # models whose drift is due
         for column in self._combined:
             slot = self._slots[column]
             hedge = slot.hedge
             if hedge is None:
                 continue
+            scored.append(column)
             members = slot.members
             # a drift found at learn row j acts after the last learned row up to j
             # Only a member whose errors fell is judged afresh: one whose errors rose
@@ -530,7 +540,7 @@ class PartitionTask:
             found = [
                 (int(np.searchsorted(keep, j, side="right")) - 1, m)
                 for m, c in enumerate(members)
-                for j in drifts[c]
+                for j in drifts.get(c, ())
                 if self._slots[c].scorer.improving_after(errors[c], j)
             ]
             # Members are judged on their errors in the series' own scale, as their MAE
@@ -553,7 +563,7 @@ class PartitionTask:
             if gather is not None:
                 learned.outputs[:, column] = gather.floats(column_of(lambda r: r.outputs, column))
             errors[column] = self._abs_errors(column, truth, learned)
-            drifts[column] = self._drift(column, errors[column])
+        self._drift(scored, errors)
         # A row predicted earlier in this very poll was published with the interval
         # computed below, in the same pass: point at it (same_poll), so that ACI and
         # coverage see it as they would had the poll ended between its prediction and
@@ -579,19 +589,29 @@ class PartitionTask:
         clipped: FloatArray = bounded(abs_err)
         return clipped
 
-    def _drift(self, column: int, abs_err: FloatArray) -> list[int]:
-        """Feed the column's absolute errors to its detectors (each in units of the
-        model's MAE before it); the learn rows after which any confirmed a drift."""
-        slot = self._slots[column]
-        if len(abs_err) == 0:
-            return []
-        found: set[int] = set()
-        scale = slot.scorer.mae_before(abs_err)
-        for detector, hits in slot.drift.update(abs_err, scale).items():
-            if hits:
-                self._counts.drifts[(slot.name, detector)] += len(hits)
-                found.update(hits)
-        return sorted(found)
+    def _drift(
+        self, columns: Sequence[int], errors: Mapping[int, FloatArray]
+    ) -> dict[int, list[int]]:
+        """Feed each column's absolute errors to its detectors (each in units of the
+        model's MAE before it), all columns' at once
+        (:meth:`~service.pipeline.drift.DriftMonitor.update_together`); per column,
+        the learn rows after which any detector confirmed a drift."""
+        out: dict[int, list[int]] = {c: [] for c in columns}
+        fed = [c for c in columns if len(errors[c])]
+        if not fed:
+            return out
+        slots = [self._slots[c] for c in fed]
+        stacked = np.stack([errors[c] for c in fed])
+        scales = Scorer.mae_before_together([slot.scorer for slot in slots], stacked)
+        found = DriftMonitor.update_together([slot.drift for slot in slots], stacked, scales)
+        for column, slot, detections in zip(fed, slots, found, strict=True):
+            rows: set[int] = set()
+            for detector, hits in detections.items():
+                if hits:
+                    self._counts.drifts[(slot.name, detector)] += len(hits)
+                    rows.update(hits)
+            out[column] = sorted(rows)
+        return out
 
     def _cover(
         self, slot: _ModelSlot, truth: FloatArray, learned: Rows, column: int, halves: FloatArray
@@ -608,15 +628,14 @@ class PartitionTask:
         if len(truth) == 0:
             return
         counts = self._counts
-        for column, slot in enumerate(self._slots):
-            y_hat = learned.levels(column)
-            slot.scorer.update(truth, y_hat)
+        levels = learned.offset[:, None] + learned.scale[:, None] * learned.outputs
+        batches = Scorer.update_together([slot.scorer for slot in self._slots], truth, levels)
+        for column, (slot, batch) in enumerate(zip(self._slots, batches, strict=True)):
             if self._on_scored is not None:
-                self._on_scored(slot.name, truth, y_hat)
-            abs_err = bounded(np.abs(truth - y_hat))
-            counts.scored[slot.name] += len(truth)
-            counts.abs_error[slot.name] += float(abs_err.sum())
-            counts.sq_error[slot.name] += float(np.dot(abs_err, abs_err))
+                self._on_scored(slot.name, truth, levels[:, column])
+            counts.scored[slot.name] += batch.n
+            counts.abs_error[slot.name] += batch.sum_abs
+            counts.sq_error[slot.name] += batch.sum_sq
 
     def _publishable(
         self, rows: Rows, new: list[Event], leaders: dict[int, IntArray]

@@ -90,3 +90,31 @@ def test_monitor_reports_a_shift_in_errors() -> None:
     detections = monitor.update(calm * 8.0, scale=1.0)
     assert len(detections["adwin"]) >= 1
     assert len(detections["page_hinkley"]) >= 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_detectors_run_together_as_alone(seed: int) -> None:
+    """A task feeds its models' detectors together: the same detections and states
+    as fed one by one, whatever the batches, and whichever detect."""
+    rng = np.random.default_rng(seed)
+    streams = [_regime_stream(seed * 10 + i) for i in range(5)]
+    settings_ = DriftSettings(page_hinkley_threshold=8.0)
+    together = [DriftMonitor(settings_) for _ in streams]
+    alone = [DriftMonitor(settings_) for _ in streams]
+    start, detections = 0, 0
+    while start < len(streams[0]):
+        end = start + int(rng.integers(1, 120))
+        errors = [s[start:end] for s in streams]
+        # a model with no error history yet is not fed (scale 0 on its first rows)
+        scales = [
+            np.where(np.arange(len(e)) + start < 40 * i, 0.0, 1.0) for i, e in enumerate(errors)
+        ]
+        joint = DriftMonitor.update_together(together, errors, scales)
+        singly = [m.update(e, sc) for m, e, sc in zip(alone, errors, scales, strict=True)]
+        assert joint == singly
+        detections += sum(len(hits) for found in singly for hits in found.values())
+        start = end
+    assert detections > 10, "the streams must drift, or the comparison says nothing"
+    for a, b in zip(together, alone, strict=True):
+        ph_a, ph_b = a._detectors["page_hinkley"], b._detectors["page_hinkley"]
+        assert vars(ph_a) == vars(ph_b)

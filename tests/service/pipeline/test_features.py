@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from service.pipeline.features import FeaturePipeline, RunningScaler
+from service.pipeline.features import FeaturePipeline, RunningScaler, nan_moments
 
 
 def test_change_mode_features_by_hand() -> None:
@@ -115,3 +117,18 @@ def test_scaled_values_are_clipped() -> None:
     scaler = RunningScaler(1)
     scaler.update(np.zeros((100, 1)) + np.arange(100.0)[:, None] % 2)
     assert scaler.transform(np.array([[1e9]]))[0, 0] == 10.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_nan_moments_are_numpys(seed: int) -> None:
+    """The same numbers as nanmean and nanstd, bit for bit, NaN rows included."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(9, 40)) * 10.0 ** rng.integers(-4, 6, size=(9, 1)) + 50.0
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[0] = np.nan
+    values[1, :-1] = np.nan  # one value: spread 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, std = nan_moments(values)
+        np.testing.assert_array_equal(mean, np.nanmean(values, axis=1))
+        np.testing.assert_array_equal(std, np.nanstd(values, axis=1))

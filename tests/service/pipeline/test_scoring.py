@@ -63,3 +63,38 @@ def test_r2_edge_cases_follow_river() -> None:
     assert ScoreStats.of(np.array([1.0]), np.array([0.0])).r2 == 0.0
     assert ScoreStats.of(np.array([2.0, 2.0]), np.array([1.0, 3.0])).r2 == 0.0
     assert ScoreStats().mae == 0.0
+
+
+def test_mae_before_together_is_each_scorers() -> None:
+    rng = np.random.default_rng(3)
+    scorers = [Scorer(window=50) for _ in range(4)]
+    for i, scorer in enumerate(scorers[1:]):  # the first has scored nothing yet
+        scorer.update(rng.normal(size=7 * (i + 1)), rng.normal(size=7 * (i + 1)))
+    errors = np.abs(rng.normal(size=(4, 9)))
+    together = Scorer.mae_before_together(scorers, errors)
+    for scorer, row, got in zip(scorers, errors, together, strict=True):
+        np.testing.assert_array_equal(got, scorer.mae_before(row))
+    assert together[0, 0] == 0.0
+    assert together[0, 1] > 0.0
+
+
+def test_update_together_is_each_scorers_update() -> None:
+    rng = np.random.default_rng(4)
+    together = [Scorer(window=6) for _ in range(3)]
+    alone = [Scorer(window=6) for _ in range(3)]
+    for size in (4, 1, 9, 0, 5):  # batches shorter and longer than the window
+        truth = rng.normal(size=size) * 10
+        predicted = rng.normal(size=(size, 3)) * 10
+        batches = Scorer.update_together(together, truth, predicted)
+        for i, scorer in enumerate(alone):
+            scorer.update(truth, predicted[:, i])
+            assert batches[i].n == size
+        for a, b in zip(together, alone, strict=True):
+            np.testing.assert_allclose(
+                [a.total.sum_abs, a.total.sum_sq, a.total.y_mean, a.total.y_m2],
+                [b.total.sum_abs, b.total.sum_sq, b.total.y_mean, b.total.y_m2],
+                rtol=1e-12,
+            )
+            assert a.total.n == b.total.n
+            np.testing.assert_array_equal(a.recent_errors(), b.recent_errors())
+            assert a.rolling() == b.rolling()

@@ -9,6 +9,8 @@ model whose version never moves. A row without any history (an all-NaN window) g
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,6 +139,9 @@ def ewm_level(window: FloatArray, alpha: float) -> FloatArray:
     [2.0, 2.0]
     """
     finite = np.isfinite(window)
+    if window.size and bool(finite.all()):  # a mature key's window: weights fixed
+        full: FloatArray = np.clip(window @ _full_weights(alpha, window.shape[1]), *_range(window))
+        return full
     count = finite.sum(axis=1)
     # rank of each finite value counted from the newest (0 = newest)
     rank = np.maximum(np.cumsum(finite[:, ::-1], axis=1)[:, ::-1] - 1, 0)
@@ -149,6 +154,20 @@ def ewm_level(window: FloatArray, alpha: float) -> FloatArray:
     hi = np.max(np.where(finite, window, -np.inf), axis=1)
     out: FloatArray = np.where(count > 0, np.clip(level, lo, hi), np.nan)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _full_weights(alpha: float, width: int) -> FloatArray:
+    """:func:`ewm_level`'s weights for a window without NaN, oldest first."""
+    rank = np.arange(width - 1, -1, -1)
+    weights = alpha * (1.0 - alpha) ** rank
+    weights[0] = (1.0 - alpha) ** (width - 1)
+    weights.flags.writeable = False
+    return weights
+
+
+def _range(window: FloatArray) -> tuple[FloatArray, FloatArray]:
+    return window.min(axis=1), window.max(axis=1)
 
 
 class EWMA(_Baseline):

@@ -160,7 +160,7 @@ def ewm_level(window: FloatArray, alpha: float) -> FloatArray:
 def _full_weights(alpha: float, width: int) -> FloatArray:
     """:func:`ewm_level`'s weights for a window without NaN, oldest first."""
     rank = np.arange(width - 1, -1, -1)
-    weights = alpha * (1.0 - alpha) ** rank
+    weights: FloatArray = alpha * (1.0 - alpha) ** rank
     weights[0] = (1.0 - alpha) ** (width - 1)
     weights.flags.writeable = False
     return weights

@@ -34,6 +34,7 @@ it only seeds the history and gets no prediction.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,24 +321,8 @@ class PartitionTask:
         for i in np.flatnonzero(known).tolist():
             stored[i] = self._windows.last(int(slot_of[i]))
         units[known] = self._seasons.units[slot_of[known]]
-        keys = [e.key for e in events]
-        order = sorted(range(len(events)), key=keys.__getitem__)  # stable: by key, in order
         ys = bounded(ys, 1e150)  # changes and squares stay finite
-        previous = stored.copy()
-        # a key's changes earlier in this poll, for keys the store cannot judge yet
-        count = np.zeros(len(events))
-        total = np.zeros(len(events))
-        squares = np.zeros(len(events))
-        for before, after in itertools.pairwise(order):
-            if keys[before] == keys[after]:
-                previous[after] = ys[before]
-                change = ys[before] - (
-                    previous[before] if np.isfinite(previous[before]) else ys[before]
-                )
-                seen = np.isfinite(previous[before])
-                count[after] = count[before] + seen
-                total[after] = total[before] + (change if seen else 0.0)
-                squares[after] = squares[before] + (change * change if seen else 0.0)
+        previous, count, total, squares = _poll_changes([e.key for e in events], ys, stored)
         young = ~np.isfinite(units) & (count >= MATURE_VALUES)
         with np.errstate(invalid="ignore", divide="ignore"):
             spread = np.sqrt(np.maximum(squares / count - (total / count) ** 2, 0.0))
@@ -804,3 +789,33 @@ class PartitionTask:
     def pending_predictions(self) -> int:
         """Predictions waiting for their true value."""
         return len(self._pending)
+
+
+def _poll_changes(
+    keys: Sequence[str], ys: FloatArray, stored: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Per event of a poll: the value before it of its key (the poll's previous event
+    of the key, else ``stored``, the store's newest), and the count, sum and sum of
+    squares of the key's changes earlier in this poll (a change counted where the
+    value it starts from has a value before it): what keys the store cannot judge yet
+    are judged by. One pass over the events grouped by key, on Python floats (NumPy
+    scalar indexing costs several times the arithmetic); sums run per key, in order."""
+    n = len(keys)
+    order = sorted(range(n), key=keys.__getitem__)  # stable: by key, in order
+    y: list[float] = ys.tolist()
+    previous: list[float] = stored.tolist()
+    count, total, squares = [0.0] * n, [0.0] * n, [0.0] * n
+    isfinite = math.isfinite
+    for before, after in itertools.pairwise(order):
+        if keys[before] == keys[after]:
+            previous[after] = y[before]
+            start = previous[before]
+            if isfinite(start):
+                change = y[before] - start
+                count[after] = count[before] + 1.0
+                total[after] = total[before] + change
+                squares[after] = squares[before] + change * change
+            else:
+                count[after], total[after] = count[before], total[before]
+                squares[after] = squares[before]
+    return np.array(previous), np.array(count), np.array(total), np.array(squares)

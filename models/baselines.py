@@ -161,7 +161,6 @@ def _full_weights(alpha: float, width: int) -> FloatArray:
     """:func:`ewm_level`'s weights for a window without NaN, oldest first."""
     rank = np.arange(width - 1, -1, -1, dtype=np.float64)
     weights: FloatArray = alpha * np.power(1.0 - alpha, rank)
-
     weights[0] = (1.0 - alpha) ** (width - 1)
     weights.flags.writeable = False
     return weights

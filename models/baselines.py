@@ -10,7 +10,6 @@ model whose version never moves. A row without any history (an all-NaN window) g
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Mapping
 from typing import Any
 
@@ -140,7 +139,8 @@ def ewm_level(window: FloatArray, alpha: float) -> FloatArray:
     """
     finite = np.isfinite(window)
     if window.size and bool(finite.all()):  # a mature key's window: weights fixed
-        full: FloatArray = np.clip(window @ _full_weights(alpha, window.shape[1]), *_range(window))
+        level = window @ _full_weights(alpha, window.shape[1])
+        full: FloatArray = np.clip(level, window.min(axis=1), window.max(axis=1))
         return full
     count = finite.sum(axis=1)
     # rank of each finite value counted from the newest (0 = newest)
@@ -164,10 +164,6 @@ def _full_weights(alpha: float, width: int) -> FloatArray:
     weights[0] = (1.0 - alpha) ** (width - 1)
     weights.flags.writeable = False
     return weights
-
-
-def _range(window: FloatArray) -> tuple[FloatArray, FloatArray]:
-    return window.min(axis=1), window.max(axis=1)
 
 
 class EWMA(_Baseline):

@@ -80,6 +80,11 @@ class Rows:
         out: FloatArray = self.offset + self.scale * self.outputs[:, column]
         return out
 
+    def all_levels(self) -> FloatArray:
+        """Every model's outputs in the original scale, ``(rows, models)``."""
+        out: FloatArray = self.offset[:, None] + self.scale[:, None] * self.outputs
+        return out
+
     def batch(self, names: Sequence[str]) -> FeatureBatch:
         return FeatureBatch(
             self.x, self.window, self.offset, self.keys, names, self.scale, self.seasonal

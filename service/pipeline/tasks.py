@@ -499,12 +499,7 @@ class PartitionTask:
             counts.nonfinite[slot.name] += model.nonfinite_events - nonfinite
         if gather is not None:
             learned.outputs = gather.floats(lambda r: r.outputs)
-        every = bounded(
-            np.abs(
-                truth[:, None]
-                - (learned.offset[:, None] + learned.scale[:, None] * learned.outputs)
-            )
-        )
+        every = bounded(np.abs(truth[:, None] - learned.all_levels()))
         errors = {c: every[:, c] for c in range(len(self._slots))}  # as _abs_errors
         # Drift of the members acts on the ensemble only under drift.action: shrink;
         # otherwise every model's detectors run together after the ensembles.
@@ -613,7 +608,7 @@ class PartitionTask:
         if len(truth) == 0:
             return
         counts = self._counts
-        levels = learned.offset[:, None] + learned.scale[:, None] * learned.outputs
+        levels = learned.all_levels()
         batches = Scorer.update_together([slot.scorer for slot in self._slots], truth, levels)
         for column, (slot, batch) in enumerate(zip(self._slots, batches, strict=True)):
             if self._on_scored is not None:

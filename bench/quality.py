@@ -23,8 +23,9 @@ key's scorable events are left out. The daemon's MAE and coverage come from the
 predictions it published (the output topic of the backtest's in-memory sink), matched to
 the truth by their ``source`` offset.
 
-Usage: ``python -m bench.quality [--datasets a,b] [--json PATH] [--markdown]`` (about
-three and a half minutes on two cores, most of it the reference's random forest).
+Usage: ``python -m bench.quality [--suite short] [--datasets a,b] [--json PATH]
+[--markdown]`` (the default suite takes minutes, most of it the reference's random
+forest; the short series, :data:`SHORT_CASES`, seconds).
 """
 
 from __future__ import annotations
@@ -78,6 +79,21 @@ CASES: dict[str, Case] = {
         Case("boston-housing", "tabular real estate, 12 features", horizon=0),
     )
 }
+
+SHORT_CASES: dict[str, Case] = {
+    case.dataset: case
+    for case in (
+        Case("airline-passengers", "monthly, trend and yearly cycle, 144 values"),
+        Case("elnino", "monthly sea temperature, yearly cycle"),
+        Case("macro-quarterly", "6 quarterly US macro series, 203 each"),
+        Case("nile", "annual river flow, 100 values"),
+        Case("sunspots-yearly", "yearly sunspots, 309 values"),
+        Case("chick-weights", "50 growth curves of about 12 values"),
+        Case("trump-approval", "daily approval poll, 6 features"),
+    )
+}
+"""The second suite (``--suite short``): series of a few hundred values or fewer,
+where the models have little to learn from."""
 
 
 @dataclass(frozen=True)
@@ -287,9 +303,14 @@ def markdown(results: list[Quality]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    known = {**CASES, **SHORT_CASES}
     parser.add_argument(
-        "--datasets", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}"
+        "--suite",
+        choices=("default", "short"),
+        default="default",
+        help="the datasets of the README's table, or the short series",
     )
+    parser.add_argument("--datasets", help=f"comma-separated, of: {', '.join(known)}")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
@@ -299,15 +320,16 @@ def main(argv: list[str] | None = None) -> None:
         help="a model kind to add to the defaults and their ensemble (repeatable)",
     )
     args = parser.parse_args(argv)
-    names = [name for name in args.datasets.split(",") if name]
-    unknown = [name for name in names if name not in CASES]
+    suite = SHORT_CASES if args.suite == "short" else CASES
+    names = [name for name in (args.datasets or ",".join(suite)).split(",") if name]
+    unknown = [name for name in names if name not in known]
     if unknown:
-        parser.error(f"unknown datasets {unknown}; choose from {', '.join(CASES)}")
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(known)}")
     console = Console(width=max(Console().width, 150))  # the table on one line per row
     started = time.perf_counter()
     results = []
     for name in names:
-        result = run_case(CASES[name], members=tuple(args.member))
+        result = run_case(known[name], members=tuple(args.member))
         console.print(f"{name}: {result.seconds:.1f} s")
         results.append(result)
     elapsed = time.perf_counter() - started

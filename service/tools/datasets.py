@@ -59,6 +59,21 @@ missing. Series longer than :data:`MAX_EVENTS` keep their most recent part. Used
   tracts, 1970 (Harrison & Rubinfeld's data from StatLib, as mlxtend ships it), twelve
   features: tabular ``horizon: 0`` regression. The column ``B``, a function of the
   share of Black residents (why scikit-learn dropped this set), is left out.
+
+Short series, where a model has a few hundred values or fewer to learn from (the
+second suite of ``bench.quality``):
+
+* ``airline-passengers``: monthly international airline passengers, 1949-1960
+  (Box & Jenkins; River's bundled copy; 144 events): a trend and a growing yearly cycle.
+* ``elnino``: monthly sea surface temperature in the Niño 1+2 region, 1950-2010
+  (statsmodels' ``elnino``; 732 events): a yearly cycle and El Niño years.
+* ``macro-quarterly``: six US quarterly series (real GDP, CPI, unemployment,
+  inflation, T-bill rate, M1), 1959-2009 (statsmodels' ``macrodata``; six keys of
+  203 events).
+* ``nile``: the Nile's annual flow at Aswan, 1871-1970 (statsmodels' ``nile``; 100
+  events): noise around a level that shifts once.
+* ``sunspots-yearly``: yearly sunspot activity, 1700-2008 (statsmodels'
+  ``sunspots``; 309 events).
 """
 
 from __future__ import annotations
@@ -279,6 +294,51 @@ def _tabular(key: str, y: pd.Series, features: pd.DataFrame) -> pd.DataFrame:
     return _finish(frame)
 
 
+def airline_passengers() -> pd.DataFrame:
+    """Monthly, 144 values: a trend and a yearly cycle that grows with it."""
+    raw = pd.read_csv(_river_csv("airline-passengers.csv"))
+    ts = pd.to_datetime(raw["month"], format="%Y-%m")
+    return _finish(pd.DataFrame({"key": "airline", "ts": ts, "y": raw["passengers"].astype(float)}))
+
+
+def elnino() -> pd.DataFrame:
+    """Monthly sea surface temperature, 1950-2010: a yearly cycle, 732 values."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "elnino", "elnino.csv"))
+    months = raw.drop(columns=["YEAR"]).to_numpy(dtype=float).ravel()
+    ts = pd.date_range(f"{int(raw['YEAR'].iloc[0])}-01-01", periods=len(months), freq="MS")
+    return _finish(pd.DataFrame({"key": "nino-1-2", "ts": ts, "y": months}))
+
+
+_MACRO_SERIES = ("realgdp", "cpi", "unemp", "infl", "tbilrate", "m1")
+
+
+def macro_quarterly() -> pd.DataFrame:
+    """Six US quarterly macro series, 1959-2009, 203 values each, as six keys."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "macrodata", "macrodata.csv"))
+    ts = pd.to_datetime(
+        raw["year"].astype(int).astype(str) + "Q" + raw["quarter"].astype(int).astype(str)
+    )
+    parts = [
+        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)})
+        for name in _MACRO_SERIES
+    ]
+    return _finish(pd.concat(parts, ignore_index=True))
+
+
+def nile() -> pd.DataFrame:
+    """The Nile's annual flow at Aswan, 1871-1970: 100 values and a level shift."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "nile", "nile.csv"))
+    ts = pd.to_datetime(raw["year"].astype(int).astype(str), format="%Y")
+    return _finish(pd.DataFrame({"key": "aswan", "ts": ts, "y": raw["volume"].astype(float)}))
+
+
+def sunspots_yearly() -> pd.DataFrame:
+    """Yearly sunspot activity, 1700-2008: 309 values, an ~11-year cycle."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "sunspots", "sunspots.csv"))
+    ts = pd.to_datetime(raw["YEAR"].astype(int).astype(str), format="%Y")
+    return _finish(pd.DataFrame({"key": "sun", "ts": ts, "y": raw["SUNACTIVITY"].astype(float)}))
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -301,6 +361,11 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "sunspots-monthly": sunspots_monthly,
     "diabetes": diabetes,
     "boston-housing": boston_housing,
+    "airline-passengers": airline_passengers,
+    "elnino": elnino,
+    "macro-quarterly": macro_quarterly,
+    "nile": nile,
+    "sunspots-yearly": sunspots_yearly,
 }
 
 

@@ -151,3 +151,19 @@ def test_main_filters_datasets_and_writes_json(
 
 def test_geometric_mean() -> None:
     assert quality.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
+
+
+def test_short_suite_runs_its_own_datasets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--suite short`` runs the short series (seconds), and none of the default suite."""
+    out = tmp_path / "short.json"
+    quality.main(["--suite", "short", "--json", str(out)])
+    payload = json.loads(out.read_text())
+    assert [d["dataset"] for d in payload["datasets"]] == list(quality.SHORT_CASES)
+    assert set(quality.SHORT_CASES).isdisjoint(quality.CASES)
+    for result in payload["datasets"]:
+        assert result["default_predicted"] == result["scored"] > 0
+        # the README's table: at worst a hair behind the last value
+        assert result["default_mae"] < 1.05 * result["persistence_mae"]
+    capsys.readouterr()

@@ -34,6 +34,11 @@ REAL = {
             "LSTAT",
         ),
     ),
+    "airline-passengers": (144, ()),
+    "elnino": (732, ()),
+    "macro-quarterly": (6 * 203, ()),
+    "nile": (100, ()),
+    "sunspots-yearly": (309, ()),
 }
 
 

@@ -34,6 +34,8 @@ IntArray = npt.NDArray[np.intp]
 SPACING_GAPS = 32
 FIRST_DETECTION = 48
 MAX_DIP = 0.65
+MAX_TREND_DIP = 0.25
+TREND_CYCLES = 4
 MIN_CORRELATION = 0.2
 MAX_SEASONS = 2
 _DAY_S = 86_400.0
@@ -111,14 +113,27 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
 def _dip(v: FloatArray, p: int) -> float:
     """``mean((y_t - y_{t-p})^2) / mean((y_t - y_{t-p/2})^2)``: well below 1 where the
     series repeats every ``p`` (in phase) and not every ``p/2`` (out of phase); a
-    random walk's or an AR process's squared differences only grow with the lag."""
+    random walk's or an AR process's squared differences only grow with the lag.
+
+    A trend adds the same to every difference of one lag, which in mean squares hides
+    the season of a growing series (airline passengers' yearly cycle stayed hidden
+    until twice as many values). So where the mean squares see no season, the same
+    ratio of *variances* (the trend's share taken out) counts if it is below
+    :data:`MAX_TREND_DIP`, over at least :data:`TREND_CYCLES` cycles: stricter than
+    :data:`MAX_DIP`, because a random walk with a drift, its drift taken out, dips
+    below ``MAX_DIP`` by chance at lags of a third of its history or more."""
     half = max(p // 2, 1)
     full = v[p:] - v[:-p]
     anti = v[half:] - v[:-half]
     denominator = float(np.mean(anti * anti))
     if denominator <= 0:
         return 1.0
-    return float(np.mean(full * full)) / denominator
+    dip = float(np.mean(full * full)) / denominator
+    if dip <= MAX_DIP or len(v) < TREND_CYCLES * p:
+        return dip
+    spread = float(np.var(anti))
+    trendless = float(np.var(full)) / spread if spread > 0 else 1.0
+    return trendless if trendless <= MAX_TREND_DIP else dip
 
 
 def _snap(acf: FloatArray, p: int) -> int:

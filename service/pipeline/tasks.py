@@ -505,13 +505,13 @@ class PartitionTask:
         # otherwise every model's detectors run together after the ensembles.
         drifts = self._drift(self._base, errors) if self._shrink < 1.0 else {}
         leaders: dict[int, IntArray] = {}
-        scored = [c for c in self._base if c not in drifts]  # models whose drift is due
+        unchecked = [c for c in self._base if c not in drifts]  # drift not yet fed
         for column in self._combined:
             slot = self._slots[column]
             hedge = slot.hedge
             if hedge is None:
                 continue
-            scored.append(column)
+            unchecked.append(column)
             members = slot.members
             # a drift found at learn row j acts after the last learned row up to j
             # Only a member whose errors fell is judged afresh: one whose errors rose
@@ -543,7 +543,7 @@ class PartitionTask:
             if gather is not None:
                 learned.outputs[:, column] = gather.floats(column_of(lambda r: r.outputs, column))
             errors[column] = self._abs_errors(column, truth, learned)
-        self._drift(scored, errors)
+        self._drift(unchecked, errors)
         # A row predicted earlier in this very poll was published with the interval
         # computed below, in the same pass: point at it (same_poll), so that ACI and
         # coverage see it as they would had the poll ended between its prediction and

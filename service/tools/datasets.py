@@ -315,9 +315,8 @@ _MACRO_SERIES = ("realgdp", "cpi", "unemp", "infl", "tbilrate", "m1")
 def macro_quarterly() -> pd.DataFrame:
     """Six US quarterly macro series, 1959-2009, 203 values each, as six keys."""
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "macrodata", "macrodata.csv"))
-    ts = pd.to_datetime(
-        raw["year"].astype(int).astype(str) + "Q" + raw["quarter"].astype(int).astype(str)
-    )
+    months = (raw["quarter"].astype(int) - 1) * 3 + 1  # a quarter's first month
+    ts = pd.to_datetime(pd.DataFrame({"year": raw["year"].astype(int), "month": months, "day": 1}))
     parts = [
         pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)})
         for name in _MACRO_SERIES

@@ -211,19 +211,13 @@ class DriftMonitor:
 
         Errors with no error history yet (``scale`` 0) are not fed: there is no unit.
         """
-        fed, values = _fed(abs_errors, scale)
-        if len(fed) == 0:
-            return {name: [] for name in self._detectors}
-        return {
-            name: fed[detector.update_many(values)].tolist()
-            for name, detector in self._detectors.items()
-        }
+        return DriftMonitor.update_together([self], [abs_errors], [scale])[0]
 
     @staticmethod
     def update_together(
         monitors: Sequence[DriftMonitor],
         abs_errors: Sequence[FloatArray] | FloatArray,
-        scales: Sequence[FloatArray] | FloatArray,
+        scales: Sequence[float | FloatArray] | FloatArray,
     ) -> list[dict[str, list[int]]]:
         """:meth:`update` of each monitor with its errors and scales, with the
         Page-Hinkley detectors of those fed the same number of rows run in one pass
@@ -249,7 +243,8 @@ class DriftMonitor:
 
 
 def _fed_together(
-    abs_errors: Sequence[FloatArray] | FloatArray, scales: Sequence[FloatArray] | FloatArray
+    abs_errors: Sequence[FloatArray] | FloatArray,
+    scales: Sequence[float | FloatArray] | FloatArray,
 ) -> list[tuple[IntArray, FloatArray]]:
     """:func:`_fed` of each pair; in a few array calls when every row of errors of the
     same length has a scale, as it has once each model has been scored."""

@@ -142,9 +142,7 @@ class Scorer:
         self._head = 0
 
     def update(self, y_true: FloatArray, y_pred: FloatArray) -> None:
-        y_true, err = _clipped(y_true, y_pred)
-        self.total = self.total.merge(ScoreStats.of_clipped(y_true, err))
-        self._remember(y_true, err)
+        Scorer.update_together([self], y_true, np.asarray(y_pred, dtype=np.float64)[:, None])
 
     @staticmethod
     def update_together(
@@ -155,11 +153,9 @@ class Scorer:
         all its models on the same rows. Returns each scorer's statistics of the batch."""
         if len(y_true) == 0:
             return [ScoreStats() for _ in scorers]
-        truth = bounded(np.asarray(y_true, dtype=np.float64))
-        # one row per scorer: the sums run along contiguous rows, as update's do
-        errors = np.ascontiguousarray(
-            bounded(truth - bounded(np.asarray(y_pred, dtype=np.float64)).T)
-        )
+        # one row of errors per scorer, so that each one's sums run along a contiguous row
+        truth, errors = _clipped(y_true, np.asarray(y_pred, dtype=np.float64).T)
+        errors = np.ascontiguousarray(errors)
         of_truth = ScoreStats.of_clipped(truth, truth)
         sum_abs = np.abs(errors).sum(axis=1).tolist()
         sum_sq = np.einsum("ij,ij->i", errors, errors).tolist()
@@ -184,9 +180,8 @@ class Scorer:
     def mae_before(self, abs_errors: FloatArray) -> FloatArray:
         """For each row of a batch about to be scored (its absolute errors, in order):
         the total MAE of everything scored before that row; 0 where nothing was."""
-        before = self.total.sum_abs + np.concatenate(([0.0], np.cumsum(abs_errors)[:-1]))
-        counts = self.total.n + np.arange(len(abs_errors), dtype=np.float64)
-        out: FloatArray = np.divide(before, counts, out=np.zeros(len(abs_errors)), where=counts > 0)
+        errors = np.asarray(abs_errors, dtype=np.float64)[None, :]
+        out: FloatArray = Scorer.mae_before_together([self], errors)[0]
         return out
 
     @staticmethod

@@ -499,8 +499,8 @@ class PartitionTask:
             counts.nonfinite[slot.name] += model.nonfinite_events - nonfinite
         if gather is not None:
             learned.outputs = gather.floats(lambda r: r.outputs)
-        every = bounded(np.abs(truth[:, None] - learned.all_levels()))
-        errors = {c: every[:, c] for c in range(len(self._slots))}  # as _abs_errors
+        every = _abs_errors(truth[:, None], learned.all_levels())
+        errors = {c: every[:, c] for c in range(len(self._slots))}
         # Drift of the members acts on the ensemble only under drift.action: shrink;
         # otherwise every model's detectors run together after the ensembles.
         drifts = self._drift(self._base, errors) if self._shrink < 1.0 else {}
@@ -542,7 +542,7 @@ class PartitionTask:
             counts.updates[slot.name] += len(keep)
             if gather is not None:
                 learned.outputs[:, column] = gather.floats(column_of(lambda r: r.outputs, column))
-            errors[column] = self._abs_errors(column, truth, learned)
+            errors[column] = _abs_errors(truth, learned.levels(column))
         self._drift(unchecked, errors)
         # A row predicted earlier in this very poll was published with the interval
         # computed below, in the same pass: point at it (same_poll), so that ACI and
@@ -562,12 +562,6 @@ class PartitionTask:
                 self._cover(slot, truth, learned, column, halves)
         self._score(truth, learned)
         return self._publishable(rows, new, leaders)
-
-    def _abs_errors(self, column: int, truth: FloatArray, learned: Rows) -> FloatArray:
-        """The column's absolute errors on the resolved rows, as its scorer keeps them."""
-        abs_err = np.abs(truth - learned.levels(column))
-        clipped: FloatArray = bounded(abs_err)
-        return clipped
 
     def _drift(
         self, columns: Sequence[int], errors: Mapping[int, FloatArray]
@@ -784,6 +778,12 @@ class PartitionTask:
     def pending_predictions(self) -> int:
         """Predictions waiting for their true value."""
         return len(self._pending)
+
+
+def _abs_errors(truth: FloatArray, levels: FloatArray) -> FloatArray:
+    """Absolute errors of ``levels`` (one column, or rows × models against
+    ``truth[:, None]``) on the resolved rows, bounded as the scorers bound them."""
+    return bounded(np.abs(truth - levels))
 
 
 def _poll_changes(

@@ -118,3 +118,23 @@ def test_detectors_run_together_as_alone(seed: int) -> None:
     for a, b in zip(together, alone, strict=True):
         ph_a, ph_b = a._detectors["page_hinkley"], b._detectors["page_hinkley"]
         assert vars(ph_a) == vars(ph_b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_joint_scan_is_update_many(seed: int) -> None:
+    """The joint 2D scan detects where, and leaves the states that, each detector's own
+    ``update_many`` does: batches of random size, rows that detect and rows that do not."""
+    rng = np.random.default_rng(seed)
+    streams = np.stack([_regime_stream(seed * 10 + i) for i in range(5)])
+    joint = [PageHinkley(threshold=8.0) for _ in streams]
+    alone = [PageHinkley(threshold=8.0) for _ in streams]
+    start, detections = 0, 0
+    while start < streams.shape[1]:
+        end = start + int(rng.integers(1, 120))
+        found = PageHinkley.update_together(joint, streams[:, start:end])
+        assert found == [d.update_many(s[start:end]) for d, s in zip(alone, streams, strict=True)]
+        detections += sum(map(len, found))
+        for a, b in zip(joint, alone, strict=True):
+            assert vars(a) == vars(b)
+        start = end
+    assert detections > 10, "the streams must drift, or the comparison says nothing"

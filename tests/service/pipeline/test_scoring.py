@@ -66,6 +66,8 @@ def test_r2_edge_cases_follow_river() -> None:
 
 
 def test_mae_before_together_is_each_scorers() -> None:
+    """Each row: the MAE of everything its scorer scored before it, the batch's earlier
+    rows included; 0 where nothing was; one scorer alone gives the same."""
     rng = np.random.default_rng(3)
     scorers = [Scorer(window=50) for _ in range(4)]
     for i, scorer in enumerate(scorers[1:]):  # the first has scored nothing yet
@@ -74,6 +76,12 @@ def test_mae_before_together_is_each_scorers() -> None:
     together = Scorer.mae_before_together(scorers, errors)
     for scorer, row, got in zip(scorers, errors, together, strict=True):
         np.testing.assert_array_equal(got, scorer.mae_before(row))
+        total = scorer.total
+        expected = [
+            (total.sum_abs + row[:j].sum()) / (total.n + j) if total.n + j else 0.0
+            for j in range(len(row))
+        ]
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert together[0, 0] == 0.0
     assert together[0, 1] > 0.0
 

@@ -64,34 +64,32 @@ class Case:
     horizon: int = 1
 
 
-CASES: dict[str, Case] = {
-    case.dataset: case
-    for case in (
-        Case("tmy-temperature", "hourly temperature, daily cycle"),
-        Case("waterflow", "hourly water flow"),
-        Case("traffic-volume", "hourly traffic, 2 features, daily/weekly"),
-        Case("appliances-energy", "10-min energy use, daily/weekly"),
-        Case("ppg", "117 Hz heart-beat waveform (PPG)"),
-        Case("sp500", "daily prices, 10 stocks"),
-        Case("co2-weekly", "weekly CO2, yearly cycle"),
-        Case("sunspots-monthly", "monthly sunspots, 11-year cycle"),
-        Case("diabetes", "tabular, 10 features", horizon=0),
-        Case("boston-housing", "tabular real estate, 12 features", horizon=0),
-    )
-}
+def _by_name(*cases: Case) -> dict[str, Case]:
+    return {case.dataset: case for case in cases}
 
-SHORT_CASES: dict[str, Case] = {
-    case.dataset: case
-    for case in (
-        Case("airline-passengers", "monthly, trend and yearly cycle, 144 values"),
-        Case("elnino", "monthly sea temperature, yearly cycle"),
-        Case("macro-quarterly", "6 quarterly US macro series, 203 each"),
-        Case("nile", "annual river flow, 100 values"),
-        Case("sunspots-yearly", "yearly sunspots, 309 values"),
-        Case("chick-weights", "50 growth curves of about 12 values"),
-        Case("trump-approval", "daily approval poll, 6 features"),
-    )
-}
+
+CASES: dict[str, Case] = _by_name(
+    Case("tmy-temperature", "hourly temperature, daily cycle"),
+    Case("waterflow", "hourly water flow"),
+    Case("traffic-volume", "hourly traffic, 2 features, daily/weekly"),
+    Case("appliances-energy", "10-min energy use, daily/weekly"),
+    Case("ppg", "117 Hz heart-beat waveform (PPG)"),
+    Case("sp500", "daily prices, 10 stocks"),
+    Case("co2-weekly", "weekly CO2, yearly cycle"),
+    Case("sunspots-monthly", "monthly sunspots, 11-year cycle"),
+    Case("diabetes", "tabular, 10 features", horizon=0),
+    Case("boston-housing", "tabular real estate, 12 features", horizon=0),
+)
+
+SHORT_CASES: dict[str, Case] = _by_name(
+    Case("airline-passengers", "monthly, trend and yearly cycle, 144 values"),
+    Case("elnino", "monthly sea temperature, yearly cycle"),
+    Case("macro-quarterly", "6 quarterly US macro series, 203 each"),
+    Case("nile", "annual river flow, 100 values"),
+    Case("sunspots-yearly", "yearly sunspots, 309 values"),
+    Case("chick-weights", "50 growth curves of about 12 values"),
+    Case("trump-approval", "daily approval poll, 6 features"),
+)
 """The second suite (``--suite short``): series of a few hundred values or fewer,
 where the models have little to learn from."""
 

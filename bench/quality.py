@@ -83,6 +83,7 @@ CASES: dict[str, Case] = _by_name(
 
 SHORT_CASES: dict[str, Case] = _by_name(
     Case("airline-passengers", "monthly, trend and yearly cycle, 144 values"),
+    Case("co2-monthly", "monthly CO2, trend and yearly cycle, 521 values"),
     Case("elnino", "monthly sea temperature, yearly cycle"),
     Case("macro-quarterly", "6 quarterly US macro series, 203 each"),
     Case("nile", "annual river flow, 100 values"),

@@ -55,8 +55,9 @@ class FeatureBatch:
         feature_names: names of the columns of ``x``.
         scale: ``(n,)`` the unit of the learning target per row, positive (``None``:
             1 everywhere).
-        seasonal: ``(n,)`` the key's value one season before the target's time, in
-            the original scale, NaN where no season is known (``None``: none known).
+        seasonal: ``(n,)`` the seasonal naive forecast of the target (the last value
+            plus the key's change over the same stretch of recent seasons), in the
+            original scale, NaN where no season is known (``None``: none known).
     """
 
     x: FloatArray
@@ -78,8 +79,8 @@ class FeatureBatch:
         return self.scale
 
     @property
-    def season_ago(self) -> FloatArray:
-        """``(n,)`` the level one season before the target (NaN where unknown)."""
+    def season_forecast(self) -> FloatArray:
+        """``(n,)`` the seasonal naive forecast of the target (NaN where unknown)."""
         if self.seasonal is None:
             return np.full(len(self), np.nan)
         return self.seasonal

@@ -91,12 +91,15 @@ class Persistence(_Baseline):
 
 
 class SeasonalNaive(_Baseline):
-    """Predict the value one season before the target's time; the last value where
-    the key has no known season yet (see :mod:`service.pipeline.seasons`).
+    """Predict the last value plus the key's change over the same stretch of its
+    season, averaged over the last few seasons (the feature pipeline computes it:
+    :attr:`~service.pipeline.features.Computed.seasonal`); the last value where the
+    key has no known season yet (see :mod:`service.pipeline.seasons`).
 
     The benchmark of seasonal series (Hyndman & Athanasopoulos, *Forecasting:
-    Principles and Practice*, 5.2): an hourly load with a daily cycle is better
-    predicted by yesterday's value at the same hour than by the last hour's.
+    Principles and Practice*, 5.2), taken on the changes: an hourly load with a daily
+    cycle moves from this hour to the next as it did yesterday at the same hours. The
+    value one season ago itself would miss a growing series by a season's growth.
 
     >>> batch = FeatureBatch(
     ...     x=np.zeros((2, 0)),
@@ -111,8 +114,8 @@ class SeasonalNaive(_Baseline):
     """
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
-        """The level one season ago as a target; persistence where none is known."""
-        level = np.where(np.isfinite(batch.season_ago), batch.season_ago, batch.last)
+        """The seasonal forecast as a target; persistence where none is known."""
+        level = np.where(np.isfinite(batch.season_forecast), batch.season_forecast, batch.last)
         out: FloatArray = np.where(np.isfinite(level), batch.to_target(level), 0.0)
         return out
 
@@ -251,6 +254,6 @@ register(
         kind="seasonal_naive",
         params=SeasonalNaiveParams,
         build=_build_seasonal_naive,
-        summary="the value one season ago (the last value until a season is known)",
+        summary="the last value plus its season's change (the last value until a season is known)",
     )
 )

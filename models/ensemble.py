@@ -31,7 +31,15 @@ share and drift for quick switches.
 
 New keys start from their task's pooled weights (the same update run over every
 key's errors), so a new key of a topic of random walks starts with persistence in
-front. The member with the largest weight *leads* a prediction; predictions name it.
+front. A young key keeps leaning on the pool while its own evidence is thin: until it
+has learned ``prior_events`` events of its own, it predicts with log-weights that mix
+the pool's current ones and its own in proportion to its count (a shrinkage prior, as
+in empirical Bayes: a dozen own errors say little about which member is best, the
+task's thousands say more). On a topic of many short series that start together (a
+panel of growth curves), the pool is empty when the keys appear; without the mix each
+key would weigh its members from its own few errors alone. A task of one key is not
+changed by it: its pool and its own weights see the same errors. The member with the
+largest weight *leads* a prediction; predictions name it.
 
 This module holds the arithmetic and the per-key state; the partition task runs it
 (:mod:`service.pipeline.tasks`), because the ensemble consumes other models' outputs.
@@ -69,6 +77,10 @@ class EnsembleParams(ModelParams):
         eta: learning rate of the weights, per unit of normalised squared loss.
         memory: events after which a key's past losses have faded to ``1/e``.
         share: weight spread evenly after every update (fixed share).
+        prior_events: own events after which a key's weights are its own alone;
+            before, its log-weights are mixed with its partition's pooled ones in
+            proportion to its count. 1: a key's weights are its own from its first
+            event.
     """
 
     members: tuple[str, ...] = ()
@@ -76,6 +88,7 @@ class EnsembleParams(ModelParams):
     eta: float = Field(default=0.3, gt=0.0, le=100.0)
     memory: int = Field(default=1000, ge=2, le=1_000_000)
     share: float = Field(default=0.01, ge=0.0, lt=1.0)
+    prior_events: int = Field(default=10, ge=1, le=1_000_000)
 
 
 class Hedge:
@@ -100,6 +113,7 @@ class Hedge:
         self.squared = params.loss == "squared"
         self._cap = LOSS_CAP
         self.shrink_to = 1.0
+        self.prior_events = params.prior_events
         # Per-slot state in arrays, not a list per slot: a list is an object the cyclic
         # garbage collector walks on every full collection, and with a hundred
         # thousand keys that walk is what every batch pays for in the end.
@@ -107,6 +121,7 @@ class Hedge:
         self._mse = np.zeros((0, members + 1))
         self._epoch = np.zeros((0, members), dtype=np.int64)
         self._known = np.zeros(0, dtype=np.bool_)
+        self._seen = np.zeros(0, dtype=np.int64)  # own events learned, up to prior_events
         self._drifts = [0] * members
         self._drifted = False
         self.learned = 0
@@ -123,11 +138,21 @@ class Hedge:
                 [self._epoch, np.zeros((missing, self.members), dtype=np.int64)]
             )
             self._known = np.concatenate([self._known, np.zeros(missing, dtype=np.bool_)])
+            self._seen = np.concatenate([self._seen, np.zeros(missing, dtype=np.int64)])
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """A checkpoint from before ``prior_events`` counts its known keys as grown."""
+        self.__dict__.update(state)
+        if "_seen" not in state:
+            self.prior_events = EnsembleParams().prior_events
+            self._seen = np.where(self._known, self.prior_events, 0).astype(np.int64)
 
     def reset(self, slots: Sequence[int]) -> None:
         """Evicted keys' slots start again from the pool."""
         if len(slots):
-            self._known[np.asarray(slots, dtype=np.intp)] = False
+            index = np.asarray(slots, dtype=np.intp)
+            self._known[index] = False
+            self._seen[index] = 0
 
     def drift(self, member: int, factor: float) -> None:
         """Forget most of ``member``'s past on every key: its log-weight moves to
@@ -140,8 +165,15 @@ class Hedge:
         self._pool_log_w = _shrunk(self._pool_log_w, member, factor)
 
     def weights(self, slot: int) -> list[float]:
-        """The slot's current weights (normalised, shared)."""
-        return _normalised(self._row(slot), self.share)
+        """The slot's current weights (normalised, shared); a young slot's mixed with
+        the pool's (module docstring)."""
+        log_w = self._row(slot)
+        seen = int(self._seen[slot])
+        if seen < self.prior_events:
+            own = seen / self.prior_events
+            pool = 1.0 - own
+            log_w = [own * a + pool * b for a, b in zip(log_w, self._pool_log_w, strict=True)]
+        return _normalised(log_w, self.share)
 
     def _row(self, slot: int) -> list[float]:
         if not self._known[slot]:
@@ -218,6 +250,8 @@ class Hedge:
         log_w, stats = self._update(log_w, self._mse[slot].tolist(), errors)
         self._log_w[slot] = log_w
         self._mse[slot] = stats
+        if self._seen[slot] < self.prior_events:
+            self._seen[slot] += 1
         self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
 
     def _update(

@@ -5,9 +5,12 @@ first, NaN-padded on the left, the newest being the event's own value ``y_t``), 
 times, each key's spacing and seasons (:mod:`service.pipeline.seasons`) and the exogenous
 values (``(n, E)``, NaN where missing) it computes, vectorised over the batch:
 
-* the key's *unit*: the standard deviation of its changes over its history, so that
+* the key's *unit*: the root mean square of its changes over its history, so that
   every change-like feature and the learning target (``target: change``) are in units
-  of the key's own typical change, and one model serves keys of any scale;
+  of the key's own typical change, and one model serves keys of any scale. The root
+  mean square, not the standard deviation: a key that grows steadily (a growth curve,
+  a counter) has changes of a typical size but almost no spread, and from a key's
+  second value on its one change already gives it a size, where a spread needs more;
 * ``diff_1 .. diff_L``: the last ``L`` first differences, newest first, in key units;
 * ``mean_dev``, ``std``, ``min_dev``, ``max_dev``: mean/std/min/max of the last ``W``
   values (``forecast.window``) relative to the last value, in key units;
@@ -18,6 +21,13 @@ values (``(n, E)``, NaN where missing) it computes, vectorised over the batch:
 * ``season{1,2}_prev``, ``season{1,2}``, ``season{1,2}_next``: the key's value one
   season before the target's time and its two neighbours, relative to the last value,
   in key units (NaN while the key has no such season);
+* not a feature but the seasonal naive's forecast (:attr:`Computed.seasonal`): the
+  last value plus the key's mean change over the same stretch of its first season,
+  one to :data:`SEASON_CYCLES` seasons back (Hyndman & Athanasopoulos's seasonal naive
+  of the changes, averaged over cycles). The value one season ago alone would forecast
+  a growing seasonal series (airline passengers, monthly CO2) a year's growth low;
+  the change over the same stretch carries the season and the last value the level,
+  and the mean over a few cycles is less noisy than one cycle's change;
 * ``hour_sin/cos``, ``dow_sin/cos``, ``doy_sin/cos``: the target's time of day, week
   and year, for keys whose spacing makes them meaningful (NaN otherwise);
 * the exogenous features, in ``schema.features`` order.
@@ -46,8 +56,11 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
 _EPS = 1e-12
+_FLAT = 1e-9  # a spread below this fraction of a column's level is rounding
 _CLIP = 10.0  # standard deviations; one wild input must not blow up an SGD step
 _LEVEL_LAGS = 3
+SEASON_CYCLES = 3
+"""Seasons back over which the seasonal naive's change is averaged."""
 _CALENDAR = ("hour", "dow", "doy")
 _DAY_S = 86_400.0
 _CYCLE_S = (_DAY_S, 7 * _DAY_S, 365.2425 * _DAY_S)
@@ -60,8 +73,8 @@ class Computed:
 
     raw: FloatArray  # (n, F), NaN where undefined
     scale: FloatArray  # (n,) the learning target's unit (the key's unit; 1 for levels)
-    unit: FloatArray  # (n,) the spread of the key's changes; NaN while it has none
-    seasonal: FloatArray  # (n,) the level one (first) season before the target, or NaN
+    unit: FloatArray  # (n,) the typical size of the key's changes; NaN while it has none
+    seasonal: FloatArray  # (n,) the seasonal naive's forecast level (module docstring), or NaN
 
 
 class FeaturePipeline:
@@ -110,12 +123,15 @@ class FeaturePipeline:
         spacing_s: FloatArray | None = None,
         periods: IntArray | None = None,
         seasons: FloatArray | None = None,
+        steps: FloatArray | None = None,
     ) -> Computed:
         """Raw (unscaled) features of each row; see the module docstring.
 
         ``history`` may hold only the newest values (the statistics use what it
         holds); ``seasons`` (``(n, 2, 3)``, from :func:`season_offsets`) then gives
-        the values one season back, which ``periods`` would otherwise locate in it."""
+        the values one season back, and ``steps`` (``(n, cycles, 2)``, from
+        :func:`season_step_offsets`) those the first season's changes are taken
+        between, which ``periods`` would otherwise locate in it."""
         n = history.shape[0]
         if n == 0:
             return Computed(np.empty((0, len(self.names))), np.ones(0), np.ones(0), np.empty(0))
@@ -123,7 +139,8 @@ class FeaturePipeline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of young keys
             changes = np.diff(history, axis=1)
-            _, unit = nan_moments(changes)
+            drift, spread = nan_moments(changes)
+            unit = np.sqrt(drift * drift + spread * spread)
             level_mean, level_std = nan_moments(history)
             recent = history[:, -self.window :] if self.window else history
             recent_mean, recent_std = nan_moments(recent)
@@ -144,20 +161,25 @@ class FeaturePipeline:
         spread = np.where(level_std > _EPS, level_std, np.nan)
         newest = _newest(history, _LEVEL_LAGS + 1)
         parts.append((newest - level_mean[:, None]) / spread[:, None])
-        seasonal_levels = np.full((n, MAX_SEASONS), np.nan)
         for j in range(MAX_SEASONS):
             if seasons is not None:
                 around = seasons[:, j, :]
             else:
                 period = np.zeros(n, np.intp) if periods is None else periods[:, j]
                 around = self._season(history, period)
-            seasonal_levels[:, j] = around[:, 1]
             parts.append((around - last[:, None]) / scale[:, None])
         parts.append(self._calendar(n, ts_ms, spacing_s))
         parts.append(exogenous.reshape(n, -1))
         raw = np.concatenate(parts, axis=1)
         real = np.isfinite(unit) & (unit > 1e-9 * np.maximum(np.abs(np.nan_to_num(last)), 1.0))
-        return Computed(raw, units, np.where(real, unit, np.nan), seasonal_levels[:, 0])
+        if steps is None:
+            period = np.zeros(n, np.intp) if periods is None else periods[:, 0]
+            offsets, valid = season_step_offsets(period, self.horizon, history.shape[1])
+            steps = np.where(valid[:, :, None], _at(history, offsets), np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # keys with no season yet
+            step = np.nanmean(steps[:, :, 1] - steps[:, :, 0], axis=1)
+        return Computed(raw, units, np.where(real, unit, np.nan), last + step)
 
     @staticmethod
     def _scale(unit: FloatArray, last: FloatArray, level_std: FloatArray) -> FloatArray:
@@ -177,10 +199,8 @@ class FeaturePipeline:
     def _season(self, history: FloatArray, period: IntArray) -> FloatArray:
         """``(n, 3)`` the values one season before the target and its neighbours; NaN
         where the row's key has no such season."""
-        n, width = history.shape
-        offsets, valid = season_offsets(period, self.horizon, width)
-        values = history[np.arange(n)[:, None], width + offsets]
-        return np.where(valid, values, np.nan)
+        offsets, valid = season_offsets(period, self.horizon, history.shape[1])
+        return np.where(valid, _at(history, offsets), np.nan)
 
     def _calendar(
         self, n: int, ts_ms: npt.NDArray[np.int64] | None, spacing_s: FloatArray | None
@@ -198,6 +218,16 @@ class FeaturePipeline:
             out[:, 2 * j] = np.where(mask[:, j], np.sin(phase), np.nan)
             out[:, 2 * j + 1] = np.where(mask[:, j], np.cos(phase), np.nan)
         return out
+
+
+def _divisor(std: FloatArray, mean: FloatArray) -> FloatArray:
+    """What a column is divided by: its spread, or 1 for a column that has not moved,
+    i.e. whose spread is below a billionth of its level. Such a spread is rounding,
+    rounded differently by another batching of the same rows, and dividing by it
+    would make features of any size out of the last bits of a float."""
+    flat = std <= _EPS + _FLAT * np.abs(mean)
+    out: FloatArray = np.where(flat, 1.0, std)
+    return out
 
 
 def nan_moments(values: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -235,6 +265,38 @@ def season_offsets(
     valid = (period >= 2)[:, None] & (offsets >= -kept) & (offsets <= -1)
     clipped: IntArray = np.clip(offsets, -kept, -1).astype(np.intp)
     return clipped, valid
+
+
+def season_step_offsets(
+    period: IntArray, horizon: int, kept: int, cycles: int = SEASON_CYCLES
+) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+    """Per row and cycle ``k`` (1 to ``cycles`` seasons back), the offsets from the
+    newest value (-1) of the values the first season's change is taken between:
+    the one ``k`` seasons before the newest and the one ``k`` seasons before the
+    target's time (whole seasons, as :func:`season_offsets`), ``(n, cycles, 2)``; and
+    where both exist in a history of ``kept`` values, ``(n, cycles)``.
+
+    >>> offsets, valid = season_step_offsets(np.array([12, 0]), horizon=1, kept=30)
+    >>> offsets[0].tolist(), valid.tolist()
+    ([[-13, -12], [-25, -24], [-30, -30]], [[True, True, False], [False, False, False]])
+    """
+    safe = np.maximum(period, 1)
+    back = -(-max(horizon, 1) // safe) * safe
+    ks = np.arange(cycles)[None, :] * safe[:, None]
+    start = (-1 - back)[:, None] - ks
+    offsets = np.stack([start, start + horizon], axis=2)
+    valid = (period >= 2)[:, None] & (start >= -kept)
+    clipped: IntArray = np.clip(offsets, -kept, -1).astype(np.intp)
+    return clipped, valid
+
+
+def _at(history: FloatArray, offsets: IntArray) -> FloatArray:
+    """``history`` read per row at ``offsets`` from its newest value, any shape after
+    the row's."""
+    n, width = history.shape
+    rows = np.arange(n).reshape((n,) + (1,) * (offsets.ndim - 1))
+    out: FloatArray = history[rows, width + offsets]
+    return out
 
 
 def _newest(values: FloatArray, count: int) -> FloatArray:
@@ -275,7 +337,7 @@ class RunningScaler:
 
     def transform(self, raw: FloatArray) -> FloatArray:
         std = np.sqrt(self.m2 / np.maximum(self.count, 1.0))
-        scaled = (np.clip(raw, -LARGEST, LARGEST) - self.mean) / np.where(std > _EPS, std, 1.0)
+        scaled = (np.clip(raw, -LARGEST, LARGEST) - self.mean) / _divisor(std, self.mean)
         return np.clip(finite_or_zero(scaled), -_CLIP, _CLIP)
 
     def fit_transform(self, raw: FloatArray) -> FloatArray:
@@ -293,14 +355,23 @@ class RunningScaler:
             return np.empty_like(raw)
         raw = np.clip(raw, -LARGEST, LARGEST)
         finite = np.isfinite(raw)
-        centred = np.where(finite, raw - self.mean, 0.0)  # shifted: no cancellation
+        # Sums are taken about the running mean, or, for a column with no value yet,
+        # about its first value in this batch (as one row per call would): about 0, a
+        # column far from 0 that barely moves would have its spread computed as the
+        # difference of two large sums, i.e. as their rounding, which differs from one
+        # batching to another and, divided into another rounding, makes a feature of
+        # any size.
+        columns = np.arange(raw.shape[1])
+        first = raw[np.argmax(finite, axis=0), columns]
+        reference = np.where(self.count > 0, self.mean, np.where(np.isfinite(first), first, 0.0))
+        centred = np.where(finite, raw - reference, 0.0)
         count = self.count + np.cumsum(finite, axis=0)
         safe = np.maximum(count, 1.0)
         shift = np.cumsum(centred, axis=0) / safe
-        mean = self.mean + shift
+        mean = reference + shift
         m2 = self.m2 + np.cumsum(centred**2, axis=0) - safe * shift**2
         std = np.sqrt(np.maximum(m2, 0.0) / safe)
-        scaled = (raw - mean) / np.where(std > _EPS, std, 1.0)
+        scaled = (raw - mean) / _divisor(std, mean)
         self.count, self.mean, self.m2 = count[-1].copy(), mean[-1].copy(), np.maximum(m2[-1], 0.0)
         out: FloatArray = np.clip(finite_or_zero(scaled), -_CLIP, _CLIP)
         return out

@@ -43,7 +43,9 @@ class Rows:
     Pending predictions are row ids into these arrays (:class:`PendingBook`) rather
     than an object per event: a poll's rows are gathered with one fancy index each.
     ``outputs`` are in learning-target space, ``halves`` the published interval
-    half-widths in key units (NaN: none).
+    half-widths in key units (NaN: none). ``mature``: the row is learned from (its key
+    had a change to size its unit); ``settled``: its key had enough values for its unit
+    to judge outliers and calibrate intervals (see :mod:`service.pipeline.tasks`).
     """
 
     keys: list[str] = field(default_factory=list)
@@ -56,6 +58,15 @@ class Rows:
     outputs: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
     halves: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
     mature: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+    settled: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+
+    def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
+        """Pickled rows; from before ``settled``, a mature row was a settled one."""
+        _, fields = state
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        if "settled" not in fields:
+            self.settled = self.mature.copy()
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -73,6 +84,7 @@ class Rows:
             self.outputs[start:stop],
             self.halves[start:stop],
             self.mature[start:stop],
+            self.settled[start:stop],
         )
 
     def levels(self, column: int) -> FloatArray:
@@ -125,6 +137,7 @@ class Gather:
             self.floats(lambda r: r.outputs),
             self.floats(lambda r: r.halves),
             self(lambda r: r.mature).astype(np.bool_, copy=False),
+            self(lambda r: r.settled).astype(np.bool_, copy=False),
         )
 
 

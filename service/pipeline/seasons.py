@@ -169,9 +169,9 @@ def calendar_mask(spacing_s: FloatArray) -> npt.NDArray[np.bool_]:
 
 class SeasonBook:
     """Per-slot spacing, seasons and unit of one task's keys (slots as in
-    :class:`~service.pipeline.windows.WindowStore`). The unit, the spread of the key's changes
-    as of its last predicted row (NaN until it has one), is what outliers are judged
-    by."""
+    :class:`~service.pipeline.windows.WindowStore`). The unit, the typical size of the
+    key's changes as of its last predicted row (NaN until the key has a few values), is
+    what outliers are judged by."""
 
     def __init__(self, fixed: tuple[int, ...] = ()) -> None:
         self._fixed = fixed

@@ -47,7 +47,12 @@ from models.ensemble import EnsembleParams, Hedge
 from service.config import ModelSettings, Settings
 from service.pipeline.counts import TaskCounts
 from service.pipeline.drift import DriftMonitor
-from service.pipeline.features import FeaturePipeline, RunningScaler, season_offsets
+from service.pipeline.features import (
+    FeaturePipeline,
+    RunningScaler,
+    season_offsets,
+    season_step_offsets,
+)
 from service.pipeline.intervals import Coverage, CoverageStats, Intervals
 from service.pipeline.pending import COMPACT_EVERY, Gather, PendingBook, Rows, column_of
 from service.pipeline.scoring import LARGEST, Scorer, ScoreStats, bounded, finite_or_zero
@@ -72,10 +77,17 @@ key units (typical changes): a jump of more than that is learned as that much (a
 Huber loss would), so a key that was flat for a while and then moves cannot hand the
 models targets in the millions, and a young or diverging model's wild output never
 reaches a published prediction."""
-MATURE_VALUES = 4
-"""Values a key's history needs before its rows are learned from: with fewer, its unit
-(the spread of its changes) is a guess, and a target in a guessed unit can be off by
-orders of magnitude. Such rows are predicted, published and scored, not learned."""
+MATURE_VALUES = 2
+"""Values a key's history needs before its rows are learned from: with one, it has no
+change, so its unit is a guess, and a target in a guessed unit can be off by orders of
+magnitude. Such rows are predicted, published and scored, not learned. From the second
+value on, the key's one change sizes its unit; waiting for more throws away most of a
+short series (a panel of growth curves of a dozen values each, which all start
+together, would be predicted by models that have learned nothing for a third of it)."""
+SCREEN_VALUES = 4
+"""Values a key needs before outliers are judged by its unit: a single change is enough
+to scale a learning target (which is clipped to :data:`OUTPUT_LIMIT` anyway), not to
+reject an event."""
 
 
 @dataclass(slots=True)
@@ -322,11 +334,11 @@ class PartitionTask:
             stored[i] = self._windows.last(int(slot_of[i]))
         units[known] = self._seasons.units[slot_of[known]]
         ys = bounded(ys, 1e150)  # changes and squares stay finite
-        previous, count, total, squares = _poll_changes([e.key for e in events], ys, stored)
-        young = ~np.isfinite(units) & (count >= MATURE_VALUES)
+        previous, count, squares = _poll_changes([e.key for e in events], ys, stored)
+        young = ~np.isfinite(units) & (count >= SCREEN_VALUES)
         with np.errstate(invalid="ignore", divide="ignore"):
-            spread = np.sqrt(np.maximum(squares / count - (total / count) ** 2, 0.0))
-        units[young] = np.where(spread[young] > 0, spread[young], np.nan)
+            size = np.sqrt(squares / count)  # the root mean square, as the key's unit
+        units[young] = np.where(size[young] > 0, size[young], np.nan)
         with np.errstate(invalid="ignore"):
             far = np.abs(ys - previous) > self._outlier_threshold * units
         flagged = huge | far  # (keys with strikes are checked in the loop, as they come)
@@ -416,7 +428,7 @@ class PartitionTask:
         if n == 0:
             rows.outputs = np.zeros((0, len(self._slots)))
             rows.halves = np.zeros((0, len(self._slots)))
-            rows.mature = np.zeros(0, np.bool_)
+            rows.mature = rows.settled = np.zeros(0, np.bool_)
             return
         spacing = self._seasons.spacing(slots)
         spacing = np.where(count_at > SPACING_GAPS, spacing, np.nan)
@@ -428,7 +440,13 @@ class PartitionTask:
             n, periods.shape[1], 3
         )
         seasons = np.where(valid.reshape(n, periods.shape[1], 3), around, np.nan)
-        computed = self._pipeline.compute(histories, exogenous, ts, spacing, periods, seasons)
+        offsets, valid = season_step_offsets(periods[:, 0], self._horizon, self._windows.window)
+        cycles = offsets.shape[1]
+        steps = self._windows.read(positions, offsets.reshape(n, 2 * cycles)).reshape(n, cycles, 2)
+        steps = np.where(valid[:, :, None], steps, np.nan)
+        computed = self._pipeline.compute(
+            histories, exogenous, ts, spacing, periods, seasons, steps
+        )
         rows.keys = [event.key for event in new]
         rows.slots = slots
         rows.window = histories[:, -self._window :]
@@ -438,8 +456,10 @@ class PartitionTask:
         rows.seasonal = computed.seasonal
         rows.outputs = np.zeros((n, len(self._slots)))
         rows.halves = np.full((n, len(self._slots)), np.nan)
-        rows.mature = np.isfinite(histories).sum(axis=1) >= MATURE_VALUES
-        self._seasons.units[slots] = np.where(rows.mature, computed.unit, np.nan)
+        values = np.isfinite(histories).sum(axis=1)
+        rows.mature = values >= MATURE_VALUES
+        rows.settled = values >= SCREEN_VALUES
+        self._seasons.units[slots] = np.where(rows.settled, computed.unit, np.nan)
 
     def _run(
         self,
@@ -468,6 +488,7 @@ class PartitionTask:
                 outputs=np.empty((0, len(self._slots))),
                 halves=np.empty((0, len(self._slots))),
                 mature=np.empty(0, np.bool_),
+                settled=np.empty(0, np.bool_),
             )
         )
         target = (truth - learned.offset) / learned.scale
@@ -547,15 +568,23 @@ class PartitionTask:
         # A row predicted earlier in this very poll was published with the interval
         # computed below, in the same pass: point at it (same_poll), so that ACI and
         # coverage see it as they would had the poll ended between its prediction and
-        # its truth.
+        # its truth. Only settled rows calibrate: an error in a unit sized by one or two
+        # changes says little about the next one's.
+        settled = np.flatnonzero(learned.settled[keep])
+        calibrating = keep[settled]
         for column, slot in enumerate(self._slots):
             counts.predictions[slot.name] += len(rows)
             if not slot.published or slot.intervals is None:
                 continue
-            errors = np.abs(learn_target - learned.outputs[keep, column])
+            errors = np.abs(learn_target[settled] - learned.outputs[calibrating, column])
             halves = gather.floats(column_of(lambda r: r.halves, column)) if gather else np.empty(0)
             rows.halves[:, column] = slot.intervals.run(
-                rows.slots, learn_slots, errors, halves[keep], learn_before, same_poll[keep]
+                rows.slots,
+                learn_slots[settled],
+                errors,
+                halves[calibrating],
+                learn_before[settled],
+                same_poll[calibrating],
             )
             if gather is not None:
                 halves = gather.floats(column_of(lambda r: r.halves, column))
@@ -788,10 +817,10 @@ def _abs_errors(truth: FloatArray, levels: FloatArray) -> FloatArray:
 
 def _poll_changes(
     keys: Sequence[str], ys: FloatArray, stored: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per event of a poll: the value before it of its key (the poll's previous event
-    of the key, else ``stored``, the store's newest), and the count, sum and sum of
-    squares of the key's changes earlier in this poll (a change counted where the
+    of the key, else ``stored``, the store's newest), and the count and sum of squares
+    of the key's changes earlier in this poll (a change counted where the
     value it starts from has a value before it): what keys the store cannot judge yet
     are judged by. One pass over the events grouped by key, on Python floats (NumPy
     scalar indexing costs several times the arithmetic); sums run per key, in order."""
@@ -799,7 +828,7 @@ def _poll_changes(
     order = sorted(range(n), key=keys.__getitem__)  # stable: by key, in order
     y: list[float] = ys.tolist()
     previous: list[float] = stored.tolist()
-    count, total, squares = [0.0] * n, [0.0] * n, [0.0] * n
+    count, squares = [0.0] * n, [0.0] * n
     isfinite = math.isfinite
     for before, after in itertools.pairwise(order):
         if keys[before] == keys[after]:
@@ -808,9 +837,7 @@ def _poll_changes(
             if isfinite(start):
                 change = y[before] - start
                 count[after] = count[before] + 1.0
-                total[after] = total[before] + change
                 squares[after] = squares[before] + change * change
             else:
-                count[after], total[after] = count[before], total[before]
-                squares[after] = squares[before]
-    return np.array(previous), np.array(count), np.array(total), np.array(squares)
+                count[after], squares[after] = count[before], squares[before]
+    return np.array(previous), np.array(count), np.array(squares)

@@ -65,6 +65,8 @@ second suite of ``bench.quality``):
 
 * ``airline-passengers``: monthly international airline passengers, 1949-1960
   (Box & Jenkins; River's bundled copy; 144 events): a trend and a growing yearly cycle.
+* ``co2-monthly``: the monthly means of ``co2-weekly`` (521 events; the five months
+  with no week are gaps): the same trend and yearly cycle, twelve values a cycle.
 * ``elnino``: monthly sea surface temperature in the Niño 1+2 region, 1950-2010
   (statsmodels' ``elnino``; 732 events): a yearly cycle and El Niño years.
 * ``macro-quarterly``: six US quarterly series (real GDP, CPI, unemployment,
@@ -242,6 +244,13 @@ def co2_weekly() -> pd.DataFrame:
     return _finish(pd.DataFrame({"key": "mauna-loa", "ts": ts, "y": raw["co2"].astype(float)}))
 
 
+def co2_monthly() -> pd.DataFrame:
+    """``co2-weekly``'s monthly means, dated at the month's start: 521 values."""
+    weekly = co2_weekly().set_index("ts")["y"]
+    monthly = weekly.resample("MS").mean().dropna()
+    return _finish(pd.DataFrame({"key": "mauna-loa", "ts": monthly.index, "y": monthly.values}))
+
+
 def ppg() -> pd.DataFrame:
     """A medical signal: a heart-beat waveform sampled at about 117 Hz."""
     path = _package_file("heartpy", "data", "data2.csv")
@@ -361,6 +370,7 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "diabetes": diabetes,
     "boston-housing": boston_housing,
     "airline-passengers": airline_passengers,
+    "co2-monthly": co2_monthly,
     "elnino": elnino,
     "macro-quarterly": macro_quarterly,
     "nile": nile,

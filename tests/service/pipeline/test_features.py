@@ -18,7 +18,7 @@ def test_change_mode_features_by_hand() -> None:
     history = np.array([[np.nan, 1.0, 2.0, 4.0]])
     computed = pipeline.compute(history, np.array([[7.0]]))
     named = dict(zip(pipeline.names, computed.raw[0], strict=True))
-    unit = float(np.std([1.0, 2.0]))  # the key's changes: 1, 2
+    unit = float(np.sqrt((1.0**2 + 2.0**2) / 2))  # the key's changes, 1 and 2: their RMS
     assert computed.scale.tolist() == [unit]
     expected = {
         "diff_1": 2.0 / unit,
@@ -33,6 +33,19 @@ def test_change_mode_features_by_hand() -> None:
     for name, value in expected.items():
         assert named[name] == pytest.approx(value), name
     assert pipeline.names[-1] == "temp"
+
+
+def test_a_steady_grower_is_measured_in_its_step() -> None:
+    """Changes of a constant size have no spread; their size is the key's unit (a
+    standard deviation would leave a guess of 1% of the level here)."""
+    pipeline = FeaturePipeline(lags=2, target="change", exogenous=())
+    for history in ([[np.nan, np.nan, 40.0, 47.0]], [[12.0, 19.0, 26.0, 33.0]]):
+        computed = pipeline.compute(np.array(history), np.empty((1, 0)))
+        assert computed.scale.tolist() == [7.0]
+        assert computed.unit.tolist() == [7.0]
+    young = pipeline.compute(np.array([[np.nan, np.nan, np.nan, 40.0]]), np.empty((1, 0)))
+    assert young.scale.tolist() == [pytest.approx(0.4)]  # no change yet: 1% of the level
+    assert np.isnan(young.unit[0])
 
 
 def test_level_mode_adds_level_and_lags() -> None:
@@ -54,8 +67,37 @@ def test_seasonal_lags_read_one_season_before_the_target() -> None:
     assert named["season1"] == pytest.approx((36.0 - 841.0) / unit)
     assert named["season1_prev"] == pytest.approx((25.0 - 841.0) / unit)
     assert named["season1_next"] == pytest.approx((49.0 - 841.0) / unit)
-    assert computed.seasonal.tolist() == [36.0]
+    # the seasonal naive's forecast: the last value plus the change from t = 5 to 6
+    # (one season back; two would need 49 values): 841 + (36 - 25)
+    assert computed.seasonal.tolist() == [852.0]
     assert np.isnan(named["season2"])
+
+
+def test_the_seasonal_forecast_averages_the_change_over_the_last_seasons() -> None:
+    """A season of 4 over a growing level: the change over the same stretch one, two
+    and three seasons back, averaged, added to the last value; with horizon 2 the
+    stretch is two steps long."""
+    pattern = np.array([0.0, 5.0, 1.0, -3.0])
+    t = np.arange(21.0)
+    history = (10.0 + 0.5 * t + pattern[np.arange(21) % 4])[None, :]
+    history[0, 12] += 3.0  # noise in one of the three seasons back
+    periods = np.array([[4, 0]], dtype=np.intp)
+    for horizon in (1, 2):
+        pipeline = FeaturePipeline(lags=1, target="change", exogenous=(), horizon=horizon)
+        computed = pipeline.compute(history, np.empty((1, 0)), periods=periods)
+        newest = 20
+        back = 4  # one whole season covers either horizon
+        changes = [
+            history[0, newest - back * k + horizon] - history[0, newest - back * k]
+            for k in (1, 2, 3)
+        ]
+        assert computed.seasonal[0] == pytest.approx(history[0, -1] + np.mean(changes))
+        truth = 10.0 + 0.5 * (newest + horizon) + pattern[(newest + horizon) % 4]
+        assert computed.seasonal[0] == pytest.approx(truth, abs=1.01)  # the noise, a third
+    none = FeaturePipeline(lags=1, target="change", exogenous=()).compute(
+        history, np.empty((1, 0)), periods=np.zeros((1, 2), np.intp)
+    )
+    assert np.isnan(none.seasonal[0])  # no season: the model falls back on persistence
 
 
 def test_calendar_features_only_for_keys_that_tick_within_the_cycle() -> None:
@@ -91,6 +133,19 @@ def test_sequential_scaling_does_not_depend_on_batching(data: np.ndarray, pieces
     split = RunningScaler(3)
     parts = np.vstack([split.fit_transform(chunk) for chunk in np.array_split(data, pieces)])
     np.testing.assert_allclose(whole, parts, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [1.0, 0.3, 123.456, 1e-3])
+def test_a_column_that_barely_moved_scales_alike_in_any_batching(value: float) -> None:
+    """A column that moved only by rounding, after NaN (seen in a feature of a key's
+    second value): one batch scales it as row by row does. Its sums taken about 0 made
+    its spread the rounding of a difference of sums: a feature of 1e-6 in one batching
+    and -1 in the other."""
+    rows = np.array([[np.nan], [np.nan], [value * (1 + 3.4e-14)], [value], [value], [value]])
+    whole = RunningScaler(1).fit_transform(rows)
+    split = RunningScaler(1)
+    one_by_one = np.vstack([split.fit_transform(rows[i : i + 1]) for i in range(len(rows))])
+    np.testing.assert_allclose(whole, one_by_one, rtol=1e-9, atol=1e-12)
 
 
 def test_extreme_inputs_keep_the_scaler_finite() -> None:

@@ -27,6 +27,7 @@ def _rows(keys: list[str]) -> Rows:
         outputs=np.zeros((n, 3)),
         halves=np.zeros((n, 3)),
         mature=np.ones(n, dtype=np.bool_),
+        settled=np.ones(n, dtype=np.bool_),
     )
 
 
@@ -158,3 +159,16 @@ def test_the_per_key_queues_of_earlier_checkpoints_become_a_book() -> None:
         gather = book.gather(np.array(book._queues[key]))
         assert gather.keys == [rows.keys[row] for rows, row in queue]
     assert book.base == 5  # new polls' ids follow
+
+
+def test_rows_pickled_before_settled_take_their_maturity() -> None:
+    """Rows checkpointed before ``settled`` existed: their rows were learned from the
+    fourth value on, which is what settled means now."""
+    rows = _rows(["a", "b"])
+    rows.mature = np.array([True, False])
+    fields = {name: getattr(rows, name) for name in Rows.__slots__ if name != "settled"}
+    old = Rows.__new__(Rows)
+    old.__setstate__((None, fields))
+    restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - own bytes
+    assert restored.settled.tolist() == [True, False]
+    assert restored.keys == ["a", "b"]

@@ -35,6 +35,7 @@ REAL = {
         ),
     ),
     "airline-passengers": (144, ()),
+    "co2-monthly": (521, ()),
     "elnino": (732, ()),
     "macro-quarterly": (6 * 203, ()),
     "nile": (100, ()),

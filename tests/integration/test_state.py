@@ -257,9 +257,10 @@ def _assert_warm(
     print(f"MAE before {mae_before:.4f}, after restore {mae_after:.4f}, cold {mae_cold:.4f}")
     assert len(last_before) == SAMPLE
     assert mae_after <= 1.2 * mae_before
-    # Cold is 0.22 to 0.43 on this stream, warm 0.11 to 0.18 depending on where the
-    # kill lands (ratios of 1.36x to 3.1x seen): a quarter worse is the bar.
-    assert mae_cold >= 1.25 * mae_after
+    # A cold daemon is worse by a margin that depends on where the kill lands, and
+    # that shrank once keys were learned from their second value (a cold start wastes
+    # one value per key, not three); a restore that lost the state would be ~1x.
+    assert mae_cold >= 1.15 * mae_after
 
 
 def _partition(p: dict[str, Any]) -> int:

@@ -38,7 +38,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.quality import CASES, SHORT_CASES, Truth, default_settings, geometric_mean
+from bench.quality import ALL_CASES, CASES, Truth, default_settings, geometric_mean
 from models.ensemble import EnsembleParams, Hedge
 from service.config import Settings
 from service.pipeline.scoring import FloatArray
@@ -60,7 +60,7 @@ class Forecasts:
 
 def forecasts(dataset: str, extra: Sequence[dict[str, Any]] = ()) -> Forecasts:
     """Run the default (and ``extra`` models) with every model published."""
-    case = {**CASES, **SHORT_CASES}[dataset]
+    case = ALL_CASES[dataset]
     frame = datasets.load(dataset)
     features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
     data = default_settings(case.horizon, features)

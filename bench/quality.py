@@ -94,6 +94,9 @@ SHORT_CASES: dict[str, Case] = _by_name(
 """The second suite (``--suite short``): series of a few hundred values or fewer,
 where the models have little to learn from."""
 
+ALL_CASES: dict[str, Case] = {**CASES, **SHORT_CASES}
+"""Every dataset either suite knows, by name."""
+
 
 @dataclass(frozen=True)
 class Quality:
@@ -302,14 +305,13 @@ def markdown(results: list[Quality]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    known = {**CASES, **SHORT_CASES}
     parser.add_argument(
         "--suite",
         choices=("default", "short"),
         default="default",
         help="the datasets of the README's table, or the short series",
     )
-    parser.add_argument("--datasets", help=f"comma-separated, of: {', '.join(known)}")
+    parser.add_argument("--datasets", help=f"comma-separated, of: {', '.join(ALL_CASES)}")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
@@ -321,14 +323,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     suite = SHORT_CASES if args.suite == "short" else CASES
     names = [name for name in (args.datasets or ",".join(suite)).split(",") if name]
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if name not in ALL_CASES]
     if unknown:
-        parser.error(f"unknown datasets {unknown}; choose from {', '.join(known)}")
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(ALL_CASES)}")
     console = Console(width=max(Console().width, 150))  # the table on one line per row
     started = time.perf_counter()
     results = []
     for name in names:
-        result = run_case(known[name], members=tuple(args.member))
+        result = run_case(ALL_CASES[name], members=tuple(args.member))
         console.print(f"{name}: {result.seconds:.1f} s")
         results.append(result)
     elapsed = time.perf_counter() - started

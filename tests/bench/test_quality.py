@@ -175,6 +175,6 @@ def test_short_suite_runs_its_own_datasets(
 def test_intervals_of_a_few_hundred_events_cover_within_three_points(name: str) -> None:
     """A few hundred scored events are enough for ACI to bring coverage to within 3
     points of the 90% asked (its step at 0.005 left both more than 3 points under)."""
-    result = quality.run_case({**quality.CASES, **quality.SHORT_CASES}[name])
+    result = quality.run_case(quality.ALL_CASES[name])
     assert result.with_interval > 0.9 * result.scored
     assert result.coverage == pytest.approx(result.nominal, abs=0.03)

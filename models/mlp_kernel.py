@@ -14,8 +14,9 @@ kernel updates in place. So the module stays the model (``state_dict``, checkpoi
 ``device: cuda`` elsewhere, loading a checkpoint written by the torch path and the
 reverse all see the same tensors), and only the arithmetic moves. The step is
 ``torch.optim.Adam``'s (L2 ``weight_decay`` added to the gradient, bias-corrected
-moments, ``eps`` outside the square root) after ``F.mse_loss`` and global-norm
-clipping, the same as :meth:`models.online.OnlineRegressor._try_step`; the tests
+moments, ``eps`` outside the square root) after ``F.mse_loss`` (``F.huber_loss`` with
+:attr:`~models.online.OnlineConfig.huber_delta`) and global-norm clipping, the same
+as :meth:`models.online.OnlineRegressor._try_step`; the tests
 train both paths on one stream and compare.
 
 It applies to :class:`models.mlp.MLP` bodies on the CPU with Adam, without dropout
@@ -119,6 +120,7 @@ class MLPKernel:
         optimizer: torch.optim.Optimizer,
         params: Sequence[nn.Parameter],
         clip_norm: float | None,
+        huber_delta: float | None = None,
     ) -> None:
         self._params = list(params)
         self._optimizer = optimizer
@@ -128,6 +130,7 @@ class MLPKernel:
         self._eps = float(group["eps"])
         self._decay = float(group["weight_decay"])
         self._clip = clip_norm
+        self._huber = huber_delta
         self._act, self._act_grad = _ACTIVATIONS[body.config.activation]
         sizes = [p.numel() for p in self._params]
         self._bounds = np.cumsum([0, *sizes]).tolist()
@@ -183,7 +186,7 @@ class MLPKernel:
             return None
         if any(p.dtype != torch.float32 for p in params):
             return None
-        return cls(body, optimizer, params, config.clip_norm)
+        return cls(body, optimizer, params, config.clip_norm, config.huber_delta)
 
     def bind_optimizer_state(self) -> None:
         """Re-point the optimizer's moments at the buffers, copying in what it holds
@@ -216,7 +219,7 @@ class MLPKernel:
         return out
 
     def step(self, x: F32, target: F32) -> bool:
-        """One Adam step on the mean squared error of ``x`` against ``target``;
+        """One Adam step on the loss of ``x`` against ``target`` (:meth:`_backward`);
         ``False`` (and nothing changed) if the loss, the gradient or a parameter
         would be non-finite."""
         with np.errstate(all="ignore"):  # a non-finite step is expected, and undone
@@ -250,13 +253,17 @@ class MLPKernel:
         return True
 
     def _backward(self, x: F32, target: F32) -> F32 | None:
-        """Gradient of the mean squared error into ``self._grad``; ``None`` when the
-        loss is not finite."""
+        """Gradient of the loss (``F.mse_loss``'s, or ``F.huber_loss``'s with
+        ``huber_delta``) into ``self._grad``; ``None`` when the loss is not finite."""
         trace: list[tuple[F32, F32, F32]] = []
         residual = self.forward(x, trace) - target
         if not math.isfinite(float(np.dot(residual, residual))):
             return None
-        d = residual * np.float32(2.0 / len(target))  # d loss / d out, (n,)
+        if self._huber is None:
+            d = residual * np.float32(2.0 / len(target))  # d loss / d out, (n,)
+        else:  # the Huber loss's derivative: the residual, clipped at delta
+            limit = np.float32(self._huber)
+            d = np.clip(residual, -limit, limit) * np.float32(1.0 / len(target))
         *hidden, (w_out, _) = self._layers
         *hidden_grads, (gw_out, gb_out) = self._layer_grads
         np.matmul(d, trace[-1][2], out=gw_out[0])

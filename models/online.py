@@ -95,6 +95,9 @@ class OnlineConfig:
         momentum: SGD momentum (ignored by Adam).
         weight_decay: L2 penalty added to the gradient (``torch.optim`` semantics).
         clip_norm: clip the global gradient norm to this; ``None`` disables clipping.
+        huber_delta: train on the Huber loss with this threshold, in standard
+            deviations of the learning target (``F.huber_loss``'s ``delta``);
+            ``None``: the mean squared error.
         replay_size: capacity of the replay ring buffer, in rows (0 disables replay).
         replay_samples: replay rows mixed into each step (fewer while the buffer fills).
         learn_every: step once at least this many rows are pending.
@@ -121,6 +124,7 @@ class OnlineConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
+    huber_delta: float | None = None
     replay_size: int = 1024
     replay_samples: int = 32
     learn_every: int = 1
@@ -137,6 +141,8 @@ class OnlineConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.clip_norm is not None and not self.clip_norm > 0.0:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
+        if self.huber_delta is not None and not self.huber_delta > 0.0:
+            raise ValueError(f"huber_delta must be positive or None, got {self.huber_delta}")
         for name in ("replay_size", "replay_samples", "key_embedding", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -550,7 +556,13 @@ class OnlineRegressor(Model):
             self._net.train()
         try:
             with self._dropout_seed(torch_seed):
-                loss = F.mse_loss(self._net(*inputs), target)
+                out = self._net(*inputs)
+                delta = self.config.huber_delta
+                loss = (
+                    F.mse_loss(out, target)
+                    if delta is None
+                    else F.huber_loss(out, target, delta=delta)
+                )
                 if not bool(torch.isfinite(loss)):
                     return False
                 self._optimizer.zero_grad(set_to_none=True)

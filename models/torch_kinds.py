@@ -46,6 +46,12 @@ class TorchParams(ModelParams):
         momentum: SGD momentum (Adam ignores it).
         weight_decay: L2 penalty.
         clip_norm: clip the global gradient norm to this; ``null`` disables clipping.
+        huber_delta: the network learns on the Huber loss with this threshold, in
+            standard deviations of its learning target; ``null``: on the squared
+            error. Forecasts are judged by their mean absolute error, and under the
+            squared error a few spikes pull a network towards them on every row; with
+            a small threshold it learns close to the conditional median, which is
+            what minimises the absolute error (README, "Forecast quality").
         replay_size: rows kept in the replay buffer (0 disables replay).
         replay_samples: replay rows mixed into each optimizer step.
         learn_every: take a step once this many rows are pending (1: every ``learn``).
@@ -68,6 +74,7 @@ class TorchParams(ModelParams):
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
     clip_norm: float | None = Field(default=1.0, gt=0.0)
+    huber_delta: float | None = Field(default=0.5, gt=0.0, le=1e6)
     replay_size: int = Field(default=1024, ge=0, le=1_000_000)
     replay_samples: int = Field(default=32, ge=0, le=65_536)
     learn_every: int = Field(default=1, ge=1, le=1_000_000)
@@ -170,6 +177,7 @@ def _online_config(params: TorchParams, context: ModelContext) -> OnlineConfig:
         momentum=params.momentum,
         weight_decay=params.weight_decay,
         clip_norm=params.clip_norm,
+        huber_delta=params.huber_delta,
         replay_size=params.replay_size,
         replay_samples=params.replay_samples,
         learn_every=params.learn_every,

@@ -64,13 +64,17 @@ def test_config_is_frozen() -> None:
 
 
 def nonlinear_stream(
-    rows: int, batch_size: int, seed: int
+    rows: int, batch_size: int, seed: int, spikes: float = 0.0
 ) -> Iterator[tuple[FeatureBatch, np.ndarray]]:
-    """``y = sin(3 x1) * x2 + noise``; a third feature is pure noise. Level mode."""
+    """``y = sin(3 x1) * x2 + noise``; a third feature is pure noise. Level mode.
+    With ``spikes``, that share of rows is 5 to 15 higher (one-sided, like a meter's
+    bursts: the mean moves, the median does not)."""
     rng = np.random.default_rng(seed)
     for _ in range(rows // batch_size):
         x = rng.uniform(-2.0, 2.0, size=(batch_size, 3))
         y = np.sin(3.0 * x[:, 0]) * x[:, 1] + 0.05 * rng.normal(size=batch_size)
+        burst = rng.random(batch_size) < spikes
+        y += np.where(burst, rng.uniform(5.0, 15.0, size=batch_size), 0.0)
         batch = FeatureBatch(
             x=x,
             window=np.full((batch_size, 4), np.nan),
@@ -81,11 +85,13 @@ def nonlinear_stream(
         yield batch, y
 
 
-def prequential_mae(kind: str, rows: int, last: int) -> float:
+def prequential_mae(
+    kind: str, rows: int, last: int, params: dict[str, object] | None = None, spikes: float = 0.0
+) -> float:
     """MAE of the last ``last`` rows, each predicted before it was learned."""
-    model = registry.build(kind, {}, CONTEXT)
+    model = registry.build(kind, params or {}, CONTEXT)
     errors = []
-    for batch, y in nonlinear_stream(rows, batch_size=16, seed=0):
+    for batch, y in nonlinear_stream(rows, batch_size=16, seed=0, spikes=spikes):
         errors.append(np.abs(model.predict(batch) - y))
         model.learn(batch, y)
     return float(np.concatenate(errors)[-last:].mean())
@@ -96,6 +102,16 @@ def test_mlp_beats_linear_on_a_nonlinear_target() -> None:
     mlp = prequential_mae("torch.mlp", rows=4000, last=1000)
     linear = prequential_mae("river.linear", rows=4000, last=1000)
     assert mlp < 0.6 * linear, (mlp, linear)
+
+
+def test_the_huber_loss_serves_the_absolute_error_on_a_spiky_stream() -> None:
+    # one row in ten spikes upwards: the squared error pulls every forecast towards
+    # the spikes, the default Huber loss keeps to the bulk (the conditional median)
+    huber = prequential_mae("torch.mlp", rows=4000, last=1000, spikes=0.1)
+    squared = prequential_mae(
+        "torch.mlp", rows=4000, last=1000, params={"huber_delta": None}, spikes=0.1
+    )
+    assert huber < 0.8 * squared, (huber, squared)
 
 
 def keyed_batch(rng: np.random.Generator, n: int) -> tuple[FeatureBatch, np.ndarray]:

@@ -45,18 +45,21 @@ def flat(net: MLP) -> np.ndarray[Any, Any]:
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "silu", "gelu"])
 @pytest.mark.parametrize(("weight_decay", "clip"), [(0.0, 1.0), (0.01, None)])
+@pytest.mark.parametrize("huber", [None, 0.5])
 def test_steps_are_autograd_and_adam_steps(
-    activation: Activation, weight_decay: float, clip: float | None
+    activation: Activation, weight_decay: float, clip: float | None, huber: float | None
 ) -> None:
     reference, adam, net, kernel_adam = twin_networks(activation, weight_decay)
-    config = OnlineConfig(lr=0.01, weight_decay=weight_decay, clip_norm=clip)
+    config = OnlineConfig(lr=0.01, weight_decay=weight_decay, clip_norm=clip, huber_delta=huber)
     kernel = MLPKernel.build(net, kernel_adam, list(net.parameters()), config)
     assert kernel is not None
     rng = np.random.default_rng(1)
     for _ in range(20):
         x = rng.normal(size=(12, 5)).astype(np.float32)
         y = (3 * rng.normal(size=12)).astype(np.float32)
-        loss = F.mse_loss(reference(torch.from_numpy(x)), torch.from_numpy(y))
+        out, truth = reference(torch.from_numpy(x)), torch.from_numpy(y)
+        # y's spread (3) puts most residuals beyond the Huber threshold
+        loss = F.mse_loss(out, truth) if huber is None else F.huber_loss(out, truth, delta=huber)
         adam.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         clip_gradients(list(reference.parameters()), clip)

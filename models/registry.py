@@ -49,6 +49,7 @@ __all__ = [
 # Modules that register built-in kinds when imported. A new model module appends itself.
 _BUILTIN_MODULES: tuple[str, ...] = (
     "models.baselines",
+    "models.knn",
     "models.rls",
     "models.river_kinds",
     "models.torch_kinds",

@@ -389,6 +389,7 @@ _DEFAULT_MODELS = (
     {"name": "linear", "kind": "river.linear"},
     {"name": "rls", "kind": "rls"},
     {"name": "mlp", "kind": "torch.mlp"},
+    {"name": "knn", "kind": "knn"},
 )
 
 

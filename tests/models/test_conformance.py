@@ -26,6 +26,7 @@ REQUIRED_PARAMS: dict[str, dict[str, Any]] = {
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("river.custom", {"estimator": "tree.HoeffdingAdaptiveTreeRegressor", "scale": False}),
     ("river.custom", {"estimator": "linear_model.BayesianLinearRegression", "mini_batch": True}),
+    ("knn", {"aggregate": "median", "window": 7, "neighbors": 3}),
 ]
 
 

@@ -5,15 +5,16 @@
         --variant base=last,seasonal,ewma,linear,rls,mlp \\
         --variant more=last,seasonal,ewma,linear,rls,mlp,mlp_lr1
     python -m bench.combiner --eta 0.3,0.6 --share 0.003,0.01 --memory 300,1000
+    python -m bench.combiner --prior-events 1,10,100
 
 Members learn from the truth, never from the ensemble, so their forecasts do not
 depend on how they are combined. This runs the built-in default (plus any
 ``--member``) once per dataset of :mod:`bench.quality`, every model published, and
 then replays :class:`models.ensemble.Hedge` over those forecasts, event by event in
 arrival order (each forecast combined before its truth is learned), for every member
-set (``--variant``) and every ``eta``/``share``/``memory`` given. That takes seconds
-per variant where a run of the daemon takes a minute, so the combiner's settings and
-the default member set can be chosen on all datasets at once.
+set (``--variant``) and every ``eta``/``share``/``memory``/``prior_events`` given. That
+takes seconds per variant where a run of the daemon takes a minute, so the combiner's
+settings and the default member set can be chosen on all datasets at once.
 
 Two simplifications: the replay judges members in the series' scale, as the daemon
 does, but it does not act on drift (``drift.action``) and it combines levels rather
@@ -142,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eta", type=_floats, default=[defaults.eta])
     parser.add_argument("--share", type=_floats, default=[defaults.share])
     parser.add_argument("--memory", type=_floats, default=[float(defaults.memory)])
+    parser.add_argument(
+        "--prior-events", type=_floats, default=[float(defaults.prior_events)], dest="prior"
+    )
     args = parser.parse_args(argv)
     default_members = Settings().members(Settings().primary)
     variants = {"default": tuple(default_members)}
@@ -149,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         name, _, members = spec.partition("=")
         variants[name] = tuple(m for m in members.split(",") if m)
     grid = [
-        EnsembleParams(eta=eta, share=share, memory=int(memory))
-        for eta, share, memory in itertools.product(args.eta, args.share, args.memory)
+        EnsembleParams(eta=eta, share=share, memory=int(memory), prior_events=int(prior))
+        for eta, share, memory, prior in itertools.product(
+            args.eta, args.share, args.memory, args.prior
+        )
     ]
     default_params = EnsembleParams()
     runs = [("default", default_params)] if default_params not in grid else []
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = Table(title="ensemble MAE replayed, over the default's replayed MAE")
     table.add_column("variant")
-    table.add_column("eta / share / memory")
+    table.add_column("eta / share / memory / prior")
     names = [n for n in args.datasets.split(",") if n]
     for name in names:
         table.add_column(name, justify="right")
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     for i, (variant, params) in enumerate(runs):
         table.add_row(
             variant,
-            f"{params.eta:g} / {params.share:g} / {params.memory}",
+            f"{params.eta:g} / {params.share:g} / {params.memory} / {params.prior_events}",
             *[f"{r:.3f}" for r in ratios[i]],
             f"{geometric_mean(ratios[i]):.3f}",
         )

@@ -58,6 +58,7 @@ process owner sets it once, from ``processing.torch_threads``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -95,9 +96,6 @@ class OnlineConfig:
         momentum: SGD momentum (ignored by Adam).
         weight_decay: L2 penalty added to the gradient (``torch.optim`` semantics).
         clip_norm: clip the global gradient norm to this; ``None`` disables clipping.
-        huber_delta: train on the Huber loss with this threshold, in standard
-            deviations of the learning target (``F.huber_loss``'s ``delta``);
-            ``None``: the mean squared error.
         replay_size: capacity of the replay ring buffer, in rows (0 disables replay).
         replay_samples: replay rows mixed into each step (fewer while the buffer fills).
         learn_every: step once at least this many rows are pending.
@@ -117,6 +115,9 @@ class OnlineConfig:
         key_buckets: hash buckets of the key embedding.
         device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` etc. also work).
         seed: seeds initial weights, replay sampling and dropout.
+        huber_delta: train on the Huber loss with this threshold, in standard
+            deviations of the learning target (``F.huber_loss``'s ``delta``);
+            ``None``: the mean squared error.
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -124,7 +125,6 @@ class OnlineConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     clip_norm: float | None = 1.0
-    huber_delta: float | None = None
     replay_size: int = 1024
     replay_samples: int = 32
     learn_every: int = 1
@@ -135,6 +135,18 @@ class OnlineConfig:
     key_buckets: int = 1024
     device: str = "cpu"
     seed: int = 0
+    # New fields go last: a slotted dataclass pickles as the list of its fields' values
+    # in order, and ``__setstate__`` gives an older, shorter list the missing defaults.
+    huber_delta: float | None = None
+
+    def __setstate__(self, state: list[Any]) -> None:
+        """A config pickled before its last fields existed (a checkpoint of an older
+        version) gets their defaults: ``huber_delta`` None, the squared error its
+        network was trained on."""
+        fields = dataclasses.fields(self)
+        values = [*state, *(field.default for field in fields[len(state) :])]
+        for field, value in zip(fields, values, strict=True):
+            object.__setattr__(self, field.name, value)
 
     def __post_init__(self) -> None:
         if not (self.lr > 0.0 and np.isfinite(self.lr)):

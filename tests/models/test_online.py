@@ -3,6 +3,7 @@ normalisation, params validation; plus conformance of non-default configurations
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from typing import Any
 
@@ -381,3 +382,14 @@ def test_cuda_models_agree_with_cpu_checkpoints(kind: str) -> None:
     probe = STREAM[6][0]
     np.testing.assert_allclose(cpu.predict(probe), gpu.predict(probe), rtol=1e-4, atol=1e-6)
     run_all(lambda: registry.build(kind, {"device": "cuda"}, CONTEXT), STREAM[:4])
+
+
+def test_a_config_pickled_before_the_huber_loss_loads_in_place() -> None:
+    """A slotted dataclass pickles as its fields' values in order; a checkpoint from
+    before ``huber_delta`` holds one value fewer, which must not shift the others."""
+    new = OnlineConfig(lr=0.02, replay_size=7, key_buckets=9, seed=5, huber_delta=0.5)
+    older = [getattr(new, field.name) for field in dataclasses.fields(new)][:-1]
+    restored = OnlineConfig.__new__(OnlineConfig)
+    restored.__setstate__(older)
+    assert restored == dataclasses.replace(new, huber_delta=None)
+    assert pickle.loads(pickle.dumps(new)) == new  # noqa: S301 - own bytes

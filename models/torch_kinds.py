@@ -126,6 +126,10 @@ class TorchMLPParams(TorchParams):
             per 100-row micro-batch left the MLP well behind River linear on
             FriedmanDrift, 16-row steps ahead of it (README, "Cost per model";
             ``python -m bench.accuracy``).
+        replay_samples: 64 by default (32 for the other kinds): each 16-row step
+            also replays 64 earlier rows, which on the quality benchmark helped the
+            series the MLP leads and cost no measurable time (README, "Forecast
+            quality": a step's cost is its calls, not its rows).
         learn_every: 16 by default: a task works through a poll in event order
             (:class:`~models.base.Plan`), so a step every row would cost an optimizer
             step per event; every 16 rows, each prediction comes from a network that
@@ -133,6 +137,7 @@ class TorchMLPParams(TorchParams):
     """
 
     hidden: tuple[Width, ...] = Field(default=(64, 64), min_length=1, max_length=16)
+    replay_samples: int = Field(default=64, ge=0, le=65_536)
     minibatch_rows: int | None = Field(default=16, ge=1, le=1_000_000)
     learn_every: int = Field(default=16, ge=1, le=1_000_000)
 

@@ -17,8 +17,9 @@ no change, before any).
 
 It works through a poll in event order (:class:`~models.base.PlanRunner`): a row is
 compared with exactly the rows learned before it arrived, whatever the poll size, and
-each distance is computed on its own (no matrix product whose rounding depends on the
-batch's shape), so the same stream gives the same numbers in any batching.
+each distance's sums are computed per pair by ``einsum`` (not by a BLAS matrix product,
+whose blocking, and so rounding, depends on the batch's shape), so the same stream
+gives the same numbers in any batching.
 """
 
 from __future__ import annotations

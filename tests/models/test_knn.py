@@ -10,7 +10,7 @@ from models import registry
 from models.base import FeatureBatch, ModelContext, Plan, run_plan
 from models.knn import KNN, KNNParams
 
-NAMES = ("a", "b")
+NAMES = tuple(f"f{i}" for i in range(32))
 
 
 def rows(x: np.ndarray) -> FeatureBatch:
@@ -47,7 +47,7 @@ def polled(x: np.ndarray, y: np.ndarray, poll: int, params: KNNParams) -> np.nda
 @pytest.mark.parametrize("aggregate", ["mean", "median"])
 def test_any_poll_size_gives_the_same_numbers(aggregate: str) -> None:
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(600, 2))
+    x = rng.normal(size=(600, 27))  # as wide as a task's feature vector
     x[::7] = x[3]  # repeated rows: exact ties, which must go the same way in any poll
     y = rng.normal(size=600)
     params = KNNParams(window=40, aggregate=aggregate)

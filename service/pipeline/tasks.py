@@ -435,15 +435,18 @@ class PartitionTask:
         if not self._calendar:
             spacing = np.full(n, np.nan)
         exogenous = np.stack([event.x for event in new])
-        offsets, valid = season_offsets(periods.reshape(-1), self._horizon, self._windows.window)
-        around = self._windows.read(np.repeat(positions, periods.shape[1]), offsets).reshape(
-            n, periods.shape[1], 3
+        # the seasonal lags and the seasonal naive's steps, in one read of the store
+        width, kinds = self._windows.window, periods.shape[1]
+        around_at, around_ok = season_offsets(periods.reshape(-1), self._horizon, width)
+        steps_at, steps_ok = season_step_offsets(periods[:, 0], self._horizon, width)
+        cycles = steps_at.shape[1]
+        offsets = np.concatenate(
+            [around_at.reshape(n, kinds * 3), steps_at.reshape(n, cycles * 2)], axis=1
         )
-        seasons = np.where(valid.reshape(n, periods.shape[1], 3), around, np.nan)
-        offsets, valid = season_step_offsets(periods[:, 0], self._horizon, self._windows.window)
-        cycles = offsets.shape[1]
-        steps = self._windows.read(positions, offsets.reshape(n, 2 * cycles)).reshape(n, cycles, 2)
-        steps = np.where(valid[:, :, None], steps, np.nan)
+        values = self._windows.read(positions, offsets)
+        around = values[:, : kinds * 3].reshape(n, kinds, 3)
+        seasons = np.where(around_ok.reshape(n, kinds, 3), around, np.nan)
+        steps = np.where(steps_ok[:, :, None], values[:, kinds * 3 :].reshape(n, cycles, 2), np.nan)
         computed = self._pipeline.compute(
             histories, exogenous, ts, spacing, periods, seasons, steps
         )

@@ -126,9 +126,10 @@ class KNN(Model):
         out = np.zeros(n)
         for start in range(0, n, _BLOCK):
             stop = min(start + _BLOCK, n)
-            a, b = int(lo[start]), int(hi[stop - 1])
-            if b > a:
-                out[start:stop] = self._block(queries[start:stop], x, y, a, b, lo, hi, start)
+            if hi[stop - 1] > lo[start]:
+                out[start:stop] = self._block(
+                    queries[start:stop], x, y, lo[start:stop], hi[start:stop]
+                )
         return out
 
     def _block(
@@ -136,17 +137,14 @@ class KNN(Model):
         queries: FloatArray,
         x: FloatArray,
         y: FloatArray,
-        a: int,
-        b: int,
         lo: npt.NDArray[np.intp],
         hi: npt.NDArray[np.intp],
-        start: int,
     ) -> FloatArray:
-        """One block of queries against stored rows ``a:b``, each query seeing its own
-        ``lo:hi`` of them. Every number is computed per query and candidate, in an
-        order that does not depend on the block (``einsum`` sums without BLAS), so a
-        query gets the same neighbours in any batching."""
-        rows = len(queries)
+        """One block of queries against the stored rows any of them sees, each query
+        seeing its own ``lo:hi`` of them. Every number is computed per query and
+        candidate, in an order that does not depend on the block (``einsum`` sums
+        without BLAS), so a query gets the same neighbours in any batching."""
+        rows, a, b = len(queries), int(lo[0]), int(hi[-1])
         cand_x, cand_y = x[a:b][::-1], y[a:b][::-1]  # newest first: ties go to newer rows
         dist = (
             np.einsum("ik,ik->i", queries, queries)[:, None]
@@ -154,7 +152,7 @@ class KNN(Model):
             - 2.0 * np.einsum("ik,jk->ij", queries, cand_x)
         )
         index = np.arange(b - 1, a - 1, -1)
-        seen = (index >= lo[start : start + rows, None]) & (index < hi[start : start + rows, None])
+        seen = (index >= lo[:, None]) & (index < hi[:, None])
         dist[~seen] = np.inf
         k = min(self.params.neighbors, b - a)
         kth = np.partition(dist, k - 1, axis=1)[:, k - 1 : k]

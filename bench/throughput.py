@@ -9,8 +9,10 @@ Prints, in one run on the same records:
   bare consumer would not load;
 * daemon: forecastd with a config (default ``configs/demo.yaml``), as a pod of 1 and
   of 2 worker processes (``processing.workers``, :mod:`service.runtime.workers`), from the
-  first commit once the pod is ready (every worker joined the group) to the last
-  offset committed; the ratio daemon (1 worker) / raw, and 2 workers / 1 worker;
+  moment the pod is ready (every worker joined the group) to the last prediction's
+  ``produced_at``; the ratio daemon (1 worker) / raw, and 2 workers / 1 worker; and
+  the pod's resident memory once it finished (``process_resident_memory_bytes`` on
+  its own ``/metrics``, its workers' summed), the most of the repeats;
 * latency p50/p99 of a 1-worker pod at a paced input rate of 1,000 events/s and of
   ``--fractions`` (default 50% and 90%) of its backlog rate, from the input record's
   broker timestamp to the prediction's ``produced_at``, after a warm-up (models built,
@@ -212,14 +214,28 @@ def _ready(port: int) -> bool:
         return False
 
 
-def bench_daemon(settings: Settings, records: int, workers: int) -> float:
+def resident_bytes(pod: Pod) -> float:
+    """The pod's resident memory now, as its ``/metrics`` says (workers summed)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{pod.port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "process_resident_memory_bytes"
+    )
+
+
+def bench_daemon(settings: Settings, records: int, workers: int) -> tuple[float, float]:
     """Events/s of a pod of ``workers`` on an input topic already holding ``records``
     records, from the moment every worker joined (model building and the rebalance
     that the second worker's join causes are not counted) to the last prediction, by
-    the predictions' own ``produced_at``: nothing polls the pod while it works."""
+    the predictions' own ``produced_at``: nothing polls the pod while it works; and
+    the pod's resident bytes once it finished (:func:`resident_bytes`)."""
     with running_pod(settings, workers) as pod:
         ready_ms = time.time() * 1000
         wait_done(pod, settings, records)
+        rss = resident_bytes(pod)
     produced = {
         prediction["source"]: prediction["produced_at"]
         for prediction in (
@@ -230,7 +246,7 @@ def bench_daemon(settings: Settings, records: int, workers: int) -> float:
     after = [at for at in produced.values() if at >= ready_ms]
     if len(after) < 2:
         raise RuntimeError("the pod finished before it was ready: give it more --records")
-    return float(len(after) / ((max(after) - ready_ms) / 1000))
+    return float(len(after) / ((max(after) - ready_ms) / 1000)), rss
 
 
 def bench_latency(
@@ -334,6 +350,8 @@ def main() -> None:
     rates.add_column("daemon / raw", justify="right")
     if len(args.workers) > 1:
         rates.add_column(f"{args.workers[-1]} / {args.workers[0]} workers", justify="right")
+    for w in args.workers:
+        rates.add_column(f"{w} worker(s) RSS at end", justify="right")
     latency = Table(title=f"latency, 1 worker, {name}: input broker timestamp to produced_at")
     for column in ("client", "paced at", "events/s", "p50 ms", "p99 ms"):
         latency.add_column(column, justify="right")
@@ -375,6 +393,7 @@ def _backlog_rates(
     batch = base.kafka.max_poll_records  # the raw loop polls as much as the daemon
     raws: list[float] = []
     daemons: dict[int, list[float]] = {w: [] for w in args.workers}
+    resident: dict[int, float] = dict.fromkeys(args.workers, 0.0)
     for _ in range(args.repeats):  # interleaved: a slow spell hits every side
         with frozen_heap():  # as the daemon runs: torch's heap is not the transport's
             raws.append(RAW[client](broker.bootstrap, topic, len(pairs), batch))
@@ -382,7 +401,9 @@ def _backlog_rates(
             output = f"bench-out-{uuid.uuid4().hex[:6]}"  # the run's own: read back by it
             broker.create_topics([output])
             settings = _daemon_settings(args.config, broker.bootstrap, topic, output, client)
-            daemons[workers].append(bench_daemon(settings, len(pairs), workers))
+            rate, rss = bench_daemon(settings, len(pairs), workers)
+            daemons[workers].append(rate)
+            resident[workers] = max(resident[workers], rss)
     raw = max(raws)
     best = {w: max(rates_) for w, rates_ in daemons.items()}
     one = best[args.workers[0]]
@@ -390,8 +411,10 @@ def _backlog_rates(
     row.append(f"{one / raw:.0%}")
     if len(args.workers) > 1:
         row.append(f"{best[args.workers[-1]] / one:.2f}x")
+    row += [f"{resident[w] / 2**20:,.0f} MiB" for w in args.workers]
     rates.add_row(*row)
-    console.print(f"{client}: raw {raw:,.0f}/s, daemon {best}")
+    memory = {w: f"{resident[w] / 2**20:,.0f} MiB" for w in args.workers}
+    console.print(f"{client}: raw {raw:,.0f}/s, daemon {best}, RSS at end {memory}")
     return one
 
 

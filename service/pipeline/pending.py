@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import chain, islice
 from typing import Any
 
@@ -85,6 +85,21 @@ class Rows:
             self.halves[start:stop],
             self.mature[start:stop],
             self.settled[start:stop],
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[Rows]) -> Rows:
+        """``parts``' rows, in order, as one set of arrays (new, unless there is one
+        part): a checkpoint's pending polls, one copy of each field, where a gather
+        would index the concatenation again."""
+        if len(parts) == 1:
+            return parts[0]
+        return Rows(
+            list(chain.from_iterable(part.keys for part in parts)),
+            *(
+                np.concatenate([getattr(part, column.name) for part in parts])
+                for column in fields(cls)[1:]  # the arrays, after the keys
+            ),
         )
 
     def levels(self, column: int) -> FloatArray:
@@ -262,9 +277,7 @@ class PendingBook:
         one's arrays on its own cost more than the rows)."""
         polls = list(self._polls.values())
         lengths = np.array([len(rows) for rows in polls], dtype=np.int64)
-        merged = (
-            Gather(polls, np.arange(int(lengths.sum()), dtype=np.intp)).rows() if polls else None
-        )
+        merged = Rows.concat(polls) if polls else None
         return {
             "keys": list(self._queues),
             "lengths": np.fromiter(map(len, self._queues.values()), np.intp, len(self._queues)),

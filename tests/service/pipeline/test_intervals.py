@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 
 from service.pipeline.intervals import Intervals
@@ -45,3 +47,22 @@ def test_keys_of_different_scales_get_widths_of_their_own() -> None:
     empty = np.empty(0)
     small, large = intervals.run(slots, slots[:0], empty, empty, np.empty(0, np.intp))
     assert 30 < large / small < 300
+
+
+def test_a_checkpoint_with_per_slot_lists_restores_the_same_intervals() -> None:
+    """Checkpoints written before the per-slot state moved into arrays hold it as
+    lists: restoring one must give the same widths and keep learning the same way."""
+    current, old = _calibrated(), _calibrated()
+    for name in ("_scale", "_alpha"):
+        old.__dict__[name] = list(old.__dict__[name])
+    old.__dict__["_known"] = [bool(v) for v in old.__dict__["_known"]]
+    restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - bytes made here
+    assert isinstance(restored._known, bytearray)
+    restored.ensure(3)  # grows like a fresh one after the restore
+    current.ensure(3)
+    for intervals in (current, restored):
+        intervals.run(SLOT + 2, SLOT + 2, np.array([3.0]), np.array([np.nan]), np.array([1]))
+    assert _half(restored) == _half(current)
+    assert list(restored._scale) == list(current._scale)
+    assert list(restored._alpha) == list(current._alpha)
+    assert bytes(restored._known) == bytes(current._known)

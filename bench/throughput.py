@@ -12,7 +12,7 @@ Prints, in one run on the same records:
   moment the pod is ready (every worker joined the group) to the last prediction's
   ``produced_at``; the ratio daemon (1 worker) / raw, and 2 workers / 1 worker; and
   the pod's resident memory once it finished (``process_resident_memory_bytes`` on
-  its own ``/metrics``, its workers' summed), the most of the repeats;
+  its own ``/metrics``, its workers' summed), the largest of the repeats;
 * latency p50/p99 of a 1-worker pod at a paced input rate of 1,000 events/s and of
   ``--fractions`` (default 50% and 90%) of its backlog rate, from the input record's
   broker timestamp to the prediction's ``produced_at``, after a warm-up (models built,

@@ -52,8 +52,8 @@ class Intervals:
     The per-slot state is kept in ``array.array`` and ``bytearray``, not lists: they
     are read and written one slot at a time, as fast as a list, and a checkpoint
     pickles each as one block of bytes, where a list of a hundred thousand floats
-    was pickled float by float (most of a many-key checkpoint's pickling, for every
-    model of a task).
+    was pickled float by float, three lists for every model of a task: with many
+    keys, a large share of what the loop waited for while a checkpoint pickled.
     """
 
     def __init__(self, coverage: float, min_samples: int, pool: int) -> None:

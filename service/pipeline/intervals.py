@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
+import pickle
 from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -46,14 +48,36 @@ larger step corrects a series of a few hundred events within it, and long series
 cover as well with either (README, "Forecast quality")."""
 
 
+_BLOCKS = ("_scale", "_alpha", "_known")
+""":class:`Intervals`' per-slot state, one value per slot."""
+
+
+def _doubles(value: array[float] | list[float] | bytes | bytearray | memoryview) -> array[float]:
+    """A block of doubles from what a pickle gave back (see
+    :meth:`Intervals.__setstate__`)."""
+    if isinstance(value, array):
+        return value
+    if isinstance(value, list):
+        return array("d", value)
+    block = array("d")
+    block.frombytes(value)
+    return block
+
+
+def _unset() -> Intervals:
+    """An :class:`Intervals` for a pickle to fill (:meth:`Intervals.__setstate__`)."""
+    return Intervals.__new__(Intervals)
+
+
 class Intervals:
     """Interval state of one published model in one task (slots as the task's).
 
-    The per-slot state is kept in ``array.array`` and ``bytearray``, not lists: they
-    are read and written one slot at a time, as fast as a list, and a checkpoint
-    pickles each as one block of bytes, where a list of a hundred thousand floats
-    was pickled float by float, three lists for every model of a task: with many
-    keys, a large share of what the loop waited for while a checkpoint pickled.
+    The per-slot state is kept in ``array.array`` and ``bytearray`` blocks, not
+    lists: read and written one slot at a time as fast as a list, and a checkpoint
+    writes each block's memory as it is (:meth:`__reduce_ex__`), where a list of a
+    hundred thousand floats was pickled float by float, three lists for every model
+    of a task: with many keys, a large share of what the loop waited for while a
+    checkpoint pickled.
     """
 
     def __init__(self, coverage: float, min_samples: int, pool: int) -> None:
@@ -68,16 +92,24 @@ class Intervals:
         self._known = bytearray()
         self._pool_scale = 0.0
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        """Pickled as its attributes; with protocol 5 (a checkpoint's,
+        :mod:`service.runtime.snapshot`) the blocks go as pickle buffers, which a
+        pickler with a buffer callback keeps out of band: not copied into the stream,
+        whose copies and growth cost a many-key checkpoint more than the blocks."""
+        state = dict(self.__dict__)
+        if operator.index(protocol) >= 5:
+            for name in _BLOCKS:
+                state[name] = pickle.PickleBuffer(state[name])
+        return _unset, (), state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A checkpoint from before the arrays held the per-slot state as lists."""
-        if isinstance(state["_scale"], list):
-            state = {
-                **state,
-                "_scale": array("d", state["_scale"]),
-                "_alpha": array("d", state["_alpha"]),
-                "_known": bytearray(state["_known"]),
-            }
+        """Blocks as pickled (an array, or the bytes of a pickle buffer), or as a
+        checkpoint from before the blocks kept them (lists)."""
         self.__dict__.update(state)
+        self._scale, self._alpha = _doubles(state["_scale"]), _doubles(state["_alpha"])
+        known = state["_known"]
+        self._known = known if type(known) is bytearray else bytearray(known)
 
     def ensure(self, capacity: int) -> None:
         """Room for ``capacity`` slots."""

@@ -66,3 +66,24 @@ def test_a_checkpoint_with_per_slot_lists_restores_the_same_intervals() -> None:
     assert list(restored._scale) == list(current._scale)
     assert list(restored._alpha) == list(current._alpha)
     assert bytes(restored._known) == bytes(current._known)
+
+
+def test_a_checkpoint_pickles_the_per_slot_blocks_out_of_band() -> None:
+    """A checkpoint (protocol 5, a buffer callback) keeps the three per-slot blocks
+    out of the pickle stream; the same pickle read back, or one without the
+    callback, restores the same intervals."""
+    intervals = _calibrated()
+    intervals.ensure(1000)
+    buffers: list[pickle.PickleBuffer] = []
+    stream = pickle.dumps(intervals, protocol=5, buffer_callback=buffers.append)
+    assert sorted(buffer.raw().nbytes for buffer in buffers) == [1000, 8000, 8000]
+    assert len(stream) < 8000
+    copies = [bytearray(buffer.raw()) for buffer in buffers]
+    for restored in (
+        pickle.loads(stream, buffers=copies),  # noqa: S301 - bytes made here
+        pickle.loads(pickle.dumps(intervals, protocol=5)),  # noqa: S301 - bytes made here
+    ):
+        assert _half(restored) == _half(intervals)
+        assert restored._scale == intervals._scale
+        assert restored._alpha == intervals._alpha
+        assert restored._known == intervals._known

@@ -43,6 +43,7 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from rich.console import Console
 from rich.table import Table
 
@@ -163,16 +164,21 @@ def done(pod: Pod, settings: Settings) -> int:
     committed only with a checkpoint, every ``state.interval_s``, so a backlog of a
     few seconds was all committed at once and its rate could not be timed.)"""
     primary = next(m.name for m in settings.models if m.primary)
+    total = 0.0
+    for sample in _samples(pod):
+        if sample.name == "forecastd_predictions_produced_total":
+            total += sample.value if sample.labels.get("model") == primary else 0.0
+        elif sample.name == "forecastd_invalid_messages_total":
+            total += sample.value
+    return int(total)
+
+
+def _samples(pod: Pod) -> Iterator[Sample]:
+    """Every sample of one scrape of the pod's ``/metrics``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{pod.port}/metrics", timeout=10) as reply:
         text = reply.read().decode()
-    total = 0.0
     for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "forecastd_predictions_produced_total":
-                total += sample.value if sample.labels.get("model") == primary else 0.0
-            elif sample.name == "forecastd_invalid_messages_total":
-                total += sample.value
-    return int(total)
+        yield from family.samples
 
 
 def wait_done(pod: Pod, settings: Settings, count: int, interval_s: float = 0.25) -> None:
@@ -216,14 +222,7 @@ def _ready(port: int) -> bool:
 
 def resident_bytes(pod: Pod) -> float:
     """The pod's resident memory now, as its ``/metrics`` says (workers summed)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{pod.port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "process_resident_memory_bytes"
-    )
+    return sum(s.value for s in _samples(pod) if s.name == "process_resident_memory_bytes")
 
 
 def bench_daemon(settings: Settings, records: int, workers: int) -> tuple[float, float]:
@@ -411,9 +410,9 @@ def _backlog_rates(
     row.append(f"{one / raw:.0%}")
     if len(args.workers) > 1:
         row.append(f"{best[args.workers[-1]] / one:.2f}x")
-    row += [f"{resident[w] / 2**20:,.0f} MiB" for w in args.workers]
-    rates.add_row(*row)
     memory = {w: f"{resident[w] / 2**20:,.0f} MiB" for w in args.workers}
+    row += memory.values()
+    rates.add_row(*row)
     console.print(f"{client}: raw {raw:,.0f}/s, daemon {best}, RSS at end {memory}")
     return one
 

@@ -155,9 +155,8 @@ class MLPKernel:
         index = {id(p): i for i, p in enumerate(self._params)}
         theta_views = self._numpy_views(self.theta)
         grad_views = self._numpy_views(self._grad)
-        self._layers = [
-            (theta_views[index[id(m.weight)]], theta_views[index[id(m.bias)]]) for m in linears
-        ]
+        self._layer_index = [(index[id(m.weight)], index[id(m.bias)]) for m in linears]
+        self._layers = [(theta_views[w], theta_views[b]) for w, b in self._layer_index]
         self._layer_grads = [
             (grad_views[index[id(m.weight)]], grad_views[index[id(m.bias)]]) for m in linears
         ]
@@ -204,11 +203,23 @@ class MLPKernel:
                 v.copy_(old["exp_avg_sq"]) if "exp_avg_sq" in old else v.zero_()
                 state[p] = {"step": self._step_t, "exp_avg": m, "exp_avg_sq": v}
 
-    def forward(self, x: F32, trace: list[tuple[F32, F32, F32]] | None = None) -> F32:
+    def layers_of(self, flat: F32) -> list[tuple[F32, F32]]:
+        """(weight, bias) views per layer of another flat vector of the parameters'
+        layout (an average of the weights, :mod:`models.averaging`), for :meth:`forward`."""
+        views = self._numpy_views(flat)
+        return [(views[w], views[b]) for w, b in self._layer_index]
+
+    def forward(
+        self,
+        x: F32,
+        trace: list[tuple[F32, F32, F32]] | None = None,
+        layers: list[tuple[F32, F32]] | None = None,
+    ) -> F32:
         """The network's output for rows ``x`` (n, in_features), float32; with
-        ``trace``, each hidden layer's (input, pre-activation, output) appended to it."""
+        ``trace``, each hidden layer's (input, pre-activation, output) appended to it;
+        with ``layers`` (:meth:`layers_of`), those weights rather than the network's."""
         h = x
-        *hidden, (w_out, b_out) = self._layers
+        *hidden, (w_out, b_out) = self._layers if layers is None else layers
         for weight, bias in hidden:
             a = h @ weight.T + bias
             out_h = self._act(a)

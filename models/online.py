@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.averaging import WeightAverage
 from models.base import FeatureBatch, FloatArray, Model, Plan
 from models.guard import LastGood, all_finite, clip_gradients
 from models.mlp_kernel import MLPKernel
@@ -118,6 +119,9 @@ class OnlineConfig:
         huber_delta: train on the Huber loss with this threshold, in standard
             deviations of the learning target (``F.huber_loss``'s ``delta``);
             ``None``: the mean squared error.
+        average: predict with a debiased exponential moving average of the weights
+            with this decay per optimizer step (:mod:`models.averaging`); ``None``:
+            with the latest weights.
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -138,11 +142,12 @@ class OnlineConfig:
     # New fields go last: a slotted dataclass pickles as the list of its fields' values
     # in order, and ``__setstate__`` gives an older, shorter list the missing defaults.
     huber_delta: float | None = None
+    average: float | None = None
 
     def __setstate__(self, state: list[Any]) -> None:
         """A config pickled before its last fields existed (a checkpoint of an older
         version) gets their defaults: ``huber_delta`` None, the squared error its
-        network was trained on."""
+        network was trained on; ``average`` None, its latest weights."""
         fields = dataclasses.fields(self)
         values = [*state, *(field.default for field in fields[len(state) :])]
         for field, value in zip(fields, values, strict=True):
@@ -155,6 +160,8 @@ class OnlineConfig:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
         if self.huber_delta is not None and not self.huber_delta > 0.0:
             raise ValueError(f"huber_delta must be positive or None, got {self.huber_delta}")
+        if self.average is not None and not 0.0 < self.average < 1.0:
+            raise ValueError(f"average must be in (0, 1) or None, got {self.average}")
         for name in ("replay_size", "replay_samples", "key_embedding", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -282,6 +289,7 @@ class OnlineRegressor(Model):
         # An MLP on the CPU trains through NumPy on the module's own tensors
         # (models.mlp_kernel); every other network through autograd.
         self._kernel = self._build_kernel()
+        self._average, self._average_layers = self._build_average()
         self._updates = 0
         self._nonfinite = 0
 
@@ -337,9 +345,9 @@ class OnlineRegressor(Model):
             return np.zeros(0, dtype=np.float64)
         rows = self._rows(batch, None)
         if self._kernel is not None:
-            z = self._kernel.forward(rows.x).astype(np.float64)
+            z = self._kernel.forward(rows.x, layers=self._average_layers).astype(np.float64)
         else:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._averaged():
                 out = self._net(*self._tensors(rows))  # (n,)
             z = out.to(device="cpu", dtype=torch.float64).numpy()
         y = z * self._targets.std + self._targets.mean
@@ -414,6 +422,7 @@ class OnlineRegressor(Model):
         if "_net" in state:  # pickled before __getstate__ existed: its attributes
             self.__dict__.update(state)
             self._kernel = self._build_kernel()
+            self._average, self._average_layers = None, None
             return
         self.__init__(  # type: ignore[misc]
             state["make_network"], state["n_features"], state["window"], state["config"]
@@ -445,6 +454,7 @@ class OnlineRegressor(Model):
             "rng": _plain_copy(self._rng.bit_generator.state),
             "updates": self._updates,
             "nonfinite_events": self._nonfinite,
+            **({} if self._average is None else {"average": self._average.state_dict()}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -477,6 +487,11 @@ class OnlineRegressor(Model):
         self._rng.bit_generator.state = _plain_copy(state["rng"])
         self._updates = int(state["updates"])
         self._nonfinite = int(state["nonfinite_events"])
+        if self._average is not None:
+            if "average" in state:
+                self._average.load_state_dict(state["average"])
+            else:  # saved without averaging: average on from the restored weights
+                self._average.restart_from(self._params)
 
     # -- beyond the protocol ----------------------------------------------------------
 
@@ -486,7 +501,7 @@ class OnlineRegressor(Model):
         Raises ``TypeError`` for networks without attention (``torch.mlp``).
         """
         rows = self._rows(batch, None)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._averaged():
             weights = self._net.explain(*self._tensors(rows))
         out: npt.NDArray[np.float64] = weights.to("cpu", torch.float64).numpy()
         return out
@@ -498,6 +513,32 @@ class OnlineRegressor(Model):
         autograd. (A key embedding's parameter is not the body's, which
         :meth:`MLPKernel.build` refuses.)"""
         return MLPKernel.build(self._net.body, self._optimizer, self._params, self.config)
+
+    def _build_average(self) -> tuple[WeightAverage | None, list[tuple[F32, F32]] | None]:
+        """The weights' average where ``config.average`` asks for one, and the NumPy
+        kernel's layer views of it (``None`` on the autograd path)."""
+        if self.config.average is None:
+            return None, None
+        average = WeightAverage(self._params, self.config.average)
+        if self._kernel is None:
+            return average, None
+        return average, self._kernel.layers_of(average.flat.numpy())
+
+    @contextlib.contextmanager
+    def _averaged(self) -> Iterator[None]:
+        """On the autograd path, the network's parameters read the averaged weights
+        for the duration (their storage swapped, nothing copied); else nothing."""
+        if self._average is None or self._kernel is not None:
+            yield
+            return
+        own = [p.data for p in self._params]
+        for p, average in zip(self._params, self._average.tensors, strict=True):
+            p.data = average
+        try:
+            yield
+        finally:
+            for p, data in zip(self._params, own, strict=True):
+                p.data = data
 
     def _rows(self, batch: FeatureBatch, target: FloatArray | None) -> Rows:
         """Copy a batch into the stored form (never a view: the task keeps the batch)."""
@@ -551,6 +592,11 @@ class OnlineRegressor(Model):
         if self._targets.finite() and self._scale.finite() and self._try_step(rows, torch_seed):
             self._replay.add(new)
             self._updates += len(new)
+            if self._average is not None:
+                if self._kernel is not None:
+                    self._average.update_flat(self._kernel.theta)
+                else:
+                    self._average.update(self._params)
         else:
             self._targets, self._scale = targets, scale
             self._nonfinite += 1

@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -67,6 +67,13 @@ class ModelParams(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    state_neutral: ClassVar[frozenset[str]] = frozenset()
+    """Params that change how a model predicts but not what its learned state is:
+    a checkpoint taken under one value restores under another (the model's
+    ``load_state_dict`` bridges the difference), so they are left out of the settings
+    fingerprint (:func:`service.runtime.snapshot.fingerprint`) and changing them, or
+    a release changing their default in the built-in config, keeps the learned state."""
 
 
 P = TypeVar("P", bound=BaseModel)

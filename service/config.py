@@ -388,7 +388,7 @@ _DEFAULT_MODELS = (
     {"name": "ewma", "kind": "ewma", "params": {"alpha": 0.5}},
     {"name": "linear", "kind": "river.linear"},
     {"name": "rls", "kind": "rls"},
-    {"name": "mlp", "kind": "torch.mlp"},
+    {"name": "mlp", "kind": "torch.mlp", "params": {"average": 0.9}},
     {"name": "knn", "kind": "knn"},
 )
 

@@ -57,7 +57,8 @@ from typing import Any
 import lz4.frame
 import orjson
 
-from service.config import Settings
+from models.registry import UnknownModelKind, get_spec
+from service.config import ModelSettings, Settings
 from service.errors import ForecastdError
 
 MAGIC = b"FDCP"
@@ -95,12 +96,24 @@ def fingerprint(settings: Settings) -> str:
     checkpoint's models, windows and scorers fit the ones these settings build."""
     shaping = {
         "forecast": settings.forecast.model_dump(mode="json"),
-        "models": [m.model_dump(mode="json") for m in settings.models],
+        "models": [_shaping(m) for m in settings.models],
         "scoring": settings.scoring.model_dump(mode="json"),
         "drift": settings.drift.model_dump(mode="json"),
         "seed": settings.processing.seed,
     }
     return hashlib.sha256(orjson.dumps(shaping, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _shaping(model: ModelSettings) -> dict[str, Any]:
+    """A model's settings without the params its kind declares state-neutral
+    (:attr:`models.registry.ModelParams.state_neutral`)."""
+    entry = model.model_dump(mode="json")
+    try:
+        neutral: frozenset[str] = getattr(get_spec(model.kind).params, "state_neutral", frozenset())
+    except UnknownModelKind:  # refused when the models are built, with a better message
+        neutral = frozenset()
+    entry["params"] = {k: v for k, v in entry["params"].items() if k not in neutral}
+    return entry
 
 
 def encode(

@@ -384,12 +384,18 @@ def test_cuda_models_agree_with_cpu_checkpoints(kind: str) -> None:
     run_all(lambda: registry.build(kind, {"device": "cuda"}, CONTEXT), STREAM[:4])
 
 
-def test_a_config_pickled_before_the_huber_loss_loads_in_place() -> None:
+@pytest.mark.parametrize("first_missing", ["huber_delta", "average"])
+def test_a_config_pickled_before_its_last_fields_loads_in_place(first_missing: str) -> None:
     """A slotted dataclass pickles as its fields' values in order; a checkpoint from
-    before ``huber_delta`` holds one value fewer, which must not shift the others."""
-    new = OnlineConfig(lr=0.02, replay_size=7, key_buckets=9, seed=5, huber_delta=0.5)
-    older = [getattr(new, field.name) for field in dataclasses.fields(new)][:-1]
+    before ``huber_delta`` (or ``average``) holds fewer values, which must not shift
+    the others, and the missing fields take the behaviour the model was trained with."""
+    new = OnlineConfig(lr=0.02, replay_size=7, key_buckets=9, seed=5, huber_delta=0.5, average=0.9)
+    names = [field.name for field in dataclasses.fields(new)]
+    older = [getattr(new, name) for name in names[: names.index(first_missing)]]
     restored = OnlineConfig.__new__(OnlineConfig)
     restored.__setstate__(older)
-    assert restored == dataclasses.replace(new, huber_delta=None)
+    for name in names[names.index(first_missing) :]:
+        assert getattr(restored, name) is None
+    for name in names[: names.index(first_missing)]:
+        assert getattr(restored, name) == getattr(new, name)
     assert pickle.loads(pickle.dumps(new)) == new  # noqa: S301 - own bytes

@@ -161,3 +161,32 @@ def test_the_fingerprint_follows_the_settings_that_shape_state() -> None:
     polled = SETTINGS.model_copy(update={"kafka": kafka})
     assert snapshot.fingerprint(other) != snapshot.fingerprint(SETTINGS)
     assert snapshot.fingerprint(polled) == snapshot.fingerprint(SETTINGS)
+
+
+def _with_mlp_params(params: dict[str, object]) -> Settings:
+    models = [
+        m.model_copy(update={"params": params}) if m.kind == "torch.mlp" else m
+        for m in SETTINGS.models
+    ]
+    return SETTINGS.model_copy(update={"models": tuple(models)})
+
+
+def test_params_that_leave_the_state_as_it_is_leave_the_fingerprint() -> None:
+    """Averaging the MLP's weights only changes how it predicts, and its state loads
+    either way: turning it on (as a release did in the built-in config) must not make
+    every partition retrain, while a param that does shape the state still does."""
+    plain, averaged = _with_mlp_params({}), _with_mlp_params({"average": 0.9})
+    assert snapshot.fingerprint(averaged) == snapshot.fingerprint(plain)
+    assert snapshot.fingerprint(_with_mlp_params({"lr": 0.01})) != snapshot.fingerprint(plain)
+    original = _processor(plain)
+    _feed(original, _records(0, 600))
+    header, state = snapshot.decode(_checkpoint(original, plain))
+    restored = _processor(averaged)
+    restored.restore(TP, header.features, state)
+    later = _records(600, 200)
+    expected, got = _feed(original, later), _feed(restored, later)
+    # warm: the restored models go on counting what they learned, as the original's
+    assert [(p.source, p.model_version) for p in got] == [
+        (p.source, p.model_version) for p in expected
+    ]
+    assert min(p.model_version for p in got) > 0

@@ -44,8 +44,8 @@ class WeightAverage:
     >>> for value in (1.0, 3.0):
     ...     _ = p.data.fill_(value)
     ...     average.update([p])
-    >>> average.tensors[0].tolist(), average.steps  # (0.5 * 1 + 3) / 1.5
-    ([2.3333332538604736, 2.3333332538604736], 2)
+    >>> [round(v, 4) for v in average.tensors[0].tolist()], average.steps  # (0.5 + 3) / 1.5
+    ([2.3333, 2.3333], 2)
     """
 
     def __init__(self, params: Sequence[Tensor], decay: float) -> None:

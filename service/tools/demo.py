@@ -67,6 +67,7 @@ def run_demo(config: str | None, dataset: str, duration: float, rate: float, bad
         worker.start()
         producer.start()
         started = time.monotonic()
+        console.print(f"daemon up, replaying {dataset}: Ctrl-C stops it cleanly")
         try:
             _watch(console, daemon, len(pairs), started, duration, sent)
         except KeyboardInterrupt:

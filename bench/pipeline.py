@@ -12,7 +12,11 @@ scoring, drift, intervals, encode; no broker) on the same records several times:
 * one row per configured model: what removing it from the full config saves, so each
   model's predict, learn, scoring and drift together;
 * *full config*: all of it, the figure to compare with the transport's cost per event
-  in ``python -m bench.throughput``.
+  in ``python -m bench.throughput``;
+* one row per ``--variant NAME=MODEL:JSON``: the full config with that model's params
+  updated with the JSON object's, e.g. ``--variant 'wide=mlp:{"hidden": [128, 128]}'``:
+  what a member's setting costs, measured in the same interleaved rounds as the
+  config it changes (``bench.combiner`` says what it buys).
 
 Each figure is the best of ``--repeats`` interleaved runs (the machine is shared and
 noisy), in microseconds per event on one core; a difference of a microsecond or two
@@ -26,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -91,33 +96,84 @@ def _without(name: str) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-def main() -> None:
+def _with_params(name: str, params: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        models = [m for m in data["models"] if m["name"] == name]
+        if not models:
+            known = ", ".join(m["name"] for m in data["models"])
+            raise SystemExit(f"--variant: the config has no model {name!r} (it has {known})")
+        models[0]["params"] = {**(models[0].get("params") or {}), **params}
+
+    return change
+
+
+def _variant_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """``NAME=MODEL:JSON`` as (name, model, params)."""
+    name, _, rest = spec.partition("=")
+    model, _, params = rest.partition(":")
+    try:
+        parsed = orjson.loads(params)
+    except orjson.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--variant {spec!r}: params are not JSON ({exc})"
+        ) from exc
+    if not name or not model or not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(
+            f"--variant wants NAME=MODEL:{{JSON object}}, got {spec!r}"
+        )
+    return name, model, parsed
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument("--dataset", default="sp500")
     parser.add_argument("--records", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--variant",
+        type=_variant_spec,
+        action="append",
+        default=[],
+        help="NAME=MODEL:JSON, the full config with MODEL's params updated (repeatable)",
+    )
+    parser.add_argument(
+        "--ablate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the plumbing, detector and per-model rows (--no-ablate: full config and variants)",
+    )
+    args = parser.parse_args(argv)
     settings = load_settings(args.config, env={})
     set_torch_threads(settings.processing.torch_threads)
     records = records_for(settings, args.dataset, args.records)
-    variants = {"plumbing": variant(settings, _plumbing)}
-    variants["single"] = variant(settings, _only_persistence)
-    variants["full"] = settings
-    if len(settings.models) > 1:
+    ablate = args.ablate
+    variants = {"full": settings}
+    if ablate:
+        variants["plumbing"] = variant(settings, _plumbing)
+        variants["single"] = variant(settings, _only_persistence)
+    if ablate and len(settings.models) > 1:
         for model in settings.models:
             variants[f"without {model.name}"] = variant(settings, _without(model.name))
+    for name, model_name, params in args.variant:
+        variants[f"variant {name}"] = variant(settings, _with_params(model_name, params))
     micros = best_micros(variants, records, args.repeats)
     full = micros["full"]
-    rows = [("plumbing (persistence, no drift)", micros["plumbing"])]
-    detectors = list(settings.drift.detectors)
-    rows.append((f"drift detectors {detectors}", micros["single"] - micros["plumbing"]))
-    if len(settings.models) > 1:
+    rows: list[tuple[str, float]] = []
+    if ablate:
+        rows.append(("plumbing (persistence, no drift)", micros["plumbing"]))
+        detectors = list(settings.drift.detectors)
+        rows.append((f"drift detectors {detectors}", micros["single"] - micros["plumbing"]))
+    if ablate and len(settings.models) > 1:
         rows += [
             (f"model {m.name} ({m.kind})", full - micros[f"without {m.name}"])
             for m in settings.models
         ]
     rows.append(("full config", full))
+    rows += [
+        (f"variant {name}: {model} {orjson.dumps(params).decode()}", micros[f"variant {name}"])
+        for name, model, params in args.variant
+    ]
     table = Table(title=f"{args.config.name}, {args.dataset}, {len(records):,} events, offline")
     table.add_column("part")
     table.add_column("µs / event", justify="right")

@@ -6,13 +6,23 @@ per second with a malformed record every ``bad_every`` (to show the dead-letter 
 runs the daemon in this process, and shows a live table of per-model scores, drift
 detections and throughput. Ends when every record was processed or after ``duration``
 seconds, with a summary. Ctrl-C stops everything cleanly, broker last.
+
+Ctrl-C is a handler that sets an event (:class:`_CtrlC`), not Python's
+``KeyboardInterrupt``, an exception raised wherever the main thread happens to be: a
+Ctrl-C while the broker started ended the demo with a traceback, and one while the
+daemon was being built was once swallowed on the way (the demo went on, and never
+said it was interrupted). The event is checked by the live loop, so a Ctrl-C at any
+moment ends in the same clean stop; a second one raises ``KeyboardInterrupt`` as
+usual, for a demo that does not stop.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any
 
 from rich.console import Console, Group
@@ -27,7 +37,42 @@ from service.tools.broker import EmbeddedBroker, free_port
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 
+class _CtrlC:
+    """SIGINT sets :attr:`pressed` (the first time) while in use; the handler before is
+    put back on exit (module docstring)."""
+
+    def __init__(self) -> None:
+        self.pressed = threading.Event()
+        self._before: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        self._before = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        signal.signal(signal.SIGINT, self._before)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.pressed.is_set():
+            signal.default_int_handler(signum, frame)
+        self.pressed.set()
+
+
 def run_demo(config: str | None, dataset: str, duration: float, rate: float, bad_every: int) -> int:
+    with _CtrlC() as ctrl_c:
+        return _run(config, dataset, duration, rate, bad_every, ctrl_c.pressed)
+
+
+def _run(
+    config: str | None,
+    dataset: str,
+    duration: float,
+    rate: float,
+    bad_every: int,
+    interrupted: threading.Event,
+) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=120)  # logs and CI: don't squeeze the table to 80 columns
@@ -69,9 +114,9 @@ def run_demo(config: str | None, dataset: str, duration: float, rate: float, bad
         started = time.monotonic()
         console.print(f"daemon up, replaying {dataset}: Ctrl-C stops it cleanly")
         try:
-            _watch(console, daemon, len(pairs), started, duration, sent)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted: stopping cleanly[/]")
+            _watch(console, daemon, len(pairs), started, duration, sent, interrupted)
+            if interrupted.is_set():
+                console.print("[yellow]interrupted: stopping cleanly[/]")
         finally:
             # Scores live in partition tasks, which leave with the partitions on close.
             summary = _table(daemon, len(pairs), time.monotonic() - started, title="summary")
@@ -111,10 +156,16 @@ def _with_malformed(pairs: list[tuple[bytes, bytes]], every: int) -> list[tuple[
 
 
 def _watch(
-    console: Console, daemon: Daemon, total: int, started: float, duration: float, sent: list[int]
+    console: Console,
+    daemon: Daemon,
+    total: int,
+    started: float,
+    duration: float,
+    sent: list[int],
+    interrupted: threading.Event,
 ) -> None:
     with Live(console=console, refresh_per_second=4) as live:
-        while time.monotonic() - started < duration:
+        while time.monotonic() - started < duration and not interrupted.is_set():
             elapsed = time.monotonic() - started
             live.update(_table(daemon, total, elapsed, title="live"))
             # Done when every record sent was processed to the end (its predictions
@@ -124,7 +175,7 @@ def _watch(
             processed = sum(daemon.processor.positions.values())
             if sent and processed >= sent[0]:
                 break
-            time.sleep(0.25)
+            interrupted.wait(0.25)
         live.update(_table(daemon, total, time.monotonic() - started, title="live"))
 
 

@@ -54,3 +54,18 @@ def test_ctrl_c_stops_everything_cleanly() -> None:
     assert demo.returncode == 0, output[-3000:]
     assert "interrupted: stopping cleanly" in output
     assert "stopped: daemon committed and closed, broker stopped" in output
+
+
+def test_ctrl_c_while_the_demo_starts_stops_it_as_cleanly() -> None:
+    """A Ctrl-C before the daemon is up (the broker starting, the models being built) is
+    not lost in whatever the main thread is doing: the demo stops as soon as it can."""
+    demo = _demo("--rate", "20", "--duration", "120")
+    assert demo.stdout is not None
+    first = demo.stdout.readline()
+    assert "forecastd demo" in first, first
+    demo.send_signal(signal.SIGINT)
+    output, _ = demo.communicate(timeout=120)
+    output = first + output
+    assert demo.returncode == 0, output[-3000:]
+    assert "interrupted: stopping cleanly" in output
+    assert "stopped: daemon committed and closed, broker stopped" in output

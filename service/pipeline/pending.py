@@ -44,8 +44,10 @@ class Rows:
     than an object per event: a poll's rows are gathered with one fancy index each.
     ``outputs`` are in learning-target space, ``halves`` the published interval
     half-widths in key units (NaN: none). ``mature``: the row is learned from (its key
-    had a change to size its unit); ``settled``: its key had enough values for its unit
-    to judge outliers and calibrate intervals (see :mod:`service.pipeline.tasks`).
+    had a change to size its unit); ``measured``: that unit was measured, not guessed
+    (a row in a guessed unit is learned only if its value did not change);
+    ``settled``: its key had enough values for its unit to judge outliers and calibrate
+    intervals (see :mod:`service.pipeline.tasks`).
     """
 
     keys: list[str] = field(default_factory=list)
@@ -59,14 +61,18 @@ class Rows:
     halves: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, models)
     mature: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
     settled: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+    measured: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
-        """Pickled rows; from before ``settled``, a mature row was a settled one."""
+        """Pickled rows; from before ``settled``, a mature row was a settled one; from
+        before ``measured``, every row is learned as it was then."""
         _, fields = state
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         if "settled" not in fields:
             self.settled = self.mature.copy()
+        if "measured" not in fields:
+            self.measured = np.ones(len(self.mature), np.bool_)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -85,6 +91,7 @@ class Rows:
             self.halves[start:stop],
             self.mature[start:stop],
             self.settled[start:stop],
+            self.measured[start:stop],
         )
 
     @classmethod
@@ -153,6 +160,7 @@ class Gather:
             self.floats(lambda r: r.halves),
             self(lambda r: r.mature).astype(np.bool_, copy=False),
             self(lambda r: r.settled).astype(np.bool_, copy=False),
+            self(lambda r: r.measured).astype(np.bool_, copy=False),
         )
 
 

@@ -90,6 +90,27 @@ to scale a learning target (which is clipped to :data:`OUTPUT_LIMIT` anyway), no
 reject an event."""
 
 
+def learnable(
+    mature: npt.NDArray[np.bool_], measured: npt.NDArray[np.bool_], target: FloatArray
+) -> npt.NDArray[np.bool_]:
+    """The resolved rows a task learns from: its key had a change (``mature``), and its
+    target is a size in a measured unit, or no change at all.
+
+    A row whose key's unit is a guess (the key has not moved within its statistics
+    span, :data:`STATS_SPAN`, or ever: its unit is then 1% of its level, see
+    :meth:`~service.pipeline.features.FeaturePipeline._scale`) teaches, with ``target:
+    change``, only that the value stayed where it was: no change is 0 in any unit, any
+    other change is a size in a unit that can be off by orders of magnitude. The first
+    step of a step series (a quantised sensor, an administered price, a monthly index
+    held for weeks) after a flat start, or a sensor's first move after a dropout, was
+    learned as a change of :data:`OUTPUT_LIMIT` units, the largest target any model had
+    seen, and a neighbour model that kept that row predicted such steps through the
+    flat stretches that followed. Such rows are still predicted, published and scored.
+    """
+    out: npt.NDArray[np.bool_] = mature & (measured | (target == 0.0)) & np.isfinite(target)
+    return out
+
+
 @dataclass(slots=True)
 class _ModelSlot:
     name: str
@@ -462,6 +483,7 @@ class PartitionTask:
         values = np.isfinite(histories).sum(axis=1)
         rows.mature = values >= MATURE_VALUES
         rows.settled = values >= SCREEN_VALUES
+        rows.measured = np.isfinite(computed.unit) if self._change else np.ones(n, np.bool_)
         self._seasons.units[slots] = np.where(rows.settled, computed.unit, np.nan)
 
     def _run(
@@ -492,12 +514,13 @@ class PartitionTask:
                 halves=np.empty((0, len(self._slots))),
                 mature=np.empty(0, np.bool_),
                 settled=np.empty(0, np.bool_),
+                measured=np.empty(0, np.bool_),
             )
         )
         target = (truth - learned.offset) / learned.scale
         if self._change:
             target = np.clip(target, -OUTPUT_LIMIT, OUTPUT_LIMIT)
-        keep = np.flatnonzero(learned.mature & np.isfinite(target))  # rows that are learned
+        keep = np.flatnonzero(learnable(learned.mature, learned.measured, target))
         # An event first resolves an earlier prediction (h >= 1: its value is that
         # prediction's truth, and in its own history), then is predicted; with h = 0
         # it is predicted first, then resolves that very prediction.

@@ -9,7 +9,9 @@ ensemble, intervals) on in-memory streams, with the built-in default models.
 * after a regime switch the ensemble follows the new best member quickly;
 * a panel of short growth curves, all starting together, is learned from each key's
   second value on;
-* the seasonal naive follows a growing seasonal series.
+* the seasonal naive follows a growing seasonal series;
+* a step series that starts flat near zero does not teach its first step in a guessed
+  unit.
 """
 
 from __future__ import annotations
@@ -342,3 +344,21 @@ def test_the_seasonal_naive_follows_a_growing_seasonal_series() -> None:
     scores = run_backtest(_records(rows), _settings(), warmup=0.4).scores
     assert scores["seasonal"].mae < 0.3 * scores["last"].mae
     assert scores["ensemble"].mae < 0.3 * scores["last"].mae
+
+
+def test_a_step_series_does_not_learn_its_first_step_in_a_guessed_unit() -> None:
+    """A monthly index near zero, flat for a year, then one step and flat again (a
+    quantised or administered value). Until the step the key's unit is a guess (1% of
+    its level, a five-hundredth of the step), so the step would be a target of 500 units,
+    clipped to 30: every learned member then predicted steps through the flat months
+    after it, at several times persistence's error, and the ensemble paid for them.
+    Rows in a guessed unit now teach only "no change"."""
+    values = [0.01] * 12 + [0.06] * 60
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = [
+        ("index", month * 31 * 24 * HOUR_MS, y, None) for month, y in enumerate(values)
+    ]
+    scores = run_backtest(_records(rows), _settings(), warmup=0.0).scores
+    last = scores["last"].mae
+    for member in ("linear", "rls", "mlp", "knn"):
+        assert scores[member].mae <= 1.05 * last, (member, scores[member].mae / last)
+    assert scores["ensemble"].mae <= 1.1 * last

@@ -28,6 +28,7 @@ def _rows(keys: list[str]) -> Rows:
         halves=np.zeros((n, 3)),
         mature=np.ones(n, dtype=np.bool_),
         settled=np.ones(n, dtype=np.bool_),
+        measured=np.ones(n, dtype=np.bool_),
     )
 
 
@@ -172,3 +173,15 @@ def test_rows_pickled_before_settled_take_their_maturity() -> None:
     restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - own bytes
     assert restored.settled.tolist() == [True, False]
     assert restored.keys == ["a", "b"]
+
+
+def test_rows_pickled_before_measured_are_learned_as_they_were() -> None:
+    """Rows checkpointed before ``measured`` existed count as measured: each mature one
+    is learned, whatever its target, as it would have been when it was saved."""
+    rows = _rows(["a", "b"])
+    fields = {name: getattr(rows, name) for name in Rows.__slots__ if name != "measured"}
+    old = Rows.__new__(Rows)
+    old.__setstate__((None, fields))
+    restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - own bytes
+    assert restored.measured.tolist() == [True, True]
+    assert len(restored.slice(0, 1).measured) == 1

@@ -51,6 +51,9 @@ def _learn_from_young_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     import service.pipeline.tasks as tasks
 
     monkeypatch.setattr(tasks, "MATURE_VALUES", 0)
+    monkeypatch.setattr(
+        tasks, "learnable", lambda mature, measured, target: mature & np.isfinite(target)
+    )
     monkeypatch.setattr(tasks, "OUTPUT_LIMIT", float("inf"))
 
 

@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.quality import ALL_CASES, CASES, Truth, default_settings, geometric_mean
+from bench.specs import named_params
 from models.ensemble import EnsembleParams, Hedge
 from service.config import Settings
 from service.pipeline.scoring import FloatArray
@@ -121,11 +122,8 @@ def replayed_mae(data: Forecasts, members: Sequence[str], params: EnsembleParams
 
 def _member(spec: str) -> dict[str, Any]:
     """``NAME=KIND[:JSON params]`` as a model entry."""
-    name, _, rest = spec.partition("=")
-    kind, _, params = rest.partition(":")
-    if not name or not kind:
-        raise argparse.ArgumentTypeError(f"--member wants NAME=KIND[:JSON], got {spec!r}")
-    return {"name": name, "kind": kind, "params": orjson.loads(params) if params else {}}
+    name, kind, params = named_params(spec, "--member", "KIND", required=False)
+    return {"name": name, "kind": kind, "params": params}
 
 
 def _floats(text: str) -> list[float]:

@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history
+from bench.specs import named_params
 from service.config import Settings, load_settings
 from service.records import RawRecord
 from service.runtime.app import set_torch_threads
@@ -109,19 +110,7 @@ def _with_params(name: str, params: dict[str, Any]) -> Callable[[dict[str, Any]]
 
 def _variant_spec(spec: str) -> tuple[str, str, dict[str, Any]]:
     """``NAME=MODEL:JSON`` as (name, model, params)."""
-    name, _, rest = spec.partition("=")
-    model, _, params = rest.partition(":")
-    try:
-        parsed = orjson.loads(params)
-    except orjson.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--variant {spec!r}: params are not JSON ({exc})"
-        ) from exc
-    if not name or not model or not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError(
-            f"--variant wants NAME=MODEL:{{JSON object}}, got {spec!r}"
-        )
-    return name, model, parsed
+    return named_params(spec, "--variant", "MODEL", required=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,13 +58,14 @@ class TaskCounts:
             (self.abs_error, metrics.abs_error),
             (self.sq_error, metrics.sq_error),
         )
+        child = metrics.child
         for counts, family in per_model:
             for model, amount in counts.items():
                 if amount:
-                    family.labels(model).inc(amount)
+                    child(family, model).inc(amount)
         for (model, detector), amount in self.drifts.items():
-            metrics.drift.labels(model, detector).inc(amount)
+            child(metrics.drift, model, detector).inc(amount)
         for (model, member), amount in self.leads.items():
-            metrics.leads.labels(model, member).inc(amount)
+            child(metrics.leads, model, member).inc(amount)
         if self.evicted:
             metrics.evicted.inc(self.evicted)

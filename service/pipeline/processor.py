@@ -32,6 +32,7 @@ from service.config import SchemaSettings, Settings
 from service.io.decode import Decoder
 from service.io.sinks import Sink
 from service.io.sources import TopicPartition
+from service.pipeline.counts import TaskCounts
 from service.pipeline.features import FeaturePipeline
 from service.pipeline.intervals import CoverageStats
 from service.pipeline.scoring import ScoreStats
@@ -229,34 +230,38 @@ class Processor:
         offsets: dict[TopicPartition, int] = {}
         predictions: list[Prediction] = []
         dead = 0
-        for tp, group in _by_partition(records).items():
-            events: list[Event] = []
-            invalid: list[Invalid] = []
-            for record in group:
-                decoded = decoder.decode(record)
-                if isinstance(decoded, Invalid):
-                    invalid.append(decoded)
-                else:
-                    events.append(decoded)
-            if self._features is not None and events:
-                self._count_ignored(events)
-            task = self.tasks.get(tp)
-            if task is None:  # records of a partition we were never told about
-                task = self.tasks[tp] = self._new_task(tp)
-                self.owned = frozenset(self.tasks)
-            if self._explainer is not None:
-                self._explainer.forget(task)
-            output = self._guarded(task, events)
-            output.counts.record(self._metrics)
-            invalid.extend(output.invalid)
-            sent = self._send_predictions(output.predictions, events, invalid)
-            if self._explainer is not None and self._explainer.topic is not None:
-                for key, value in self._explainer.records(task, sent):
-                    self._sink.send(self._explainer.topic, key, value)
-            self._send_dead_letters(invalid)
-            predictions.extend(sent)
-            dead += len(invalid)
-            offsets[tp] = group[-1].offset + 1
+        counts = TaskCounts()  # recorded once per poll, not once per task: cheaper
+        try:
+            for tp, group in _by_partition(records).items():
+                events: list[Event] = []
+                invalid: list[Invalid] = []
+                for record in group:
+                    decoded = decoder.decode(record)
+                    if isinstance(decoded, Invalid):
+                        invalid.append(decoded)
+                    else:
+                        events.append(decoded)
+                if self._features is not None and events:
+                    self._count_ignored(events)
+                task = self.tasks.get(tp)
+                if task is None:  # records of a partition we were never told about
+                    task = self.tasks[tp] = self._new_task(tp)
+                    self.owned = frozenset(self.tasks)
+                if self._explainer is not None:
+                    self._explainer.forget(task)
+                output = self._guarded(task, events)
+                counts.add(output.counts)
+                invalid.extend(output.invalid)
+                sent = self._send_predictions(output.predictions, events, invalid)
+                if self._explainer is not None and self._explainer.topic is not None:
+                    for key, value in self._explainer.records(task, sent):
+                        self._sink.send(self._explainer.topic, key, value)
+                self._send_dead_letters(invalid)
+                predictions.extend(sent)
+                dead += len(invalid)
+                offsets[tp] = group[-1].offset + 1
+        finally:  # what the tasks did happened, whatever sending does after
+            counts.record(self._metrics)
         self._cap_keys()
         self.positions = {**self.positions, **offsets}
         self._metrics.active_series.set(self.active_series)
@@ -325,7 +330,7 @@ class Processor:
             latency.observe(now - prediction.consumed_at)
             produced[prediction.model] = produced.get(prediction.model, 0) + 1
         for model, count in produced.items():
-            self._metrics.produced.labels(model).inc(count)
+            self._metrics.child(self._metrics.produced, model).inc(count)
 
     def record_lag(self, lags: Mapping[TopicPartition, int]) -> None:
         for (topic, partition), lag in lags.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -41,6 +42,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, settings: Settings) -> None:
         self.registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.consumed = Counter(
             "forecastd_messages_consumed", "Records read from the input topic.", registry=registry
         )
@@ -205,6 +207,17 @@ class Metrics:
             self.produced.labels(model.name)
         build = Gauge("forecastd_build_info", "Build (value 1).", ["version"], registry=registry)
         build.labels(_package_version()).set(1)
+
+    def child(self, family: Counter, *labels: str) -> Any:
+        """``family.labels(*labels)``, looked up once: every poll counts into the same
+        few dozen children, and client_python's ``labels()`` validates its arguments
+        and takes a lock on each call. Label values are bounded (module docstring), so
+        is this cache."""
+        key = (id(family), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
 
     def watch_scores(self, source: ScoreSource) -> None:
         """Export the pooled scores that ``source`` returns at each scrape."""

@@ -66,6 +66,8 @@ def test_valid_and_invalid_records_all_end_up_somewhere() -> None:
     )
     assert registry.get_sample_value("forecastd_messages_consumed_total") == 51
     assert registry.get_sample_value("forecastd_predictions_produced_total", {"model": "lin"}) == 50
+    # counted once per poll, summed over its partitions: both partitions' predictions
+    assert registry.get_sample_value("forecastd_predictions_total", {"model": "lin"}) == 50
     assert registry.get_sample_value("forecastd_active_series") == 2
     mae = registry.get_sample_value("forecastd_model_mae", {"model": "last", "window": "total"})
     assert mae is not None

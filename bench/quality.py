@@ -90,6 +90,7 @@ SHORT_CASES: dict[str, Case] = _by_name(
     Case("sunspots-yearly", "yearly sunspots, 309 values"),
     Case("chick-weights", "50 growth curves of about 12 values"),
     Case("trump-approval", "daily approval poll, 6 features"),
+    Case("elec-equip", "monthly turnover index, quarters in a yearly cycle"),
 )
 """The second suite (``--suite short``): series of a few hundred values or fewer,
 where the models have little to learn from."""

@@ -14,9 +14,9 @@ day, a week and a year in events, where they fit in its history) and the stronge
 autocorrelation peak; a candidate ``p`` is kept when the history holds two cycles of
 it, the autocorrelation of the detrended history has a local maximum of at least
 :data:`MIN_CORRELATION` there, and the series repeats: its differences over ``p``
-events are smaller than over ``p/2`` (mean squares at most :data:`MAX_DIP` times), which
-a random walk's or a mean-reverting process's never are, since theirs only grow with
-the lag. A random walk's
+events are smaller than over the lags inside one cycle (mean squares at most
+:data:`MAX_DIP` times, :func:`_dip`), which a random walk's or a mean-reverting
+process's never are, since theirs only grow with the lag. A random walk's
 autocorrelation decays without peaks, so prices get no season; an hourly load gets
 24 and 168. The two strongest kept periods, strongest first, are the key's seasons.
 """
@@ -111,9 +111,15 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
 
 
 def _dip(v: FloatArray, p: int) -> float:
-    """``mean((y_t - y_{t-p})^2) / mean((y_t - y_{t-p/2})^2)``: well below 1 where the
-    series repeats every ``p`` (in phase) and not every ``p/2`` (out of phase); a
+    """``mean((y_t - y_{t-p})^2)`` over the same at the lags inside one cycle: well
+    below 1 where the series repeats every ``p`` and not at the lags in between; a
     random walk's or an AR process's squared differences only grow with the lag.
+
+    The lags in between are ``p/2`` and ``p/8, 2p/8, ..., 7p/8``, and the reference is
+    the larger of the mean square at ``p/2`` alone and the mean over all of them: a
+    season with a shorter one inside it repeats at ``p/2`` too (a monthly series whose
+    quarter-end months are high is as alike six months apart as twelve), which the
+    lag ``p/2`` alone took for no season.
 
     A trend adds the same to every difference of one lag, which in mean squares hides
     the season of a growing series (airline passengers' yearly cycle stayed hidden
@@ -123,17 +129,38 @@ def _dip(v: FloatArray, p: int) -> float:
     :data:`MAX_DIP`, because a random walk with a drift, its drift taken out, dips
     below ``MAX_DIP`` by chance at lags of a third of its history or more."""
     half = max(p // 2, 1)
-    full = v[p:] - v[:-p]
-    anti = v[half:] - v[:-half]
-    denominator = float(np.mean(anti * anti))
+    lags = _between(p)
+    squares, spreads = _lag_moments(v, lags)
+    at_half = lags.index(half)
+    full_square, full_spread = _lag_moments(v, [p])
+    denominator = max(squares[at_half], float(np.mean(squares)))
     if denominator <= 0:
         return 1.0
-    dip = float(np.mean(full * full)) / denominator
+    dip = float(full_square[0]) / denominator
     if dip <= MAX_DIP or len(v) < TREND_CYCLES * p:
         return dip
-    spread = float(np.var(anti))
-    trendless = float(np.var(full)) / spread if spread > 0 else 1.0
+    spread = max(spreads[at_half], float(np.mean(spreads)))
+    trendless = float(full_spread[0]) / spread if spread > 0 else 1.0
     return trendless if trendless <= MAX_TREND_DIP else dip
+
+
+def _between(p: int) -> list[int]:
+    """The lags inside a cycle of ``p`` that :func:`_dip` compares ``p`` with.
+
+    >>> _between(12), _between(24), _between(3)
+    ([2, 3, 4, 6, 8, 9, 10], [3, 6, 9, 12, 15, 18, 21], [1, 2])
+    """
+    return sorted({max(p // 2, 1)} | {round(p * k / 8) for k in range(1, 8)} - {0, p})
+
+
+def _lag_moments(v: FloatArray, lags: list[int]) -> tuple[list[float], list[float]]:
+    """Per lag, the mean square and the variance of ``y_t - y_{t-lag}``."""
+    squares, spreads = [], []
+    for lag in lags:
+        d = v[lag:] - v[:-lag]
+        squares.append(float(np.mean(d * d)))
+        spreads.append(float(np.var(d)))
+    return squares, spreads
 
 
 def _snap(acf: FloatArray, p: int) -> int:

@@ -76,6 +76,11 @@ second suite of ``bench.quality``):
   events): noise around a level that shifts once.
 * ``sunspots-yearly``: yearly sunspot activity, 1700-2008 (statsmodels'
   ``sunspots``; 309 events).
+* ``elec-equip``: the euro area's monthly turnover index of electrical equipment
+  manufacturing, 1995-2016, working-day adjusted, not seasonally adjusted (Eurostat,
+  public domain, statsmodels' ``elec_equip``; 257 events): a yearly cycle whose
+  quarter-end months stand out, on a level that swings with the business cycle
+  (2001, 2009).
 """
 
 from __future__ import annotations
@@ -347,6 +352,14 @@ def sunspots_yearly() -> pd.DataFrame:
     return _finish(pd.DataFrame({"key": "sun", "ts": ts, "y": raw["SUNACTIVITY"].astype(float)}))
 
 
+def elec_equip() -> pd.DataFrame:
+    """Monthly, 257 values: a yearly cycle with quarters inside it, business cycles."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "elec_equip", "elec_equip.csv"))
+    ts = pd.to_datetime(raw["DATE"], format="%b-%d-%Y")
+    index = raw["STS.M.I7.W.TOVT.NS0016.4.000"].astype(float)
+    return _finish(pd.DataFrame({"key": "euro-area", "ts": ts, "y": index}))
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -375,6 +388,7 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "macro-quarterly": macro_quarterly,
     "nile": nile,
     "sunspots-yearly": sunspots_yearly,
+    "elec-equip": elec_equip,
 }
 
 

@@ -43,3 +43,40 @@ def test_the_trend_rule_finds_nothing_more_in_random_walks(
     without = [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
     assert found == without
     assert any(any(s) for s in without), "no spurious season at all: the walks test nothing"
+
+
+def _quarter_ends(n: int, seed: int) -> np.ndarray:
+    """A monthly index whose quarter-end months stand out, on a wandering level, as
+    many business series' do (orders, production, sales booked by quarter)."""
+    rng = np.random.default_rng(seed)
+    year = np.array([0.0, -1, 8, 2, 0, 9, 1, -2, 12, 3, 4, 10])
+    level = np.cumsum(rng.normal(0.0, 1.0, n))
+    return 70.0 + level + np.tile(year, n // 12 + 1)[:n] + rng.normal(0.0, 1.0, n)
+
+
+def test_a_yearly_season_with_quarters_inside_it_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Six months apart such a series is as alike as twelve (its quarters repeat), so
+    comparing the yearly lag with the half-year lag alone saw no season; the lags
+    across the whole cycle see the year."""
+    series = [_quarter_ends(120, seed) for seed in range(6)]
+    assert all(12 in detect(values, _MONTH_S) for values in series)
+    monkeypatch.setattr(seasons, "_between", lambda p: [max(p // 2, 1)])  # half a cycle only
+    assert not all(12 in detect(values, _MONTH_S) for values in series)
+
+
+def test_the_lags_across_a_cycle_find_nothing_more_in_random_walks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reference of the lags across a cycle is never below that of half a cycle,
+    so it can only keep more periods; on random walks (daily prices) it keeps none
+    that half a cycle did not."""
+    counts = (48, 96, 192, 400, 600, 800, 1000, 1257)
+    walks = [
+        100.0 + np.cumsum(np.random.default_rng(seed).normal(0.05 * (seed % 3), 1.0, 1257))
+        for seed in range(40)
+    ]
+    found = [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
+    monkeypatch.setattr(seasons, "_between", lambda p: [max(p // 2, 1)])
+    assert found == [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]

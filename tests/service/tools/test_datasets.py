@@ -40,6 +40,7 @@ REAL = {
     "macro-quarterly": (6 * 203, ()),
     "nile": (100, ()),
     "sunspots-yearly": (309, ()),
+    "elec-equip": (257, ()),
 }
 
 

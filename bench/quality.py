@@ -113,7 +113,7 @@ data nobody tuned for. Keep it that way: a change is chosen on the other suites 
 then checked here, never the other way round."""
 
 ALL_CASES: dict[str, Case] = {**CASES, **SHORT_CASES, **OUTSIDE_CASES}
-"""Every dataset either suite knows, by name."""
+"""Every dataset any suite knows, by name."""
 
 
 @dataclass(frozen=True)

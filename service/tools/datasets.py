@@ -357,11 +357,24 @@ _MACRO_SERIES = ("realgdp", "cpi", "unemp", "infl", "tbilrate", "m1")
 def macro_quarterly() -> pd.DataFrame:
     """Six US quarterly macro series, 1959-2009, 203 values each, as six keys."""
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "macrodata", "macrodata.csv"))
-    months = (raw["quarter"].astype(int) - 1) * 3 + 1  # a quarter's first month
-    ts = pd.to_datetime(pd.DataFrame({"year": raw["year"].astype(int), "month": months, "day": 1}))
+    return _columns_as_keys(raw, _quarter_starts(raw), _MACRO_SERIES)
+
+
+def _quarter_starts(raw: pd.DataFrame) -> pd.Series:
+    """Each row's quarter's first day, from its ``year`` and ``quarter`` columns."""
+    months = (raw["quarter"].astype(int) - 1) * 3 + 1
+    return pd.to_datetime(
+        pd.DataFrame({"year": raw["year"].astype(int), "month": months, "day": 1})
+    )
+
+
+def _columns_as_keys(
+    raw: pd.DataFrame, ts: pd.Series | pd.Index, columns: tuple[str, ...]
+) -> pd.DataFrame:
+    """Each of ``columns`` as one key's series, at times ``ts``."""
     parts = [
-        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)})
-        for name in _MACRO_SERIES
+        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float).to_numpy()})
+        for name in columns
     ]
     return _finish(pd.concat(parts, ignore_index=True))
 
@@ -431,23 +444,15 @@ def danish_macro() -> pd.DataFrame:
     """Five Danish quarterly series, 1974-1987, as five keys."""
     path = _package_file("statsmodels", "datasets", "danish_data", "data.csv")
     raw = pd.read_csv(path, encoding="utf-8-sig")
-    ts = pd.PeriodIndex(raw["period"], freq="Q").to_timestamp()
-    parts = [
-        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)})
-        for name in _DANISH_SERIES
-    ]
-    return _finish(pd.concat(parts, ignore_index=True))
+    return _columns_as_keys(
+        raw, pd.PeriodIndex(raw["period"], freq="Q").to_timestamp(), _DANISH_SERIES
+    )
 
 
 def german_rates() -> pd.DataFrame:
     """German quarterly inflation and interest rate, 1972-1998, as two keys."""
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "interest_inflation", "E6.csv"))
-    months = (raw["quarter"].astype(int) - 1) * 3 + 1
-    ts = pd.to_datetime(pd.DataFrame({"year": raw["year"].astype(int), "month": months, "day": 1}))
-    parts = [
-        pd.DataFrame({"key": name, "ts": ts, "y": raw[name].astype(float)}) for name in ("Dp", "R")
-    ]
-    return _finish(pd.concat(parts, ignore_index=True))
+    return _columns_as_keys(raw, _quarter_starts(raw), ("Dp", "R"))
 
 
 def auto_mpg() -> pd.DataFrame:

@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history, spread
+from bench.specs import add_set_option, set_overrides
 from bench.throughput import (
     WARM_UP,
     _daemon_settings,
@@ -361,16 +362,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, required=True, help="events/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="paced seconds")
     add_stream_options(parser)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FORECASTD_X=V",
-        help="a settings override for the daemon (repeatable)",
-    )
+    add_set_option(parser, "the daemon")
     parser.add_argument("--trace", type=Path, default=None, help="keep the raw trace here")
     args = parser.parse_args()
-    env = dict(tuple(item.split("=", 1)) for item in args.set)
+    env = set_overrides(parser, args.set)
     result = run(args.config, args.rate, args.seconds, args.dataset, args.keys, env, args.trace)
     name = args.config.name if args.config else "built-in defaults"
     title = f"{args.rate:,.0f} events/s, {name}" + (f", {args.keys:,} keys" if args.keys else "")

@@ -2,6 +2,7 @@
 
     python -m bench.pipeline                       # configs/demo.yaml on sp500
     python -m bench.pipeline --config configs/stocks.yaml --records 40000
+    python -m bench.pipeline --no-ablate --set FORECASTD_KAFKA__MAX_POLL_RECORDS=33
 
 Runs ``forecastd backtest``'s pipeline (decode, windows, features, every model,
 scoring, drift, intervals, encode; no broker) on the same records several times:
@@ -35,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.history import repeated_history
-from bench.specs import named_params
+from bench.specs import add_set_option, named_params, set_overrides
 from service.config import Settings, load_settings
 from service.records import RawRecord
 from service.runtime.app import set_torch_threads
@@ -132,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="the plumbing, detector and per-model rows (--no-ablate: full config and variants)",
     )
+    add_set_option(parser, "the config, before any variant")
     args = parser.parse_args(argv)
-    settings = load_settings(args.config, env={})
+    settings = load_settings(args.config, env=set_overrides(parser, args.set))
     set_torch_threads(settings.processing.torch_threads)
     records = records_for(settings, args.dataset, args.records)
     ablate = args.ablate

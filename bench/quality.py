@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.quality_reference import Events, prequential, suite
+from bench.specs import add_set_option, set_overrides
 from service.config import SchemaSettings, Settings, with_overrides
 from service.pipeline.scoring import FloatArray
 from service.records import RawRecord
@@ -344,18 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="a model kind to add to the defaults and their ensemble (repeatable)",
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FORECASTD_X=V",
-        help="a settings override for the default and persistence runs (repeatable)",
-    )
+    add_set_option(parser, "the default and persistence runs")
     args = parser.parse_args(argv)
-    malformed = [item for item in args.set if "=" not in item]
-    if malformed:
-        parser.error(f"--set takes FORECASTD_X=V, got {malformed}")
-    overrides = dict(item.split("=", 1) for item in args.set)
+    overrides = set_overrides(parser, args.set)
     suite = {"default": CASES, "short": SHORT_CASES, "outside": OUTSIDE_CASES}[args.suite]
     names = [name for name in (args.datasets or ",".join(suite)).split(",") if name]
     unknown = [name for name in names if name not in ALL_CASES]

@@ -51,7 +51,8 @@ def _quarter_ends(n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     year = np.array([0.0, -1, 8, 2, 0, 9, 1, -2, 12, 3, 4, 10])
     level = np.cumsum(rng.normal(0.0, 1.0, n))
-    return 70.0 + level + np.tile(year, n // 12 + 1)[:n] + rng.normal(0.0, 1.0, n)
+    values: np.ndarray = 70.0 + level + np.tile(year, n // 12 + 1)[:n] + rng.normal(0.0, 1.0, n)
+    return values
 
 
 def test_a_yearly_season_with_quarters_inside_it_is_found(

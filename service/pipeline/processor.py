@@ -233,32 +233,9 @@ class Processor:
         counts = TaskCounts()  # recorded once per poll, not once per task: cheaper
         try:
             for tp, group in _by_partition(records).items():
-                events: list[Event] = []
-                invalid: list[Invalid] = []
-                for record in group:
-                    decoded = decoder.decode(record)
-                    if isinstance(decoded, Invalid):
-                        invalid.append(decoded)
-                    else:
-                        events.append(decoded)
-                if self._features is not None and events:
-                    self._count_ignored(events)
-                task = self.tasks.get(tp)
-                if task is None:  # records of a partition we were never told about
-                    task = self.tasks[tp] = self._new_task(tp)
-                    self.owned = frozenset(self.tasks)
-                if self._explainer is not None:
-                    self._explainer.forget(task)
-                output = self._guarded(task, events)
-                counts.add(output.counts)
-                invalid.extend(output.invalid)
-                sent = self._send_predictions(output.predictions, events, invalid)
-                if self._explainer is not None and self._explainer.topic is not None:
-                    for key, value in self._explainer.records(task, sent):
-                        self._sink.send(self._explainer.topic, key, value)
-                self._send_dead_letters(invalid)
+                sent, invalid = self._process_partition(tp, group, decoder, counts)
                 predictions.extend(sent)
-                dead += len(invalid)
+                dead += invalid
                 offsets[tp] = group[-1].offset + 1
         finally:  # what the tasks did happened, whatever sending does after
             counts.record(self._metrics)
@@ -266,6 +243,38 @@ class Processor:
         self.positions = {**self.positions, **offsets}
         self._metrics.active_series.set(self.active_series)
         return BatchResult(offsets, predictions, dead)
+
+    def _process_partition(
+        self, tp: TopicPartition, group: list[RawRecord], decoder: Decoder, counts: TaskCounts
+    ) -> tuple[list[Prediction], int]:
+        """One partition's records of a poll: decoded, through its task (whose counts
+        are added to ``counts``), every output sent. Returns the predictions sent and
+        how many records were dead-lettered."""
+        events: list[Event] = []
+        invalid: list[Invalid] = []
+        for record in group:
+            decoded = decoder.decode(record)
+            if isinstance(decoded, Invalid):
+                invalid.append(decoded)
+            else:
+                events.append(decoded)
+        if self._features is not None and events:
+            self._count_ignored(events)
+        task = self.tasks.get(tp)
+        if task is None:  # records of a partition we were never told about
+            task = self.tasks[tp] = self._new_task(tp)
+            self.owned = frozenset(self.tasks)
+        if self._explainer is not None:
+            self._explainer.forget(task)
+        output = self._guarded(task, events)
+        counts.add(output.counts)
+        invalid.extend(output.invalid)
+        sent = self._send_predictions(output.predictions, events, invalid)
+        if self._explainer is not None and self._explainer.topic is not None:
+            for key, value in self._explainer.records(task, sent):
+                self._sink.send(self._explainer.topic, key, value)
+        self._send_dead_letters(invalid)
+        return sent, len(invalid)
 
     def _guarded(self, task: PartitionTask, events: list[Event]) -> TaskOutput:
         """``task.process(events)``; if that raises, the events one at a time, and

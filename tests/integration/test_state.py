@@ -233,21 +233,27 @@ def _assert_warm(
     inputs: list[RawRecord],
     settings: Settings,
 ) -> None:
-    """The first 600 predictions after a restore score like the 600 before it (the
-    same keys as many times each: keys differ in difficulty), while a cold daemon
-    making the same 600 predictions (from the same offsets on) is clearly worse."""
+    """The first predictions after a restore (up to 600) score like as many just before
+    it (the same keys as many times each: keys differ in difficulty), while a cold
+    daemon making the same predictions (from the same offsets on) is clearly worse.
+
+    Where the kill lands decides how many predictions a key had before it, and the
+    restarted daemon may drain one partition's backlog first; a key contributes as
+    many predictions on each side as the shorter side has."""
     truths = _truths(inputs)
     restart: dict[int, int] = {}
     for p in resumed:
         restart[_partition(p)] = min(restart.get(_partition(p), 10**12), _offset(p))
-    first_after = _scored(resumed, truths)
-    per_key = Counter(p["key"] for p in first_after)
+    scored = _scored(resumed, truths)
     earlier = [p for p in before if _offset(p) < restart.get(_partition(p), 10**12)]
-    last_before = [
-        p
-        for key, count in per_key.items()
-        for p in [q for q in earlier if q["key"] == key][-count:]
-    ]
+    first_after: list[dict[str, Any]] = []
+    last_before: list[dict[str, Any]] = []
+    for key in dict.fromkeys(p["key"] for p in scored):
+        after_key = [p for p in scored if p["key"] == key]
+        before_key = [p for p in earlier if p["key"] == key]
+        count = min(len(after_key), len(before_key))
+        first_after += after_key[:count]
+        last_before += before_key[len(before_key) - count :]
     cold_inputs = [r for r in inputs if r.offset >= restart.get(r.partition, 10**12)]
     cold_run = {p["source"]: p for p in _primary(_offline(settings, cold_inputs))}
     cold = [cold_run[p["source"]] for p in first_after]  # the very same predictions, cold
@@ -255,7 +261,7 @@ def _assert_warm(
         _mae(group, truths) for group in (last_before, first_after, cold)
     )
     print(f"MAE before {mae_before:.4f}, after restore {mae_after:.4f}, cold {mae_cold:.4f}")
-    assert len(last_before) == SAMPLE
+    assert len(last_before) == len(first_after) >= SAMPLE // 2, (len(first_after), SAMPLE)
     assert mae_after <= 1.2 * mae_before
     # A cold daemon is worse by a margin that depends on where the kill lands, and
     # that shrank once keys were learned from their second value (a cold start wastes

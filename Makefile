@@ -45,7 +45,7 @@ tools:
 	bash deploy/tools/install.sh
 
 test: lint tools
-	$(BIN)/pytest -q -m "not image"
+	$(BIN)/pytest -q -m "not image" --durations=25
 
 demo: venv
 	$(BIN)/forecastd demo

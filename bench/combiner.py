@@ -8,8 +8,8 @@
     python -m bench.combiner --prior-events 1,10,100
 
 Members learn from the truth, never from the ensemble, so their forecasts do not
-depend on how they are combined. This runs the built-in default (plus any
-``--member``) once per dataset of :mod:`bench.quality`, every model published, and
+depend on how they are combined. This runs the built-in default for the dataset's
+horizon (plus any ``--member``) once per dataset of :mod:`bench.quality`, every model published, and
 then replays :class:`models.ensemble.Hedge` over those forecasts, event by event in
 arrival order (each forecast combined before its truth is learned), for every member
 set (``--variant``) and every ``eta``/``share``/``memory``/``prior_events`` given. That
@@ -42,7 +42,7 @@ from rich.table import Table
 from bench.quality import ALL_CASES, CASES, Truth, default_settings, geometric_mean
 from bench.specs import named_params
 from models.ensemble import EnsembleParams, Hedge
-from service.config import Settings
+from service.config import Settings, default_models
 from service.pipeline.scoring import FloatArray
 from service.tools import datasets, replay
 from service.tools.backtest import run_backtest
@@ -66,7 +66,7 @@ def forecasts(dataset: str, extra: Sequence[dict[str, Any]] = ()) -> Forecasts:
     frame = datasets.load(dataset)
     features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
     data = default_settings(case.horizon, features)
-    models = [m.model_dump() for m in Settings().models] + list(extra)
+    models = [*default_models(case.horizon), *extra]
     data["models"] = [{**m, "publish": True} for m in models]
     settings = Settings.model_validate(data)
     pairs = replay.encode(frame, replay.Columns(features=features), settings.schema_)
@@ -120,6 +120,12 @@ def replayed_mae(data: Forecasts, members: Sequence[str], params: EnsembleParams
     return float(np.nanmean(errors))
 
 
+def default_members(horizon: int) -> tuple[str, ...]:
+    """The members of the built-in default ensemble at ``horizon``."""
+    settings = Settings.model_validate({"forecast": {"horizon": horizon}})
+    return settings.members(settings.primary)
+
+
 def _member(spec: str) -> dict[str, Any]:
     """``NAME=KIND[:JSON params]`` as a model entry."""
     name, kind, params = named_params(spec, "--member", "KIND", required=False)
@@ -145,8 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "--prior-events", type=_floats, default=[float(defaults.prior_events)], dest="prior"
     )
     args = parser.parse_args(argv)
-    default_members = Settings().members(Settings().primary)
-    variants = {"default": tuple(default_members)}
+    variants: dict[str, tuple[str, ...]] = {"default": ()}  # () : per dataset, below
     for spec in args.variant:
         name, _, members = spec.partition("=")
         variants[name] = tuple(m for m in members.split(",") if m)
@@ -170,9 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     ratios: dict[int, list[float]] = {i: [] for i in range(len(runs))}
     for dataset in names:
         data = forecasts(dataset, args.member)
-        base = replayed_mae(data, variants["default"], default_params)
+        members = {**variants, "default": default_members(data.horizon)}
+        base = replayed_mae(data, members["default"], default_params)
         for i, (variant, params) in enumerate(runs):
-            ratios[i].append(replayed_mae(data, variants[variant], params) / base)
+            ratios[i].append(replayed_mae(data, members[variant], params) / base)
     for i, (variant, params) in enumerate(runs):
         table.add_row(
             variant,

@@ -48,7 +48,7 @@ from rich.table import Table
 
 from bench.quality_reference import Events, prequential, suite
 from bench.specs import add_set_option, set_overrides
-from service.config import SchemaSettings, Settings, with_overrides
+from service.config import SchemaSettings, Settings, default_models, with_overrides
 from service.pipeline.scoring import FloatArray
 from service.records import RawRecord
 from service.tools import datasets, replay
@@ -173,7 +173,7 @@ def default_settings(
     if features and not isinstance(SchemaSettings().features, str):
         data["schema"] = {"features": list(features)}
     if members:
-        defaults = [m.model_dump() for m in Settings().models]
+        defaults = [dict(m) for m in default_models(horizon)]
         extra = [{"name": kind.replace(".", "-"), "kind": kind} for kind in members]
         data["models"] = [*defaults, *extra]
     return data

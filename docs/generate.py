@@ -163,7 +163,7 @@ def render_configuration() -> str:
 
 
 def _models_section(registry: Any) -> list[str]:
-    from service.config import _DEFAULT_MODELS, ModelSettings
+    from service.config import _DEFAULT_MODELS, _TABLE_MODELS, ModelSettings
 
     lines = [
         "Each entry of `models`:",
@@ -190,6 +190,12 @@ def _models_section(registry: Any) -> list[str]:
             f"  - {yaml.safe_dump(dict(m), default_flow_style=True).strip()}"
             for m in _DEFAULT_MODELS
         ),
+        "```",
+        "",
+        "With `forecast.horizon: 0` (a table) it also has, as a member of the ensemble:",
+        "",
+        "```yaml",
+        *(f"  - {yaml.safe_dump(dict(m), default_flow_style=True).strip()}" for m in _TABLE_MODELS),
         "```",
         "",
         f"Kinds: {', '.join(f'`{k}`' for k in registry.kinds())} (see below).",

@@ -290,13 +290,29 @@ class ModelContext:
         window: ``W``, the number of events kept per key (``FeatureBatch.window`` width).
         horizon: ``forecast.horizon``.
         seed: the seed for every random choice the model makes.
+        exogenous: the names of the event's own features (``schema.features``), the
+            last columns of ``feature_names``.
     """
 
     feature_names: tuple[str, ...]
     window: int
     horizon: int
     seed: int = 0
+    exogenous: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        tail = self.feature_names[len(self.feature_names) - len(self.exogenous) :]
+        if self.exogenous and tail != self.exogenous:
+            raise ValueError(
+                f"exogenous {list(self.exogenous)} must be the last of the feature names"
+                f" {list(self.feature_names)}"
+            )
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def exogenous_columns(self) -> tuple[int, ...]:
+        """The columns of ``FeatureBatch.x`` that hold the exogenous features."""
+        return tuple(range(self.n_features - len(self.exogenous), self.n_features))

@@ -32,12 +32,22 @@ months:
 
 It learns one event at a time (the update is sequential by nature), so how fast it
 learns does not depend on batching.
+
+``inputs: exogenous`` with ``target: level`` makes it a plain online regression of
+the value on the event's own features (``schema.features``) and an intercept: what a
+table at ``forecast.horizon: 0`` asks for, and what the built-in default adds to its
+ensemble there (:mod:`service.config`). The pipeline's target there is the change
+from the key's previous row, an unrelated row in a table, which doubles the noise a
+model must see through, and its window features describe that row; a model of the
+level from the row's own features sees neither. It shares one fit across a topic's
+keys, as a regression on a table does; on series (``horizon >= 1``) the other members
+already see the exogenous features beside the key's history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -62,11 +72,21 @@ class RLSParams(ModelParams):
         ridge: prior precision of the weights (the initial ``P`` is ``I / ridge``);
             larger shrinks the first fits harder towards 0 (no change, in change mode).
         clip: an update's error is clipped at this many running mean absolute errors.
+        inputs: ``all``: every feature of the pipeline; ``exogenous``: the event's own
+            features (``schema.features``) only, and the intercept. With ``target:
+            level`` that is a regression of the value on what the event carries, the
+            member the default ensemble adds at ``forecast.horizon: 0``.
+        target: ``pipeline``: the pipeline's learning target (``forecast.target``, in
+            key units); ``level``: the value itself, in its own scale, as its
+            distance from the first value learned (the anchor), so that the ridge
+            prior pulls towards that value and not towards 0, whatever the scale.
     """
 
     memory: int = Field(default=1000, ge=10, le=10_000_000)
     ridge: float = Field(default=10.0, gt=0.0)
     clip: float = Field(default=4.0, gt=0.0)
+    inputs: Literal["all", "exogenous"] = "all"
+    target: Literal["pipeline", "level"] = "pipeline"
 
 
 class RLS(Model):
@@ -84,9 +104,19 @@ class RLS(Model):
     [3.0, -1.0, 0.5]
     """
 
-    def __init__(self, params: RLSParams, n_features: int) -> None:
+    def __init__(
+        self, params: RLSParams, n_features: int, columns: Sequence[int] | None = None
+    ) -> None:
+        """``columns``: the columns of ``FeatureBatch.x`` it reads (None: all
+        ``n_features``); ``n_features`` is their number."""
+        if columns is not None and len(columns) != n_features:
+            raise ValueError(f"rls reads {len(columns)} columns, not n_features={n_features}")
         self.params = params
         self.n_features = n_features
+        self.columns = None if columns is None else tuple(int(c) for c in columns)
+        self._take = None if columns is None else np.asarray(self.columns, dtype=np.intp)
+        self.level = params.target == "level"
+        self._anchor = 0.0  # a level model's first learned value; 0 until then
         self._lambda = 1.0 - 1.0 / params.memory
         d = n_features + 1
         self._trace_cap = d / params.ridge
@@ -104,15 +134,33 @@ class RLS(Model):
     def updates(self) -> int:
         return self._seen
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A model pickled before ``inputs`` and ``target`` existed read every feature
+        and learned the pipeline's target."""
+        self.__dict__.update(state)
+        if "level" not in state:
+            self.params = RLSParams.model_validate(
+                {k: v for k, v in vars(self.params).items() if k in RLSParams.model_fields}
+            )
+            self.columns, self._take, self.level, self._anchor = None, None, False, 0.0
+
+    def _inputs(self, batch: FeatureBatch) -> FloatArray:
+        return batch.x if self._take is None else batch.x[:, self._take]
+
     def predict(self, batch: FeatureBatch) -> FloatArray:
-        """``w . [x, 1]`` per row."""
-        out: FloatArray = batch.x @ self.weights[:-1] + self.weights[-1]
-        return out
+        """``w . [x, 1]`` per row (as a learning target, for a level model)."""
+        out: FloatArray = self._inputs(batch) @ self.weights[:-1] + self.weights[-1]
+        return batch.to_target(out + self._anchor) if self.level else out
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """One RLS step per row, in order."""
+        if self.level:
+            target = batch.offset + batch.units * target
+            if self._seen == 0 and len(target):
+                self._anchor = float(target[0])
+            target = target - self._anchor
         rows = np.empty((len(target), self.n_features + 1))
-        rows[:, :-1] = batch.x
+        rows[:, :-1] = self._inputs(batch)
         rows[:, -1] = 1.0
         for x, y in zip(rows, target.tolist(), strict=True):
             self._step(x, y)
@@ -161,7 +209,7 @@ class RLS(Model):
         return self._restarts
 
     def clone(self) -> RLS:
-        return RLS(self.params, self.n_features)
+        return RLS(self.params, self.n_features, self.columns)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +219,7 @@ class RLS(Model):
             "trace": self._trace,
             "mae": self._mae,
             "seen": self._seen,
+            "anchor": self._anchor,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -186,9 +235,13 @@ class RLS(Model):
         self._trace = float(state["trace"])
         self._mae = float(state["mae"])
         self._seen = int(state["seen"])
+        self._anchor = float(state.get("anchor", 0.0))
 
 
 def _build(params: RLSParams, context: ModelContext) -> Model:
+    if params.inputs == "exogenous":
+        columns = context.exogenous_columns
+        return RLS(params, len(columns), columns)
     return RLS(params, context.n_features)
 
 

@@ -392,6 +392,26 @@ _DEFAULT_MODELS = (
     {"name": "mlp", "kind": "torch.mlp", "params": {"average": 0.9}},
     {"name": "knn", "kind": "knn"},
 )
+# With ``forecast.horizon: 0`` (a table: each event's value from its own features) the
+# default ensemble also has a regression of the value on those features
+# (models/rls.py, ``inputs: exogenous``): the other members learn the change from the
+# key's previous row, an unrelated row in a table. One prior pseudo-row (``ridge: 1``),
+# not rls's ten: ten rows' worth of "no effect" hold the slopes back on a table of a
+# few hundred rows (README, "Forecast quality"). Not at horizon >= 1, where the other
+# members already see the features beside the key's history, and a default that
+# changed there would cost every series' learned state (the settings fingerprint).
+_TABLE_MODELS = (
+    {
+        "name": "regression",
+        "kind": "rls",
+        "params": {"inputs": "exogenous", "target": "level", "ridge": 1.0},
+    },
+)
+
+
+def default_models(horizon: int) -> tuple[dict[str, Any], ...]:
+    """The built-in ``models`` for ``forecast.horizon`` (the comments above)."""
+    return _DEFAULT_MODELS + (_TABLE_MODELS if horizon == 0 else ())
 
 
 class Settings(_Section):
@@ -409,6 +429,26 @@ class Settings(_Section):
     state: StateSettings = StateSettings()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_models_for_the_horizon(cls, data: Any) -> Any:
+        """Without ``models``, the built-in default for the configured horizon. A
+        horizon that is not an integer is left for its own field to refuse."""
+        if not isinstance(data, Mapping) or "models" in data:
+            return data
+        forecast = data.get("forecast")
+        if isinstance(forecast, ForecastSettings):
+            horizon: Any = forecast.horizon
+        elif isinstance(forecast, Mapping):
+            horizon = forecast.get("horizon", ForecastSettings.model_fields["horizon"].default)
+        else:
+            horizon = ForecastSettings.model_fields["horizon"].default
+        try:
+            models = default_models(int(horizon))
+        except (TypeError, ValueError):
+            return data
+        return {**data, "models": [dict(m) for m in models]}
 
     @field_validator("models")
     @classmethod

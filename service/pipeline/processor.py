@@ -71,6 +71,7 @@ def build_prototypes(settings: Settings, pipeline: FeaturePipeline) -> dict[str,
         window=settings.forecast.window,
         horizon=settings.forecast.horizon,
         seed=settings.processing.seed,
+        exogenous=pipeline.exogenous,
     )
     return {
         m.name: registry.build(m.kind, m.params, context)

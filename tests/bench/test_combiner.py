@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from bench.combiner import Forecasts, _member, forecasts, replayed_mae
+from bench.combiner import Forecasts, _member, default_members, forecasts, replayed_mae
 from bench.quality import CASES, Truth, default_settings
 from models.ensemble import EnsembleParams
 from service.config import Settings
@@ -33,7 +33,7 @@ def _daemon_mae(dataset: str) -> float:
 
 def test_the_replayed_default_is_the_daemons_ensemble() -> None:
     data = forecasts("waterflow")
-    members = Settings().members(Settings().primary)
+    members = default_members(1)
     replayed = replayed_mae(data, members, EnsembleParams())
     assert replayed == pytest.approx(_daemon_mae("waterflow"), rel=0.01)
 

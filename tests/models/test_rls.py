@@ -119,3 +119,72 @@ def test_a_covariance_broken_by_rounding_starts_again_from_the_prior() -> None:
     np.testing.assert_array_equal(model.weights, weights)
     model.learn(rows(x), y)
     assert np.all(np.isfinite(model.predict(rows(x))))
+
+
+def rows_at(context: ModelContext, x: np.ndarray) -> FeatureBatch:
+    """Rows whose offset is 0 and unit 1: targets are levels."""
+    n = len(x)
+    return FeatureBatch(
+        x=x,
+        window=np.full((n, 1), np.nan),
+        offset=np.zeros(n),
+        keys=["k"] * n,
+        feature_names=list(context.feature_names),
+    )
+
+
+def test_on_its_exogenous_inputs_it_is_a_regression_of_the_level() -> None:
+    """``inputs: exogenous, target: level``: it reads only the event's own features
+    (the last columns), learns the value itself from the pipeline's targets and
+    returns its forecasts as targets, whatever the offset and unit of each row."""
+    context = ModelContext(
+        feature_names=("diff_1", "a", "b"), window=1, horizon=0, exogenous=("a", "b")
+    )
+    model = registry.build("rls", {"inputs": "exogenous", "target": "level", "ridge": 1.0}, context)
+    rng = np.random.default_rng(4)
+    n = 600
+    x = rng.normal(size=(n, 3))
+    level = 300.0 + 20.0 * x[:, 1] - 5.0 * x[:, 2] + rng.normal(0, 0.1, size=n)
+    offset = rng.uniform(250.0, 350.0, size=n)  # an unrelated previous row's value
+    unit = rng.uniform(5.0, 50.0, size=n)
+    batch = FeatureBatch(
+        x=x,
+        window=np.full((n, 1), np.nan),
+        offset=offset,
+        keys=["k"] * n,
+        feature_names=list(context.feature_names),
+        scale=unit,
+    )
+    model.learn(batch, (level - offset) / unit)
+    assert isinstance(model, RLS)
+    np.testing.assert_allclose(model.weights[:2], [20.0, -5.0], atol=0.05)
+    assert model.predict(rows_at(context, np.zeros((1, 3)))).item() == pytest.approx(300.0, abs=0.1)
+    predicted = offset + unit * model.predict(batch)
+    assert float(np.mean(np.abs(predicted - level))) < 0.2
+    x[:, 0] = 1e6  # a column it does not read
+    np.testing.assert_allclose(offset + unit * model.predict(batch), predicted)
+    clone = model.clone()
+    assert isinstance(clone, RLS)
+    assert (clone.columns, clone.level) == ((1, 2), True)
+
+
+def test_a_model_pickled_before_inputs_existed_reads_every_feature() -> None:
+    model = RLS(RLSParams(), n_features=3)
+    rng = np.random.default_rng(2)
+    x, y = stream(rng, 50, np.array([1.0, 2.0, 3.0]))
+    model.learn(rows(x), y)
+    state = dict(model.__dict__)
+    for name in ("columns", "_take", "level"):
+        del state[name]
+    params = dict(model.params.__dict__)
+    del params["inputs"], params["target"]
+    state["params"] = RLSParams.model_construct(**params)
+    old = RLS.__new__(RLS)
+    old.__setstate__(state)
+    np.testing.assert_allclose(old.predict(rows(x)), model.predict(rows(x)))
+    assert old.clone().params == RLSParams()
+
+
+def test_the_exogenous_features_are_the_last_columns() -> None:
+    with pytest.raises(ValueError, match="last of the feature names"):
+        ModelContext(feature_names=("a", "diff_1"), window=1, horizon=0, exogenous=("a",))

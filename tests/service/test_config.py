@@ -38,6 +38,25 @@ def test_defaults_follow_the_spec() -> None:
     assert settings.metrics.port == 9108
 
 
+def test_a_table_gets_a_regression_member_by_default(tmp_path: Path) -> None:
+    """At horizon 0 the built-in ensemble also combines a regression of the value on
+    the event's features; at horizon 1 the default is unchanged (so is every series'
+    settings fingerprint); models given by the user are theirs, whatever the horizon."""
+    series = load_settings(None, env={})
+    assert "regression" not in [m.name for m in series.models]
+    for env in ({"FORECASTD_FORECAST__HORIZON": "0"}, {}):
+        path = tmp_path / "table.yaml"
+        path.write_text("forecast: {horizon: 0}\n" if not env else "")
+        table = load_settings(path, env=env)
+        assert [m.name for m in table.models] == [m.name for m in series.models] + ["regression"]
+        assert "regression" in table.members(table.primary)
+    path = tmp_path / "mine.yaml"
+    path.write_text("forecast: {horizon: 0}\nmodels: [{name: lin, kind: rls, primary: true}]\n")
+    assert [m.name for m in load_settings(path, env={}).models] == ["lin"]
+    with pytest.raises(ConfigError, match=r"forecast\.horizon"):
+        load_settings(None, env={"FORECASTD_FORECAST__HORIZON": "soon"})
+
+
 def test_environment_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(

@@ -39,6 +39,11 @@ models:
   - {name: ensemble, kind: ensemble, publish: true}
 """
 STATS = ("mae", "rmse", "r2")
+# The MLP computes in float32, and a batch's rows can round differently with the
+# batch's shape (the live polls are not the backtest's): its forecasts agree to about
+# 1e-7, its scores over a thousand events to about 1e-9. One row scored differently,
+# or one more or fewer, moves a score by 1e-4 or more.
+RELATIVE = 1e-7
 
 
 def _done(daemon: Any, records: int) -> bool:
@@ -79,6 +84,6 @@ def test_backtest_report_and_live_daemon_agree(broker: EmbeddedBroker, tmp_path:
         assert stats.n > 1000
         for stat in STATS:
             value = getattr(stats, stat)
-            assert live[(model, stat)] == pytest.approx(value, rel=1e-9, abs=1e-12), (model, stat)
-            reported = report[model]["overall"][stat]
-            assert reported == pytest.approx(value, rel=1e-9, abs=1e-12), (model, stat)
+            expected = pytest.approx(value, rel=RELATIVE, abs=1e-12)
+            assert live[(model, stat)] == expected, (model, stat)
+            assert report[model]["overall"][stat] == expected, (model, stat)

@@ -9,12 +9,13 @@
 
 Members learn from the truth, never from the ensemble, so their forecasts do not
 depend on how they are combined. This runs the built-in default for the dataset's
-horizon (plus any ``--member``) once per dataset of :mod:`bench.quality`, every model published, and
-then replays :class:`models.ensemble.Hedge` over those forecasts, event by event in
-arrival order (each forecast combined before its truth is learned), for every member
-set (``--variant``) and every ``eta``/``share``/``memory``/``prior_events`` given. That
-takes seconds per variant where a run of the daemon takes a minute, so the combiner's
-settings and the default member set can be chosen on all datasets at once.
+horizon (plus any ``--member``) once per dataset of :mod:`bench.quality`, every model
+published, and then replays :class:`models.ensemble.Hedge` over those forecasts,
+event by event in arrival order (each forecast combined before its truth is learned),
+for every member set (``--variant``) and every ``eta``/``share``/``memory``/
+``prior_events`` given. That takes seconds per variant where a run of the daemon takes
+a minute, so the combiner's settings and the default member set can be chosen on all
+datasets at once.
 
 Two simplifications: the replay judges members in the series' scale, as the daemon
 does, but it does not act on drift (``drift.action``) and it combines levels rather
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         "--prior-events", type=_floats, default=[float(defaults.prior_events)], dest="prior"
     )
     args = parser.parse_args(argv)
-    variants: dict[str, tuple[str, ...]] = {"default": ()}  # () : per dataset, below
+    variants: dict[str, tuple[str, ...]] = {"default": ()}  # per dataset: its horizon's
     for spec in args.variant:
         name, _, members = spec.partition("=")
         variants[name] = tuple(m for m in members.split(",") if m)

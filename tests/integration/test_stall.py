@@ -102,7 +102,7 @@ def test_stalled_broker_fails_health_obeys_sigterm_and_loses_nothing(
         assert "did not complete" in text.strip().splitlines()[-1]
 
     # The broker is back: a new process predicts every record, none is lost (taking
-    # the rest in the default's large polls: how fast it drains is not the point).
+    # the rest in large polls: how fast it drains is not the point).
     with reaped(start_daemon({**env, "FORECASTD_KAFKA__MAX_POLL_RECORDS": "500"})) as restarted:
         wait_for(
             lambda: sum(committed_offsets(broker.bootstrap, topics.group).values()) == len(stream),

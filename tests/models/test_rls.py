@@ -174,7 +174,7 @@ def test_a_model_pickled_before_inputs_existed_reads_every_feature() -> None:
     x, y = stream(rng, 50, np.array([1.0, 2.0, 3.0]))
     model.learn(rows(x), y)
     state = dict(model.__dict__)
-    for name in ("columns", "_take", "level"):
+    for name in ("columns", "_take", "level", "_anchor"):
         del state[name]
     params = dict(model.params.__dict__)
     del params["inputs"], params["target"]

@@ -246,7 +246,6 @@ def test_a_small_table_is_forecast_by_a_regression_on_its_features() -> None:
     before = run_backtest(_records(rows), without, warmup=0.3).scores
     assert scores["ensemble"].mae <= 1.05 * scores["regression"].mae
     assert scores["ensemble"].mae < 0.9 * before["ensemble"].mae
-    print({"with": scores["ensemble"].mae, "without": before["ensemble"].mae})
 
 
 def test_after_a_regime_switch_the_ensemble_follows_the_new_best_member() -> None:

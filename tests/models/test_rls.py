@@ -12,14 +12,15 @@ from models.rls import RLS, RLSParams
 CONTEXT = ModelContext(feature_names=("x1", "x2", "x3"), window=1, horizon=0, seed=3)
 
 
-def rows(x: np.ndarray) -> FeatureBatch:
+def rows(x: np.ndarray, context: ModelContext = CONTEXT) -> FeatureBatch:
+    """Rows whose offset is 0 and unit 1 (a level model's targets are levels)."""
     n = len(x)
     return FeatureBatch(
         x=x,
         window=np.full((n, 1), np.nan),
         offset=np.zeros(n),
         keys=["k"] * n,
-        feature_names=list(CONTEXT.feature_names),
+        feature_names=list(context.feature_names),
     )
 
 
@@ -121,18 +122,6 @@ def test_a_covariance_broken_by_rounding_starts_again_from_the_prior() -> None:
     assert np.all(np.isfinite(model.predict(rows(x))))
 
 
-def rows_at(context: ModelContext, x: np.ndarray) -> FeatureBatch:
-    """Rows whose offset is 0 and unit 1: targets are levels."""
-    n = len(x)
-    return FeatureBatch(
-        x=x,
-        window=np.full((n, 1), np.nan),
-        offset=np.zeros(n),
-        keys=["k"] * n,
-        feature_names=list(context.feature_names),
-    )
-
-
 def test_on_its_exogenous_inputs_it_is_a_regression_of_the_level() -> None:
     """``inputs: exogenous, target: level``: it reads only the event's own features
     (the last columns), learns the value itself from the pipeline's targets and
@@ -158,7 +147,7 @@ def test_on_its_exogenous_inputs_it_is_a_regression_of_the_level() -> None:
     model.learn(batch, (level - offset) / unit)
     assert isinstance(model, RLS)
     np.testing.assert_allclose(model.weights[:2], [20.0, -5.0], atol=0.05)
-    assert model.predict(rows_at(context, np.zeros((1, 3)))).item() == pytest.approx(300.0, abs=0.1)
+    assert model.predict(rows(np.zeros((1, 3)), context)).item() == pytest.approx(300.0, abs=0.1)
     predicted = offset + unit * model.predict(batch)
     assert float(np.mean(np.abs(predicted - level))) < 0.2
     x[:, 0] = 1e6  # a column it does not read

@@ -40,8 +40,8 @@ def test_defaults_follow_the_spec() -> None:
 
 def test_a_table_gets_a_regression_member_by_default(tmp_path: Path) -> None:
     """At horizon 0 the built-in ensemble also combines a regression of the value on
-    the event's features; at horizon 1 the default is unchanged (so is every series'
-    settings fingerprint); models given by the user are theirs, whatever the horizon."""
+    the event's features (from a file or the environment); at horizon 1 the default
+    is the one of before; models given by the user are theirs, whatever the horizon."""
     series = load_settings(None, env={})
     assert "regression" not in [m.name for m in series.models]
     for env in ({"FORECASTD_FORECAST__HORIZON": "0"}, {}):

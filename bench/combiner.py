@@ -5,6 +5,7 @@
         --variant base=last,seasonal,ewma,linear,rls,mlp \\
         --variant more=last,seasonal,ewma,linear,rls,mlp,mlp_lr1
     python -m bench.combiner --eta 0.3,0.6 --share 0.003,0.01 --memory 300,1000
+    python -m bench.combiner --share 0.001,0.021 --past-share 0,0.02 --past-memory 300
     python -m bench.combiner --prior-events 1,10,100
 
 Members learn from the truth, never from the ensemble, so their forecasts do not
@@ -13,9 +14,10 @@ horizon (plus any ``--member``) once per dataset of :mod:`bench.quality`, every 
 published, and then replays :class:`models.ensemble.Hedge` over those forecasts,
 event by event in arrival order (each forecast combined before its truth is learned),
 for every member set (``--variant``) and every ``eta``/``share``/``memory``/
-``prior_events`` given. That takes seconds per variant where a run of the daemon takes
-a minute, so the combiner's settings and the default member set can be chosen on all
-datasets at once.
+``past_share``/``past_memory``/``prior_events`` given (their product; a pair whose
+shares add up to 1 or more is skipped). That takes seconds per variant where a run
+of the daemon takes a minute, so the combiner's settings and the default member set
+can be chosen on all datasets at once.
 
 Two simplifications: the replay judges members in the series' scale, as the daemon
 does, but it does not act on drift (``drift.action``) and it combines levels rather
@@ -149,6 +151,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--share", type=_floats, default=[defaults.share])
     parser.add_argument("--memory", type=_floats, default=[float(defaults.memory)])
     parser.add_argument(
+        "--past-share", type=_floats, default=[defaults.past_share], dest="past_share"
+    )
+    parser.add_argument(
+        "--past-memory", type=_floats, default=[float(defaults.past_memory)], dest="past_memory"
+    )
+    parser.add_argument(
         "--prior-events", type=_floats, default=[float(defaults.prior_events)], dest="prior"
     )
     args = parser.parse_args(argv)
@@ -157,10 +165,18 @@ def main(argv: list[str] | None = None) -> None:
         name, _, members = spec.partition("=")
         variants[name] = tuple(m for m in members.split(",") if m)
     grid = [
-        EnsembleParams(eta=eta, share=share, memory=int(memory), prior_events=int(prior))
-        for eta, share, memory, prior in itertools.product(
-            args.eta, args.share, args.memory, args.prior
+        EnsembleParams(
+            eta=eta,
+            share=share,
+            memory=int(memory),
+            past_share=past,
+            past_memory=int(past_memory),
+            prior_events=int(prior),
         )
+        for eta, share, memory, past, past_memory, prior in itertools.product(
+            args.eta, args.share, args.memory, args.past_share, args.past_memory, args.prior
+        )
+        if share + past < 1.0
     ]
     default_params = EnsembleParams()
     runs = [("default", default_params)] if default_params not in grid else []
@@ -168,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = Table(title="ensemble MAE replayed, over the default's replayed MAE")
     table.add_column("variant")
-    table.add_column("eta / share / memory / prior")
+    table.add_column("eta / share / memory / past share / past memory / prior")
     names = [n for n in args.datasets.split(",") if n]
     for name in names:
         table.add_column(name, justify="right")
@@ -183,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     for i, (variant, params) in enumerate(runs):
         table.add_row(
             variant,
-            f"{params.eta:g} / {params.share:g} / {params.memory} / {params.prior_events}",
+            f"{params.eta:g} / {params.share:g} / {params.memory} / {params.past_share:g}"
+            f" / {params.past_memory} / {params.prior_events}",
             *[f"{r:.3f}" for r in ratios[i]],
             f"{geometric_mean(ratios[i]):.3f}",
         )

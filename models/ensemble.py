@@ -5,17 +5,26 @@ seasonal model, on a nonlinear sensor a network, and keys of one topic differ. T
 ensemble learns, for each key, which of its members to trust, from their recent errors
 on that key, with the exponentially weighted average forecaster (Vovk's aggregating
 algorithm / Hedge, Cesa-Bianchi & Lugosi, *Prediction, Learning, and Games*, 2006,
-ch. 2-3) under two changes that make it track a best member that changes over time:
+ch. 2-3) under three changes that make it track a best member that changes over time:
 
 * *fixed share* (Herbster & Warmuth, "Tracking the best expert", 1998): after every
   update a fraction ``share`` of the weight is spread evenly, so a member that was bad
   for a long time can take over within a few dozen events once it becomes the best;
+* *mixing past posteriors* (Bousquet & Warmuth, "Tracking a small set of experts by
+  mixing past posteriors", 2002): a further fraction ``past_share`` goes back to the
+  key's own average weights of its last ``past_memory`` events, not evenly. Fixed
+  share alone must spread enough to revive any member quickly, and that same spread
+  keeps every member that is only a little worse than the best at a weight near
+  ``share / (members * eta * its loss gap)``: on a random walk the last value then
+  shares the mix with the smoothers and regressions that lose to it. Returning most
+  of the spread to the key's recent leaders revives a member that led lately as fast,
+  while one that never led stays near the small even share;
 * *discounting*: past losses fade with a memory of ``memory`` events. With
   ``drift.action: shrink`` (not the default) a confirmed drift of a member whose
   errors fell also forgets that member's past on every key, so it takes over at
   once; on the quality benchmark that helped almost nowhere (a detector on a
   partition's pooled residuals also fires on noise, and the action reaches every
-  key), so by default fixed share alone does the switching.
+  key), so by default the two shares do the switching.
 
 The loss is the absolute error (``loss: squared``: the squared error) divided by the
 key's best member's running mean of it (a plain mean over the first ``memory``
@@ -26,8 +35,9 @@ amount (fixed share brings it back if it deserves it). Absolute loss is the defa
 because forecasts are judged by their MAE: on a spiky series a member that hedges the
 rare spikes has the lower squared error and the higher MAE. ``eta`` (0.3) and
 ``memory`` (1000) were chosen on the benchmark streams as a whole (README, "Forecast
-quality"): long enough a memory to tell apart members a few percent apart, with fixed
-share and drift for quick switches.
+quality"): long enough a memory to tell apart members a few percent apart, with the
+shares for quick switches; ``share``, ``past_share`` and ``past_memory`` the same way,
+replayed on every suite's member forecasts (``bench.combiner``).
 
 New keys start from their task's pooled weights (the same update run over every
 key's errors), so a new key of a topic of random walks starts with persistence in
@@ -54,7 +64,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from models.base import FloatArray, IntArray, Model, ModelContext
 from models.registry import ModelParams, ModelSpec, register
@@ -77,6 +87,10 @@ class EnsembleParams(ModelParams):
         eta: learning rate of the weights, per unit of normalised squared loss.
         memory: events after which a key's past losses have faded to ``1/e``.
         share: weight spread evenly after every update (fixed share).
+        past_share: weight handed back after every update to the key's average
+            weights over its last ``past_memory`` events (mixing past posteriors).
+        past_memory: events after which a weight's place in that average has faded
+            to ``1/e``.
         prior_events: own events after which a key's weights are its own alone;
             before, its log-weights are mixed with its partition's pooled ones in
             proportion to its count. 1: a key's weights are its own from its first
@@ -87,8 +101,19 @@ class EnsembleParams(ModelParams):
     loss: Literal["absolute", "squared"] = "absolute"
     eta: float = Field(default=0.3, gt=0.0, le=100.0)
     memory: int = Field(default=1000, ge=2, le=1_000_000)
-    share: float = Field(default=0.01, ge=0.0, lt=1.0)
+    share: float = Field(default=0.001, ge=0.0, lt=1.0)
+    past_share: float = Field(default=0.02, ge=0.0, lt=1.0)
+    past_memory: int = Field(default=300, ge=1, le=1_000_000)
     prior_events: int = Field(default=10, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _shares_leave_room(self) -> EnsembleParams:
+        if self.share + self.past_share >= 1.0:
+            raise ValueError(
+                f"ensemble: share ({self.share:g}) + past_share ({self.past_share:g}) must be"
+                " below 1: the rest is what the errors decide"
+            )
+        return self
 
 
 class Hedge:
@@ -106,14 +131,9 @@ class Hedge:
 
     def __init__(self, members: int, params: EnsembleParams) -> None:
         self.members = members
-        self.eta = params.eta
-        self.decay = math.exp(-1.0 / params.memory)
-        self.memory = params.memory
-        self.share = params.share
-        self.squared = params.loss == "squared"
+        self.configure(params)
         self._cap = LOSS_CAP
         self.shrink_to = 1.0
-        self.prior_events = params.prior_events
         # Per-slot state in arrays, not a list per slot: a list is an object the cyclic
         # garbage collector walks on every full collection, and with a hundred
         # thousand keys that walk is what every batch pays for in the end.
@@ -122,11 +142,13 @@ class Hedge:
         self._epoch = np.zeros((0, members), dtype=np.int64)
         self._known = np.zeros(0, dtype=np.bool_)
         self._seen = np.zeros(0, dtype=np.int64)  # own events learned, up to prior_events
+        self._past = np.zeros((0, members))  # recent average weights (mixing past posteriors)
         self._drifts = [0] * members
         self._drifted = False
         self.learned = 0
         self._pool_log_w = [0.0] * members
         self._pool_mse = [0.0] * (members + 1)
+        self._pool_past = [1.0 / members] * members
 
     def ensure(self, capacity: int) -> None:
         """Room for ``capacity`` slots."""
@@ -139,13 +161,38 @@ class Hedge:
             )
             self._known = np.concatenate([self._known, np.zeros(missing, dtype=np.bool_)])
             self._seen = np.concatenate([self._seen, np.zeros(missing, dtype=np.int64)])
+            self._past = np.concatenate([self._past, np.zeros((missing, self.members))])
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        """A checkpoint from before ``prior_events`` counts its known keys as grown."""
+        """A checkpoint from before ``prior_events`` counts its known keys as grown;
+        one from before ``past_share`` starts each key's past average at its current
+        weights."""
         self.__dict__.update(state)
         if "_seen" not in state:
             self.prior_events = EnsembleParams().prior_events
             self._seen = np.where(self._known, self.prior_events, 0).astype(np.int64)
+        if "_past" not in state:
+            defaults = EnsembleParams()
+            self.past_share = defaults.past_share
+            self.past_decay = math.exp(-1.0 / defaults.past_memory)
+            rows = [_normalised(row, 0.0) for row in self._log_w.tolist()]
+            self._past = np.array(rows, dtype=np.float64).reshape(self._log_w.shape)
+            self._pool_past = _normalised(self._pool_log_w, 0.0)
+
+    def configure(self, params: EnsembleParams) -> None:
+        """Take ``params`` (the configuration's) in place of the ones this hedge was
+        built or pickled with: a restored checkpoint keeps what it learned, and the
+        settings decide how it learns on (a default that changed between versions
+        does not change the settings' fingerprint)."""
+        self.params = params
+        self.eta = params.eta
+        self.decay = math.exp(-1.0 / params.memory)
+        self.memory = params.memory
+        self.share = params.share
+        self.past_share = params.past_share
+        self.past_decay = math.exp(-1.0 / params.past_memory)
+        self.squared = params.loss == "squared"
+        self.prior_events = params.prior_events
 
     def reset(self, slots: Sequence[int]) -> None:
         """Evicted keys' slots start again from the pool."""
@@ -180,6 +227,7 @@ class Hedge:
             self._known[slot] = True
             self._log_w[slot] = self._pool_log_w
             self._mse[slot] = self._pool_mse
+            self._past[slot] = self._pool_past
             self._epoch[slot] = self._drifts
             return list(self._pool_log_w)
         log_w: list[float] = self._log_w[slot].tolist()
@@ -247,24 +295,30 @@ class Hedge:
         self.learned += 1
         errors = [(y - p) ** 2 for p in row] if self.squared else [abs(y - p) for p in row]
         log_w = self._row(slot)
-        log_w, stats = self._update(log_w, self._mse[slot].tolist(), errors)
+        log_w, stats, past = self._update(
+            log_w, self._mse[slot].tolist(), errors, self._past[slot].tolist()
+        )
         self._log_w[slot] = log_w
         self._mse[slot] = stats
+        self._past[slot] = past
         if self._seen[slot] < self.prior_events:
             self._seen[slot] += 1
-        self._pool_log_w, self._pool_mse = self._update(self._pool_log_w, self._pool_mse, errors)
+        self._pool_log_w, self._pool_mse, self._pool_past = self._update(
+            self._pool_log_w, self._pool_mse, errors, self._pool_past
+        )
 
     def _update(
-        self, log_w: list[float], stats: list[float], errors: list[float]
-    ) -> tuple[list[float], list[float]]:
-        """One event's errors into log-weights and the running errors ``stats``
+        self, log_w: list[float], stats: list[float], errors: list[float], past: list[float]
+    ) -> tuple[list[float], list[float], list[float]]:
+        """One event's errors into log-weights, the running errors ``stats``
         (members' mean errors, then how many events they average: a plain mean up to
-        ``memory`` events, exponentially weighted after)."""
+        ``memory`` events, exponentially weighted after) and the average weights
+        ``past`` (module docstring, mixing past posteriors)."""
         running, count = stats[:-1], stats[-1]
         best = min(running) if count > 0 else 0.0
         unit = best if best > 0 else sum(errors) / len(errors)
         if unit <= 0:  # every member exact: no member earned or lost anything
-            return log_w, [*running, count + 1]
+            return log_w, [*running, count + 1], past
         cap = self._cap
         # one wild error moves a member's running error by a bounded step
         bound = cap * unit if best > 0 else math.inf
@@ -281,7 +335,12 @@ class Hedge:
         ]
         log = math.log
         weights = _normalised(moved, self.share)
-        return [log(w) if w > 1e-300 else _LOG_FLOOR for w in weights], new
+        back = self.past_share
+        if back > 0.0:
+            weights = [(1.0 - back) * w + back * p for w, p in zip(weights, past, strict=True)]
+            fade = self.past_decay
+            past = [fade * p + (1.0 - fade) * w for p, w in zip(past, weights, strict=True)]
+        return [log(w) if w > 1e-300 else _LOG_FLOOR for w in weights], new, past
 
 
 def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:

@@ -825,7 +825,9 @@ class PartitionTask:
             slot.model = saved["model"]
             slot.scorer = saved["scorer"]
             slot.drift = saved["drift"]
-            slot.hedge = saved["hedge"]
+            configured, slot.hedge = slot.hedge, saved["hedge"]
+            if configured is not None and slot.hedge is not None:
+                slot.hedge.configure(configured.params)
             slot.intervals = saved["intervals"]
             slot.coverage = saved["coverage"]
 

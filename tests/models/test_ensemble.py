@@ -71,3 +71,88 @@ def test_a_checkpoint_from_before_the_prior_counts_its_keys_as_grown() -> None:
     assert restored.weights(0) == pytest.approx(
         ((1 - hedge.share) * own / own.sum() + hedge.share / 2).tolist()
     )
+
+
+def _random_walk_weights(params: EnsembleParams, steps: int = 4000) -> tuple[float, float]:
+    """A random walk, forecast by its last value (member 0, the best there is), a
+    smoother (member 1) and the last value plus noise (member 2): the weight the two
+    worse members keep on average over the second half, and the combined forecast's
+    MAE over the last value's there."""
+    rng = np.random.default_rng(7)
+    y = np.cumsum(rng.standard_normal(steps))
+    hedge = Hedge(3, params)
+    hedge.ensure(1)
+    smooth, kept, combined, last = y[0], [], [], []
+    for t in range(1, steps):
+        smooth = 0.5 * y[t - 1] + 0.5 * smooth
+        row = [y[t - 1], smooth, y[t - 1] + 0.3 * rng.standard_normal()]
+        w = hedge.weights(0)
+        if t >= steps // 2:
+            kept.append(w[1] + w[2])
+            combined.append(abs(y[t] - float(np.dot(w, row))))
+            last.append(abs(y[t] - y[t - 1]))
+        hedge._learn(0, row, float(y[t]))
+    return float(np.mean(kept)), float(np.mean(combined) / np.mean(last))
+
+
+def test_mixing_past_weights_keeps_less_on_members_that_never_led() -> None:
+    """The same total spread, all of it even (fixed share alone) or mostly handed back
+    to the key's recent weights: the second keeps the members that lose to the last
+    value at a fraction of the weight, and its MAE closer to the last value's."""
+    spread = EnsembleParams().share + EnsembleParams().past_share
+    even_kept, even_ratio = _random_walk_weights(EnsembleParams(share=spread, past_share=0.0))
+    past_kept, past_ratio = _random_walk_weights(EnsembleParams())
+    assert past_kept < 0.5 * even_kept
+    assert past_ratio < even_ratio
+    assert past_ratio < 1.002
+
+
+def _events_to_lead_again(params: EnsembleParams, span: int = 300) -> int:
+    """Member 0 is the better for ``span`` events, member 1 for the next ``span``, then
+    member 0 again: how many events member 0 takes to lead once more."""
+    hedge = Hedge(2, params)
+    hedge.ensure(1)
+    slot = np.zeros(1, dtype=np.intp)
+    for better in (0, 1):
+        for _ in range(span):
+            row = [1.0, 2.0] if better == 0 else [2.0, 1.0]
+            hedge.run(slot[:0], np.empty((0, 2)), slot, np.array([row]), np.zeros(1), slot)
+    for event in range(span):
+        if hedge.weights(0)[0] > 0.5:
+            return event
+        hedge.run(slot[:0], np.empty((0, 2)), slot, np.array([[1.0, 2.0]]), np.zeros(1), slot)
+    return span
+
+
+def test_a_member_that_led_lately_takes_the_lead_back_as_fast_as_under_fixed_share() -> None:
+    """Handing the spread back to recent weights does not slow a switch back to a
+    member that led before: it is as quick as the former default's even share of 0.01,
+    and quicker than the small even share alone."""
+    mixed = _events_to_lead_again(EnsembleParams())
+    assert mixed <= _events_to_lead_again(EnsembleParams(share=0.01, past_share=0.0))
+    assert mixed < _events_to_lead_again(EnsembleParams(past_share=0.0))
+
+
+def test_a_checkpoint_from_before_the_past_share_starts_its_average_at_its_weights() -> None:
+    hedge = Hedge(2, EnsembleParams(share=0.01, past_share=0.0))
+    hedge.ensure(3)
+    _round_robin(hedge, keys=2, rounds=3)
+    state = hedge.__dict__.copy()
+    for name in ("_past", "_pool_past", "past_share", "past_decay", "params"):
+        del state[name]
+    old = Hedge.__new__(Hedge)
+    old.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - own bytes
+    own = np.exp(restored._log_w[0])
+    assert restored._past[0].tolist() == pytest.approx((own / own.sum()).tolist())
+    assert restored.past_share == EnsembleParams().past_share
+    restored.configure(EnsembleParams())  # the configuration decides how it learns on
+    assert restored.share == EnsembleParams().share
+    _round_robin(restored, keys=3, rounds=2)  # slot 2 starts from the pool's average
+    assert restored._past[2].sum() == pytest.approx(1.0)
+    assert restored.weights(2)[0] > restored.weights(2)[1]
+
+
+def test_the_shares_must_leave_room_for_the_errors() -> None:
+    with pytest.raises(ValueError, match="must be below 1"):
+        EnsembleParams(share=0.5, past_share=0.5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models.base import FeatureBatch, FloatArray, Model
+from models.ensemble import EnsembleParams
 from service.config import Settings
 from service.pipeline.features import FeaturePipeline
 from service.pipeline.tasks import PartitionTask
@@ -245,3 +246,31 @@ def test_a_poll_that_raises_before_its_rows_exist_leaves_later_polls_whole(
     assert out.counts.scored["spy"] == 1
     assert out.counts.abs_error["spy"] == pytest.approx(abs(6.0 - out.predictions[0].y_hat))
     assert task.pending_predictions == 1
+
+
+def _ensemble_task(params: dict[str, Any]) -> PartitionTask:
+    settings = Settings.model_validate(
+        {
+            "forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept"},
+            "models": [
+                {"name": "ensemble", "kind": "ensemble", "primary": True, "params": params},
+                {"name": "a", "kind": "persistence"},
+                {"name": "b", "kind": "persistence"},
+            ],
+        }
+    )
+    pipeline = FeaturePipeline(2, settings.forecast.target, (), 4, settings.forecast.horizon)
+    return PartitionTask("t", 0, settings, {"a": Spy([]), "b": Spy([])}, pipeline)
+
+
+def test_a_restored_ensemble_learns_on_with_the_configured_params() -> None:
+    """The checkpoint brings what the weights learned; the settings say how they learn
+    on (a default changed by an upgrade does not change the settings' fingerprint)."""
+    old = _ensemble_task({"share": 0.01, "past_share": 0.0})
+    old.process(_events([1.0, 2.0, 3.0, 4.0, 5.0]))
+    new = _ensemble_task({})
+    new.load_state(old.state())
+    hedge = new.state()["models"][0]["hedge"]
+    assert hedge is old.state()["models"][0]["hedge"]  # the learned weights themselves
+    assert (hedge.share, hedge.past_share) == (EnsembleParams().share, EnsembleParams().past_share)
+    assert hedge.learned > 0

@@ -101,6 +101,7 @@ _MODEL_SPACE: dict[str, list[tuple[str, str, float, float, tuple[Any, ...]]]] = 
         ("eta", "log", 0.05, 3.0, ()),
         ("memory", "int", 50, 5000, ()),
         ("share", "log", 1e-4, 0.05, ()),
+        ("past_share", "log", 1e-3, 0.1, ()),
     ],
 }
 """Per model kind: (param, distribution, low, high, choices). ``hidden`` choices are

@@ -222,6 +222,10 @@ class Hedge:
             log_w = [own * a + pool * b for a, b in zip(log_w, self._pool_log_w, strict=True)]
         return _normalised(log_w, self.share)
 
+    def pool_weights(self) -> list[float]:
+        """The task's pooled weights (normalised, shared): where a new key starts."""
+        return _normalised(self._pool_log_w, self.share)
+
     def _row(self, slot: int) -> list[float]:
         if not self._known[slot]:
             self._known[slot] = True

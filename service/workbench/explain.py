@@ -111,12 +111,8 @@ def explain_ensemble(
 ) -> Explanation:
     """Members' weights (mean over keys); features: their attributions, weighted."""
     keyed = [slot for slot, seen in enumerate(hedge._known) if seen]  # keys with weights
-    if keyed:
-        w = np.mean([hedge.weights(slot) for slot in keyed], axis=0)
-    else:  # no key resolved yet: the pooled weights a new key starts from
-        log_w = np.asarray(hedge._pool_log_w, dtype=np.float64)
-        w = np.exp(log_w - log_w.max())
-        w = (1 - hedge.share) * w / w.sum() + hedge.share / len(w)
+    # no key resolved yet: the pooled weights a new key starts from
+    w = np.mean([hedge.weights(slot) for slot in keyed], axis=0) if keyed else hedge.pool_weights()
     weights = {m: float(v) for m, v in zip(members, np.asarray(w).tolist(), strict=True)}
     features: dict[str, float] = {}
     for member, weight in weights.items():

@@ -7,6 +7,7 @@
     python -m bench.combiner --eta 0.3,0.6 --share 0.003,0.01 --memory 300,1000
     python -m bench.combiner --share 0.001,0.021 --past-share 0,0.02 --past-memory 300
     python -m bench.combiner --prior-events 1,10,100
+    python -m bench.combiner --eta-warmup 1,100,200,300
 
 Members learn from the truth, never from the ensemble, so their forecasts do not
 depend on how they are combined. This runs the built-in default for the dataset's
@@ -14,7 +15,7 @@ horizon (plus any ``--member``) once per dataset of :mod:`bench.quality`, every 
 published, and then replays :class:`models.ensemble.Hedge` over those forecasts,
 event by event in arrival order (each forecast combined before its truth is learned),
 for every member set (``--variant``) and every ``eta``/``share``/``memory``/
-``past_share``/``past_memory``/``prior_events`` given (their product; a pair whose
+``past_share``/``past_memory``/``prior_events``/``eta_warmup`` given (their product; a pair whose
 shares add up to 1 or more is skipped). That takes seconds per variant where a run
 of the daemon takes a minute, so the combiner's settings and the default member set
 can be chosen on all datasets at once.
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--prior-events", type=_floats, default=[float(defaults.prior_events)], dest="prior"
     )
+    parser.add_argument(
+        "--eta-warmup", type=_floats, default=[float(defaults.eta_warmup)], dest="eta_warmup"
+    )
     args = parser.parse_args(argv)
     variants: dict[str, tuple[str, ...]] = {"default": ()}  # per dataset: its horizon's
     for spec in args.variant:
@@ -172,9 +176,16 @@ def main(argv: list[str] | None = None) -> None:
             past_share=past,
             past_memory=int(past_memory),
             prior_events=int(prior),
+            eta_warmup=int(warmup),
         )
-        for eta, share, memory, past, past_memory, prior in itertools.product(
-            args.eta, args.share, args.memory, args.past_share, args.past_memory, args.prior
+        for eta, share, memory, past, past_memory, prior, warmup in itertools.product(
+            args.eta,
+            args.share,
+            args.memory,
+            args.past_share,
+            args.past_memory,
+            args.prior,
+            args.eta_warmup,
         )
         if share + past < 1.0
     ]
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
 
     table = Table(title="ensemble MAE replayed, over the default's replayed MAE")
     table.add_column("variant")
-    table.add_column("eta / share / memory / past share / past memory / prior")
+    table.add_column("eta / share / memory / past share / past memory / prior / eta warm-up")
     names = [n for n in args.datasets.split(",") if n]
     for name in names:
         table.add_column(name, justify="right")
@@ -200,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         table.add_row(
             variant,
             f"{params.eta:g} / {params.share:g} / {params.memory} / {params.past_share:g}"
-            f" / {params.past_memory} / {params.prior_events}",
+            f" / {params.past_memory} / {params.prior_events} / {params.eta_warmup}",
             *[f"{r:.3f}" for r in ratios[i]],
             f"{geometric_mean(ratios[i]):.3f}",
         )

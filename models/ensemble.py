@@ -19,6 +19,15 @@ ch. 2-3) under three changes that make it track a best member that changes over 
   shares the mix with the smoothers and regressions that lose to it. Returning most
   of the spread to the key's recent leaders revives a member that led lately as fast,
   while one that never led stays near the small even share;
+* *an anytime learning rate* (Cesa-Bianchi & Lugosi 2006, sec. 2.3: a rate that
+  falls as ``1/sqrt(t)`` needs no horizon known in advance): while a key's weights
+  rest on fewer than ``eta_warmup`` events, they learn at ``eta * sqrt(eta_warmup /
+  events)``, at most :data:`ETA_BOOST_CAP` times ``eta``, and at ``eta`` after. A
+  rate small enough not to chase noise over thousands of events (two members a few
+  percent apart) is too small for a series of a hundred values, whose best member
+  must stand out within a few dozen; the count is the one behind the key's running
+  errors, so a key that starts from its task's pooled weights inherits their count
+  and their rate;
 * *discounting*: past losses fade with a memory of ``memory`` events. With
   ``drift.action: shrink`` (not the default) a confirmed drift of a member whose
   errors fell also forgets that member's past on every key, so it takes over at
@@ -36,8 +45,9 @@ because forecasts are judged by their MAE: on a spiky series a member that hedge
 rare spikes has the lower squared error and the higher MAE. ``eta`` (0.3) and
 ``memory`` (1000) were chosen on the benchmark streams as a whole (README, "Forecast
 quality"): long enough a memory to tell apart members a few percent apart, with the
-shares for quick switches; ``share``, ``past_share`` and ``past_memory`` the same way,
-replayed on every suite's member forecasts (``bench.combiner``).
+shares for quick switches; ``share``, ``past_share``, ``past_memory`` and
+``eta_warmup`` the same way, replayed on every suite's member forecasts
+(``bench.combiner``).
 
 New keys start from their task's pooled weights (the same update run over every
 key's errors), so a new key of a topic of random walks starts with persistence in
@@ -69,9 +79,12 @@ from pydantic import Field, model_validator
 from models.base import FloatArray, IntArray, Model, ModelContext
 from models.registry import ModelParams, ModelSpec, register
 
-__all__ = ["LOSS_CAP", "EnsembleParams", "Hedge"]
+__all__ = ["ETA_BOOST_CAP", "LOSS_CAP", "EnsembleParams", "Hedge"]
 
 LOSS_CAP = 25.0
+ETA_BOOST_CAP = 5.0
+"""The most a young key's learning rate is raised above ``eta`` (reached below
+``eta_warmup / 25`` events): one event's errors, on a key's first, say little."""
 _LOG_FLOOR = math.log(1e-300)  # a weight that underflowed (share 0)
 
 
@@ -84,7 +97,10 @@ class EnsembleParams(ModelParams):
         loss: ``absolute`` (the default: forecasts are judged by their MAE, and a
             member that hedges rare spikes must not win over one that is right most
             of the time) or ``squared``.
-        eta: learning rate of the weights, per unit of normalised squared loss.
+        eta: learning rate of the weights, per unit of normalised loss.
+        eta_warmup: events before which a key learns faster, at ``eta *
+            sqrt(eta_warmup / events)`` (anytime rate, module docstring); 1: always
+            ``eta``.
         memory: events after which a key's past losses have faded to ``1/e``.
         share: weight spread evenly after every update (fixed share).
         past_share: weight handed back after every update to the key's average
@@ -100,6 +116,7 @@ class EnsembleParams(ModelParams):
     members: tuple[str, ...] = ()
     loss: Literal["absolute", "squared"] = "absolute"
     eta: float = Field(default=0.3, gt=0.0, le=100.0)
+    eta_warmup: int = Field(default=200, ge=1, le=1_000_000)
     memory: int = Field(default=1000, ge=2, le=1_000_000)
     share: float = Field(default=0.001, ge=0.0, lt=1.0)
     past_share: float = Field(default=0.02, ge=0.0, lt=1.0)
@@ -119,7 +136,7 @@ class EnsembleParams(ModelParams):
 class Hedge:
     """Per-slot weights of ``members`` members; slots as the task's window store's.
 
-    >>> hedge = Hedge(2, EnsembleParams(eta=1.0))
+    >>> hedge = Hedge(2, EnsembleParams(eta=1.0, eta_warmup=1))
     >>> hedge.ensure(1)
     >>> slots = np.array([0, 0, 0], dtype=np.intp)
     >>> outputs = np.array([[1.0, 0.0]] * 3)  # member 0 says 1, member 1 says 0
@@ -166,8 +183,10 @@ class Hedge:
     def __setstate__(self, state: dict[str, object]) -> None:
         """A checkpoint from before ``prior_events`` counts its known keys as grown;
         one from before ``past_share`` starts each key's past average at its current
-        weights."""
+        weights; one from before ``eta_warmup`` takes its default."""
         self.__dict__.update(state)
+        if "eta_warmup" not in state:
+            self.eta_warmup = EnsembleParams().eta_warmup
         if "_seen" not in state:
             self.prior_events = EnsembleParams().prior_events
             self._seen = np.where(self._known, self.prior_events, 0).astype(np.int64)
@@ -186,6 +205,7 @@ class Hedge:
         does not change the settings' fingerprint)."""
         self.params = params
         self.eta = params.eta
+        self.eta_warmup = params.eta_warmup
         self.decay = math.exp(-1.0 / params.memory)
         self.memory = params.memory
         self.share = params.share
@@ -333,6 +353,8 @@ class Hedge:
         ]
         new.append(count + 1)
         decay, eta, limit = self.decay, self.eta, cap * unit
+        if count < self.eta_warmup:  # anytime rate (module docstring)
+            eta *= min(ETA_BOOST_CAP, math.sqrt(self.eta_warmup / max(count, 1.0)))
         moved = [
             decay * v - eta * (e / unit if e < limit else cap)
             for v, e in zip(log_w, errors, strict=True)

@@ -102,6 +102,7 @@ _MODEL_SPACE: dict[str, list[tuple[str, str, float, float, tuple[Any, ...]]]] = 
         ("memory", "int", 50, 5000, ()),
         ("share", "log", 1e-4, 0.05, ()),
         ("past_share", "log", 1e-3, 0.1, ()),
+        ("eta_warmup", "int", 1, 1000, ()),
     ],
 }
 """Per model kind: (param, distribution, low, high, choices). ``hidden`` choices are

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from models.ensemble import EnsembleParams, Hedge
+from models.ensemble import ETA_BOOST_CAP, EnsembleParams, Hedge
 
 
 def _round_robin(hedge: Hedge, keys: int, rounds: int) -> None:
@@ -22,13 +22,41 @@ def _round_robin(hedge: Hedge, keys: int, rounds: int) -> None:
 
 def test_a_young_key_leans_on_the_pool_of_keys_that_started_with_it() -> None:
     """Fifty keys start together (the pool is empty when they appear): after five
-    events each, a key's own errors barely tell its members apart, the task's 250 do."""
-    leaning, alone = Hedge(2, EnsembleParams()), Hedge(2, EnsembleParams(prior_events=1))
+    events each, a key's own errors barely tell its members apart at the long-run
+    rate, the task's 250 do."""
+    leaning = Hedge(2, EnsembleParams(eta_warmup=1))
+    alone = Hedge(2, EnsembleParams(prior_events=1, eta_warmup=1))
     for hedge in (leaning, alone):
         hedge.ensure(50)
         _round_robin(hedge, keys=50, rounds=5)
     assert alone.weights(0)[0] < 0.85
     assert leaning.weights(0)[0] > 0.9
+
+
+def _gap_step(hedge: Hedge) -> float:
+    """How one more event (member 0 errs by 1, member 1 by 2) moves the gap between
+    the members' log-weights, beyond the discount of the gap before it."""
+    gap = float(hedge._log_w[0, 0] - hedge._log_w[0, 1])
+    _round_robin(hedge, keys=1, rounds=1)
+    return float(hedge._log_w[0, 0] - hedge._log_w[0, 1]) - hedge.decay * gap
+
+
+def test_a_young_key_learns_faster_and_at_eta_once_grown() -> None:
+    """The anytime rate: ``eta * sqrt(eta_warmup / events)`` while the key's weights
+    rest on fewer than ``eta_warmup`` events, capped, then ``eta``."""
+    even = {"share": 0.0, "past_share": 0.0}  # the gap is then the errors' alone
+    anytime = Hedge(2, EnsembleParams(**even))
+    fixed = Hedge(2, EnsembleParams(**even, eta_warmup=1))
+    for hedge in (anytime, fixed):
+        hedge.ensure(1)
+        _round_robin(hedge, keys=1, rounds=1)
+    eta, warmup = anytime.eta, anytime.eta_warmup
+    assert _gap_step(anytime) == pytest.approx(ETA_BOOST_CAP * eta)  # one event behind
+    assert _gap_step(fixed) == pytest.approx(eta)
+    _round_robin(anytime, keys=1, rounds=48)  # 50 events behind its weights
+    assert _gap_step(anytime) == pytest.approx(eta * (warmup / 50) ** 0.5)
+    _round_robin(anytime, keys=1, rounds=warmup)
+    assert _gap_step(anytime) == pytest.approx(eta)
 
 
 def test_a_key_with_enough_events_has_its_own_weights() -> None:
@@ -134,11 +162,12 @@ def test_a_member_that_led_lately_takes_the_lead_back_as_fast_as_under_fixed_sha
 
 
 def test_a_checkpoint_from_before_the_past_share_starts_its_average_at_its_weights() -> None:
+    """It predates the anytime rate too: that takes its default."""
     hedge = Hedge(2, EnsembleParams(share=0.01, past_share=0.0))
     hedge.ensure(3)
     _round_robin(hedge, keys=2, rounds=3)
     state = hedge.__dict__.copy()
-    for name in ("_past", "_pool_past", "past_share", "past_decay", "params"):
+    for name in ("_past", "_pool_past", "past_share", "past_decay", "eta_warmup", "params"):
         del state[name]
     old = Hedge.__new__(Hedge)
     old.__setstate__(state)
@@ -146,6 +175,7 @@ def test_a_checkpoint_from_before_the_past_share_starts_its_average_at_its_weigh
     own = np.exp(restored._log_w[0])
     assert restored._past[0].tolist() == pytest.approx((own / own.sum()).tolist())
     assert restored.past_share == EnsembleParams().past_share
+    assert restored.eta_warmup == EnsembleParams().eta_warmup
     restored.configure(EnsembleParams())  # the configuration decides how it learns on
     assert restored.share == EnsembleParams().share
     _round_robin(restored, keys=3, rounds=2)  # slot 2 starts from the pool's average

@@ -5,7 +5,8 @@ seasonal model, on a nonlinear sensor a network, and keys of one topic differ. T
 ensemble learns, for each key, which of its members to trust, from their recent errors
 on that key, with the exponentially weighted average forecaster (Vovk's aggregating
 algorithm / Hedge, Cesa-Bianchi & Lugosi, *Prediction, Learning, and Games*, 2006,
-ch. 2-3) under three changes that make it track a best member that changes over time:
+ch. 2-3) under four changes that make it find a key's best member early and track
+one that changes over time:
 
 * *fixed share* (Herbster & Warmuth, "Tracking the best expert", 1998): after every
   update a fraction ``share`` of the weight is spread evenly, so a member that was bad
@@ -45,9 +46,9 @@ because forecasts are judged by their MAE: on a spiky series a member that hedge
 rare spikes has the lower squared error and the higher MAE. ``eta`` (0.3) and
 ``memory`` (1000) were chosen on the benchmark streams as a whole (README, "Forecast
 quality"): long enough a memory to tell apart members a few percent apart, with the
-shares for quick switches; ``share``, ``past_share``, ``past_memory`` and
-``eta_warmup`` the same way, replayed on every suite's member forecasts
-(``bench.combiner``).
+shares for quick switches; ``share``, ``past_share`` and ``past_memory`` the same way,
+replayed on every suite's member forecasts, and ``eta_warmup`` on the default and
+short suites' (``bench.combiner``).
 
 New keys start from their task's pooled weights (the same update run over every
 key's errors), so a new key of a topic of random walks starts with persistence in

@@ -186,13 +186,13 @@ class Hedge:
         one from before ``past_share`` starts each key's past average at its current
         weights; one from before ``eta_warmup`` takes its default."""
         self.__dict__.update(state)
+        defaults = EnsembleParams()
         if "eta_warmup" not in state:
-            self.eta_warmup = EnsembleParams().eta_warmup
+            self.eta_warmup = defaults.eta_warmup
         if "_seen" not in state:
-            self.prior_events = EnsembleParams().prior_events
+            self.prior_events = defaults.prior_events
             self._seen = np.where(self._known, self.prior_events, 0).astype(np.int64)
         if "_past" not in state:
-            defaults = EnsembleParams()
             self.past_share = defaults.past_share
             self.past_decay = math.exp(-1.0 / defaults.past_memory)
             rows = [_normalised(row, 0.0) for row in self._log_w.tolist()]

@@ -20,11 +20,18 @@ shares add up to 1 or more is skipped). That takes seconds per variant where a r
 of the daemon takes a minute, so the combiner's settings and the default member set
 can be chosen on all datasets at once.
 
-Two simplifications: the replay judges members in the series' scale, as the daemon
-does, but it does not act on drift (``drift.action``) and it combines levels rather
-than learning targets (the same numbers for the weights, which depend on errors
-only). So the first row, the default replayed, is within a fraction of a percent of
-``bench.quality``'s *default* column, not equal to it; compare variants with that row.
+The replay judges members in the series' scale and learns the rows the daemon learns:
+those predicted once their key's history held
+:data:`~service.pipeline.tasks.MATURE_VALUES` values. Before that, the key's unit is a
+guess; on a panel of short series, such as the growth curves, that is one row in a
+dozen, and a replay that learned them scored variants there unlike the daemon. It
+combines levels rather than learning targets (the same numbers: the weights sum to 1
+and depend on errors only).
+Left out: drift (``drift.action``), and the rare row whose key's unit is still a guess
+(no move within its statistics span) and whose value changed, which the daemon leaves
+unlearned (:func:`~service.pipeline.tasks.learnable`) and the replay learns. So the
+first row, the default replayed, is within a fraction of a percent of
+``bench.quality``'s *default* column; compare variants with that row.
 Printed: each variant's MAE over the default variant's, per dataset (the first
 :data:`bench.quality.WARMUP` of each key left out, as there), and their geometric mean.
 """
@@ -48,6 +55,7 @@ from bench.specs import named_params
 from models.ensemble import EnsembleParams, Hedge
 from service.config import Settings, default_models
 from service.pipeline.scoring import FloatArray
+from service.pipeline.tasks import MATURE_VALUES
 from service.tools import datasets, replay
 from service.tools.backtest import run_backtest
 
@@ -99,6 +107,10 @@ def replayed_mae(data: Forecasts, members: Sequence[str], params: EnsembleParams
     combined = np.full(len(slots), np.nan)
     waiting: dict[int, deque[int]] = {}
     rows = levels.tolist()
+    # values in a row's history when it is predicted: with h >= 1 its own value is the
+    # newest; with h = 0 it is predicted before its value is known
+    values = [0] * len(slot_of)
+    mature = [False] * len(slots)
 
     def predict(i: int) -> None:
         if np.isfinite(levels[i]).all():
@@ -106,11 +118,14 @@ def replayed_mae(data: Forecasts, members: Sequence[str], params: EnsembleParams
             combined[i] = sum(w * v for w, v in zip(weights, rows[i], strict=True))
 
     def learn(i: int, truth: float) -> None:
-        if np.isfinite(combined[i]):
+        if np.isfinite(combined[i]) and mature[i]:
             hedge._learn(slots[i], rows[i], truth)
 
+    own = 1 if data.horizon > 0 else 0
     for i, slot in enumerate(slots):
         truth = float(data.y[i])
+        mature[i] = values[slot] + own >= MATURE_VALUES
+        values[slot] += 1
         if data.horizon == 0:  # predicted first, then resolved by its own value
             predict(i)
             learn(i, truth)

@@ -27,11 +27,22 @@ reports, and to the acknowledgement) and of each part; the mean of each part ove
 the slowest 1% of predictions (what the p99 is made of); batch sizes; the longest
 batch; checkpoints and full garbage collections during the paced run. Not a test:
 the figures depend on the machine and its neighbours.
+
+How much of that is the machine's neighbours rather than the daemon: every
+:data:`CPU_SAMPLE_S` the loop's thread notes its own CPU time, the worker's (all its
+threads: the clients' network threads, the lag monitor), and, on Linux, how long the
+loop's thread waited for a core while it could run (``/proc/thread-self/schedstat``)
+and how busy the machine's cores were (``/proc/stat``). Over the paced run that says
+what share of the time the loop computed, waited for a core (other processes: the
+broker, the paced producer, anything else on the machine), or was blocked (fetch and
+flush round trips, the GIL held by another thread), and the loop's CPU per record
+live, to set beside ``bench.pipeline``'s offline cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -70,6 +81,8 @@ from service.tools.broker import EmbeddedBroker
 AFTER_STALL_S = 0.5
 """A prediction whose event arrived during a checkpoint or a full collection, or this
 long after one ended, counts as one a stall delayed (the queue it left drains)."""
+CPU_SAMPLE_S = 0.25
+"""How often the traced loop notes its CPU accounting (a few small reads each time)."""
 TRACE_ENV = "FORECASTD_BENCH_TRACE"
 """The file the traced worker writes its trace to (inherited through ``spawn``)."""
 
@@ -92,6 +105,7 @@ def traced_worker(settings: Settings, index: int, port: int) -> None:
         state: Checkpointer | None = None,
     ) -> None:
         _wrap(source, "poll", trace, "poll", lambda result: _ranges(result))
+        _sample_cpu_before(source, "poll", trace)
         _wrap(processor, "process", trace, "process")
         _wrap(processor, "acknowledged", trace, "ack")
         _wrap(sink, "flush", trace, "flush")
@@ -131,6 +145,101 @@ def _wrap(
     setattr(owner, name, timed)
 
 
+def _sample_cpu_before(owner: Any, name: str, trace: list[list[Any]]) -> None:
+    """Note :func:`cpu_sample` in ``trace`` before a call of ``owner.name``, at most
+    every :data:`CPU_SAMPLE_S`."""
+    original = getattr(owner, name)
+    due = [0.0]
+
+    def sampled(*args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now >= due[0]:
+            due[0] = now + CPU_SAMPLE_S
+            trace.append(["cpu", time.time(), *cpu_sample()])
+        return original(*args, **kwargs)
+
+    setattr(owner, name, sampled)
+
+
+def cpu_sample() -> tuple[float, float | None, float, int | None, int | None]:
+    """The calling thread's CPU seconds, its seconds spent runnable but waiting for a
+    core, the process's CPU seconds (every thread), and the machine's busy and total
+    jiffies over all cores; ``None`` where the system does not say (off Linux).
+
+    >>> own, _, process, _, _ = cpu_sample()
+    >>> 0 <= own <= process
+    True
+    """
+    own, process = time.thread_time(), time.process_time()
+    waited: float | None = None
+    busy: int | None = None
+    total: int | None = None
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        waited = int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        total = sum(ticks)
+        busy = total - ticks[3] - ticks[4]
+    return own, waited, process, busy, total
+
+
+@dataclass(frozen=True)
+class CpuShares:
+    """Where the loop's thread spent the paced run (fractions of ``seconds``)."""
+
+    seconds: float
+    running: float
+    """On a core (its own CPU time)."""
+    waiting: float | None
+    """Runnable but waiting for a core (``None``: not known on this system)."""
+    other_threads: float
+    """The worker's other threads' CPU time, in cores (0.1: a tenth of one core)."""
+    machine_busy: float | None
+    """Share of all the machine's cores busy, whoever ran on them."""
+    cores: int
+    loop_us_per_record: float
+    """The loop thread's CPU time per record polled in those seconds."""
+
+    @property
+    def blocked(self) -> float | None:
+        """Neither running nor waiting for a core: a fetch or flush round trip, the
+        GIL held by another thread, an idle poll."""
+        return None if self.waiting is None else max(0.0, 1.0 - self.running - self.waiting)
+
+
+def cpu_shares(trace: list[list[Any]], start: float, cores: int) -> CpuShares | None:
+    """:class:`CpuShares` between the first ``cpu`` sample at or after ``start`` and
+    the last one; ``None`` with fewer than two such samples."""
+    samples = [e for e in trace if e[0] == "cpu" and e[1] >= start]
+    if len(samples) < 2:
+        return None
+    first, last = samples[0], samples[-1]
+    seconds = last[1] - first[1]
+    if seconds <= 0:
+        return None
+    own = last[2] - first[2]
+    waited = None if first[3] is None or last[3] is None else (last[3] - first[3]) / seconds
+    busy = None
+    if first[5] is not None and last[5] is not None and last[6] > first[6]:
+        busy = (last[5] - first[5]) / (last[6] - first[6])
+    records = sum(
+        hi - lo + 1
+        for e in trace
+        if e[0] == "poll" and e[3] and first[1] <= e[2] <= last[1]
+        for _, lo, hi in e[3]
+    )
+    return CpuShares(
+        seconds=seconds,
+        running=own / seconds,
+        waiting=waited,
+        other_threads=(last[4] - first[4] - own) / seconds,
+        machine_busy=busy,
+        cores=cores,
+        loop_us_per_record=1e6 * own / records if records else 0.0,
+    )
+
+
 def _ranges(records: list[Any]) -> list[tuple[int, int, int]] | None:
     """(partition, first offset, last offset) of a poll's records."""
     if not records:
@@ -164,6 +273,7 @@ class Breakdown:
     took about ``fixed_ms + n * per_record_us / 1000``."""
     checkpoints: list[float]
     full_gcs: list[float]
+    cpu: CpuShares | None = None
 
     @property
     def to_produced(self) -> np.ndarray:
@@ -179,8 +289,10 @@ def analyse(
     sent_at: dict[str, float],
     produced_at: dict[str, float],
     counted: set[str],
+    cores: int = 1,
 ) -> Breakdown:
-    """Take every counted prediction apart (module docstring); times in seconds."""
+    """Take every counted prediction apart (module docstring); times in seconds;
+    ``cores``: the machine's, for :class:`CpuShares`."""
     polls: list[list[Any]] = []  # the polls whose records were processed, in order
     processes: list[list[Any]] = []
     flushes: list[list[Any]] = []  # each batch's own flush (a checkpoint's comes later)
@@ -252,6 +364,7 @@ def analyse(
             if e[0] == "checkpoint" and e[2] >= first_counted and e[3]
         ],
         full_gcs=full,
+        cpu=cpu_shares(trace, first_counted, cores),
     )
 
 
@@ -310,7 +423,7 @@ def run(
         prediction = orjson.loads(record.value)
         produced_at.setdefault(prediction["source"], prediction["produced_at"] / 1000)
     counted = set(produced_at) - warm_sources
-    return analyse(trace, sent_at, produced_at, counted)
+    return analyse(trace, sent_at, produced_at, counted, os.cpu_count() or 1)
 
 
 def report(result: Breakdown, title: str, console: Console) -> None:
@@ -350,6 +463,28 @@ def report(result: Breakdown, title: str, console: Console) -> None:
         f" {result.after_stall[slowest].mean():.0%} of the slowest 1% arrived during a"
         f" checkpoint or a full collection or within {AFTER_STALL_S} s after one; p99 to"
         f" acknowledged without those: {np.percentile(calm, 99) if len(calm) else 0:.1f} ms"
+    )
+    if result.cpu is not None:
+        console.print(_cpu_line(result.cpu))
+
+
+def _cpu_line(cpu: CpuShares) -> str:
+    """One sentence on :class:`CpuShares`.
+
+    >>> _cpu_line(CpuShares(10.0, 0.6, 0.15, 0.1, 0.8, 2, 450.0))  # doctest: +NORMALIZE_WHITESPACE
+    "the loop's thread over 10 s of the paced run: on a core 60%, waiting for one 15%,
+    blocked 25% (round trips, the GIL, idle polls); 450 µs of its CPU per record; the
+    worker's other threads 0.10 cores; the machine's 2 cores 80% busy"
+    """
+    waiting = "not known" if cpu.waiting is None else f"{cpu.waiting:.0%}"
+    blocked = "" if cpu.blocked is None else f", blocked {cpu.blocked:.0%}"
+    busy = "not known" if cpu.machine_busy is None else f"{cpu.machine_busy:.0%} busy"
+    return (
+        f"the loop's thread over {cpu.seconds:.0f} s of the paced run: on a core"
+        f" {cpu.running:.0%}, waiting for one {waiting}{blocked} (round trips, the GIL,"
+        f" idle polls); {cpu.loop_us_per_record:.0f} µs of its CPU per record; the"
+        f" worker's other threads {cpu.other_threads:.2f} cores; the machine's"
+        f" {cpu.cores} cores {busy}"
     )
 
 

@@ -50,7 +50,14 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.quality import ALL_CASES, CASES, Truth, default_settings, geometric_mean
+from bench.quality import (
+    ALL_CASES,
+    CASES,
+    Truth,
+    default_settings,
+    feature_columns,
+    geometric_mean,
+)
 from bench.specs import named_params
 from models.ensemble import EnsembleParams, Hedge
 from service.config import Settings, default_models
@@ -76,7 +83,7 @@ def forecasts(dataset: str, extra: Sequence[dict[str, Any]] = ()) -> Forecasts:
     """Run the default (and ``extra`` models) with every model published."""
     case = ALL_CASES[dataset]
     frame = datasets.load(dataset)
-    features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
+    features = feature_columns(frame)
     data = default_settings(case.horizon, features)
     models = [*default_models(case.horizon), *extra]
     data["models"] = [{**m, "publish": True} for m in models]

@@ -163,6 +163,11 @@ class Truth:
         return cls(np.asarray(rows)[order], np.asarray(truth)[order])
 
 
+def feature_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    """A bundled dataset's exogenous columns: all but its key, time and value."""
+    return tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
+
+
 def default_settings(
     horizon: int, features: tuple[str, ...], members: tuple[str, ...] = ()
 ) -> dict[str, Any]:
@@ -220,7 +225,7 @@ def run_case(
     frame = datasets.load(case.dataset)
     if limit is not None:
         frame = frame.head(limit)
-    features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
+    features = feature_columns(frame)
     y = frame["y"].to_numpy(dtype=float)
     truth = Truth.of(frame["key"], y, case.horizon)
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from bench.combiner import Forecasts, _member, default_members, forecasts, replayed_mae
-from bench.quality import ALL_CASES, Truth, default_settings
+from bench.quality import ALL_CASES, Truth, default_settings, feature_columns
 from models.ensemble import EnsembleParams
 from service.config import Settings
 from service.tools import datasets, replay
@@ -20,7 +20,7 @@ from service.tools.backtest import run_backtest
 def _daemon_mae(dataset: str) -> float:
     case = ALL_CASES[dataset]
     frame = datasets.load(dataset)
-    features = tuple(c for c in frame.columns if c not in {"key", "ts", "y"})
+    features = feature_columns(frame)
     settings = Settings.model_validate(default_settings(case.horizon, features))
     pairs = replay.encode(frame, replay.Columns(features=features), settings.schema_)
     records = replay.as_records(pairs, settings.kafka.input_topic)

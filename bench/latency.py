@@ -104,7 +104,7 @@ def traced_worker(settings: Settings, index: int, port: int) -> None:
         watchdog: Watchdog | None = None,
         state: Checkpointer | None = None,
     ) -> None:
-        _wrap(source, "poll", trace, "poll", lambda result: _ranges(result))
+        _wrap(source, "poll", trace, "poll", lambda result: _ranges(result), own_cpu=True)
         _sample_cpu_before(source, "poll", trace)
         _wrap(processor, "process", trace, "process")
         _wrap(processor, "acknowledged", trace, "ack")
@@ -132,14 +132,20 @@ def _wrap(
     trace: list[list[Any]],
     kind: str,
     detail: Callable[[Any], Any] = lambda _: None,
+    own_cpu: bool = False,
 ) -> None:
-    """Replace ``owner.name`` (on the instance) by a timed call of the original."""
+    """Replace ``owner.name`` (on the instance) by a timed call of the original;
+    ``own_cpu``: also note the calling thread's CPU seconds in the call (what of a
+    poll is the client's own work, and what a wait for the broker)."""
     original = getattr(owner, name)
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        started = time.time()
+        started, cpu = time.time(), time.thread_time()
         result = original(*args, **kwargs)
-        trace.append([kind, started, time.time(), detail(result)])
+        entry = [kind, started, time.time(), detail(result)]
+        if own_cpu:
+            entry.append(time.thread_time() - cpu)
+        trace.append(entry)
         return result
 
     setattr(owner, name, timed)
@@ -265,6 +271,9 @@ class Breakdown:
     longest_batch_ms: float
     poll_ms: float
     """Median time of a poll that returned records."""
+    poll_cpu_ms: float | None
+    """Median CPU time of the loop's thread in such a poll (None: not traced); the
+    rest of the poll waited for the fetch's round trip or for the GIL."""
     flush_ms: float
     """Median time of a batch's flush."""
     fixed_ms: float
@@ -355,6 +364,7 @@ def analyse(
         batches=len(paced),
         longest_batch_ms=float(took.max()) if len(took) else 0.0,
         poll_ms=float(np.median([1000 * (polls[i][2] - polls[i][1]) for i in paced])),
+        poll_cpu_ms=_median_ms([polls[i][4] for i in paced if len(polls[i]) > 4]),
         flush_ms=float(np.median([1000 * (flushes[i][2] - flushes[i][1]) for i in paced])),
         fixed_ms=float(fixed),
         per_record_us=float(1000 * per_record),
@@ -453,7 +463,8 @@ def report(result: Breakdown, title: str, console: Console) -> None:
         f" full GCs {len(result.full_gcs)} ({_list(result.full_gcs)} ms)"
     )
     console.print(
-        f"a batch: poll (with records) p50 {result.poll_ms:.1f} ms; processing about"
+        f"a batch: poll (with records) p50 {result.poll_ms:.1f} ms{_poll_cpu(result)};"
+        " processing about"
         f" {result.fixed_ms:.1f} ms + {result.per_record_us:.0f} µs per record (least"
         f" squares over the paced batches); flush p50 {result.flush_ms:.1f} ms"
     )
@@ -490,6 +501,16 @@ def _cpu_line(cpu: CpuShares) -> str:
 
 def _list(values: list[float]) -> str:
     return ", ".join(f"{v:.0f}" for v in values) or "-"
+
+
+def _median_ms(seconds: list[float]) -> float | None:
+    return float(1000 * np.median(seconds)) if seconds else None
+
+
+def _poll_cpu(result: Breakdown) -> str:
+    if result.poll_cpu_ms is None:
+        return ""
+    return f" ({result.poll_cpu_ms:.1f} ms of it on the loop's CPU)"
 
 
 def main() -> None:

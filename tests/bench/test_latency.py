@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.latency import analyse, cpu_sample, cpu_shares
+from bench.latency import _wrap, analyse, cpu_sample, cpu_shares
 
 
 def _burn(seconds: float) -> None:
@@ -80,7 +80,7 @@ def test_shares_without_the_linux_counters_say_not_known() -> None:
 def test_analyse_reports_the_shares_of_the_counted_span() -> None:
     trace = [
         _cpu(10.0, 0.0, 0.0, 0.0, 0, 100),
-        ["poll", 10.0, 10.01, [(0, 0, 1)]],
+        ["poll", 10.0, 10.01, [(0, 0, 1)], 0.004],  # 4 ms of the 10 on the loop's CPU
         ["process", 10.01, 10.03, None],
         ["flush", 10.03, 10.04, None],
         ["ack", 10.04, 10.05, None],
@@ -94,3 +94,26 @@ def test_analyse_reports_the_shares_of_the_counted_span() -> None:
     assert result.cpu.running == pytest.approx(0.5)
     assert result.cpu.machine_busy == pytest.approx(0.5)
     assert result.cpu.loop_us_per_record == pytest.approx(0.5e6 / 2)
+    assert result.poll_ms == pytest.approx(10.0)
+    assert result.poll_cpu_ms == pytest.approx(4.0)
+    # a trace of polls without their CPU time (not noted): not known, not zero
+    untimed = [e[:4] if e[0] == "poll" else e for e in trace]
+    assert analyse(untimed, sent, produced, set(sent), cores=2).poll_cpu_ms is None
+
+
+def test_a_traced_poll_notes_the_calling_threads_cpu_in_it() -> None:
+    """Of a poll that waits, only its own work counts as the loop's CPU."""
+
+    class Slow:
+        def poll(self) -> list[int]:
+            _burn(0.05)
+            time.sleep(0.1)
+            return []
+
+    owner = Slow()
+    trace: list[list[Any]] = []
+    _wrap(owner, "poll", trace, "poll", own_cpu=True)
+    owner.poll()
+    (entry,) = trace
+    assert entry[2] - entry[1] >= 0.15
+    assert 0.05 <= entry[4] < 0.1

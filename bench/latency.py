@@ -6,7 +6,9 @@
 Runs the daemon as ``bench.throughput`` runs it for its latency rows (a pod of one
 worker process, the embedded Tansu broker, 3 input partitions, a warm-up of
 :data:`~bench.throughput.WARM_UP` records not counted), with the worker's loop traced:
-each poll (when it started and returned, which records it brought), each batch's
+each poll (when it started and returned, which records it brought, and the loop
+thread's CPU time inside it: the client's own work, apart from the wait for the
+broker's answer), each batch's
 processing, the flush that acknowledged its outputs, each checkpoint and each
 garbage collection are timed in the worker (wrappers around the loop's own objects,
 installed in the worker process only; the daemon's code is unchanged). Every

@@ -142,7 +142,7 @@ def _wrap(
     original = getattr(owner, name)
 
     def timed(*args: Any, **kwargs: Any) -> Any:
-        started, cpu = time.time(), time.thread_time()
+        started, cpu = time.time(), time.thread_time() if own_cpu else 0.0
         result = original(*args, **kwargs)
         entry = [kind, started, time.time(), detail(result)]
         if own_cpu:
@@ -231,12 +231,7 @@ def cpu_shares(trace: list[list[Any]], start: float, cores: int) -> CpuShares | 
     busy = None
     if first[5] is not None and last[5] is not None and last[6] > first[6]:
         busy = (last[5] - first[5]) / (last[6] - first[6])
-    records = sum(
-        hi - lo + 1
-        for e in trace
-        if e[0] == "poll" and e[3] and first[1] <= e[2] <= last[1]
-        for _, lo, hi in e[3]
-    )
+    records = sum(_polled(e[3]) for e in trace if e[0] == "poll" and first[1] <= e[2] <= last[1])
     return CpuShares(
         seconds=seconds,
         running=own / seconds,
@@ -257,6 +252,11 @@ def _ranges(records: list[Any]) -> list[tuple[int, int, int]] | None:
         span = spans.setdefault(record.partition, [record.offset, record.offset])
         span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
     return [(p, lo, hi) for p, (lo, hi) in sorted(spans.items())]
+
+
+def _polled(ranges: list[tuple[int, int, int]] | None) -> int:
+    """How many records a poll brought, from its :func:`_ranges`."""
+    return sum(hi - lo + 1 for _, lo, hi in ranges or ())
 
 
 @dataclass(frozen=True)
@@ -340,13 +340,13 @@ def analyse(
                 returned - max(started, arrived),
                 produced - returned,
                 acked - produced,
-                sum(hi - lo + 1 for _, lo, hi in polls[batch][3]),
+                _polled(polls[batch][3]),
                 any(start <= arrived <= end + AFTER_STALL_S for start, end in stalls),
             )
         )
     table = np.array(rows) * np.array([1000, 1000, 1000, 1000, 1, 1])
     paced = [i for i, poll in enumerate(polls) if poll[2] >= first_counted]
-    sizes = np.array([sum(hi - lo + 1 for _, lo, hi in polls[i][3]) for i in paced])
+    sizes = np.array([_polled(polls[i][3]) for i in paced])
     took = np.array([1000 * (processes[i][2] - processes[i][1]) for i in paced])
     per_record, fixed = np.polyfit(sizes, took, 1) if len(paced) > 1 else (0.0, 0.0)
     gc_starts = [e for e in trace if e[0] == "gc-start" and e[1] >= first_counted]

@@ -29,6 +29,16 @@ fetch sent right after each poll (tried against the test broker) came back with 
 the records of its first few milliseconds, and the rest then waited a turn more; a
 fetch held with ``fetch_min_bytes`` holds the poll's own fetch as well. Against
 Kafka, which answers as soon as data arrives, the round trip is the network's.
+
+Why no fetch is pumped while a batch is processed: the fetcher can be drained and
+sent again between partition tasks, in the loop's thread, keeping the next batch's
+records arriving during this one (tried, then taken out). The poll then took only its
+parsing time, but each batch's processing grew by more than that, and the p99 with
+it (``bench.latency``, interleaved runs): most likely because kafka-python's client
+work runs on its IO thread, which then competes with the loop for the GIL while the
+loop computes, where before it worked while the loop waited. Handing the send to that
+thread without waiting for it did not change that. librdkafka fetches outside the
+GIL: with ``client: confluent`` the wait is out of the turn already.
 """
 
 from __future__ import annotations

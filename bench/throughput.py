@@ -20,9 +20,11 @@ Prints, in one run on the same records:
   beside the producer. ``bench.latency`` takes one such run apart.
 
 Usage: ``python -m bench.throughput [--records 20000] [--config configs/demo.yaml |
-default] [--keys N] [--clients kafka-python confluent] [--workers 1 2] [--fractions
-0.5 0.9] [--max-rate EVENTS_PER_S]``. ``--keys`` spreads the dataset's records over N
-keys (each in turn); ``--max-rate`` skips the backlog runs and paces at fractions of
+default] [--keys N] [--clients kafka-python confluent] [--workers 1 2] [--partitions 3]
+[--fractions 0.5 0.9] [--max-rate EVENTS_PER_S]``. ``--keys`` spreads the dataset's records over N
+keys (each in turn); ``--partitions`` sets the input topic's (3 by default: 2 workers
+then split them 2:1, and the worker with two has two thirds of the records);
+``--max-rate`` skips the backlog runs and paces at fractions of
 the rate given (one measured before, on the same keys).
 Timings on a shared 2-core machine are noisy: raw and daemon each report their best
 of ``--repeats`` runs (interleaved); compare the ratio, not absolutes.
@@ -254,11 +256,12 @@ def bench_latency(
     pairs: list[tuple[bytes, bytes]],
     rate: float,
     client: str,
+    partitions: int = 3,
 ) -> tuple[float, float]:
     """p50 and p99 milliseconds from input broker timestamp to prediction produced_at
     of ``pairs`` paced at ``rate``, after a warm-up of :data:`WARM_UP` records."""
     topic, output = f"lat-{uuid.uuid4().hex[:6]}", f"lat-out-{uuid.uuid4().hex[:6]}"
-    broker.create_topics([topic], partitions=3)
+    broker.create_topics([topic], partitions=partitions)
     broker.create_topics([output, f"{topic}.dlq"])
     settings = _daemon_settings(config, broker.bootstrap, topic, output, client)
     warm, paced = pairs[:WARM_UP], pairs[WARM_UP:]
@@ -322,6 +325,12 @@ def main() -> None:
     add_stream_options(parser)
     parser.add_argument("--clients", nargs="*", default=list(RAW), choices=list(RAW))
     parser.add_argument("--workers", nargs="*", type=int, default=[1, 2])
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=3,
+        help="of the input topic: the unit a pod's workers split between them",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="best of, raw and daemon")
     parser.add_argument("--latency-s", type=float, default=8.0, help="seconds per paced run")
     parser.add_argument(
@@ -365,7 +374,12 @@ def main() -> None:
             for label, rate in points:
                 count = WARM_UP + int(rate * args.latency_s)
                 p50, p99 = bench_latency(
-                    broker, args.config, history(args, base.schema_, count), rate, client
+                    broker,
+                    args.config,
+                    history(args, base.schema_, count),
+                    rate,
+                    client,
+                    args.partitions,
                 )
                 latency.add_row(client, label, f"{rate:,.0f}", f"{p50:.0f}", f"{p99:.0f}")
                 console.print(f"{client} at {rate:,.0f}/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
@@ -386,7 +400,7 @@ def _backlog_rates(
     first worker count's."""
     pairs = history(args, base.schema_, args.records)
     topic = f"bench-{uuid.uuid4().hex[:6]}"
-    broker.create_topics([topic], partitions=3)
+    broker.create_topics([topic], partitions=args.partitions)
     broker.create_topics(["raw-out", f"{topic}.dlq"])
     replay.to_kafka(pairs, topic, broker.bootstrap, show_progress=False)
     batch = base.kafka.max_poll_records  # the raw loop polls as much as the daemon

@@ -27,7 +27,11 @@ Why no fetch is sent ahead while a batch is processed: kafka-python 3 sends a fe
 when a poll starts with nothing buffered, so each turn pays one fetch round trip. A
 fetch sent right after each poll (tried against the test broker) came back with only
 the records of its first few milliseconds, and the rest then waited a turn more; a
-fetch held with ``fetch_min_bytes`` holds the poll's own fetch as well. Against
+fetch held with ``fetch_min_bytes`` holds the poll's own fetch as well. One sent
+later, once the batch is processed and before its flush, had its answer in hand when
+the poll started, so the poll took only its parsing time; but the latency did not
+fall (``bench.latency``, interleaved runs): what arrived during the flush waited a
+turn more, and the loop paid more CPU per record, as with the pump below. Against
 Kafka, which answers as soon as data arrives, the round trip is the network's.
 
 Why no fetch is pumped while a batch is processed: the fetcher can be drained and

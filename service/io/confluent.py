@@ -34,7 +34,7 @@ from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError, ConfigError
-from service.io.sources import RebalanceListener, TopicPartition
+from service.io.sources import RebalanceListener, TopicPartition, Watermarks
 from service.records import Headers, RawRecord
 from service.runtime.watchdog import Watchdog, close_within, in_thread
 
@@ -112,6 +112,7 @@ class ConfluentSource:
             on_lost=self._on_revoke,
         )
         self.committed: dict[TopicPartition, int] = {}
+        self.watermarks: Watermarks | None = None
         self._assigning = False
         self._starts: dict[TopicPartition, int] = {}
 
@@ -173,6 +174,7 @@ class ConfluentSource:
             if messages and max_records > 1:
                 messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         now = time.monotonic()
+        self.watermarks = (now, self._highwaters())
         records = []
         for message in messages:
             error = message.error()
@@ -244,6 +246,17 @@ class ConfluentSource:
             start = position.offset if position.offset >= 0 else self._reset_offset(low, high)
             lags[(position.topic, position.partition)] = max(0, high - start)
         return lags
+
+    def _highwaters(self) -> dict[TopicPartition, int]:
+        highs = {}
+        for tp in self._consumer.assignment():
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)  # no request
+            except KafkaException:
+                continue
+            if high >= 0:
+                highs[(tp.topic, tp.partition)] = int(high)
+        return highs
 
     def _reset_offset(self, low: int, high: int) -> int:
         return max(low, 0) if self._earliest else high

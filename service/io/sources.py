@@ -30,6 +30,9 @@ from service.runtime.watchdog import Watchdog, close_within
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
+Watermarks = tuple[float, Mapping[TopicPartition, int]]
+"""When a poll returned (``time.monotonic()``) and the high watermark of each assigned
+partition as the consumer last heard it from the broker (fetch answers carry it)."""
 
 
 class RebalanceListener(Protocol):
@@ -43,6 +46,12 @@ class Source(Protocol):
 
     committed: dict[TopicPartition, int]
     """The offsets this process committed so far (next offset per partition)."""
+
+    watermarks: Watermarks | None
+    """Set by every poll, in the loop's thread, and replaced rather than changed, so
+    that the lag monitor's thread reads a whole one (None: not known; a source
+    without a broker). What the loop's own fetches say costs nothing to read; the lag
+    monitor fetches for itself only where it is stale (:mod:`service.runtime.lag`)."""
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         """Up to ``max_records`` records in offset order per partition; waits at most
@@ -82,6 +91,7 @@ class ListSource:
         self._position = 0
         self._assigned = False
         self.committed: dict[TopicPartition, int] = {}
+        self.watermarks: Watermarks | None = None
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         if not self._assigned:
@@ -176,6 +186,7 @@ class KafkaSource:
         self._listener = listener
         self._joined = False
         self.committed: dict[TopicPartition, int] = {}
+        self.watermarks: Watermarks | None = None
         self._pacer = FetchPacer(settings.fetch_max_wait_ms)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
@@ -188,6 +199,7 @@ class KafkaSource:
             self._joined = True
             self._listener.on_assigned([])
         now = time.monotonic()
+        self.watermarks = (now, self._highwaters())
         return [
             RawRecord(
                 tp.topic,
@@ -202,6 +214,14 @@ class KafkaSource:
             for tp, messages in fetched.items()
             for m in messages
         ]
+
+    def _highwaters(self) -> dict[TopicPartition, int]:
+        highs = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)  # the subscription state's, no request
+            if high is not None:
+                highs[(tp.topic, tp.partition)] = int(high)
+        return highs
 
     @property
     def fetch_wait_ms(self) -> int:

@@ -8,12 +8,25 @@ touched, whichever client the loop uses). Every ``kafka.lag_interval_s`` it:
 
 1. asks the cluster for its metadata (``topics()``, always a round trip): the
    broker answers, so ``/readyz`` may say so (:meth:`LagMonitor.answered_within`);
-2. fetches once from each owned partition at the loop's position (the next offset
-   after its last processed batch, read from :attr:`Processor.positions`, else the
-   group's committed offset, else the beginning), which returns the partition's high
-   watermark. (A fetch, not ListOffsets: Tansu's ListOffsets answer is wrong.)
-3. sets the lag gauge to ``high watermark - position`` per owned partition, and
+2. takes each owned partition's high watermark from the loop's own last poll
+   (:attr:`Source.watermarks <service.io.sources.Source.watermarks>`) while that
+   poll is recent (``fresh_s``), and the loop's position (the next offset after its
+   last processed batch, :attr:`Processor.positions`);
+3. for the partitions left (the loop has not polled lately, or has processed
+   nothing of them yet), fetches once at that position (else the group's committed
+   offset, else the beginning), which returns the partition's high watermark. (A
+   fetch, not ListOffsets: Tansu's ListOffsets answer is wrong.)
+4. sets the lag gauge to ``high watermark - position`` per owned partition, and
    tells the watchdog how many records wait.
+
+Why the loop's own watermarks first: the fetch returns the records between the
+loop's position and the end, which this thread's client then decodes, holding the
+GIL the loop needs, in bursts of many small polls; with the loop keeping up, every
+second a few batches ran that much slower, and the slowest predictions were those
+(``bench.latency``, ``--set FORECASTD_KAFKA__LAG_INTERVAL_S``). A loop that is
+stuck stops polling, its watermarks age past ``fresh_s``, and the fetch measures it
+from outside as before. A partition of which the loop has processed nothing (an
+idle one) is still fetched: it has no records to decode.
 
 When the broker does not answer, the gauge keeps its last values rather than
 dropping to 0, and ``/readyz`` turns 503 once ``metrics.ready_stale_s`` passed.
@@ -32,7 +45,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition as KafkaTopicPartition
 
 from service.config import KafkaSettings
-from service.io.sources import TopicPartition, client_options
+from service.io.sources import TopicPartition, Watermarks, client_options
 from service.runtime.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -72,12 +85,17 @@ class LagMonitor:
         record_lag: Callable[[Mapping[TopicPartition, int]], None],
         watchdog: Watchdog,
         interval_s: float,
+        watermarks: Callable[[], Watermarks | None] = lambda: None,
+        fresh_s: float = 0.0,
     ) -> None:
         """``owned()`` and ``positions()`` return the processor's current snapshots;
-        ``record_lag(lags)`` sets the gauge."""
+        ``record_lag(lags)`` sets the gauge; ``watermarks()``, the loop's source's,
+        count while at most ``fresh_s`` old."""
         self._client = client
         self._owned = owned
         self._positions = positions
+        self._watermarks = watermarks
+        self._fresh_s = fresh_s
         self._record_lag = record_lag
         self._watchdog = watchdog
         self._interval_s = interval_s
@@ -118,6 +136,31 @@ class LagMonitor:
             self._watchdog.waiting = 0
             return
         positions: Mapping[TopicPartition, int] = self._positions()
+        lags = self._from_loop(owned, positions)
+        if len(lags) < len(owned):
+            lags.update(self._fetched(owned - lags.keys(), positions))
+        self._record_lag(lags)
+        if len(lags) == len(owned):
+            self._watchdog.waiting = sum(lags.values())
+
+    def _from_loop(
+        self, owned: frozenset[TopicPartition], positions: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """The lag of each owned partition the loop's own recent poll tells."""
+        snapshot = self._watermarks()
+        if snapshot is None:
+            return {}
+        at, highs = snapshot
+        if time.monotonic() - at > self._fresh_s:
+            return {}  # the loop has not polled lately: measure from outside
+        return {
+            tp: max(0, highs[tp] - positions[tp]) for tp in owned if tp in highs and tp in positions
+        }
+
+    def _fetched(
+        self, owned: frozenset[TopicPartition], positions: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """The lag of ``owned`` partitions from a fetch of this thread's client."""
         tps = {tp: KafkaTopicPartition(*tp) for tp in sorted(owned)}
         # Re-assigning forgets the old high watermarks: a value read below is fresh.
         self._client.assign([])
@@ -141,6 +184,4 @@ class LagMonitor:
                 high = self._client.highwater(ktp)
                 if high is not None:
                     lags[tp] = max(0, int(high) - start[tp])
-        self._record_lag(lags)
-        if len(lags) == len(tps):
-            self._watchdog.waiting = sum(lags.values())
+        return lags

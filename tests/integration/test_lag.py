@@ -8,8 +8,10 @@ broker call reported its last value (often 0) however many records waited.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +28,7 @@ from tests.integration.kafka_helpers import (
     settings_env,
     wait_for,
 )
-from tests.integration.streams import linear_trends
+from tests.integration.streams import linear_trends, sine_waves
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +81,43 @@ def test_lag_grows_while_the_loop_is_held_and_healthz_fails(
             assert scrape(port, "/healthz")[0] == 200
     finally:
         release.set()
+
+
+def test_a_loop_that_keeps_up_is_measured_from_its_own_polls(
+    broker: EmbeddedBroker, client: str
+) -> None:
+    """Once every partition has a processed batch, the monitor reads the loop's own
+    watermarks and fetches nothing itself: its client decoding the records the loop is
+    about to read would hold the GIL the loop needs (``service.runtime.lag``)."""
+    topics = fresh_topics(broker, partitions=2)
+    stream = sine_waves(events_per_key=50, copies=2)  # keys on both partitions
+    settings = make_settings(
+        CONFIG, settings_env(broker, topics, client, FORECASTD_KAFKA__LAG_INTERVAL_S="0.2")
+    )
+    fetches: list[float] = []
+
+    def processed(count: int) -> bool:
+        return sum(daemon.processor.positions.values()) == count
+
+    with running_daemon(settings) as daemon:
+        wait_for(lambda: len(daemon.processor.owned) == 2, 60, "both partitions")
+        produce(broker.bootstrap, topics.input, stream)
+        wait_for(lambda: processed(len(stream)), 60, "all processed")
+        lag_client = daemon.lag._client
+        fetch = lag_client.poll
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            fetches.append(time.monotonic())
+            return fetch(*args, **kwargs)
+
+        lag_client.poll = counted
+        try:
+            time.sleep(1.5)  # several of the monitor's intervals
+            assert _lag(daemon, topics.input) == 0
+            produce(broker.bootstrap, topics.input, stream[:40])  # it follows the loop
+            wait_for(lambda: processed(len(stream) + 40), 60, "the next records")
+            time.sleep(1.0)
+            assert _lag(daemon, topics.input) == 0
+        finally:
+            lag_client.poll = fetch
+    assert fetches == []

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, Producer
@@ -112,7 +112,7 @@ class ConfluentSource:
             on_lost=self._on_revoke,
         )
         self.committed: dict[TopicPartition, int] = {}
-        self.watermarks: Watermarks | None = None
+        self.watermarks: Watermarks = {}
         self._assigning = False
         self._starts: dict[TopicPartition, int] = {}
 
@@ -174,7 +174,6 @@ class ConfluentSource:
             if messages and max_records > 1:
                 messages += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         now = time.monotonic()
-        self.watermarks = (now, self._highwaters())
         records = []
         for message in messages:
             error = message.error()
@@ -197,6 +196,8 @@ class ConfluentSource:
             )
         if records:
             self._reachable = True
+            heard = {(r.topic, r.partition) for r in records}
+            self.watermarks = {**self.watermarks, **self._highwaters(heard, now)}
         return records
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -247,15 +248,19 @@ class ConfluentSource:
             lags[(position.topic, position.partition)] = max(0, high - start)
         return lags
 
-    def _highwaters(self) -> dict[TopicPartition, int]:
+    def _highwaters(
+        self, partitions: Iterable[TopicPartition], now: float
+    ) -> dict[TopicPartition, tuple[int, float]]:
         highs = {}
-        for tp in self._consumer.assignment():
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)  # no request
+        for topic, partition in partitions:
+            try:  # cached: those of the last fetch answer, no request
+                _, high = self._consumer.get_watermark_offsets(
+                    ConfluentTopicPartition(topic, partition), cached=True
+                )
             except KafkaException:
                 continue
             if high >= 0:
-                highs[(tp.topic, tp.partition)] = int(high)
+                highs[(topic, partition)] = (int(high), now)
         return highs
 
     def _reset_offset(self, low: int, high: int) -> int:

@@ -30,9 +30,10 @@ from service.runtime.watchdog import Watchdog, close_within
 log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
-Watermarks = tuple[float, Mapping[TopicPartition, int]]
-"""When a poll returned (``time.monotonic()``) and the high watermark of each assigned
-partition as the consumer last heard it from the broker (fetch answers carry it)."""
+Watermarks = Mapping[TopicPartition, tuple[int, float]]
+"""Per partition, its high watermark as the loop's consumer last heard it from the
+broker (fetch answers carry it), and when (``time.monotonic()``) a poll last brought
+records of it: a poll that brings none may be one whose fetches do not answer."""
 
 
 class RebalanceListener(Protocol):
@@ -47,9 +48,9 @@ class Source(Protocol):
     committed: dict[TopicPartition, int]
     """The offsets this process committed so far (next offset per partition)."""
 
-    watermarks: Watermarks | None
-    """Set by every poll, in the loop's thread, and replaced rather than changed, so
-    that the lag monitor's thread reads a whole one (None: not known; a source
+    watermarks: Watermarks
+    """Set by the polls that bring records, in the loop's thread, and replaced rather
+    than changed, so that the lag monitor's thread reads a whole one (empty: a source
     without a broker). What the loop's own fetches say costs nothing to read; the lag
     monitor fetches for itself only where it is stale (:mod:`service.runtime.lag`)."""
 
@@ -91,7 +92,7 @@ class ListSource:
         self._position = 0
         self._assigned = False
         self.committed: dict[TopicPartition, int] = {}
-        self.watermarks: Watermarks | None = None
+        self.watermarks: Watermarks = {}
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         if not self._assigned:
@@ -186,7 +187,7 @@ class KafkaSource:
         self._listener = listener
         self._joined = False
         self.committed: dict[TopicPartition, int] = {}
-        self.watermarks: Watermarks | None = None
+        self.watermarks: Watermarks = {}
         self._pacer = FetchPacer(settings.fetch_max_wait_ms)
 
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
@@ -199,7 +200,8 @@ class KafkaSource:
             self._joined = True
             self._listener.on_assigned([])
         now = time.monotonic()
-        self.watermarks = (now, self._highwaters())
+        if fetched:
+            self.watermarks = {**self.watermarks, **self._highwaters(fetched, now)}
         return [
             RawRecord(
                 tp.topic,
@@ -215,12 +217,14 @@ class KafkaSource:
             for m in messages
         ]
 
-    def _highwaters(self) -> dict[TopicPartition, int]:
+    def _highwaters(
+        self, partitions: Iterable[KafkaTopicPartition], now: float
+    ) -> dict[TopicPartition, tuple[int, float]]:
         highs = {}
-        for tp in self._consumer.assignment():
+        for tp in partitions:
             high = self._consumer.highwater(tp)  # the subscription state's, no request
             if high is not None:
-                highs[(tp.topic, tp.partition)] = int(high)
+                highs[(tp.topic, tp.partition)] = (int(high), now)
         return highs
 
     @property

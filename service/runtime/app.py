@@ -115,8 +115,8 @@ class Daemon:
             self.watchdog,
             self.settings.kafka.lag_interval_s,
             lambda: self.source.watermarks,
-            # a poll of the loop is due every turn: twice the monitor's interval plus
-            # a whole idle poll, and it has stopped
+            # a partition that flows brings records every turn of the loop: twice the
+            # monitor's interval plus a whole idle poll without any, and it has stopped
             fresh_s=2 * self.settings.kafka.lag_interval_s
             + self.settings.kafka.poll_timeout_ms / 1000,
         )

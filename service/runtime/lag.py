@@ -8,12 +8,12 @@ touched, whichever client the loop uses). Every ``kafka.lag_interval_s`` it:
 
 1. asks the cluster for its metadata (``topics()``, always a round trip): the
    broker answers, so ``/readyz`` may say so (:meth:`LagMonitor.answered_within`);
-2. takes each owned partition's high watermark from the loop's own last poll
-   (:attr:`Source.watermarks <service.io.sources.Source.watermarks>`) while that
-   poll is recent (``fresh_s``), and the loop's position (the next offset after its
-   last processed batch, :attr:`Processor.positions`);
-3. for the partitions left (the loop has not polled lately, or has processed
-   nothing of them yet), fetches once at that position (else the group's committed
+2. takes each owned partition's high watermark from the loop's own polls
+   (:attr:`Source.watermarks <service.io.sources.Source.watermarks>`) where one
+   brought records of it lately (within ``fresh_s``), and the loop's position (the
+   next offset after its last processed batch, :attr:`Processor.positions`);
+3. for the partitions left (none of their records came lately, or none was
+   processed yet), fetches once at that position (else the group's committed
    offset, else the beginning), which returns the partition's high watermark. (A
    fetch, not ListOffsets: Tansu's ListOffsets answer is wrong.)
 4. sets the lag gauge to ``high watermark - position`` per owned partition, and
@@ -25,8 +25,9 @@ GIL the loop needs, in bursts of many small polls; with the loop keeping up, eve
 second a few batches ran that much slower, and the slowest predictions were those
 (``bench.latency``, ``--set FORECASTD_KAFKA__LAG_INTERVAL_S``). A loop that is
 stuck stops polling, its watermarks age past ``fresh_s``, and the fetch measures it
-from outside as before. A partition of which the loop has processed nothing (an
-idle one) is still fetched: it has no records to decode.
+from outside as before; so does one whose fetches stopped answering (a poll that
+brings no records says nothing of the broker). An idle partition is fetched too: it
+has no records to decode.
 
 When the broker does not answer, the gauge keeps its last values rather than
 dropping to 0, and ``/readyz`` turns 503 once ``metrics.ready_stale_s`` passed.
@@ -85,12 +86,12 @@ class LagMonitor:
         record_lag: Callable[[Mapping[TopicPartition, int]], None],
         watchdog: Watchdog,
         interval_s: float,
-        watermarks: Callable[[], Watermarks | None] = lambda: None,
+        watermarks: Callable[[], Watermarks] = dict,
         fresh_s: float = 0.0,
     ) -> None:
         """``owned()`` and ``positions()`` return the processor's current snapshots;
         ``record_lag(lags)`` sets the gauge; ``watermarks()``, the loop's source's,
-        count while at most ``fresh_s`` old."""
+        count where at most ``fresh_s`` old."""
         self._client = client
         self._owned = owned
         self._positions = positions
@@ -146,16 +147,15 @@ class LagMonitor:
     def _from_loop(
         self, owned: frozenset[TopicPartition], positions: Mapping[TopicPartition, int]
     ) -> dict[TopicPartition, int]:
-        """The lag of each owned partition the loop's own recent poll tells."""
-        snapshot = self._watermarks()
-        if snapshot is None:
-            return {}
-        at, highs = snapshot
-        if time.monotonic() - at > self._fresh_s:
-            return {}  # the loop has not polled lately: measure from outside
-        return {
-            tp: max(0, highs[tp] - positions[tp]) for tp in owned if tp in highs and tp in positions
-        }
+        """The lag of each owned partition the loop's own recent polls tell."""
+        marks = self._watermarks()
+        since = time.monotonic() - self._fresh_s
+        lags = {}
+        for tp in owned:
+            mark, position = marks.get(tp), positions.get(tp)
+            if mark is not None and position is not None and mark[1] >= since:
+                lags[tp] = max(0, mark[0] - position)
+        return lags
 
     def _fetched(
         self, owned: frozenset[TopicPartition], positions: Mapping[TopicPartition, int]

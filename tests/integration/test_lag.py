@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
 from service.pipeline.processor import BatchResult, Processor
 from service.records import RawRecord
@@ -86,13 +87,15 @@ def test_lag_grows_while_the_loop_is_held_and_healthz_fails(
 def test_a_loop_that_keeps_up_is_measured_from_its_own_polls(
     broker: EmbeddedBroker, client: str
 ) -> None:
-    """Once every partition has a processed batch, the monitor reads the loop's own
+    """While records flow and the loop keeps up, the monitor reads the loop's own
     watermarks and fetches nothing itself: its client decoding the records the loop is
-    about to read would hold the GIL the loop needs (``service.runtime.lag``)."""
+    about to read would hold the GIL the loop needs (``service.runtime.lag``). Once the
+    partitions fall idle it fetches them again (nothing to decode), and reads 0."""
     topics = fresh_topics(broker, partitions=2)
-    stream = sine_waves(events_per_key=50, copies=2)  # keys on both partitions
+    stream = sine_waves(events_per_key=120, copies=2)  # 6 keys, on both partitions
+    keys = 6
     settings = make_settings(
-        CONFIG, settings_env(broker, topics, client, FORECASTD_KAFKA__LAG_INTERVAL_S="0.2")
+        CONFIG, settings_env(broker, topics, client, FORECASTD_KAFKA__LAG_INTERVAL_S="0.5")
     )
     fetches: list[float] = []
 
@@ -101,8 +104,9 @@ def test_a_loop_that_keeps_up_is_measured_from_its_own_polls(
 
     with running_daemon(settings) as daemon:
         wait_for(lambda: len(daemon.processor.owned) == 2, 60, "both partitions")
-        produce(broker.bootstrap, topics.input, stream)
-        wait_for(lambda: processed(len(stream)), 60, "all processed")
+        warm = 20 * keys
+        produce(broker.bootstrap, topics.input, stream[:warm])
+        wait_for(lambda: processed(warm), 60, "the first records processed")
         lag_client = daemon.lag._client
         fetch = lag_client.poll
 
@@ -110,14 +114,18 @@ def test_a_loop_that_keeps_up_is_measured_from_its_own_polls(
             fetches.append(time.monotonic())
             return fetch(*args, **kwargs)
 
-        lag_client.poll = counted
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
         try:
-            time.sleep(1.5)  # several of the monitor's intervals
-            assert _lag(daemon, topics.input) == 0
-            produce(broker.bootstrap, topics.input, stream[:40])  # it follows the loop
-            wait_for(lambda: processed(len(stream) + 40), 60, "the next records")
-            time.sleep(1.0)
-            assert _lag(daemon, topics.input) == 0
+            for step, start in enumerate(range(warm, len(stream), keys)):
+                if step == 10:  # every partition has had records lately
+                    lag_client.poll = counted
+                for key, value, _ in stream[start : start + keys]:
+                    producer.send(topics.input, key=key, value=value)
+                producer.flush()
+                time.sleep(0.03)
         finally:
             lag_client.poll = fetch
-    assert fetches == []
+            producer.close()
+        assert fetches == []
+        wait_for(lambda: processed(len(stream)), 60, "all processed")
+        wait_for(lambda: _lag(daemon, topics.input) == 0, 20, "the lag to read 0 once idle")

@@ -53,9 +53,7 @@ class Broker:
 
 
 def measure(
-    broker: Broker,
-    positions: Mapping[TopicPartition, int],
-    watermarks: Watermarks | None,
+    broker: Broker, positions: Mapping[TopicPartition, int], watermarks: Watermarks
 ) -> tuple[dict[TopicPartition, int], int]:
     """One update: the lags recorded and the records the watchdog was told wait."""
     recorded: dict[TopicPartition, int] = {}
@@ -74,35 +72,36 @@ def measure(
     return recorded, watchdog.waiting
 
 
-def test_a_recent_poll_of_the_loop_is_read_and_nothing_is_fetched() -> None:
+def test_the_loops_recent_polls_are_read_and_nothing_is_fetched() -> None:
     broker = Broker({A: 500, B: 700})  # the broker is further on: not asked
-    lags, waiting = measure(broker, {A: 90, B: 200}, (time.monotonic(), {A: 100, B: 230}))
+    now = time.monotonic()
+    lags, waiting = measure(broker, {A: 90, B: 200}, {A: (100, now), B: (230, now - 1.0)})
     assert lags == {A: 10, B: 30}
     assert waiting == 40
     assert broker.fetched == set()
 
 
-def test_a_stale_poll_is_not_trusted_the_partitions_are_fetched() -> None:
+def test_a_partition_without_records_lately_is_fetched() -> None:
+    """Idle, or its fetches no longer answer: the loop's figure may be old."""
     broker = Broker({A: 500, B: 700})
-    stale = (time.monotonic() - FRESH_S - 1.0, {A: 100, B: 230})
-    lags, waiting = measure(broker, {A: 90, B: 200}, stale)
-    assert lags == {A: 410, B: 500}
-    assert waiting == 910
-    assert broker.fetched == {A, B}
+    now = time.monotonic()
+    marks = {A: (100, now), B: (230, now - FRESH_S - 1.0)}
+    lags, waiting = measure(broker, {A: 90, B: 200}, marks)
+    assert lags == {A: 10, B: 500}
+    assert waiting == 510
+    assert broker.fetched == {B}
 
 
-def test_only_the_partitions_the_loop_cannot_tell_are_fetched() -> None:
+def test_a_partition_not_processed_yet_is_fetched_from_its_start() -> None:
     broker = Broker({A: 500, B: 700})
-    # B: nothing processed yet (no position); A: no watermark heard
-    lags, _ = measure(broker, {A: 90}, (time.monotonic(), {B: 230}))
-    assert broker.fetched == {A, B}
-    lags, _ = measure(broker := Broker({A: 500, B: 700}), {A: 90}, (time.monotonic(), {A: 95}))
-    assert lags == {A: 5, B: 700}  # B from the start of the partition (no commit)
+    now = time.monotonic()
+    lags, _ = measure(broker, {A: 90}, {A: (95, now), B: (230, now)})
+    assert lags == {A: 5, B: 700}  # B: no position, no commit: from the beginning
     assert broker.fetched == {B}
 
 
 def test_without_watermarks_every_partition_is_fetched() -> None:
     broker = Broker({A: 500, B: 700})
-    lags, _ = measure(broker, {A: 90, B: 200}, None)
+    lags, _ = measure(broker, {A: 90, B: 200}, {})
     assert lags == {A: 410, B: 500}
     assert broker.fetched == {A, B}

@@ -114,11 +114,12 @@ class Daemon:
             self.processor.record_lag,
             self.watchdog,
             self.settings.kafka.lag_interval_s,
-            lambda: self.source.watermarks,
+            watermarks=lambda: self.source.watermarks,
             # a partition that flows brings records every turn of the loop: twice the
             # monitor's interval plus a whole idle poll without any, and it has stopped
             fresh_s=2 * self.settings.kafka.lag_interval_s
             + self.settings.kafka.poll_timeout_ms / 1000,
+            topic=self.settings.kafka.input_topic,
         )
         self.connected = True
 

@@ -6,8 +6,8 @@ consumer's fetch positions: a loop stuck in a broker call showed the last value
 kafka-python consumer (KafkaConsumer is not thread-safe, so the loop's is never
 touched, whichever client the loop uses). Every ``kafka.lag_interval_s`` it:
 
-1. asks the cluster for its metadata (``topics()``, always a round trip): the
-   broker answers, so ``/readyz`` may say so (:meth:`LagMonitor.answered_within`);
+1. asks the cluster for metadata (always a round trip, :func:`probe`): the broker
+   answers, so ``/readyz`` may say so (:meth:`LagMonitor.answered_within`);
 2. takes each owned partition's high watermark from the loop's own polls
    (:attr:`Source.watermarks <service.io.sources.Source.watermarks>`) where one
    brought records of it lately (within ``fresh_s``), and the loop's position (the
@@ -75,6 +75,23 @@ def lag_client(
     )
 
 
+def probe(client: Any, topic: str) -> None:
+    """One metadata round trip for ``topic`` (the input topic). ``KafkaConsumer.topics()``
+    asks for every topic of the cluster: on a cluster of thousands, a large answer for
+    the broker to build and for this process to decode, holding the GIL, every
+    interval on every worker (and an empty topic list is no cheaper: older versions
+    of the request read it as every topic, and the test broker answers with all).
+    kafka-python has no public call for this; where its internals differ (another
+    version), ``topics()`` does it."""
+    try:
+        cluster, net, manager = client._cluster, client._net, client._manager
+    except AttributeError:
+        client.topics()
+        return
+    cluster.set_topics([topic])  # the topics its metadata requests name, kept after
+    net.run(manager.wait_for, cluster.request_update(), None)
+
+
 class LagMonitor:
     """Background lag gauge and reachability probe; see the module docstring."""
 
@@ -86,17 +103,21 @@ class LagMonitor:
         record_lag: Callable[[Mapping[TopicPartition, int]], None],
         watchdog: Watchdog,
         interval_s: float,
+        *,
+        topic: str,
         watermarks: Callable[[], Watermarks] = dict,
         fresh_s: float = 0.0,
     ) -> None:
         """``owned()`` and ``positions()`` return the processor's current snapshots;
         ``record_lag(lags)`` sets the gauge; ``watermarks()``, the loop's source's,
-        count where at most ``fresh_s`` old."""
+        count where at most ``fresh_s`` old; ``topic``: the input topic, the one the
+        reachability probe asks about."""
         self._client = client
         self._owned = owned
         self._positions = positions
         self._watermarks = watermarks
         self._fresh_s = fresh_s
+        self._topic = topic
         self._record_lag = record_lag
         self._watchdog = watchdog
         self._interval_s = interval_s
@@ -130,7 +151,7 @@ class LagMonitor:
 
     def update(self) -> None:
         """One measurement (public for tests)."""
-        self._client.topics()
+        probe(self._client, self._topic)
         self._last_answer = time.monotonic()
         owned = self._owned()
         if not owned:

@@ -19,6 +19,7 @@ from kafka import KafkaProducer
 from service.pipeline.processor import BatchResult, Processor
 from service.records import RawRecord
 from service.runtime.app import Daemon
+from service.runtime.lag import lag_client, probe
 from service.tools.broker import EmbeddedBroker
 from tests.integration.kafka_helpers import (
     fresh_topics,
@@ -129,3 +130,18 @@ def test_a_loop_that_keeps_up_is_measured_from_its_own_polls(
         assert fetches == []
         wait_for(lambda: processed(len(stream)), 60, "all processed")
         wait_for(lambda: _lag(daemon, topics.input) == 0, 20, "the lag to read 0 once idle")
+
+
+def test_the_reachability_probe_asks_for_the_input_topic_only(broker: EmbeddedBroker) -> None:
+    """``topics()`` fetched every topic's metadata each interval; the probe names the
+    input topic, so its answer stays small whatever else the cluster holds."""
+    topics = fresh_topics(broker, partitions=2)  # the output and dead-letter topics too
+    settings = make_settings(CONFIG, settings_env(broker, topics))
+    client = lag_client(settings.kafka, 10.0)
+    try:
+        assert {topics.output, topics.dlq} <= client.topics()  # every topic, asked for
+        probe(client, topics.input)
+        assert client._cluster.topics() == {topics.input}  # what the last answer held
+        assert client._cluster.partitions_for_topic(topics.input) == {0, 1}
+    finally:
+        client.close()

@@ -65,6 +65,7 @@ def measure(
         recorded.update,
         watchdog,
         interval_s=1.0,
+        topic="in",
         watermarks=lambda: watermarks,
         fresh_s=FRESH_S,
     )

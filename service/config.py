@@ -105,9 +105,11 @@ class KafkaSettings(_Section):
     stream's batches stay as small as its arrivals. ``fetch_max_wait_ms`` bounds how
     long the broker may hold a fetch with too little data: a floor on latency when the
     stream is quiet (Kafka's default is 500); while records flow the daemon asks for
-    at most 5 ms (:mod:`service.io.pacing`). Tansu, the broker of the tests and the
-    demo, answers some fetches with a 1 ms wait only after hundreds of milliseconds
-    and those of 0 ms never, with either client; Kafka does not.
+    at most 5 ms with kafka-python (:mod:`service.io.pacing`; librdkafka keeps the
+    configured wait). Tansu, the broker of the tests and the demo, holds a fetch that
+    found no data for the whole wait, and answers some fetches with a 1 ms wait only
+    after hundreds of milliseconds and those of 0 ms never, with either client; Kafka
+    does not.
     ``producer_batch_bytes`` is the producer's per-partition batch buffer (Kafka's
     ``batch.size``; 1 MiB is librdkafka's default): predictions are small JSON records,
     and the Java client's 16 KiB default fills after a few dozen of them, so

@@ -12,7 +12,11 @@ A short wait is not free: an idle consumer then sends a fetch every few millisec
 So the wait follows the load: :data:`LIVE_WAIT_MS` (at most the configured
 ``kafka.fetch_max_wait_ms``) while polls keep returning records, and the configured
 value once none came for :data:`IDLE_AFTER_S`. Under a backlog the wait does not
-matter (there is always data to answer with).
+matter (there is always data to answer with). With ``client: confluent`` the wait
+stays the configured one: librdkafka takes ``fetch.wait.max.ms`` when the consumer
+is created and fetches ahead on its own thread, so there is nothing to change
+between polls; against a broker that holds fetches (Tansu), lower
+``kafka.fetch_max_wait_ms`` itself (README, "Throughput, workers and latency").
 
 Why the number of records per poll is not paced as well: a live poll holds only what
 arrived during the loop's previous turn (both clients return at once with what is

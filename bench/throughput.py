@@ -21,11 +21,11 @@ Prints, in one run on the same records:
 
 Usage: ``python -m bench.throughput [--records 20000] [--config configs/demo.yaml |
 default] [--keys N] [--clients kafka-python confluent] [--workers 1 2] [--partitions 3]
-[--fractions 0.5 0.9] [--max-rate EVENTS_PER_S]``. ``--keys`` spreads the dataset's records over N
-keys (each in turn); ``--partitions`` sets the input topic's (3 by default: 2 workers
-then split them 2:1, and the worker with two has two thirds of the records);
-``--max-rate`` skips the backlog runs and paces at fractions of
-the rate given (one measured before, on the same keys).
+[--fractions 0.5 0.9] [--max-rate EVENTS_PER_S]``. ``--keys`` spreads the dataset's
+records over N keys (each in turn); ``--partitions`` sets the input topic's (3 by
+default: 2 workers then split them 2:1, and the worker with two has two thirds of the
+records); ``--max-rate`` skips the backlog runs and paces at fractions of the rate
+given (one measured before, on the same keys).
 Timings on a shared 2-core machine are noisy: raw and daemon each report their best
 of ``--repeats`` runs (interleaved); compare the ratio, not absolutes.
 """

@@ -88,7 +88,6 @@ class ConfluentSource:
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
         self._listener = listener
         self._reachable = True
-        self._earliest = settings.auto_offset_reset == "earliest"
         self._consumer = Consumer(
             {
                 **librdkafka_options(settings),
@@ -231,29 +230,14 @@ class ConfluentSource:
             raise BrokerError(f"cannot read the committed offset of {tp}: {exc}") from exc
         return int(position.offset) if position.offset >= 0 else None
 
-    def lag(self) -> dict[TopicPartition, int]:
-        lags = {}
-        assigned = self._consumer.assignment()
-        for position in self._consumer.position(assigned) if assigned else []:
-            try:
-                # cached: the watermarks of the last fetch response, no round trip
-                # (and right with Tansu, whose ListOffsets answer is not)
-                low, high = self._consumer.get_watermark_offsets(position, cached=True)
-            except KafkaException:
-                continue
-            if high < 0:
-                continue
-            # No position yet (nothing consumed): everything from the reset point waits.
-            start = position.offset if position.offset >= 0 else self._reset_offset(low, high)
-            lags[(position.topic, position.partition)] = max(0, high - start)
-        return lags
-
     def _highwaters(
         self, partitions: Iterable[TopicPartition], now: float
     ) -> dict[TopicPartition, tuple[int, float]]:
         highs = {}
         for topic, partition in partitions:
-            try:  # cached: those of the last fetch answer, no request
+            # cached: those of the last fetch answer, no request (and right with Tansu,
+            # whose ListOffsets answer is not)
+            try:
                 _, high = self._consumer.get_watermark_offsets(
                     ConfluentTopicPartition(topic, partition), cached=True
                 )
@@ -262,9 +246,6 @@ class ConfluentSource:
             if high >= 0:
                 highs[(topic, partition)] = (int(high), now)
         return highs
-
-    def _reset_offset(self, low: int, high: int) -> int:
-        return max(low, 0) if self._earliest else high
 
     @property
     def exhausted(self) -> bool:

@@ -63,10 +63,6 @@ class Source(Protocol):
         """Record that every offset below ``offsets[tp]`` is fully processed."""
         ...
 
-    def lag(self) -> dict[TopicPartition, int]:
-        """Records behind the end of each assigned partition, where known."""
-        ...
-
     @property
     def exhausted(self) -> bool:
         """True when a finite source has handed out everything (never for Kafka)."""
@@ -108,9 +104,6 @@ class ListSource:
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.committed.update(offsets)
-
-    def lag(self) -> dict[TopicPartition, int]:
-        return {}
 
     @property
     def exhausted(self) -> bool:
@@ -288,15 +281,6 @@ class KafkaSource:
         except KafkaError as exc:
             raise BrokerError(f"cannot read the committed offset of {tp}: {exc}") from exc
         return None if offset is None or offset < 0 else int(offset)
-
-    def lag(self) -> dict[TopicPartition, int]:
-        lags = {}
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
-                continue
-            lags[(tp.topic, tp.partition)] = max(0, high - self._consumer.position(tp))
-        return lags
 
     @property
     def exhausted(self) -> bool:

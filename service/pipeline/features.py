@@ -42,7 +42,6 @@ target.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,8 +135,10 @@ class FeaturePipeline:
         if n == 0:
             return Computed(np.empty((0, len(self.names))), np.ones(0), np.ones(0), np.empty(0))
         last = history[:, -1]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows of young keys
+        # NaN-aware without np.nan* and their warnings context (a young key's rows are
+        # all NaN): fmin/fmax skip NaN as nanmin/nanmax do (which call them), at a
+        # fraction of the per-call cost on a live stream's few rows per task.
+        with np.errstate(invalid="ignore", over="ignore"):
             changes = np.diff(history, axis=1)
             drift, spread = nan_moments(changes)
             unit = np.sqrt(drift * drift + spread * spread)
@@ -148,8 +149,8 @@ class FeaturePipeline:
                 [
                     recent_mean - last,
                     recent_std,
-                    np.nanmin(recent, axis=1) - last,
-                    np.nanmax(recent, axis=1) - last,
+                    np.fmin.reduce(recent, axis=1) - last,
+                    np.fmax.reduce(recent, axis=1) - last,
                 ]
             )
         scale = self._scale(unit, last, level_std)
@@ -176,9 +177,8 @@ class FeaturePipeline:
             period = np.zeros(n, np.intp) if periods is None else periods[:, 0]
             offsets, valid = season_step_offsets(period, self.horizon, history.shape[1])
             steps = np.where(valid[:, :, None], _at(history, offsets), np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # keys with no season yet
-            step = np.nanmean(steps[:, :, 1] - steps[:, :, 0], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            step = _nan_mean_rows(steps[:, :, 1] - steps[:, :, 0])  # NaN: no season yet
         return Computed(raw, units, np.where(real, unit, np.nan), last + step)
 
     @staticmethod
@@ -244,6 +244,15 @@ def nan_moments(values: FloatArray) -> tuple[FloatArray, FloatArray]:
     out_mean: FloatArray = mean
     out_std: FloatArray = std
     return out_mean, out_std
+
+
+def _nan_mean_rows(values: FloatArray) -> FloatArray:
+    """``np.nanmean(values, axis=1)`` by its own steps (the same numbers), without
+    its warning for a row of NaNs, which is NaN here too."""
+    missing = np.isnan(values)
+    total = np.where(missing, 0.0, values).sum(axis=1)
+    out: FloatArray = total / (~missing).sum(axis=1, dtype=np.intp)
+    return out
 
 
 def season_offsets(

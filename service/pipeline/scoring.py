@@ -171,10 +171,15 @@ class Scorer:
         """The newest errors and truths into the rolling window."""
         if len(err) >= self.window:
             err, y_true = err[-self.window :], y_true[-self.window :]
-        positions = (self._head + np.arange(len(err))) % self.window
-        self._err[positions] = err
-        self._y[positions] = y_true
-        self._head = int((self._head + len(err)) % self.window)
+        head, end = self._head, self._head + len(err)
+        if end <= self.window:  # no wrap: slices, cheaper than an index array per call
+            self._err[head:end] = err
+            self._y[head:end] = y_true
+        else:
+            positions = np.arange(head, end) % self.window
+            self._err[positions] = err
+            self._y[positions] = y_true
+        self._head = end % self.window
         self._filled = min(self.window, self._filled + len(err))
 
     def mae_before(self, abs_errors: FloatArray) -> FloatArray:

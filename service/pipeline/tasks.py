@@ -48,6 +48,7 @@ from service.config import ModelSettings, Settings
 from service.pipeline.counts import TaskCounts
 from service.pipeline.drift import DriftMonitor
 from service.pipeline.features import (
+    SEASON_CYCLES,
     FeaturePipeline,
     RunningScaler,
     season_offsets,
@@ -400,7 +401,11 @@ class PartitionTask:
 
     def _observe_gaps(self, slots: IntArray, ts: npt.NDArray[np.int64]) -> None:
         """Each event's gap to its key's previous event, in seconds, into the spacing
-        estimate (NaN for a key's first event)."""
+        estimate (NaN for a key's first event); only a key's first
+        :data:`~service.pipeline.seasons.SPACING_GAPS` count, so a poll of keys that
+        have them all costs nothing here."""
+        if (self._seasons.gaps[slots] >= SPACING_GAPS).all():
+            return
         previous = self._windows.newest_of(slots).astype(np.float64)
         previous[previous == float(_NO_TS)] = np.nan
         order = np.argsort(slots, kind="stable")
@@ -455,19 +460,24 @@ class PartitionTask:
         spacing = np.where(count_at > SPACING_GAPS, spacing, np.nan)
         if not self._calendar:
             spacing = np.full(n, np.nan)
-        exogenous = np.stack([event.x for event in new])
-        # the seasonal lags and the seasonal naive's steps, in one read of the store
+        exogenous = np.array([event.x for event in new])  # as np.stack would, more cheaply
         width, kinds = self._windows.window, periods.shape[1]
-        around_at, around_ok = season_offsets(periods.reshape(-1), self._horizon, width)
-        steps_at, steps_ok = season_step_offsets(periods[:, 0], self._horizon, width)
-        cycles = steps_at.shape[1]
-        offsets = np.concatenate(
-            [around_at.reshape(n, kinds * 3), steps_at.reshape(n, cycles * 2)], axis=1
-        )
-        values = self._windows.read(positions, offsets)
-        around = values[:, : kinds * 3].reshape(n, kinds, 3)
-        seasons = np.where(around_ok.reshape(n, kinds, 3), around, np.nan)
-        steps = np.where(steps_ok[:, :, None], values[:, kinds * 3 :].reshape(n, cycles, 2), np.nan)
+        if (periods < 2).all():  # no row's key has a season (yet): nothing to read
+            seasons = np.full((n, kinds, 3), np.nan)
+            steps = np.full((n, SEASON_CYCLES, 2), np.nan)
+        else:  # the seasonal lags and the seasonal naive's steps, in one read of the store
+            around_at, around_ok = season_offsets(periods.reshape(-1), self._horizon, width)
+            steps_at, steps_ok = season_step_offsets(periods[:, 0], self._horizon, width)
+            cycles = steps_at.shape[1]
+            offsets = np.concatenate(
+                [around_at.reshape(n, kinds * 3), steps_at.reshape(n, cycles * 2)], axis=1
+            )
+            values = self._windows.read(positions, offsets)
+            around = values[:, : kinds * 3].reshape(n, kinds, 3)
+            seasons = np.where(around_ok.reshape(n, kinds, 3), around, np.nan)
+            steps = np.where(
+                steps_ok[:, :, None], values[:, kinds * 3 :].reshape(n, cycles, 2), np.nan
+            )
         computed = self._pipeline.compute(
             histories, exogenous, ts, spacing, periods, seasons, steps
         )

@@ -187,3 +187,31 @@ def test_nan_moments_are_numpys(seed: int) -> None:
         mean, std = nan_moments(values)
         np.testing.assert_array_equal(mean, np.nanmean(values, axis=1))
         np.testing.assert_array_equal(std, np.nanstd(values, axis=1))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nan_aware_statistics_are_numpys_and_warn_nothing(seed: int) -> None:
+    """compute() takes its NaN-aware minimum, maximum and seasonal mean without
+    np.nan* (which warn on a young key's rows of NaN): no warning, and the numbers
+    nanmin, nanmax and nanmean give, rows of NaN included."""
+    rng = np.random.default_rng(seed)
+    history = rng.normal(size=(6, 30)).cumsum(axis=1) * 10.0 ** rng.integers(-3, 4)
+    history[0] = np.nan  # a key with no value yet
+    history[1, :-1] = np.nan  # one value
+    history[rng.random(history.shape) < 0.2] = np.nan
+    steps = rng.normal(size=(6, 3, 2))
+    steps[rng.random(steps.shape) < 0.4] = np.nan
+    steps[2] = np.nan  # no season yet
+    pipeline = FeaturePipeline(lags=3, target="level", exogenous=())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        computed = pipeline.compute(history, np.empty((6, 0)), steps=steps)
+    last = history[:, -1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        step = np.nanmean(steps[:, :, 1] - steps[:, :, 0], axis=1)
+        lowest, highest = np.nanmin(history, axis=1) - last, np.nanmax(history, axis=1) - last
+    np.testing.assert_array_equal(computed.seasonal, last + step)
+    stats = computed.raw[:, pipeline.lags : pipeline.lags + 4]  # level mode: units of 1
+    np.testing.assert_array_equal(stats[:, 2], lowest)
+    np.testing.assert_array_equal(stats[:, 3], highest)

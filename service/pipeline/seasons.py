@@ -242,6 +242,12 @@ class SeasonBook:
             )
         return spacing
 
+    def counting_gaps(self, slots: IntArray) -> bool:
+        """Whether any of ``slots`` has fewer than :data:`SPACING_GAPS` gaps, the
+        only ones :meth:`observe_gaps` adds: a caller may skip working out gaps for
+        keys that have them all."""
+        return bool((self.gaps[slots] < SPACING_GAPS).any())
+
     def observe_gaps(self, slots: IntArray, gap_s: FloatArray) -> None:
         """Add events' gaps to their keys' first :data:`SPACING_GAPS` (in event order;
         NaN for a key's first event)."""

@@ -401,10 +401,9 @@ class PartitionTask:
 
     def _observe_gaps(self, slots: IntArray, ts: npt.NDArray[np.int64]) -> None:
         """Each event's gap to its key's previous event, in seconds, into the spacing
-        estimate (NaN for a key's first event); only a key's first
-        :data:`~service.pipeline.seasons.SPACING_GAPS` count, so a poll of keys that
-        have them all costs nothing here."""
-        if (self._seasons.gaps[slots] >= SPACING_GAPS).all():
+        estimate (NaN for a key's first event); nothing for a poll of keys that have
+        all the gaps the estimate counts."""
+        if not self._seasons.counting_gaps(slots):
             return
         previous = self._windows.newest_of(slots).astype(np.float64)
         previous[previous == float(_NO_TS)] = np.nan

@@ -36,15 +36,23 @@ prediction or the dead-letter header is written.
 
 Event time: numbers are epoch seconds when their magnitude is below 1e11 (until year
 5138), else epoch milliseconds; negative values are before 1970. ISO-8601 strings
-without a zone are taken as UTC. Times from year 1 to 9999 are accepted.
+without a zone are taken as UTC. Times from year 1 to 9999 are accepted. Besides what
+``datetime.fromisoformat`` reads, ISO 8601's reduced-precision dates (``2024``,
+``2024-03``: the first instant of that year or month) and ordinal dates
+(``2024-075``, ``2024075``, with or without a time after them) are read too: yearly
+and monthly series are often stamped that way, and rejecting every record of such a
+series as ``bad_time`` would leave it unforecast. ``202403`` stays rejected: ISO 8601
+leaves that form out, as it also reads as a truncated ``YYMMDD``.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
+import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -82,6 +90,8 @@ deep nesting, integers over Python's 4,300-digit limit, bad UTF-8."""
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_REDUCED_DATE = re.compile(r"([0-9]{4})(?:-([0-9]{2}))?")  # YYYY or YYYY-MM, whole string
+_ORDINAL_DATE = re.compile(r"([0-9]{4})-?([0-9]{3})(?=T|$)")  # YYYY-DDD or YYYYDDD, then a time
 
 
 class _Reject(Exception):
@@ -259,7 +269,7 @@ def _int_text(value: int, reason: str, field: str) -> str:
 
 def _iso_to_ms(text: str, field: str) -> int:
     try:
-        moment = datetime.fromisoformat(text)
+        moment = _from_iso(text)
     except ValueError as exc:
         raise _Reject("bad_time", f"'{field}' is not ISO-8601: {text[:64]!a}") from exc
     if moment.tzinfo is None:
@@ -270,3 +280,23 @@ def _iso_to_ms(text: str, field: str) -> int:
     except OverflowError as exc:  # year 1 or 9999 shifted past the end by its zone
         raise _Reject("bad_time", f"'{field}' is outside years 1 to 9999") from exc
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def _from_iso(text: str) -> datetime:
+    """``datetime.fromisoformat``, and the ISO 8601 dates it does not read (module
+    docstring), tried only once it failed: the usual full timestamps pay nothing."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        reduced = _REDUCED_DATE.fullmatch(text)
+        if reduced is not None:
+            year, month = reduced.groups()
+            return datetime(int(year), int(month or 1), 1, tzinfo=UTC)
+        ordinal = _ORDINAL_DATE.match(text)
+        if ordinal is None:
+            raise
+        year, day = int(ordinal[1]), int(ordinal[2])
+        if not 1 <= day <= 365 + calendar.isleap(year) or year < 1:
+            raise
+        calendar_date = date(year, 1, 1) + timedelta(days=day - 1)
+        return datetime.fromisoformat(calendar_date.isoformat() + text[ordinal.end() :])

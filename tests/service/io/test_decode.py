@@ -41,6 +41,11 @@ def test_valid_event_with_all_fields() -> None:
         ("2023-11-14T22:13:20Z", 1_700_000_000_000),
         ("2023-11-14T23:13:20+01:00", 1_700_000_000_000),
         ("2023-11-14T22:13:20", 1_700_000_000_000),
+        ("2023", 1_672_531_200_000),  # reduced precision: the year's first instant
+        ("2023-11", 1_698_796_800_000),  # the month's
+        ("2023-318", 1_699_920_000_000),  # ordinal: 14 November
+        ("2023318T22:13:20Z", 1_700_000_000_000),
+        ("2024-366", 1_735_603_200_000),  # a leap year's last day
     ],
 )
 def test_event_time_forms(ts: object, expected_ms: int) -> None:
@@ -84,6 +89,11 @@ def test_time_falls_back_to_the_record_timestamp_and_key_to_the_field() -> None:
         (b'{"y": 1, "ts": [1]}', b"k", "bad_time"),
         (b'{"y": 1, "ts": -62135596800001}', b"k", "bad_time"),
         (b'{"y": 1, "ts": "0000-12-31T23:59:59Z"}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": "202311"}', b"k", "bad_time"),  # not ISO 8601: reads as YYMMDD too
+        (b'{"y": 1, "ts": "2023-13"}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": "2023-366"}', b"k", "bad_time"),  # not a leap year
+        (b'{"y": 1, "ts": "2023-000"}', b"k", "bad_time"),
+        (b'{"y": 1, "ts": "0000"}', b"k", "bad_time"),
         (b'{"y": 1, "x": [1, 2]}', b"k", "bad_features"),
         (b'{"y": 1, "x": {"temp": "hot"}}', b"k", "bad_features"),
     ],

@@ -12,7 +12,7 @@ header) and a human ``detail``. Reasons, in the order they are checked:
 ``missing_target``  no target field
 ``bad_target``      target is not a number (strings, booleans and null included)
 ``non_finite``      NaN or ±Infinity in the target or a feature
-``bad_time``        time field present but not epoch s/ms or ISO-8601 in years 1 to 9999
+``bad_time``        time field present but not an epoch number or ISO-8601 in years 1 to 9999
 ``future_time``     event time more than ``forecast.max_future_skew_s`` ahead of the
                     record's broker timestamp (or of the wall clock when it has none)
 ``bad_features``    features field not an object of name -> number, or a name that is
@@ -35,18 +35,25 @@ feature name ``bad_features``) here, rather than an encoding crash when the
 prediction or the dead-letter header is written.
 
 Event time: numbers are epoch seconds when their magnitude is below 1e11 (until year
-5138), else epoch milliseconds; negative values are before 1970. ISO-8601 strings
-without a zone are taken as UTC. Times from year 1 to 9999 are accepted. Besides what
-``datetime.fromisoformat`` reads, ISO 8601's reduced-precision dates (``2024``,
-``2024-03``: the first instant of that year or month) and ordinal dates
-(``2024-075``, ``2024075``, with or without a time after them) are read too: yearly
-and monthly series are often stamped that way, and rejecting every record of such a
-series as ``bad_time`` would leave it unforecast. ``202403`` stays rejected: ISO 8601
-leaves that form out, as it also reads as a truncated ``YYMMDD``.
+5138), milliseconds below 1e14, microseconds below 1e17, else nanoseconds (pandas'
+``Timestamp.value`` goes through as it is); negative values are before 1970. Each
+unit's range starts where the one before ends, about three years from 1970: a
+millisecond count of 1967-72 reads as seconds, a microsecond count of those years as
+milliseconds; milliseconds past year 5138 read as microseconds (``future_time``
+anyway unless ``forecast.max_future_skew_s`` is null).
+
+ISO-8601 strings without a zone are taken as UTC. Times from year 1 to 9999 are
+accepted. Besides what ``datetime.fromisoformat`` reads, ISO 8601's reduced-precision
+dates (``2024``, ``2024-03``: the first instant of that year or month) and ordinal
+dates (``2024-075``, ``2024075``, with or without a time after them) are read too:
+yearly and monthly series are often stamped that way, and rejecting every record of
+such a series as ``bad_time`` would leave it unforecast. ``202403`` stays rejected:
+ISO 8601 leaves that form out, as it also reads as a truncated ``YYMMDD``.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import json
 import math
@@ -81,7 +88,9 @@ REASONS = (
 """Every dead-letter reason: the bounded label values of ``forecastd_invalid_messages_total``."""
 
 MAX_KEY_CHARS = 256
-_SECONDS_LIMIT = 10**11
+EPOCH_UNITS = (10**11, 10**14, 10**17)
+"""Magnitudes below which a number is epoch seconds, milliseconds, microseconds; above
+the last, nanoseconds."""
 _TS_MS_MIN = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 _TS_MS_MAX = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _PARSE_ERRORS = (ValueError, RecursionError, UnicodeError, OverflowError, MemoryError)
@@ -176,12 +185,11 @@ class Decoder:
         if isinstance(raw, bool):
             raise _Reject("bad_time", f"'{field}' is a boolean")
         if isinstance(raw, int):
-            # Exact integer arithmetic: a 400-digit ts must not reach float().
-            ts_ms = raw * 1000 if abs(raw) < _SECONDS_LIMIT else raw
+            ts_ms = _epoch_ms(raw)
         elif isinstance(raw, float):
             if not math.isfinite(raw):
                 raise _Reject("bad_time", f"'{field}' is not finite")
-            ts_ms = int(raw * 1000) if abs(raw) < _SECONDS_LIMIT else int(raw)
+            ts_ms = _epoch_ms(raw)
         elif isinstance(raw, str):
             ts_ms = _iso_to_ms(raw, field)
         else:
@@ -265,6 +273,16 @@ def _int_text(value: int, reason: str, field: str) -> str:
         return str(value)
     except ValueError as exc:
         raise _Reject(reason, f"'{field}' is an integer too long to print") from exc
+
+
+def _epoch_ms(raw: int | float) -> int:
+    """Epoch milliseconds from a number, in the unit its magnitude says (module
+    docstring). An ``int`` stays exact (a 400-digit one must not reach ``float()``)
+    and is floored when divided."""
+    unit = bisect.bisect_right(EPOCH_UNITS, abs(raw))  # 0 s, 1 ms, 2 µs, 3 ns
+    if isinstance(raw, int):
+        return raw * 1000 if unit == 0 else raw // 1000 ** (unit - 1)
+    return int(raw * 1000.0 ** (1 - unit))
 
 
 def _iso_to_ms(text: str, field: str) -> int:

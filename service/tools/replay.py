@@ -9,10 +9,12 @@ fast as the broker takes them).
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from service.config import SchemaSettings
 from service.errors import DatasetError
 from service.extras import require
+from service.io.decode import EPOCH_UNITS
 from service.records import RawRecord
 from service.tools import datasets
 
@@ -97,23 +100,24 @@ def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
     )
 
 
-_AMBIGUOUS_MS = 100_000_000_000
-"""Input times below this in absolute value are read as epoch seconds (README, Input)."""
-
-
 def _time_value(ms: int | None) -> int | str | None:
     """Epoch milliseconds, or an ISO-8601 string for times within about three years of
-    1970, whose milliseconds a reader would take for seconds."""
-    if ms is None or abs(ms) >= _AMBIGUOUS_MS:
+    1970, whose milliseconds the decoder would read as seconds
+    (:data:`~service.io.decode.EPOCH_UNITS`). No time read from a column is past year
+    5138, where milliseconds would read as microseconds."""
+    if ms is None or abs(ms) >= EPOCH_UNITS[0]:
         return ms
-    stamp = pd.Timestamp(ms, unit="ms", tz="UTC")
-    return stamp.isoformat().replace("+00:00", "Z")
+    stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _epoch_ms(series: pd.Series) -> list[int | None]:
+    """A time column as epoch milliseconds; a numeric one in the unit its largest
+    magnitude says, as the decoder reads a single time."""
     if pd.api.types.is_numeric_dtype(series):
         values = series.astype(float)
-        scale = 1000.0 if values.abs().max() < 1e11 else 1.0
+        unit = bisect.bisect_right(EPOCH_UNITS, values.abs().max())
+        scale = 1000.0 ** (1 - unit)
         return [int(v * scale) for v in values]
     stamps = pd.to_datetime(series, utc=True)
     return [int(t.value // 1_000_000) for t in stamps]

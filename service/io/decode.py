@@ -11,12 +11,13 @@ header) and a human ``detail``. Reasons, in the order they are checked:
 ``bad_key``         key field of the wrong type, empty, too long, or key bytes not UTF-8
 ``missing_target``  no target field
 ``bad_target``      target is not a number (strings, booleans and null included)
-``non_finite``      NaN or ±Infinity in the target or a feature
+``non_finite``      NaN or ±Infinity in the target or a used feature
 ``bad_time``        time field present but not an epoch number or ISO-8601 in years 1 to 9999
 ``future_time``     event time more than ``forecast.max_future_skew_s`` ahead of the
                     record's broker timestamp (or of the wall clock when it has none)
-``bad_features``    features field not an object of name -> number, or a name that is
-                    not valid Unicode (a lone surrogate from a ``\\ud800`` escape)
+``bad_features``    features field not an object, a used feature's value neither a
+                    number nor null, or a name that is not valid Unicode (a lone
+                    surrogate from a ``\\ud800`` escape)
 
 ``out_of_order`` is decided later, by the task, which knows each key's newest time;
 so is ``outlier`` (``forecast.outliers``), which needs the key's recent values;
@@ -41,6 +42,15 @@ unit's range starts where the one before ends, about three years from 1970: a
 millisecond count of 1967-72 reads as seconds, a microsecond count of those years as
 milliseconds; milliseconds past year 5138 read as microseconds (``future_time``
 anyway unless ``forecast.max_future_skew_s`` is null).
+
+Features: only the names models use (``schema.features``, or the list ``auto`` fixed
+from the first poll) are checked. Their values must be finite numbers, or ``null``,
+which is how pandas and orjson write a missing value: it is imputed like an absent
+name. Any other name is not an input to anything and is ignored, whatever its value
+(a category, a flag, a note), so a record is never lost for a field nobody reads; the
+count of such names goes to ``forecastd_ignored_features_total`` in ``auto`` mode.
+NaN and Infinity in a used feature stay ``non_finite``: the contract's numbers are
+finite, and a producer that sends them has a bug worth seeing.
 
 ISO-8601 strings without a zone are taken as UTC. Times from year 1 to 9999 are
 accepted. Besides what ``datetime.fromisoformat`` reads, ISO 8601's reduced-precision
@@ -150,9 +160,7 @@ class Decoder:
         key = self._key(record, obj)
         y = _finite_number(obj, schema.target_field, "missing_target", "bad_target")
         ts_ms = self._time(record, obj)
-        x = self._exogenous(obj)
-        named = obj.get(schema.features_field)
-        ignored = len(named) - int(np.isfinite(x).sum()) if isinstance(named, dict) else 0
+        x, ignored = self._exogenous(obj)
         return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record, ignored=ignored)
 
     def _key(self, record: RawRecord, obj: dict[str, Any]) -> str:
@@ -207,18 +215,28 @@ class Decoder:
                 )
         return ts_ms
 
-    def _exogenous(self, obj: dict[str, Any]) -> np.ndarray:
+    def _exogenous(self, obj: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """The values of the features models use, NaN where missing, and how many
+        names the record has besides them (module docstring, "Features")."""
         field = self._schema.features_field
         raw = obj.get(field)
         if raw is None:
-            return self._no_features
+            return self._no_features, 0
         if not isinstance(raw, dict):
             raise _Reject("bad_features", f"'{field}' must be an object of name -> number")
-        for name in raw:
-            if not _is_unicode(name):
-                raise _Reject("bad_features", "a feature name is not valid Unicode")
-            _finite_number(raw, name, "bad_features", "bad_features")
-        return np.array([float(raw[name]) if name in raw else np.nan for name in self._features])
+        if not all(map(_is_unicode, raw)):
+            raise _Reject("bad_features", "a feature name is not valid Unicode")
+        values, listed = [], 0
+        for name in self._features:
+            if name in raw:
+                listed += 1
+            # absent, or JSON's null (how pandas and orjson write a missing value):
+            # missing, so imputed
+            missing = raw.get(name) is None
+            bad = "bad_features"
+            values.append(math.nan if missing else _finite_number(raw, name, bad, bad))
+        x = np.array(values) if values else self._no_features
+        return x, len(raw) - listed
 
 
 def _parse_json(value: bytes) -> Any:

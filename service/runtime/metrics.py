@@ -126,8 +126,8 @@ class Metrics:
         )
         self.ignored_features = Counter(
             "forecastd_ignored_features",
-            "Exogenous feature values ignored: names first seen after schema.features: auto"
-            " fixed the list.",
+            "Exogenous feature values ignored under schema.features: auto: names outside the"
+            " list it fixed (first seen later, or not numbers in the first poll).",
             registry=registry,
         )
         self.evicted = Counter(

@@ -112,7 +112,7 @@ def _malformed(count: int) -> tuple[list[Any], dict[bytes, str]]:
         ("bad_target", b"alpha", b'{"y": "12.5"}'),
         ("non_finite", b"alpha", b'{"y": NaN}'),
         ("bad_time", b"alpha", b'{"y": 1.0, "ts": "yesterday"}'),
-        ("bad_features", b"alpha", b'{"y": 1.0, "x": {"a": "b"}}'),
+        ("bad_features", b"alpha", b'{"y": 1.0, "x": "b"}'),
         ("out_of_order", b"alpha", orjson.dumps({"y": 1.0, "ts": START_MS - 10_000})),
     ]
     records, expected = [], {}

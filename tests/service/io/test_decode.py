@@ -57,6 +57,25 @@ def test_event_time_forms(ts: object, expected_ms: int) -> None:
     assert event.ts_ms == expected_ms
 
 
+@pytest.mark.parametrize(
+    ("x", "expected", "ignored"),
+    [
+        (b'{"temp": 20, "weather": "rain", "flag": true}', [20.0, math.nan], 2),
+        (b'{"temp": null, "load": 3, "note": null}', [math.nan, 3.0], 1),
+        (b'{"other": NaN, "deep": {"a": [1]}}', [math.nan, math.nan], 2),
+    ],
+    ids=["categories-beside", "null-is-missing", "unused-nan-and-object"],
+)
+def test_only_the_features_models_use_are_checked(
+    x: bytes, expected: list[float], ignored: int
+) -> None:
+    """A name nobody reads never costs its record; ``null`` is a missing value."""
+    event = _decode(b'{"y": 1, "x": ' + x + b"}")
+    assert isinstance(event, Event), event
+    np.testing.assert_array_equal(event.x, expected)
+    assert event.ignored == ignored
+
+
 def test_time_falls_back_to_the_record_timestamp_and_key_to_the_field() -> None:
     event = _decode(b'{"key": "AAPL", "y": 1}', key=None, timestamp=42)
     assert isinstance(event, Event)
@@ -99,6 +118,8 @@ def test_time_falls_back_to_the_record_timestamp_and_key_to_the_field() -> None:
         (b'{"y": 1, "ts": "0000"}', b"k", "bad_time"),
         (b'{"y": 1, "x": [1, 2]}', b"k", "bad_features"),
         (b'{"y": 1, "x": {"temp": "hot"}}', b"k", "bad_features"),
+        (b'{"y": 1, "x": {"load": true}}', b"k", "bad_features"),
+        (b'{"y": 1, "x": {"load": NaN}}', b"k", "non_finite"),
     ],
 )
 def test_each_invalid_kind_has_its_reason(

@@ -5,8 +5,9 @@ ensemble, intervals) on in-memory streams, with the built-in default models.
 * a random-walk key and a nonlinear-map key in one partition each get the ensemble
   close to their own best member;
 * keys whose scales differ 100x get intervals 100x apart, and both cover;
-* a tabular stream with ``schema.features: auto`` learns from its ``x``, and a small
-  table is forecast by a regression on it;
+* a tabular stream with ``schema.features: auto`` learns from its ``x`` (with a
+  category and missing values beside the numbers too), and a small table is forecast
+  by a regression on it;
 * after a regime switch the ensemble follows the new best member quickly;
 * a panel of short growth curves, all starting together, is learned from each key's
   second value on;
@@ -224,6 +225,23 @@ def test_a_tabular_stream_learns_from_its_features_without_listing_them() -> Non
     scores = run_backtest(_records(rows), settings, warmup=0.3).scores
     assert scores["ensemble"].mae < 0.2 * scores["last"].mae
     assert scores["linear"].mae < 0.2 * scores["last"].mae
+
+
+def test_a_table_with_categories_and_missing_values_beside_its_numbers_is_learned() -> None:
+    """What a data frame's rows look like as JSON: a category column beside the
+    numbers (not an input, never a reason to drop the row) and now and then a missing
+    number, written as ``null`` (imputed)."""
+    rng = np.random.default_rng(12)
+    records = []
+    for i in range(1500):
+        a, b = rng.normal(), rng.normal()
+        x = {"a": a, "b": None if i % 7 == 3 else b, "colour": ["red", "blue"][i % 2]}
+        y = 3.0 * a - 2.0 * b + rng.normal(0, 0.1)
+        value = orjson.dumps({"key": "house", "ts": START_MS + i * 1000, "y": y, "x": x})
+        records.append(RawRecord("ticks", 0, i, b"house", value))
+    result = run_backtest(records, _settings(forecast={"horizon": 0}), warmup=0.3)
+    assert result.dead_letters == 0
+    assert result.scores["ensemble"].mae < 0.3 * result.scores["last"].mae
 
 
 def test_a_small_table_is_forecast_by_a_regression_on_its_features() -> None:

@@ -24,9 +24,12 @@ predictions it published (the output topic of the backtest's in-memory sink), ma
 the truth by their ``source`` offset.
 
 Usage: ``python -m bench.quality [--suite short|outside] [--datasets a,b] [--json PATH]
-[--markdown]`` (the default suite takes minutes, most of it the reference's random
-forest; the short series, :data:`SHORT_CASES`, seconds; the outside data,
-:data:`OUTSIDE_CASES`, a few minutes).
+[--markdown] [--no-event-times]`` (the default suite takes minutes, most of it the
+reference's random forest; the short series, :data:`SHORT_CASES`, seconds; the
+outside data, :data:`OUTSIDE_CASES`, a few minutes). ``--no-event-times`` sends the
+records without their times, as a backlog produced by a tool that has none: the
+daemon then sees broker timestamps a millisecond apart (the reference never uses
+time).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ from service.tools.backtest import run_backtest
 
 WARMUP = 0.2
 """Share of each key's scorable events left out of every column, from its start."""
+PRODUCED_AT_MS = 1_764_000_000_000
+"""``--no-event-times``: the broker timestamp of the first record (2025-11-24)."""
 
 
 @dataclass(frozen=True)
@@ -218,9 +223,12 @@ def run_case(
     limit: int | None = None,
     members: tuple[str, ...] = (),
     overrides: Mapping[str, str] | None = None,
+    event_times: bool = True,
 ) -> Quality:
     """Score one dataset (its first ``limit`` events only, if given); ``overrides``:
-    ``FORECASTD_*`` settings applied to the default's and persistence's settings."""
+    ``FORECASTD_*`` settings applied to the default's and persistence's settings.
+    ``event_times=False``: the records carry no time field, and their broker
+    timestamps are a millisecond apart (a backlog produced without event times)."""
     started = time.perf_counter()
     frame = datasets.load(case.dataset)
     if limit is not None:
@@ -234,8 +242,11 @@ def run_case(
     persistence = Settings.model_validate(
         {**data, "models": [{"name": "persistence", "kind": "persistence", "primary": True}]}
     )
-    pairs = replay.encode(frame, replay.Columns(features=features), settings.schema_)
+    columns = replay.Columns(features=features, time="ts" if event_times else None)
+    pairs = replay.encode(frame, columns, settings.schema_)
     records = replay.as_records(pairs, settings.kafka.input_topic)
+    if not event_times:
+        records = [r._replace(timestamp_ms=PRODUCED_AT_MS + r.offset) for r in records]
     y_hat, lower, upper = _daemon(records, settings, truth)
     last, _, _ = _daemon(records, persistence, truth)
 
@@ -350,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="a model kind to add to the defaults and their ensemble (repeatable)",
     )
+    parser.add_argument(
+        "--no-event-times",
+        dest="event_times",
+        action="store_false",
+        help="send no time field: event times are broker timestamps a millisecond apart",
+    )
     add_set_option(parser, "the default and persistence runs")
     args = parser.parse_args(argv)
     overrides = set_overrides(parser, args.set)
@@ -362,7 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     results = []
     for name in names:
-        result = run_case(ALL_CASES[name], members=tuple(args.member), overrides=overrides)
+        result = run_case(
+            ALL_CASES[name],
+            members=tuple(args.member),
+            overrides=overrides,
+            event_times=args.event_times,
+        )
         console.print(f"{name}: {result.seconds:.1f} s")
         results.append(result)
     elapsed = time.perf_counter() - started

@@ -29,7 +29,8 @@ values (``(n, E)``, NaN where missing) it computes, vectorised over the batch:
   the change over the same stretch carries the season and the last value the level,
   and the mean over a few cycles is less noisy than one cycle's change;
 * ``hour_sin/cos``, ``dow_sin/cos``, ``doy_sin/cos``: the target's time of day, week
-  and year, for keys whose spacing makes them meaningful (NaN otherwise);
+  and year, for keys whose spacing and span make them meaningful
+  (:func:`~service.pipeline.seasons.calendar_mask`; NaN otherwise);
 * the exogenous features, in ``schema.features`` order.
 
 Then online standardisation per column (:class:`RunningScaler`), row by row in event
@@ -123,6 +124,7 @@ class FeaturePipeline:
         periods: IntArray | None = None,
         seasons: FloatArray | None = None,
         steps: FloatArray | None = None,
+        span_s: FloatArray | None = None,
     ) -> Computed:
         """Raw (unscaled) features of each row; see the module docstring.
 
@@ -130,7 +132,9 @@ class FeaturePipeline:
         holds); ``seasons`` (``(n, 2, 3)``, from :func:`season_offsets`) then gives
         the values one season back, and ``steps`` (``(n, cycles, 2)``, from
         :func:`season_step_offsets`) those the first season's changes are taken
-        between, which ``periods`` would otherwise locate in it."""
+        between, which ``periods`` would otherwise locate in it. ``span_s``: how long
+        each row's key has been seen (its spacing times its values); a calendar
+        feature waits for a part of its cycle (None: it does not wait)."""
         n = history.shape[0]
         if n == 0:
             return Computed(np.empty((0, len(self.names))), np.ones(0), np.ones(0), np.empty(0))
@@ -170,7 +174,7 @@ class FeaturePipeline:
                 period = np.zeros(n, np.intp) if periods is None else periods[:, j]
                 around = self._season(history, period)
             parts.append((around - last[:, None]) / scale[:, None])
-        parts.append(self._calendar(n, ts_ms, spacing_s))
+        parts.append(self._calendar(n, ts_ms, spacing_s, span_s))
         parts.append(exogenous.reshape(n, -1))
         raw = np.concatenate(parts, axis=1)
         real = np.isfinite(unit) & (unit > 1e-9 * np.maximum(np.abs(np.nan_to_num(last)), 1.0))
@@ -204,14 +208,18 @@ class FeaturePipeline:
         return np.where(valid, _at(history, offsets), np.nan)
 
     def _calendar(
-        self, n: int, ts_ms: npt.NDArray[np.int64] | None, spacing_s: FloatArray | None
+        self,
+        n: int,
+        ts_ms: npt.NDArray[np.int64] | None,
+        spacing_s: FloatArray | None,
+        span_s: FloatArray | None,
     ) -> FloatArray:
         """Sine and cosine of the target's phase in each cycle, where meaningful."""
         if ts_ms is None or spacing_s is None:
             return np.full((n, 2 * len(_CALENDAR)), np.nan)
         lead = np.where(np.isfinite(spacing_s), spacing_s, 0.0) * self.horizon
         seconds = ts_ms.astype(np.float64) / 1000.0 + lead
-        mask = calendar_mask(spacing_s)
+        mask = calendar_mask(spacing_s, span_s)
         out = np.full((n, 2 * len(_CALENDAR)), np.nan)
         for j, cycle in enumerate(_CYCLE_S):
             shift = _EPOCH_WEEKDAY * _DAY_S if j == 1 else 0.0

@@ -4,21 +4,36 @@ Spacing. A key's typical time between events is the geometric mean of its first
 :data:`SPACING_GAPS` gaps (robust to a weekend or an outage, and frozen after that, so
 the same key always gets the same calendar features whatever the batching). Calendar
 features (hour of day, day of week, day of year) are only meaningful for keys that
-tick well within the cycle; :func:`calendar_mask` says which.
+tick well within the cycle and whose events have spanned a part of it
+(:data:`CALENDAR_SPAN`); :func:`calendar_mask` says which. Without the span, a
+position in a cycle the key has barely moved through is a disguised event counter:
+the hour of day of a table stamped a second per row, of a two-minute recording, or of
+a backlog sent without event times (its broker timestamps a millisecond apart).
+Learned members took such a counter for information: the row order of a table, a
+trend in a replay.
 
 Seasons. ``forecast.seasonal_periods`` fixes up to two periods (in events) for every
 key. Otherwise each key's own are detected from its history (:func:`detect`) when it
 has seen :data:`FIRST_DETECTION` values, again at twice and four times that, and then
 every half history: the candidates are the calendar periods its spacing implies (a
 day, a week and a year in events, where they fit in its history) and the strongest
-autocorrelation peak; a candidate ``p`` is kept when the history holds two cycles of
-it, the autocorrelation of the detrended history has a local maximum of at least
-:data:`MIN_CORRELATION` there, and the series repeats: its differences over ``p``
-events are smaller than over the lags inside one cycle (mean squares at most
-:data:`MAX_DIP` times, :func:`_dip`), which a random walk's or a mean-reverting
-process's never are, since theirs only grow with the lag. A random walk's
-autocorrelation decays without peaks, so prices get no season; an hourly load gets
-24 and 168. The two strongest kept periods, strongest first, are the key's seasons.
+autocorrelation peak. A key whose spacing puts no calendar period in its history
+also gets every divisor of that peak: the autocorrelation of a long history often
+peaks at a multiple of the season (36 or 72 months for a yearly cycle), and without
+a calendar period nothing else would propose the season itself. That is a yearly
+series, a sensor ticking many times a second, or a backlog sent without event times,
+whose broker timestamps are a millisecond apart. A candidate ``p`` is kept when the
+history holds two cycles of it, the autocorrelation of the detrended history has a
+local maximum of at least :data:`MIN_CORRELATION` there, and the series repeats: its
+differences over ``p`` events are smaller than over the lags inside one cycle (mean
+squares at most :data:`MAX_DIP` times, :func:`_dip`), which a random walk's or a
+mean-reverting process's never are, since theirs only grow with the lag. A random
+walk's autocorrelation decays without peaks, so prices get no season; an hourly load
+gets 24 and 168. Of the kept periods, the two whose changes repeat best are the key's
+seasons, the best first: the least variance of a change minus the change one period
+before, which is the error of the seasonal naive (it forecasts a change by the
+changes a season back, with the first season). A quarter inside a year repeats well
+enough to be kept, but forecasts a monthly index worse than the year.
 """
 
 from __future__ import annotations
@@ -38,6 +53,9 @@ MAX_TREND_DIP = 0.25
 TREND_CYCLES = 4
 MIN_CORRELATION = 0.2
 MAX_SEASONS = 2
+CALENDAR_SPAN = 0.25
+"""Share of a cycle a key's events must span (spacing times values seen) before that
+cycle's calendar feature is on: a quarter, set before measuring, not tuned."""
 _DAY_S = 86_400.0
 _CYCLES_S = (_DAY_S, 7 * _DAY_S, 365.2425 * _DAY_S)
 
@@ -56,7 +74,8 @@ def detection_due(count_after: IntArray, history: int) -> npt.NDArray[np.bool_]:
 
 
 def detect(values: FloatArray, spacing_s: float) -> list[int]:
-    """The key's seasons (events), strongest first, from its history (oldest first).
+    """The key's seasons (events), from its history (oldest first): the one whose
+    changes repeat best first (module docstring).
 
     >>> t = np.arange(200)
     >>> detect(np.sin(2 * np.pi * t / 24) + 0.01 * np.cos(t), spacing_s=3600.0)
@@ -85,24 +104,30 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
             p = round(cycle / spacing_s)
             if 2 <= p <= longest:
                 candidates.add(p)
+    calendar = bool(candidates)
     half = n // 2
     if half > 3:
         scores = [(_prominence(acf, p), p) for p in range(2, half)]
         best = max(scores)
         if best[0] > 0:
             candidates.add(best[1])
-    snapped = {_snap(acf, p) for p in candidates}
-    kept = sorted(
-        (
-            (1.0 - _dip(v, p), p)
-            for p in snapped
-            if n >= 2 * p + 8 and acf[p] >= MIN_CORRELATION and _prominence(acf, p) > 0
-        ),
-        reverse=True,
-    )
+            if not calendar:  # the peak may be a multiple of the season (module docstring)
+                candidates.update(d for d in range(2, best[1]) if best[1] % d == 0)
+    snapped = sorted({_snap(acf, p) for p in candidates})
+    repeating = [
+        p
+        for p in snapped
+        if n >= 2 * p + 8
+        and acf[p] >= MIN_CORRELATION
+        and _prominence(acf, p) > 0
+        and _dip(v, p) <= MAX_DIP
+    ]
+    # the period whose seasonal naive would err least first (module docstring)
+    changes = np.diff(v)
+    repeating.sort(key=lambda p: float(np.var(changes[p:] - changes[:-p])))
     seasons: list[int] = []
-    for prominence, p in kept:
-        if prominence < 1.0 - MAX_DIP or any(abs(p - q) <= 2 for q in seasons):
+    for p in repeating:
+        if any(abs(p - q) <= 2 for q in seasons):
             continue
         seasons.append(p)
         if len(seasons) == MAX_SEASONS:
@@ -180,17 +205,23 @@ def _prominence(acf: FloatArray, p: int) -> float:
     return peak - trough
 
 
-def calendar_mask(spacing_s: FloatArray) -> npt.NDArray[np.bool_]:
+def calendar_mask(spacing_s: FloatArray, span_s: FloatArray | None = None) -> npt.NDArray[np.bool_]:
     """``(n, 3)``: whether hour-of-day, day-of-week and day-of-year features mean
     something for keys of this spacing (at least four events per cycle; NaN spacing,
-    a young key, gets none).
+    a young key, gets none) whose events span ``span_s`` seconds (at least
+    :data:`CALENDAR_SPAN` of the cycle; None: no such condition).
 
     >>> calendar_mask(np.array([3600.0, 86400.0, 7 * 86400.0, np.nan])).tolist()
     [[True, True, True], [False, True, True], [False, False, True], [False, False, False]]
+    >>> spacing, span = np.array([3600.0, 3600.0, 0.001]), np.array([7200.0, 3e6, 10.0])
+    >>> calendar_mask(spacing, span).tolist()
+    [[False, False, False], [True, True, False], [False, False, False]]
     """
     cycles = np.array(_CYCLES_S)
     with np.errstate(invalid="ignore"):
         mask: npt.NDArray[np.bool_] = spacing_s[:, None] * 4 <= cycles[None, :]
+        if span_s is not None:
+            mask &= span_s[:, None] >= CALENDAR_SPAN * cycles[None, :]
     return mask
 
 

@@ -477,8 +477,9 @@ class PartitionTask:
             steps = np.where(
                 steps_ok[:, :, None], values[:, kinds * 3 :].reshape(n, cycles, 2), np.nan
             )
+        span = spacing * count_at  # how long the key has been seen, for the calendar
         computed = self._pipeline.compute(
-            histories, exogenous, ts, spacing, periods, seasons, steps
+            histories, exogenous, ts, spacing, periods, seasons, steps, span
         )
         rows.keys = [event.key for event in new]
         rows.slots = slots

@@ -149,6 +149,18 @@ def test_main_filters_datasets_and_writes_json(
         quality.main(["--datasets", "nope"])
 
 
+def test_without_event_times_every_record_is_forecast_and_the_reference_is_the_same() -> None:
+    """``--no-event-times``: nothing dead-lettered (``run_case`` raises if anything
+    is), every scorable row predicted, and the reference, which never sees time,
+    scores as with them."""
+    case = quality.SHORT_CASES["elnino"]
+    with_times = quality.run_case(case, limit=240)
+    without = quality.run_case(case, limit=240, event_times=False)
+    assert without.default_predicted == without.scored == with_times.scored
+    assert without.river_mae == with_times.river_mae
+    assert without.persistence_mae == with_times.persistence_mae
+
+
 def test_geometric_mean() -> None:
     assert quality.geometric_mean([0.5, 2.0]) == pytest.approx(1.0)
 

@@ -113,6 +113,23 @@ def test_calendar_features_only_for_keys_that_tick_within_the_cycle() -> None:
     assert np.isfinite(named[1]["doy_sin"])
 
 
+def test_calendar_features_wait_until_the_key_has_spanned_part_of_the_cycle() -> None:
+    """A key a millisecond apart (a backlog sent without event times) that has been
+    seen for ten seconds gets no hour of day; an hourly key seen for two days gets the
+    hour and the weekday, not yet the day of the year."""
+    pipeline = FeaturePipeline(lags=1, target="change", exogenous=(), horizon=1)
+    ts = np.array([10_000, 86_400_000], dtype=np.int64)
+    spacing = np.array([0.001, 3600.0])
+    computed = pipeline.compute(
+        np.ones((2, 4)), np.empty((2, 0)), ts, spacing, span_s=spacing * [10_000, 48]
+    )
+    named = [dict(zip(pipeline.names, row, strict=True)) for row in computed.raw]
+    assert all(np.isnan(named[0][f"{c}_sin"]) for c in ("hour", "dow", "doy"))
+    assert np.isfinite(named[1]["hour_sin"])
+    assert np.isfinite(named[1]["dow_sin"])
+    assert np.isnan(named[1]["doy_sin"])
+
+
 def test_young_windows_give_nan_that_scales_to_zero() -> None:
     pipeline = FeaturePipeline(lags=3, target="change", exogenous=("temp",))
     raw = pipeline.compute(np.array([[np.nan, np.nan, np.nan, 5.0]]), np.array([[np.nan]])).raw

@@ -81,3 +81,29 @@ def test_the_lags_across_a_cycle_find_nothing_more_in_random_walks(
     found = [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
     monkeypatch.setattr(seasons, "_between", lambda p: [max(p // 2, 1)])
     assert found == [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
+
+
+def test_without_a_calendar_period_the_season_is_found_among_the_peaks_divisors() -> None:
+    """A key whose spacing implies no calendar period (a backlog sent without event
+    times: broker timestamps a millisecond apart) has only its autocorrelation's
+    strongest peak as a candidate, and on a long history that peak is a multiple of
+    the season. Its divisors are candidates too, and the year, whose changes repeat
+    best, comes first, not the quarters inside it."""
+    for n in (120, 240):
+        found = [detect(_quarter_ends(n, seed), 0.001) for seed in range(6)]
+        assert sum(s[:1] == [12] for s in found) >= 5, (n, found)
+
+
+def test_the_peaks_divisors_find_nothing_more_in_random_walks_and_noise() -> None:
+    """Without a calendar period, random walks (daily prices) and white noise get no
+    more seasons than with one."""
+    counts = (48, 96, 192, 400, 600, 800, 1000, 1257)
+    walks = [
+        100.0 + np.cumsum(np.random.default_rng(seed).normal(0.05 * (seed % 3), 1.0, 1257))
+        for seed in range(40)
+    ]
+    noise = [np.random.default_rng(100 + seed).normal(size=1257) for seed in range(20)]
+    for series in (walks, noise):
+        with_calendar = sum(bool(detect(s[:n], _DAY_S)) for s in series for n in counts)
+        without = sum(bool(detect(s[:n], 0.001)) for s in series for n in counts)
+        assert without <= with_calendar

@@ -228,13 +228,11 @@ class Decoder:
             raise _Reject("bad_features", "a feature name is not valid Unicode")
         values, listed = [], 0
         for name in self._features:
-            if name in raw:
-                listed += 1
-            # absent, or JSON's null (how pandas and orjson write a missing value):
-            # missing, so imputed
-            missing = raw.get(name) is None
-            bad = "bad_features"
-            values.append(math.nan if missing else _finite_number(raw, name, bad, bad))
+            listed += name in raw
+            if raw.get(name) is None:  # absent, or null (pandas' and orjson's missing)
+                values.append(math.nan)  # imputed
+            else:
+                values.append(_finite_number(raw, name, "bad_features", "bad_features"))
         x = np.array(values) if values else self._no_features
         return x, len(raw) - listed
 

@@ -12,6 +12,18 @@ _MONTH_S = 30.44 * 86_400.0
 _DAY_S = 86_400.0
 
 
+_COUNTS = (48, 96, 192, 400, 600, 800, 1000, 1257)
+"""Value counts at which a task detects, up to a daily price series' length."""
+
+
+def _walks() -> list[np.ndarray]:
+    """Forty random walks of daily prices, a third of them with each of three drifts."""
+    return [
+        100.0 + np.cumsum(np.random.default_rng(seed).normal(0.05 * (seed % 3), 1.0, 1257))
+        for seed in range(40)
+    ]
+
+
 def _growing_seasonal(n: int, seed: int) -> np.ndarray:
     """A monthly series whose level grows and whose yearly swing grows with it, as
     airline passengers' does."""
@@ -33,11 +45,7 @@ def test_the_trend_rule_finds_nothing_more_in_random_walks(
     detected at the value counts where a task detects, as without the variance rule:
     the mean squares' rule alone (MAX_DIP) already finds a spurious one now and then,
     the variance rule must not add to that."""
-    counts = (48, 96, 192, 400, 600, 800, 1000, 1257)
-    walks = [
-        100.0 + np.cumsum(np.random.default_rng(seed).normal(0.05 * (seed % 3), 1.0, 1257))
-        for seed in range(40)
-    ]
+    counts, walks = _COUNTS, _walks()
     found = [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
     monkeypatch.setattr(seasons, "MAX_TREND_DIP", -1.0)  # the variance rule off
     without = [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
@@ -73,11 +81,7 @@ def test_the_lags_across_a_cycle_find_nothing_more_in_random_walks(
     """The reference of the lags across a cycle is never below that of half a cycle,
     so it can only keep more periods; on random walks (daily prices) it keeps none
     that half a cycle did not."""
-    counts = (48, 96, 192, 400, 600, 800, 1000, 1257)
-    walks = [
-        100.0 + np.cumsum(np.random.default_rng(seed).normal(0.05 * (seed % 3), 1.0, 1257))
-        for seed in range(40)
-    ]
+    counts, walks = _COUNTS, _walks()
     found = [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
     monkeypatch.setattr(seasons, "_between", lambda p: [max(p // 2, 1)])
     assert found == [[detect(walk[:n], _DAY_S) for n in counts] for walk in walks]
@@ -97,11 +101,7 @@ def test_without_a_calendar_period_the_season_is_found_among_the_peaks_divisors(
 def test_the_peaks_divisors_find_nothing_more_in_random_walks_and_noise() -> None:
     """Without a calendar period, random walks (daily prices) and white noise get no
     more seasons than with one."""
-    counts = (48, 96, 192, 400, 600, 800, 1000, 1257)
-    walks = [
-        100.0 + np.cumsum(np.random.default_rng(seed).normal(0.05 * (seed % 3), 1.0, 1257))
-        for seed in range(40)
-    ]
+    counts, walks = _COUNTS, _walks()
     noise = [np.random.default_rng(100 + seed).normal(size=1257) for seed in range(20)]
     for series in (walks, noise):
         with_calendar = sum(bool(detect(s[:n], _DAY_S)) for s in series for n in counts)

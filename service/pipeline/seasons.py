@@ -17,12 +17,12 @@ key. Otherwise each key's own are detected from its history (:func:`detect`) whe
 has seen :data:`FIRST_DETECTION` values, again at twice and four times that, and then
 every half history: the candidates are the calendar periods its spacing implies (a
 day, a week and a year in events, where they fit in its history) and the strongest
-autocorrelation peak. A key whose spacing puts no calendar period in its history
-also gets every divisor of that peak: the autocorrelation of a long history often
-peaks at a multiple of the season (36 or 72 months for a yearly cycle), and without
-a calendar period nothing else would propose the season itself. That is a yearly
-series, a sensor ticking many times a second, or a backlog sent without event times,
-whose broker timestamps are a millisecond apart. A candidate ``p`` is kept when the
+autocorrelation peak, and every divisor of that peak: the autocorrelation of a long
+history often peaks at a multiple of the season (36 or 72 months for a yearly
+cycle), and where the key's times say nothing of its season nothing else would
+propose the season itself: a yearly series, a sensor ticking many times a second, a
+backlog sent without event times (broker timestamps a millisecond apart) or a
+monthly series a tool stamped a day apart. A candidate ``p`` is kept when the
 history holds two cycles of it, the autocorrelation of the detrended history has a
 local maximum of at least :data:`MIN_CORRELATION` there, and the series repeats: its
 differences over ``p`` events are smaller than over the lags inside one cycle (mean
@@ -33,7 +33,9 @@ gets 24 and 168. Of the kept periods, the two whose changes repeat best are the 
 seasons, the best first: the least variance of a change minus the change one period
 before, which is the error of the seasonal naive (it forecasts a change by the
 changes a season back, with the first season). A quarter inside a year repeats well
-enough to be kept, but forecasts a monthly index worse than the year.
+enough to be kept, but forecasts a monthly index worse than the year; and a divisor
+that divides a season already chosen is not the second (its job, finding that
+season, is done), while a calendar period stays eligible (a day inside a week).
 """
 
 from __future__ import annotations
@@ -104,16 +106,17 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
             p = round(cycle / spacing_s)
             if 2 <= p <= longest:
                 candidates.add(p)
-    calendar = bool(candidates)
+    divisors: set[int] = set()
     half = n // 2
     if half > 3:
         scores = [(_prominence(acf, p), p) for p in range(2, half)]
         best = max(scores)
         if best[0] > 0:
             candidates.add(best[1])
-            if not calendar:  # the peak may be a multiple of the season (module docstring)
-                candidates.update(d for d in range(2, best[1]) if best[1] % d == 0)
-    snapped = sorted({_snap(acf, p) for p in candidates})
+            divisors = _divisors(best[1])
+    proposed = {_snap(acf, p) for p in candidates}
+    divisors = {_snap(acf, d) for d in divisors} - proposed
+    snapped = sorted(proposed | divisors)
     repeating = [
         p
         for p in snapped
@@ -127,12 +130,22 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
     repeating.sort(key=lambda p: float(np.var(changes[p:] - changes[:-p])))
     seasons: list[int] = []
     for p in repeating:
-        if any(abs(p - q) <= 2 for q in seasons):
+        if any(abs(p - q) <= 2 or (p in divisors and q % p == 0) for q in seasons):
             continue
         seasons.append(p)
         if len(seasons) == MAX_SEASONS:
             break
     return seasons
+
+
+def _divisors(p: int) -> set[int]:
+    """Every divisor of ``p`` from 2 up: where the season sits when the
+    autocorrelation peaks at a multiple of it (module docstring).
+
+    >>> sorted(_divisors(36))
+    [2, 3, 4, 6, 9, 12, 18]
+    """
+    return {d for d in range(2, p) if p % d == 0}
 
 
 def _dip(v: FloatArray, p: int) -> float:

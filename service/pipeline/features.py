@@ -255,6 +255,16 @@ def nan_moments(values: FloatArray) -> tuple[FloatArray, FloatArray]:
     return out_mean, out_std
 
 
+def has_season(period: IntArray) -> npt.NDArray[np.bool_]:
+    """Where a row's key has a season: a period of at least two events (0 while it
+    has none). The one rule the seasonal offsets and their callers share.
+
+    >>> has_season(np.array([24, 0, 1])).tolist()
+    [True, False, False]
+    """
+    return period >= 2
+
+
 def season_offsets(
     period: IntArray, horizon: int, kept: int
 ) -> tuple[IntArray, npt.NDArray[np.bool_]]:
@@ -271,7 +281,7 @@ def season_offsets(
     back = -(-max(horizon, 1) // safe) * safe
     middle = horizon - back - 1
     offsets = middle[:, None] + np.array([-1, 0, 1])[None, :]
-    valid = (period >= 2)[:, None] & (offsets >= -kept) & (offsets <= -1)
+    valid = has_season(period)[:, None] & (offsets >= -kept) & (offsets <= -1)
     clipped: IntArray = np.clip(offsets, -kept, -1).astype(np.intp)
     return clipped, valid
 
@@ -294,7 +304,7 @@ def season_step_offsets(
     ks = np.arange(cycles)[None, :] * safe[:, None]
     start = (-1 - back)[:, None] - ks
     offsets = np.stack([start, start + horizon], axis=2)
-    valid = (period >= 2)[:, None] & (start >= -kept)
+    valid = has_season(period)[:, None] & (start >= -kept)
     clipped: IntArray = np.clip(offsets, -kept, -1).astype(np.intp)
     return clipped, valid
 

@@ -115,8 +115,8 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
             candidates.add(best[1])
             divisors = _divisors(best[1])
     proposed = {_snap(acf, p) for p in candidates}
-    divisors = {_snap(acf, d) for d in divisors} - proposed
-    snapped = sorted(proposed | divisors)
+    only_divisors = {_snap(acf, d) for d in divisors} - proposed
+    snapped = sorted(proposed | only_divisors)
     repeating = [
         p
         for p in snapped
@@ -130,7 +130,7 @@ def detect(values: FloatArray, spacing_s: float) -> list[int]:
     repeating.sort(key=lambda p: float(np.var(changes[p:] - changes[:-p])))
     seasons: list[int] = []
     for p in repeating:
-        if any(abs(p - q) <= 2 or (p in divisors and q % p == 0) for q in seasons):
+        if any(abs(p - q) <= 2 or (p in only_divisors and q % p == 0) for q in seasons):
             continue
         seasons.append(p)
         if len(seasons) == MAX_SEASONS:

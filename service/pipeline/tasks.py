@@ -51,6 +51,7 @@ from service.pipeline.features import (
     SEASON_CYCLES,
     FeaturePipeline,
     RunningScaler,
+    has_season,
     season_offsets,
     season_step_offsets,
 )
@@ -461,7 +462,7 @@ class PartitionTask:
             spacing = np.full(n, np.nan)
         exogenous = np.array([event.x for event in new])  # as np.stack would, more cheaply
         width, kinds = self._windows.window, periods.shape[1]
-        if (periods < 2).all():  # no row's key has a season (yet): nothing to read
+        if not has_season(periods).any():  # no row's key has a season (yet): nothing to read
             seasons = np.full((n, kinds, 3), np.nan)
             steps = np.full((n, SEASON_CYCLES, 2), np.nan)
         else:  # the seasonal lags and the seasonal naive's steps, in one read of the store

@@ -291,14 +291,25 @@ def _int_text(value: int, reason: str, field: str) -> str:
         raise _Reject(reason, f"'{field}' is an integer too long to print") from exc
 
 
+def ms_per_unit(magnitude: float) -> float:
+    """Milliseconds in the epoch unit a number of this magnitude is read in (module
+    docstring): 1000 for seconds, 1 for milliseconds, 0.001 and 1e-6 for micro- and
+    nanoseconds.
+
+    >>> ms_per_unit(1.7e9), ms_per_unit(1.7e12), ms_per_unit(1.7e18)
+    (1000.0, 1.0, 1e-06)
+    """
+    return 1000.0 ** (1 - bisect.bisect_right(EPOCH_UNITS, magnitude))
+
+
 def _epoch_ms(raw: int | float) -> int:
-    """Epoch milliseconds from a number, in the unit its magnitude says (module
-    docstring). An ``int`` stays exact (a 400-digit one must not reach ``float()``)
-    and is floored when divided."""
-    unit = bisect.bisect_right(EPOCH_UNITS, abs(raw))  # 0 s, 1 ms, 2 µs, 3 ns
+    """Epoch milliseconds from a number, in the unit its magnitude says. An ``int``
+    stays exact (a 400-digit one must not reach ``float()``) and is floored when
+    divided."""
+    scale = ms_per_unit(abs(raw))
     if isinstance(raw, int):
-        return raw * 1000 if unit == 0 else raw // 1000 ** (unit - 1)
-    return int(raw * 1000.0 ** (1 - unit))
+        return raw * 1000 if scale > 1 else raw // round(1 / scale)  # 1, 10**3 or 10**6
+    return int(raw * scale)
 
 
 def _iso_to_ms(text: str, field: str) -> int:

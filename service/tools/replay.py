@@ -9,7 +9,6 @@ fast as the broker takes them).
 
 from __future__ import annotations
 
-import bisect
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from service.config import SchemaSettings
 from service.errors import DatasetError
 from service.extras import require
-from service.io.decode import EPOCH_UNITS
+from service.io.decode import EPOCH_UNITS, ms_per_unit
 from service.records import RawRecord
 from service.tools import datasets
 
@@ -116,8 +115,7 @@ def _epoch_ms(series: pd.Series) -> list[int | None]:
     magnitude says, as the decoder reads a single time."""
     if pd.api.types.is_numeric_dtype(series):
         values = series.astype(float)
-        unit = bisect.bisect_right(EPOCH_UNITS, values.abs().max())
-        scale = 1000.0 ** (1 - unit)
+        scale = ms_per_unit(values.abs().max())
         return [int(v * scale) for v in values]
     stamps = pd.to_datetime(series, utc=True)
     return [int(t.value // 1_000_000) for t in stamps]

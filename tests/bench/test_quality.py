@@ -175,6 +175,8 @@ def test_short_suite_runs_its_own_datasets(
     assert [d["dataset"] for d in payload["datasets"]] == list(quality.SHORT_CASES)
     assert set(quality.SHORT_CASES).isdisjoint(quality.CASES)
     assert set(quality.OUTSIDE_CASES).isdisjoint(set(quality.CASES) | set(quality.SHORT_CASES))
+    earlier = set(quality.CASES) | set(quality.SHORT_CASES) | set(quality.OUTSIDE_CASES)
+    assert set(quality.FRESH_CASES).isdisjoint(earlier)
     for result in payload["datasets"]:
         assert result["default_predicted"] == result["scored"] > 0
         # the README's table: at worst a hair behind the last value

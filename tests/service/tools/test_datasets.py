@@ -52,6 +52,19 @@ REAL = {
         ("cylinders", "displacement", "horsepower", "weight", "acceleration", "year", "origin"),
     ),
     "engel": (235, ("income",)),
+    "australia-temp": (3650, ()),
+    "house-supply": (707, ()),
+    "electricity-hourly": (20000, ()),
+    "sf-occupancy": (17544, ()),
+    "solar-power": (8220, ()),
+    "wind-power": (8220, ()),
+    "parking": (20000, ()),
+    "bike-sharing": (20000, ("tmin", "tmax", "pn")),
+    "yosemite-temp": (18709, ()),
+    "bitcoin-transactions": (4572, ()),
+    "stocks-monthly": (3325, ()),
+    "grunfeld": (11 * 20, ("value", "capital")),
+    "istanbul-returns": (536, ()),
 }
 
 

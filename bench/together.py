@@ -1,0 +1,130 @@
+"""What sharing a partition costs: several series in one topic against each alone.
+
+    python -m bench.together                          # the default suite's series
+    python -m bench.together --suite fresh --limit 3000
+    python -m bench.together --datasets ppg,co2-weekly,sp500
+
+A partition task's learned members (``river.linear``, ``rls``, ``torch.mlp``,
+``knn``) are one model for all of the task's keys: the features are in each key's own
+units, so a panel of alike series teaches one model more than each series alone
+would. A topic often carries unlike series too (sensors of different kinds, a
+dashboard's metrics), and then one model learns a blend. This runs the built-in
+defaults (``forecast.horizon: 1``, as :mod:`bench.quality`) on each dataset's last
+``--limit`` events alone, then on all of them in one partition, the i-th events of
+every dataset arriving together (keys prefixed with the dataset's name, so that no
+two datasets share a key), and prints per dataset the MAE of the published forecasts
+together over alone, scored as :mod:`bench.quality` scores them (the first
+:data:`~bench.quality.WARMUP` of each key left out). Exogenous features are left out
+(the datasets' differ, and ``schema.features: auto`` takes the first events' names),
+and so are tables (``horizon: 0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from bench.quality import (
+    ALL_CASES,
+    CASES,
+    FRESH_CASES,
+    OUTSIDE_CASES,
+    SHORT_CASES,
+    Truth,
+    default_settings,
+    geometric_mean,
+    published,
+)
+from service.config import Settings
+from service.tools import datasets, replay
+from service.tools.backtest import run_backtest
+
+SUITES = {"default": CASES, "short": SHORT_CASES, "outside": OUTSIDE_CASES, "fresh": FRESH_CASES}
+
+
+def series_frame(name: str, limit: int) -> pd.DataFrame:
+    """Dataset ``name``'s last ``limit`` events (key, time and value only), its keys
+    prefixed ``name:``."""
+    frame = datasets.load(name).tail(limit)
+    keys = name + ":" + frame["key"].astype(str)
+    return pd.DataFrame({"key": keys, "ts": frame["ts"], "y": frame["y"]}).reset_index(drop=True)
+
+
+def interleaved(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One stream of ``frames``: their i-th events together, in the order given."""
+    positions = [pd.Series(np.arange(len(f)), index=f.index) for f in frames]
+    merged = pd.concat(
+        [f.assign(_position=p) for f, p in zip(frames, positions, strict=True)],
+        ignore_index=True,
+    )
+    return merged.sort_values("_position", kind="stable").drop(columns="_position")
+
+
+def mae_by_dataset(frame: pd.DataFrame) -> dict[str, float]:
+    """The default's MAE per dataset (the prefix of the keys) over one backtest of
+    ``frame``, scored as :mod:`bench.quality` scores it."""
+    frame = frame.reset_index(drop=True)
+    y = frame["y"].to_numpy(dtype=float)
+    truth = Truth.of(frame["key"], y, 1)
+    settings = Settings.model_validate(default_settings(1, ()))
+    pairs = replay.encode(frame, replay.Columns(), settings.schema_)
+    records = replay.as_records(pairs, settings.kafka.input_topic)
+    result = run_backtest(records, settings)
+    if result.dead_letters:
+        raise RuntimeError(f"{result.dead_letters} events dead-lettered: fix the loader")
+    y_hat, _, _ = published(result.published, settings.primary.name, len(records))
+    errors = np.abs(y_hat[truth.rows] - truth.y)
+    dataset = frame["key"].str.split(":", n=1).str[0].to_numpy()[truth.rows]
+    return {name: float(np.mean(errors[dataset == name])) for name in dict.fromkeys(dataset)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--suite", choices=tuple(SUITES), default="default")
+    parser.add_argument("--datasets", help=f"comma-separated, of: {', '.join(ALL_CASES)}")
+    parser.add_argument("--limit", type=int, default=3000, help="each dataset's last events")
+    args = parser.parse_args(argv)
+    if args.limit < 10:
+        parser.error("--limit must be at least 10")
+    names = [n for n in (args.datasets or ",".join(SUITES[args.suite])).split(",") if n]
+    unknown = [name for name in names if name not in ALL_CASES]
+    if unknown:
+        parser.error(f"unknown datasets {unknown}; choose from {', '.join(ALL_CASES)}")
+    console = Console(width=max(Console().width, 120))
+    tables = [name for name in names if ALL_CASES[name].horizon == 0]
+    if tables:
+        console.print(f"left out, tables (horizon 0): {', '.join(tables)}")
+    names = [name for name in names if name not in tables]
+    if not names:
+        parser.error("no dataset with horizon >= 1 to run together")
+    started = time.perf_counter()
+    frames = [series_frame(name, args.limit) for name in names]
+    alone = {name: mae_by_dataset(frame)[name] for name, frame in zip(names, frames, strict=True)}
+    together = mae_by_dataset(interleaved(frames))
+    out = Table(title=f"the defaults' MAE, {len(names)} datasets in one partition over each alone")
+    for column in ("dataset", "events", "alone", "together", "together / alone"):
+        out.add_column(column, justify="left" if column == "dataset" else "right")
+    ratios = []
+    for name, frame in zip(names, frames, strict=True):
+        ratio = together[name] / alone[name]
+        ratios.append(ratio)
+        out.add_row(
+            name, f"{len(frame):,}", f"{alone[name]:.4g}", f"{together[name]:.4g}", f"{ratio:.3f}"
+        )
+    out.add_section()
+    out.add_row("geometric mean", "", "", "", f"{geometric_mean(ratios):.3f}")
+    console.print(out)
+    worst = max(ratios) if ratios else math.nan
+    console.print(
+        f"{time.perf_counter() - started:.0f} s in all; the most a dataset lost: {worst:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

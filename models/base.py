@@ -205,6 +205,14 @@ class Model(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
+    def adopt(self, restored: Model) -> Model:
+        """The model to go on with after a restore, ``self`` being the one these
+        settings build and ``restored`` the checkpoint's (pickled under the same
+        settings fingerprint, so its params differ at most in the kind's
+        ``state_neutral`` ones). The default goes on with ``restored``; a kind whose
+        neutral params change the model's shape converts it here."""
+        return restored
+
 
 @runtime_checkable
 class PlanRunner(Protocol):

@@ -59,10 +59,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -74,6 +72,7 @@ from torch import Tensor, nn
 from models.averaging import WeightAverage
 from models.base import FeatureBatch, FloatArray, Model, Plan
 from models.guard import LastGood, all_finite, clip_gradients
+from models.keys import key_bucket
 from models.mlp_kernel import MLPKernel
 from models.moments import Moments
 from models.replay import ReplayBuffer, Rows
@@ -173,25 +172,6 @@ class OnlineConfig:
             raise ValueError(f"minibatch_rows must be >= 1 or None, got {self.minibatch_rows}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-
-
-@lru_cache(maxsize=1 << 16)
-def _crc32(key: str) -> int:
-    return zlib.crc32(key.encode("utf-8"))
-
-
-def key_bucket(keys: Sequence[str], buckets: int) -> I64:
-    """Stable bucket of each key: ``crc32(utf-8 key) % buckets``.
-
-    Python's ``hash`` is salted per process, so it would give each replica (and each
-    restart) a different embedding row for the same key.
-
-    >>> key_bucket(["AAPL", "MSFT", "AAPL"], 1024).tolist()
-    [860, 635, 860]
-    """
-    crc = np.fromiter((_crc32(key) for key in keys), dtype=np.int64, count=len(keys))
-    out: I64 = crc % buckets
-    return out
 
 
 @runtime_checkable

@@ -71,7 +71,8 @@ class ModelParams(BaseModel):
     state_neutral: ClassVar[frozenset[str]] = frozenset()
     """Params that change how a model predicts but not what its learned state is:
     a checkpoint taken under one value restores under another (the model's
-    ``load_state_dict`` bridges the difference), so they are left out of the settings
+    ``load_state_dict``, or its :meth:`~models.base.Model.adopt` of the restored
+    model, bridges the difference), so they are left out of the settings
     fingerprint (:func:`service.runtime.snapshot.fingerprint`) and changing them, or
     a release changing their default in the built-in config, keeps the learned state."""
 

@@ -386,14 +386,19 @@ class StateSettings(_Section):
 # The built-in default: an ensemble of complementary members (README "Models"). River's
 # Hoeffding tree is left out: on the quality benchmark it added much to the cost per
 # event and little to the ensemble's MAE (README, "Configuration"); add
-# {kind: river.tree} as a member where it pays.
+# {kind: river.tree} as a member where it pays. ``rls`` keeps a fit per hash bucket of
+# the key (models/rls.py, KeyedRLS): its least squares settle within a few hundred
+# events, so unlike series sharing a partition each get their own where one fit
+# learned their blend (README, "Unlike series in one partition"); 128 buckets bound
+# its memory per task, not per key, and key_buckets leaves the settings fingerprint
+# (and so a checkpoint's learned state) alone.
 _DEFAULT_MODELS = (
     {"name": "ensemble", "kind": "ensemble", "primary": True},
     {"name": "last", "kind": "persistence"},
     {"name": "seasonal", "kind": "seasonal_naive"},
     {"name": "ewma", "kind": "ewma", "params": {"alpha": 0.5}},
     {"name": "linear", "kind": "river.linear"},
-    {"name": "rls", "kind": "rls"},
+    {"name": "rls", "kind": "rls", "params": {"key_buckets": 128}},
     {"name": "mlp", "kind": "torch.mlp", "params": {"average": 0.9}},
     {"name": "knn", "kind": "knn"},
 )

@@ -833,7 +833,9 @@ class PartitionTask:
         self._batches = int(state["batches"])
         self.seeded_only = int(state["seeded_only"])
         for slot, saved in zip(self._slots, models, strict=True):
-            slot.model = saved["model"]
+            # a plugin model that only matches Model's protocol may lack adopt
+            adopt = getattr(slot.model, "adopt", None)
+            slot.model = saved["model"] if adopt is None else adopt(saved["model"])
             slot.scorer = saved["scorer"]
             slot.drift = saved["drift"]
             configured, slot.hedge = slot.hedge, saved["hedge"]

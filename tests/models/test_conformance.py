@@ -27,6 +27,8 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("river.custom", {"estimator": "tree.HoeffdingAdaptiveTreeRegressor", "scale": False}),
     ("river.custom", {"estimator": "linear_model.BayesianLinearRegression", "mini_batch": True}),
     ("knn", {"aggregate": "median", "window": 7, "neighbors": 3}),
+    ("rls", {"key_buckets": 8}),
+    ("rls", {"key_buckets": 8, "target": "level"}),
 ]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from models import registry
 from models.base import FeatureBatch, ModelContext
-from models.rls import RLS, RLSParams
+from models.rls import RLS, KeyedRLS, RLSParams
 
 CONTEXT = ModelContext(feature_names=("x1", "x2", "x3"), window=1, horizon=0, seed=3)
 
@@ -177,3 +177,94 @@ def test_a_model_pickled_before_inputs_existed_reads_every_feature() -> None:
 def test_the_exogenous_features_are_the_last_columns() -> None:
     with pytest.raises(ValueError, match="last of the feature names"):
         ModelContext(feature_names=("a", "diff_1"), window=1, horizon=0, exogenous=("a",))
+
+
+def keyed_rows(x: np.ndarray, keys: list[str]) -> FeatureBatch:
+    n = len(x)
+    return FeatureBatch(
+        x=x,
+        window=np.full((n, 1), np.nan),
+        offset=np.zeros(n),
+        keys=keys,
+        feature_names=list(CONTEXT.feature_names),
+    )
+
+
+def test_one_key_in_buckets_is_the_shared_fit_exactly() -> None:
+    """With one key (or keys in one bucket) the keyed model is the shared one, to the
+    bit: single-series topics forecast as before."""
+    rng = np.random.default_rng(1)
+    x, y = stream(rng, 400, np.array([1.0, 0.5, -2.0]))
+    shared, keyed = RLS(RLSParams(), n_features=3), KeyedRLS(RLSParams(key_buckets=128), 3)
+    batch = keyed_rows(x, ["only"] * 400)
+    shared.learn(batch, y)
+    keyed.learn(batch, y)
+    assert np.array_equal(keyed.predict(batch), shared.predict(batch))
+    assert keyed.updates == shared.updates == 400
+
+
+def test_unlike_keys_each_get_their_own_fit() -> None:
+    """Two keys whose changes follow opposite relations, interleaved: one shared fit
+    learns their blend (near nothing), the keyed model each key's own."""
+    rng = np.random.default_rng(2)
+    x, _ = stream(rng, 2000, np.zeros(3))
+    keys = ["up", "down"] * 1000
+    sign = np.where(np.array(keys) == "up", 1.0, -1.0)
+    y = sign * (x @ np.array([2.0, -1.0, 0.5])) + 0.05 * rng.normal(size=2000)
+    batch = keyed_rows(x, keys)
+    shared, keyed = RLS(RLSParams(), n_features=3), KeyedRLS(RLSParams(key_buckets=128), 3)
+    shared.learn(batch, y)
+    keyed.learn(batch, y)
+    probe = keyed_rows(rng.normal(size=(200, 3)), ["up", "down"] * 100)
+    truth = np.where(np.array(probe.keys) == "up", 1.0, -1.0) * (probe.x @ [2.0, -1.0, 0.5])
+    keyed_error = np.mean(np.abs(keyed.predict(probe) - truth))
+    shared_error = np.mean(np.abs(shared.predict(probe) - truth))
+    assert keyed_error < 0.1 < shared_error
+
+
+def test_buckets_are_made_as_keys_learn_and_bounded() -> None:
+    model = KeyedRLS(RLSParams(key_buckets=4), n_features=3)
+    x = np.random.default_rng(3).normal(size=(100, 3))
+    model.predict(keyed_rows(x, [f"k{i}" for i in range(100)]))
+    assert model.state_dict()["buckets"] == {}  # predicting makes no fit
+    model.learn(keyed_rows(x, [f"k{i}" for i in range(100)]), x[:, 0])
+    assert set(model.state_dict()["buckets"]) == {"0", "1", "2", "3"}
+
+
+def test_a_shared_checkpoint_goes_on_as_every_buckets_start() -> None:
+    """Turning key_buckets on keeps the learned state (the fingerprint leaves it out):
+    each bucket starts from the checkpoint's shared fit, then learns its own keys."""
+    rng = np.random.default_rng(4)
+    x, y = stream(rng, 500, np.array([1.5, 0.0, -1.0]))
+    shared = RLS(RLSParams(), n_features=3)
+    shared.learn(keyed_rows(x, ["a"] * 500), y)
+    keyed = KeyedRLS(RLSParams(key_buckets=16), n_features=3).adopt(shared)
+    assert isinstance(keyed, KeyedRLS)
+    probe = keyed_rows(x[:5], ["new", "b", "c", "d", "e"])
+    assert np.allclose(keyed.predict(probe), shared.predict(probe))
+    keyed.learn(keyed_rows(x[:1], ["b"]), y[:1])
+    assert shared.updates == 500  # the restored fit itself is not moved by a bucket
+    assert keyed.updates == 501  # the published model version goes on counting
+    back = RLS(RLSParams(), n_features=3).adopt(keyed)
+    assert isinstance(back, RLS)
+    assert back.updates == 501
+
+
+def test_key_buckets_leave_the_settings_fingerprint_alone() -> None:
+    from service.config import Settings
+    from service.runtime.snapshot import fingerprint
+
+    def settings(buckets: int) -> Settings:
+        rls = {"name": "rls", "kind": "rls", "primary": True, "params": {"key_buckets": buckets}}
+        return Settings.model_validate({"models": [rls]})
+
+    assert fingerprint(settings(1)) == fingerprint(settings(64))
+    ridge = Settings.model_validate(
+        {"models": [{"name": "rls", "kind": "rls", "primary": True, "params": {"ridge": 1.0}}]}
+    )
+    assert fingerprint(ridge) != fingerprint(settings(1))
+
+
+def test_the_registry_builds_the_keyed_model_when_asked() -> None:
+    assert isinstance(registry.build("rls", {"key_buckets": 2}, CONTEXT), KeyedRLS)
+    assert isinstance(registry.build("rls", {}, CONTEXT), RLS)

@@ -188,6 +188,40 @@ def test_each_key_gets_close_to_its_own_best_member() -> None:
     assert min(mae[(m, "map")] for m in learned) < 0.5 * mae[("last", "map")]
 
 
+def _opposite_drivers(events: int, keys: tuple[str, ...], seed: int = 5) -> list[RawRecord]:
+    """Interleaved keys whose next value follows the event's feature ``x`` with
+    opposite signs (``y' = 10 +- 2x``): one fit for both learns their blend, about no
+    effect of ``x`` at all."""
+    rng = np.random.default_rng(seed)
+    driver = dict.fromkeys(keys, 0.0)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(events):
+        for number, key in enumerate(keys):
+            sign = 1.0 if number % 2 == 0 else -1.0
+            y = 10.0 + sign * 2.0 * driver[key] + rng.normal(0.0, 0.1)
+            driver[key] = float(rng.normal())
+            rows.append((key, i * HOUR_MS, y, {"x": driver[key]}))
+    return _records(rows)
+
+
+def test_unlike_keys_in_one_partition_each_get_the_default_rls_of_their_own() -> None:
+    """The default ``rls`` keeps a fit per key bucket: beside an unlike key, a key's
+    forecasts are near those it gets alone, where one fit for both learns that the
+    feature has no effect and is several times worse."""
+    settings = _publish_all(_settings())
+    together = _opposite_drivers(800, ("up", "down"))
+    mae = _per_key_mae(run_backtest(together, settings), together, horizon=1, skip=100)
+    for key in ("up", "down"):
+        alone = [r for r in together if orjson.loads(r.value or b"")["key"] == key]
+        alone = [r._replace(offset=i) for i, r in enumerate(alone)]
+        own = _per_key_mae(run_backtest(alone, settings), alone, horizon=1, skip=100)
+        assert mae[("rls", key)] < 1.2 * own[("rls", key)]
+    shared = _settings(models=[{"name": "rls", "kind": "rls", "primary": True}])
+    blend = _per_key_mae(run_backtest(together, shared), together, horizon=1, skip=100)
+    for key in ("up", "down"):
+        assert mae[("rls", key)] < 0.25 * blend[("rls", key)]
+
+
 def test_intervals_follow_each_keys_scale_and_cover() -> None:
     rng = np.random.default_rng(5)
     rows: list[tuple[str, int, float, dict[str, float] | None]] = []

@@ -10,8 +10,10 @@ import pytest
 
 from models.base import FeatureBatch, FloatArray, Model
 from models.ensemble import EnsembleParams
+from models.rls import KeyedRLS
 from service.config import Settings
 from service.pipeline.features import FeaturePipeline
+from service.pipeline.processor import build_prototypes
 from service.pipeline.tasks import PartitionTask
 from service.records import Event, Invalid, RawRecord
 
@@ -274,3 +276,32 @@ def test_a_restored_ensemble_learns_on_with_the_configured_params() -> None:
     assert hedge is old.state()["models"][0]["hedge"]  # the learned weights themselves
     assert (hedge.share, hedge.past_share) == (EnsembleParams().share, EnsembleParams().past_share)
     assert hedge.learned > 0
+
+
+def _rls_task(buckets: int) -> PartitionTask:
+    settings = Settings.model_validate(
+        {
+            "forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept"},
+            "models": [
+                {"name": "rls", "kind": "rls", "primary": True, "params": {"key_buckets": buckets}}
+            ],
+        }
+    )
+    pipeline = FeaturePipeline(2, settings.forecast.target, (), 4, settings.forecast.horizon)
+    return PartitionTask("t", 0, settings, build_prototypes(settings, pipeline), pipeline)
+
+
+def test_a_restored_shared_rls_goes_on_as_every_key_buckets_start() -> None:
+    """A checkpoint of one rls fit restores into settings that ask for key buckets
+    (the fingerprint leaves key_buckets out): the fit is kept as where each bucket
+    starts, and the published version goes on counting."""
+    old = _rls_task(1)
+    old.process(_events([1.0, 2.0, 4.0, 3.0, 5.0, 4.0, 6.0]))
+    shared = old.state()["models"][0]["model"]
+    new = _rls_task(128)
+    new.load_state(old.state())
+    model = new.state()["models"][0]["model"]
+    assert isinstance(model, KeyedRLS)
+    assert model.updates == shared.updates > 0
+    # no bucket learned yet: each would start from (a copy of) the restored fit
+    assert np.array_equal(model.most_learned().weights, shared.weights)

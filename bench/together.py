@@ -4,11 +4,12 @@
     python -m bench.together --suite fresh --limit 3000
     python -m bench.together --datasets ppg,co2-weekly,sp500
 
-A partition task's learned members (``river.linear``, ``rls``, ``torch.mlp``,
-``knn``) are one model for all of the task's keys: the features are in each key's own
-units, so a panel of alike series teaches one model more than each series alone
-would. A topic often carries unlike series too (sensors of different kinds, a
-dashboard's metrics), and then one model learns a blend. This runs the built-in
+A partition task's learned members ``river.linear``, ``torch.mlp`` and ``knn`` are
+one model for all of the task's keys (the default ``rls`` one per hash bucket of the
+key, :class:`models.rls.KeyedRLS`): the features are in each key's own units, so a
+panel of alike series teaches one model more than each series alone would. A topic
+often carries unlike series too (sensors of different kinds, a dashboard's
+metrics), and then one model learns a blend. This runs the built-in
 defaults (``forecast.horizon: 1``, as :mod:`bench.quality`) on each dataset's last
 ``--limit`` events alone, then on all of them in one partition, the i-th events of
 every dataset arriving together (keys prefixed with the dataset's name, so that no

@@ -250,21 +250,6 @@ def test_a_shared_checkpoint_goes_on_as_every_buckets_start() -> None:
     assert back.updates == 501
 
 
-def test_key_buckets_leave_the_settings_fingerprint_alone() -> None:
-    from service.config import Settings
-    from service.runtime.snapshot import fingerprint
-
-    def settings(buckets: int) -> Settings:
-        rls = {"name": "rls", "kind": "rls", "primary": True, "params": {"key_buckets": buckets}}
-        return Settings.model_validate({"models": [rls]})
-
-    assert fingerprint(settings(1)) == fingerprint(settings(64))
-    ridge = Settings.model_validate(
-        {"models": [{"name": "rls", "kind": "rls", "primary": True, "params": {"ridge": 1.0}}]}
-    )
-    assert fingerprint(ridge) != fingerprint(settings(1))
-
-
 def test_the_registry_builds_the_keyed_model_when_asked() -> None:
     assert isinstance(registry.build("rls", {"key_buckets": 2}, CONTEXT), KeyedRLS)
     assert isinstance(registry.build("rls", {}, CONTEXT), RLS)

@@ -190,3 +190,16 @@ def test_params_that_leave_the_state_as_it_is_leave_the_fingerprint() -> None:
         (p.source, p.model_version) for p in expected
     ]
     assert min(p.model_version for p in got) > 0
+
+
+def test_rls_key_buckets_leave_the_settings_fingerprint_alone() -> None:
+    """``key_buckets`` is state-neutral (a checkpoint of one fit restores into fits
+    per bucket, models/rls.py), so turning it on keeps the learned state; another
+    ``ridge`` does not."""
+
+    def fingerprint(params: dict[str, float]) -> str:
+        rls = {"name": "rls", "kind": "rls", "primary": True, "params": params}
+        return snapshot.fingerprint(Settings.model_validate({"models": [rls]}))
+
+    assert fingerprint({"key_buckets": 1}) == fingerprint({"key_buckets": 64}) == fingerprint({})
+    assert fingerprint({"ridge": 1.0}) != fingerprint({})

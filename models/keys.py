@@ -9,11 +9,11 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["bucket_of", "key_bucket"]
+__all__ = ["key_bucket", "key_hash"]
 
 
 @lru_cache(maxsize=1 << 16)
-def bucket_of(key: str) -> int:
+def key_hash(key: str) -> int:
     """CRC-32 of the UTF-8 key: a stable hash, taken modulo a bucket count by callers."""
     return zlib.crc32(key.encode("utf-8"))
 
@@ -27,6 +27,6 @@ def key_bucket(keys: Sequence[str], buckets: int) -> npt.NDArray[np.int64]:
     >>> key_bucket(["AAPL", "MSFT", "AAPL"], 1024).tolist()
     [860, 635, 860]
     """
-    crc = np.fromiter((bucket_of(key) for key in keys), dtype=np.int64, count=len(keys))
+    crc = np.fromiter((key_hash(key) for key in keys), dtype=np.int64, count=len(keys))
     out: npt.NDArray[np.int64] = crc % buckets
     return out

@@ -61,7 +61,7 @@ from pydantic import Field
 from scipy.linalg.blas import daxpy, ddot, dgemv, dger
 
 from models.base import FeatureBatch, FloatArray, Model, ModelContext
-from models.keys import bucket_of
+from models.keys import key_hash
 from models.registry import ModelParams, ModelSpec, register
 
 __all__ = ["RLS", "KeyedRLS", "RLSParams"]
@@ -164,18 +164,30 @@ class RLS(Model):
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """``w . [x, 1]`` per row (as a learning target, for a level model)."""
-        out: FloatArray = self._inputs(batch) @ self.weights[:-1] + self.weights[-1]
-        return batch.to_target(out + self._anchor) if self.level else out
+        return self._output(self._inputs(batch), batch.offset, batch.units)
+
+    def _output(self, x: FloatArray, offset: FloatArray, units: FloatArray) -> FloatArray:
+        """:meth:`predict` of rows given by their inputs, offsets and units."""
+        out: FloatArray = x @ self.weights[:-1] + self.weights[-1]
+        if self.level:  # the level as a learning target
+            level: FloatArray = (out + self._anchor - offset) / units
+            return level
+        return out
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """One RLS step per row, in order."""
         rows, target = self._prepared(batch, target)
-        if self.level:
-            if self._seen == 0 and len(target):
-                self._anchor = float(target[0])
-            target = target - self._anchor
         for x, y in zip(rows, target.tolist(), strict=True):
-            self._step(x, y)
+            self._learn_one(x, y)
+
+    def _learn_one(self, x: FloatArray, y: float) -> None:
+        """One row ``[x, 1]`` and what it learns (a level model's level: its first
+        learned one is the anchor the fit is relative to)."""
+        if self.level:
+            if self._seen == 0:
+                self._anchor = y
+            y -= self._anchor
+        self._step(x, y)
 
     def _prepared(self, batch: FeatureBatch, target: FloatArray) -> tuple[FloatArray, FloatArray]:
         """The rows ``[x, 1]`` and what they learn: the target, or for a level model
@@ -276,7 +288,7 @@ class KeyedRLS(Model):
     a weekly cycle) get one blend that fits neither (``bench.together``). RLS reaches
     its least-squares fit in a few times as many events as it has inputs, which is
     what makes a fit per group of keys affordable where SGD's would still be cold.
-    Keys are hashed (:func:`models.keys.bucket_of`, stable across processes) rather
+    Keys are hashed (:func:`models.keys.key_hash`, stable across processes) rather
     than given a fit each, so memory stays bounded whatever the number of keys: at
     most ``key_buckets`` fits of ``(d + 1)^2`` floats per task, each made on a
     bucket's first learned row. Keys that share a bucket share a fit, as every key
@@ -319,7 +331,7 @@ class KeyedRLS(Model):
 
     def _buckets(self, batch: FeatureBatch) -> list[int]:
         count = self.params.key_buckets
-        return [bucket_of(key) % count for key in batch.keys]
+        return [key_hash(key) % count for key in batch.keys]
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """Each row by its bucket's fit (a batch of one bucket exactly as one shared
@@ -327,15 +339,13 @@ class KeyedRLS(Model):
         buckets = self._buckets(batch)
         if len(set(buckets)) <= 1:
             return self._fits.get(buckets[0] if buckets else 0, self._fresh).predict(batch)
-        x = self._fresh._inputs(batch)
-        level, offset, units = self._fresh.level, batch.offset, batch.units
+        x, offset, units = self._fresh._inputs(batch), batch.offset, batch.units
         out = np.empty(len(batch))
         of_row = np.asarray(buckets)
         for bucket in sorted(set(buckets)):
             rows = np.flatnonzero(of_row == bucket)
             fit = self._fits.get(bucket, self._fresh)
-            part = x[rows] @ fit.weights[:-1] + fit.weights[-1]
-            out[rows] = (part + fit._anchor - offset[rows]) / units[rows] if level else part
+            out[rows] = fit._output(x[rows], offset[rows], units[rows])
         return out
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
@@ -347,11 +357,7 @@ class KeyedRLS(Model):
             if fit is None:
                 fit = fits[bucket] = copy.deepcopy(self._fresh)
                 fit._restarts = 0  # the start's own were counted where they happened
-            if fit.level:
-                if fit._seen == 0:
-                    fit._anchor = y
-                y -= fit._anchor
-            fit._step(x, y)
+            fit._learn_one(x, y)
         self._learned += len(rows)
 
     def clone(self) -> KeyedRLS:

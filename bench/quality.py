@@ -139,6 +139,14 @@ known, under the same rule (never used to choose anything), so that "data nobody
 tuned for" is more than eight datasets, and holds more of the kinds an independent
 check sends: hourly and sub-hourly cycles, prices, noise and panels of short series."""
 
+SUITES: dict[str, dict[str, Case]] = {
+    "default": CASES,
+    "short": SHORT_CASES,
+    "outside": OUTSIDE_CASES,
+    "fresh": FRESH_CASES,
+}
+"""Each suite by its ``--suite`` name."""
+
 ALL_CASES: dict[str, Case] = {**CASES, **SHORT_CASES, **OUTSIDE_CASES, **FRESH_CASES}
 """Every dataset any suite knows, by name."""
 
@@ -369,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--suite",
-        choices=("default", "short", "outside", "fresh"),
+        choices=tuple(SUITES),
         default="default",
         help="the datasets of the README's table, the short series, the outside or the fresh data",
     )
@@ -391,12 +399,7 @@ def main(argv: list[str] | None = None) -> None:
     add_set_option(parser, "the default and persistence runs")
     args = parser.parse_args(argv)
     overrides = set_overrides(parser, args.set)
-    suite = {
-        "default": CASES,
-        "short": SHORT_CASES,
-        "outside": OUTSIDE_CASES,
-        "fresh": FRESH_CASES,
-    }[args.suite]
+    suite = SUITES[args.suite]
     names = [name for name in (args.datasets or ",".join(suite)).split(",") if name]
     unknown = [name for name in names if name not in ALL_CASES]
     if unknown:

@@ -33,10 +33,7 @@ from rich.table import Table
 
 from bench.quality import (
     ALL_CASES,
-    CASES,
-    FRESH_CASES,
-    OUTSIDE_CASES,
-    SHORT_CASES,
+    SUITES,
     Truth,
     default_settings,
     geometric_mean,
@@ -45,8 +42,6 @@ from bench.quality import (
 from service.config import Settings
 from service.tools import datasets, replay
 from service.tools.backtest import run_backtest
-
-SUITES = {"default": CASES, "short": SHORT_CASES, "outside": OUTSIDE_CASES, "fresh": FRESH_CASES}
 
 
 def series_frame(name: str, limit: int) -> pd.DataFrame:
@@ -59,11 +54,7 @@ def series_frame(name: str, limit: int) -> pd.DataFrame:
 
 def interleaved(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """One stream of ``frames``: their i-th events together, in the order given."""
-    positions = [pd.Series(np.arange(len(f)), index=f.index) for f in frames]
-    merged = pd.concat(
-        [f.assign(_position=p) for f, p in zip(frames, positions, strict=True)],
-        ignore_index=True,
-    )
+    merged = pd.concat([f.assign(_position=np.arange(len(f))) for f in frames], ignore_index=True)
     return merged.sort_values("_position", kind="stable").drop(columns="_position")
 
 

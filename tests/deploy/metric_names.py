@@ -52,6 +52,7 @@ CONTRACT: Mapping[str, frozenset[str]] = {
     "forecastd_assigned_partitions": frozenset(),
     "forecastd_active_series": frozenset(),
     "forecastd_batches_total": frozenset(),
+    "forecastd_loop_busy_seconds_total": frozenset(),
     "forecastd_commits_total": frozenset(),
     "forecastd_evicted_series_total": frozenset(),
     "forecastd_build_info": frozenset({"version"}),

@@ -5,11 +5,20 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import socket
+import time
+from collections.abc import Sequence
 
+import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.runtime.app import frozen_heap, transactional_id
+from service.io.sinks import ListSink
+from service.io.sources import ListSource
+from service.pipeline.processor import BatchResult, Processor
+from service.records import RawRecord
+from service.runtime.app import frozen_heap, run_loop, transactional_id
+from service.runtime.metrics import Metrics
 
 
 def test_the_start_up_heap_is_frozen_while_serving_and_released_after() -> None:
@@ -37,3 +46,53 @@ def test_the_transactional_id_is_stable_per_host_and_worker(
     assert transactional_id(named) == "fc-pod-0"
     monkeypatch.setattr(multiprocessing.current_process(), "name", "forecastd-worker-3")
     assert transactional_id(named) == "fc-pod-0-3"
+
+
+class _SlowPolls(ListSource):
+    """A broker that holds every fetch for ``WAIT_S``, as a fetch wait does."""
+
+    WAIT_S = 0.05
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        time.sleep(self.WAIT_S)
+        return super().poll(max_records, timeout_s)
+
+
+class _SlowBatches(Processor):
+    """Every batch takes at least ``WORK_S`` more than its records need."""
+
+    WORK_S = 0.03
+
+    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        time.sleep(self.WORK_S)
+        return super().process(records)
+
+
+def test_loop_busy_counts_the_turns_outside_the_poll() -> None:
+    """``forecastd_loop_busy_seconds_total`` holds every batch's work and none of the
+    polls' waits: bounded below by the batches' known work, above by the run's wall
+    time less the polls' known waits."""
+    settings = Settings.model_validate(
+        {
+            "kafka": {"max_poll_records": 5},
+            "models": [{"name": "last", "kind": "persistence", "primary": True}],
+        }
+    )
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, settings)
+    sink = ListSink()
+    processor = _SlowBatches(settings, sink, metrics)
+    records = [
+        RawRecord("ticks", 0, i, b"k", orjson.dumps({"ts": i, "y": float(i)}), (), 1000 + i)
+        for i in range(40)
+    ]
+    source = _SlowPolls(records, processor)
+    started = time.monotonic()
+    run_loop(settings, source, sink, processor, metrics, lambda: False)
+    wall = time.monotonic() - started
+    batches = registry.get_sample_value("forecastd_batches_total")
+    busy = registry.get_sample_value("forecastd_loop_busy_seconds_total")
+    assert batches == 8
+    assert busy is not None
+    assert busy >= batches * _SlowBatches.WORK_S
+    assert busy <= wall - batches * _SlowPolls.WAIT_S

@@ -218,7 +218,7 @@ def default_settings(
     return data
 
 
-def published(values: tuple[bytes, ...], model: str, n: int) -> tuple[FloatArray, ...]:
+def _published(values: tuple[bytes, ...], model: str, n: int) -> tuple[FloatArray, ...]:
     """Per input row: the model's published y_hat, lower, upper (NaN if none)."""
     columns = np.full((3, n), np.nan)
     for value in values:
@@ -237,13 +237,15 @@ def _mae(predicted: FloatArray, truth: FloatArray) -> float:
     return float(np.nanmean(errors)) if np.isfinite(errors).any() else math.inf
 
 
-def _daemon(
+def daemon_forecasts(
     records: list[RawRecord], settings: Settings, truth: Truth
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """The primary's published y_hat, lower and upper of each scored row of one
+    backtest of ``records`` (one partition) under ``settings``."""
     result = run_backtest(records, settings)
     if result.dead_letters:
         raise RuntimeError(f"{result.dead_letters} events dead-lettered: fix the loader")
-    y_hat, lower, upper = published(result.published, settings.primary.name, len(records))
+    y_hat, lower, upper = _published(result.published, settings.primary.name, len(records))
     return y_hat[truth.rows], lower[truth.rows], upper[truth.rows]
 
 
@@ -276,8 +278,8 @@ def run_case(
     records = replay.as_records(pairs, settings.kafka.input_topic)
     if not event_times:
         records = [r._replace(timestamp_ms=PRODUCED_AT_MS + r.offset) for r in records]
-    y_hat, lower, upper = _daemon(records, settings, truth)
-    last, _, _ = _daemon(records, persistence, truth)
+    y_hat, lower, upper = daemon_forecasts(records, settings, truth)
+    last, _, _ = daemon_forecasts(records, persistence, truth)
 
     events = Events(
         frame["key"].astype(str).tolist(),

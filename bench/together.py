@@ -35,13 +35,12 @@ from bench.quality import (
     ALL_CASES,
     SUITES,
     Truth,
+    daemon_forecasts,
     default_settings,
     geometric_mean,
-    published,
 )
 from service.config import Settings
 from service.tools import datasets, replay
-from service.tools.backtest import run_backtest
 
 
 def series_frame(name: str, limit: int) -> pd.DataFrame:
@@ -67,11 +66,8 @@ def mae_by_dataset(frame: pd.DataFrame) -> dict[str, float]:
     settings = Settings.model_validate(default_settings(1, ()))
     pairs = replay.encode(frame, replay.Columns(), settings.schema_)
     records = replay.as_records(pairs, settings.kafka.input_topic)
-    result = run_backtest(records, settings)
-    if result.dead_letters:
-        raise RuntimeError(f"{result.dead_letters} events dead-lettered: fix the loader")
-    y_hat, _, _ = published(result.published, settings.primary.name, len(records))
-    errors = np.abs(y_hat[truth.rows] - truth.y)
+    y_hat, _, _ = daemon_forecasts(records, settings, truth)
+    errors = np.abs(y_hat - truth.y)
     dataset = frame["key"].str.split(":", n=1).str[0].to_numpy()[truth.rows]
     return {name: float(np.mean(errors[dataset == name])) for name in dict.fromkeys(dataset)}
 

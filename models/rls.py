@@ -61,7 +61,7 @@ from pydantic import Field
 from scipy.linalg.blas import daxpy, ddot, dgemv, dger
 
 from models.base import FeatureBatch, FloatArray, Model, ModelContext
-from models.keys import key_hash
+from models.keys import key_bucket
 from models.registry import ModelParams, ModelSpec, register
 
 __all__ = ["RLS", "KeyedRLS", "RLSParams"]
@@ -288,7 +288,7 @@ class KeyedRLS(Model):
     a weekly cycle) get one blend that fits neither (``bench.together``). RLS reaches
     its least-squares fit in a few times as many events as it has inputs, which is
     what makes a fit per group of keys affordable where SGD's would still be cold.
-    Keys are hashed (:func:`models.keys.key_hash`, stable across processes) rather
+    Keys are hashed (:func:`models.keys.key_bucket`, stable across processes) rather
     than given a fit each, so memory stays bounded whatever the number of keys: at
     most ``key_buckets`` fits of ``(d + 1)^2`` floats per task, each made on a
     bucket's first learned row. Keys that share a bucket share a fit, as every key
@@ -330,8 +330,8 @@ class KeyedRLS(Model):
         return sum(fit.nonfinite_events for fit in self._fits.values())
 
     def _buckets(self, batch: FeatureBatch) -> list[int]:
-        count = self.params.key_buckets
-        return [key_hash(key) % count for key in batch.keys]
+        buckets: list[int] = key_bucket(batch.keys, self.params.key_buckets).tolist()
+        return buckets
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """Each row by its bucket's fit (a batch of one bucket exactly as one shared

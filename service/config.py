@@ -117,8 +117,10 @@ class KafkaSettings(_Section):
 
     Every wait on the broker is bounded, so a hung broker cannot freeze the daemon
     silently (issue 13): ``connect_timeout_s`` at start-up (then exit 1, one line),
-    ``flush_timeout_s`` for a batch's outputs to be acknowledged (also the producer's
-    delivery timeout), ``commit_timeout_s`` for an offset commit, ``close_timeout_s``
+    ``flush_timeout_s`` for a batch's outputs to be acknowledged (half of it is the
+    producer's delivery timeout, the other half for sending what failed once more on
+    a new producer: :class:`service.io.sinks.Renewal`), ``commit_timeout_s`` for an
+    offset commit, ``close_timeout_s``
     per client close. ``shutdown_grace_s`` caps any of them once SIGTERM arrived: a
     batch the broker has not taken by then is left uncommitted and the process exits
     1 (keep it plus three ``close_timeout_s`` below the pod's

@@ -24,6 +24,7 @@ the offsets in the producer's transaction (:mod:`service.runtime.checkpoint`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +35,7 @@ from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError, ConfigError
+from service.io.sinks import Renewal, SentRecord
 from service.io.sources import RebalanceListener, TopicPartition, Watermarks
 from service.records import Headers, RawRecord
 from service.runtime.watchdog import Watchdog, close_within, in_thread
@@ -283,7 +285,8 @@ class ConfluentSink:
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
-        delivery_s = settings.flush_timeout_s
+        self._renewal = Renewal(settings, renewable=transactional_id is None)
+        delivery_s = self._renewal.delivery_s()
         transactional: dict[str, Any] = {}
         if transactional_id is not None:
             transactional = {
@@ -292,28 +295,28 @@ class ConfluentSink:
             }
             # librdkafka requires message.timeout.ms <= transaction.timeout.ms
             delivery_s = min(delivery_s, settings.transaction_timeout_s)
-        self._producer = Producer(
-            {
-                **librdkafka_options(settings),
-                **transactional,
-                "acks": "all",
-                "enable.idempotence": True,
-                "linger.ms": settings.linger_ms,
-                "batch.size": settings.producer_batch_bytes,
-                # Java's (and kafka-python's) murmur2 key hash, so a key lands in the same
-                # output partition whichever client produced it (librdkafka's default,
-                # consistent_random, hashes with CRC32).
-                "partitioner": "murmur2_random",
-                "message.max.bytes": max_request_bytes,
-                "message.timeout.ms": int(delivery_s * 1000),
-                "client.id": "forecastd",
-            }
-        )
-        self._failures: list[str] = []
+        options = {
+            **librdkafka_options(settings),
+            **transactional,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": settings.linger_ms,
+            "batch.size": settings.producer_batch_bytes,
+            # Java's (and kafka-python's) murmur2 key hash, so a key lands in the same
+            # output partition whichever client produced it (librdkafka's default,
+            # consistent_random, hashes with CRC32).
+            "partitioner": "murmur2_random",
+            "message.max.bytes": max_request_bytes,
+            "message.timeout.ms": int(delivery_s * 1000),
+            "client.id": "forecastd",
+        }
+        self._new_producer: Callable[[], Producer] = lambda: Producer(options)
+        self._producer = self._new_producer()
+        self._failures: list[tuple[SentRecord, str]] = []
 
-    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
+    def _delivered(self, record: SentRecord, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
-            self._failures.append(str(error))
+            self._failures.append((record, str(error)))
 
     def send(
         self,
@@ -323,20 +326,19 @@ class ConfluentSink:
         headers: Headers = (),
         partition: int | None = None,
     ) -> None:
+        delivered = functools.partial(
+            self._delivered, SentRecord(topic, key, value, headers, partition)
+        )
+
         def produce(_slice_s: float) -> bool:
             try:
                 if partition is None:
                     self._producer.produce(
-                        topic, value, key, headers=list(headers), on_delivery=self._delivered
+                        topic, value, key, headers=list(headers), on_delivery=delivered
                     )
                 else:
                     self._producer.produce(
-                        topic,
-                        value,
-                        key,
-                        partition,
-                        headers=list(headers),
-                        on_delivery=self._delivered,
+                        topic, value, key, partition, headers=list(headers), on_delivery=delivered
                     )
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve deliveries, retry
@@ -349,13 +351,32 @@ class ConfluentSink:
             self._watchdog.bounded("producer send", produce, self._settings.flush_timeout_s)
 
     def flush(self) -> None:
+        """What failed goes once more on a new producer (:class:`service.io.sinks.Renewal`)."""
+        self._renewal.flush(self._acknowledged, self._renew, self.send)
+
+    def _acknowledged(self, timeout_s: float) -> list[tuple[SentRecord, str]]:
+        """Wait (bounded) until the broker has answered for every queued record; the
+        records it failed, with their errors."""
+
         def step(slice_s: float) -> bool:
             return int(self._producer.flush(slice_s)) == 0
 
-        self._watchdog.bounded("producer flush", step, self._settings.flush_timeout_s)
+        self._watchdog.bounded("producer flush", step, timeout_s)
         failures, self._failures = self._failures, []
-        if failures:
-            raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0]}")
+        return failures
+
+    def _renew(self) -> None:
+        """Replace the producer; the old one holds nothing more (its records failed)."""
+        old = self._producer
+        try:
+            self._producer = self._new_producer()
+        except KafkaException as exc:
+            raise BrokerError(f"cannot create a new producer: {exc}") from exc
+
+        def close() -> None:
+            old.close()  # stop its threads: no reconnects after us
+
+        close_within(close, self._settings.close_timeout_s, "old producer close")
 
     def close(self) -> None:
         timeout = self._settings.close_timeout_s
@@ -413,7 +434,7 @@ class ConfluentTransactionalSink(ConfluentSink):
         self._open = False
         failures, self._failures = self._failures, []
         if failures:  # commit_transaction raises first; kept as a second check
-            raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0]}")
+            raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0][1]}")
 
     def close(self) -> None:
         if self._open:

@@ -6,6 +6,19 @@ if that takes longer than ``kafka.flush_timeout_s`` (or the shutdown grace perio
 after SIGTERM: see :mod:`service.runtime.watchdog`). The processing loop commits input offsets
 only after ``flush`` returned (at-least-once).
 
+A batch's records that the producer could not deliver are sent once more on a new
+producer before ``flush`` gives up (:class:`Renewal`): an idempotent producer's
+identity lives in the broker, and a broker that lost its state (a cluster rebuilt
+behind the same address; the test broker on every restart) no longer knows it.
+kafka-python's producer then fails every record at once, librdkafka's retries them
+until its delivery timeout, and neither recovers by itself, while a new producer
+delivers at once. So each producer's delivery timeout is half of
+``kafka.flush_timeout_s``, leaving the other half for the second attempt; a record
+the broker did take before the failure may be written twice (at-least-once). A
+transactional sink is not renewed: a new transactional producer fences the old one's
+open transaction, and the process restarts from its last committed checkpoint
+instead.
+
 A :class:`TransactionalSink` (``kafka.exactly_once``) puts every record sent between
 two :meth:`~TransactionalSink.commit` calls, and the input offsets given to the
 second, in one Kafka transaction: ``read_committed`` readers see all of them or none.
@@ -15,7 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,6 +94,47 @@ class SentRecord:
     partition: int | None = None
 
 
+class Renewal:
+    """The flush of a non-transactional sink: what the producer failed goes once more
+    on a new producer (module docstring), within the flush's own bound."""
+
+    def __init__(self, settings: KafkaSettings, renewable: bool) -> None:
+        self.renewable = renewable
+        self.flush_timeout_s = settings.flush_timeout_s
+
+    def delivery_s(self) -> float:
+        """The producer's delivery timeout: half the flush's, for a second attempt."""
+        return self.flush_timeout_s / 2 if self.renewable else self.flush_timeout_s
+
+    def flush(
+        self,
+        acknowledged: Callable[[float], Sequence[tuple[SentRecord, object]]],
+        renew: Callable[[], None],
+        send: Callable[[str, bytes | None, bytes, Headers, int | None], None],
+    ) -> None:
+        """``acknowledged(timeout_s)`` waits for what was sent and returns the failed
+        records with their errors; ``renew()`` replaces the producer; ``send`` is the
+        sink's.
+
+        Raises:
+            BrokerError: records failed, twice if the sink is renewable.
+        """
+        deadline = time.monotonic() + self.flush_timeout_s
+        failed = acknowledged(self.flush_timeout_s)
+        if failed and self.renewable:
+            log.warning(
+                "%d records were not acknowledged (%s); sending them again on a new producer",
+                len(failed),
+                failed[0][1],
+            )
+            renew()
+            for record, _ in failed:
+                send(record.topic, record.key, record.value, record.headers, record.partition)
+            failed = acknowledged(max(deadline - time.monotonic(), 0.0))
+        if failed:
+            raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0][1]}")
+
+
 class ListSink:
     """Keeps every flushed record in :attr:`records`, for tests and backtests."""
 
@@ -127,7 +182,8 @@ class KafkaSink:
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
-        delivery_s = settings.flush_timeout_s
+        self._renewal = Renewal(settings, renewable=transactional_id is None)
+        delivery_s = self._renewal.delivery_s()
         transactional: dict[str, Any] = {}
         if transactional_id is not None:
             transaction_ms = int(settings.transaction_timeout_s * 1000)
@@ -137,15 +193,18 @@ class KafkaSink:
             }
             # a record still undelivered when its transaction times out is lost with it
             delivery_s = min(delivery_s, settings.transaction_timeout_s)
-        self._producer = KafkaProducer(
+        # kafka-python (as Java) wants the delivery timeout above linger + request timeout
+        request_ms = max(1, min(30_000, int(delivery_s * 1000) - settings.linger_ms - 1))
+        delivery_ms = max(int(delivery_s * 1000), settings.linger_ms + request_ms + 1)
+        options: dict[str, Any] = dict(
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.linger_ms,
             batch_size=settings.producer_batch_bytes,
             partitioner=CachedHashPartitioner(),
             retries=2**31 - 1,
-            delivery_timeout_ms=int(delivery_s * 1000),
-            request_timeout_ms=min(30_000, int(settings.flush_timeout_s * 1000)),
+            delivery_timeout_ms=delivery_ms,
+            request_timeout_ms=request_ms,
             max_request_size=max_request_bytes,
             max_block_ms=int(settings.shutdown_grace_s * 1000),
             client_id="forecastd",
@@ -153,7 +212,10 @@ class KafkaSink:
             **transactional,
             **client_options(settings),
         )
+        self._new_producer: Callable[[], KafkaProducer] = lambda: KafkaProducer(**options)
+        self._producer = self._new_producer()
         self._futures: list[Any] = []
+        self._sent: list[SentRecord] = []  # beside _futures: what to send again
 
     def send(
         self,
@@ -174,6 +236,7 @@ class KafkaSink:
         except KafkaError as exc:
             raise BrokerError(f"cannot send to {topic}: {exc}") from exc
         self._futures.append(future)
+        self._sent.append(SentRecord(topic, key, value, headers, partition))
 
     def learn_topic(self, topic: str) -> None:
         """Fetch ``topic``'s partitions now, while the broker answers: the producer's
@@ -185,7 +248,13 @@ class KafkaSink:
             raise BrokerError(f"no metadata for {topic}: {exc}") from exc
 
     def flush(self) -> None:
+        self._renewal.flush(self._acknowledged, self._renew, self.send)
+
+    def _acknowledged(self, timeout_s: float) -> list[tuple[SentRecord, object]]:
+        """Wait (bounded) until the broker has answered for every record sent since the
+        last wait; the records it failed, with their errors."""
         futures, self._futures = self._futures, []
+        sent, self._sent = self._sent, []
 
         def step(slice_s: float) -> bool:
             try:
@@ -196,10 +265,22 @@ class KafkaSink:
                 raise BrokerError(f"producer flush failed: {exc}") from exc
             return True
 
-        self._watchdog.bounded("producer flush", step, self._settings.flush_timeout_s)
-        failed = [f.exception for f in futures if f.failed()]
-        if failed:
-            raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0]}")
+        self._watchdog.bounded("producer flush", step, timeout_s)
+        return [(r, f.exception) for r, f in zip(sent, futures, strict=True) if f.failed()]
+
+    def _renew(self) -> None:
+        """Replace the producer; the old one holds nothing more (its records failed)."""
+        old = self._producer
+        try:
+            self._producer = self._new_producer()
+        except KafkaError as exc:
+            raise BrokerError(f"cannot create a new producer: {exc}") from exc
+
+        def close() -> None:
+            with contextlib.suppress(KafkaError):
+                old.close(timeout=0)
+
+        close_within(close, self._settings.close_timeout_s, "old producer close")
 
     def close(self) -> None:
         timeout = self._settings.close_timeout_s
@@ -263,6 +344,7 @@ class KafkaTransactionalSink(KafkaSink):
             for (topic, partition), offset in offsets.items()
         }
         futures, self._futures = self._futures, []
+        self._sent = []
         settings = self._settings
         if payload:
             self._wait(

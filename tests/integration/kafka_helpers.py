@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.net.compat import KafkaNetClient
@@ -28,13 +28,16 @@ PIPELINE_CONFIG = str(Path(__file__).with_name("pipeline.yaml"))
 """The config the integration tests start from; topics and ports come from FORECASTD_*."""
 
 
-def start_daemon(env: dict[str, str], config: str = PIPELINE_CONFIG) -> subprocess.Popen[bytes]:
+def start_daemon(
+    env: dict[str, str], config: str = PIPELINE_CONFIG, output: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
     """``forecastd run`` as a real process, with ``env`` over this environment; its
-    output (stdout and stderr together) on ``stdout``."""
+    output (stdout and stderr together) on ``stdout``, or into ``output`` (a file: a
+    pipe nobody reads blocks the daemon once its logs fill it)."""
     return subprocess.Popen(
         [sys.executable, "-m", "service", "run", "-c", config],
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=subprocess.PIPE if output is None else output,
         stderr=subprocess.STDOUT,
     )
 

@@ -13,7 +13,6 @@ predicts every record produced after the restart and stays healthy.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -33,13 +32,6 @@ from tests.integration.kafka_helpers import (
 from tests.integration.streams import Record, linear_trends
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own: it is restarted, the session's broker must not be."""
-    with EmbeddedBroker() as broker:
-        yield broker
 
 
 def _later(records: list[Record], shift_ms: int) -> list[Record]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -34,13 +33,6 @@ from tests.integration.kafka_helpers import (
 from tests.integration.streams import linear_trends
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def own_broker() -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own: it is stopped, the session's broker must not be."""
-    with EmbeddedBroker() as broker:
-        yield broker
 
 
 def _status(port: int, path: str) -> int | None:

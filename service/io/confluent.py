@@ -282,10 +282,11 @@ class ConfluentSink:
         watchdog: Watchdog | None = None,
         max_request_bytes: int = 1_048_576 + 65_536,
         transactional_id: str | None = None,
+        renewed: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
-        self._renewal = Renewal(settings, renewable=transactional_id is None)
+        self._renewal = Renewal(settings, transactional_id is None, renewed)
         delivery_s = self._renewal.delivery_s()
         transactional: dict[str, Any] = {}
         if transactional_id is not None:

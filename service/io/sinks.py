@@ -98,9 +98,12 @@ class Renewal:
     """The flush of a non-transactional sink: what the producer failed goes once more
     on a new producer (module docstring), within the flush's own bound."""
 
-    def __init__(self, settings: KafkaSettings, renewable: bool) -> None:
+    def __init__(
+        self, settings: KafkaSettings, renewable: bool, renewed: Callable[[], None] | None = None
+    ) -> None:
         self.renewable = renewable
         self.flush_timeout_s = settings.flush_timeout_s
+        self._renewed = renewed  # told of each renewal (the metric)
 
     def delivery_s(self) -> float:
         """The producer's delivery timeout: half the flush's, for a second attempt."""
@@ -128,6 +131,8 @@ class Renewal:
                 failed[0][1],
             )
             renew()
+            if self._renewed is not None:
+                self._renewed()
             for record, _ in failed:
                 send(record.topic, record.key, record.value, record.headers, record.partition)
             failed = acknowledged(max(deadline - time.monotonic(), 0.0))
@@ -179,10 +184,11 @@ class KafkaSink:
         max_request_bytes: int = 1_048_576 + 65_536,
         api_version: tuple[int, ...] | None = None,
         transactional_id: str | None = None,
+        renewed: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._watchdog = watchdog or Watchdog(float("inf"), settings.shutdown_grace_s)
-        self._renewal = Renewal(settings, renewable=transactional_id is None)
+        self._renewal = Renewal(settings, transactional_id is None, renewed)
         delivery_s = self._renewal.delivery_s()
         transactional: dict[str, Any] = {}
         if transactional_id is not None:

@@ -266,7 +266,7 @@ def _connect(
                 "kafka.client: confluent needs confluent-kafka: pip install 'forecastd[confluent]'"
             ) from exc
         if tid is None:
-            sink = ConfluentSink(kafka, watchdog, limit)
+            sink = ConfluentSink(kafka, watchdog, limit, renewed=metrics.producer_renewals.inc)
         else:
             sink = ConfluentTransactionalSink(kafka, tid, watchdog, limit)
         processor = Processor(settings, sink, metrics)
@@ -277,7 +277,9 @@ def _connect(
             state.source = confluent
     else:
         if tid is None:
-            sink = KafkaSink(kafka, watchdog, limit, api_version)
+            sink = KafkaSink(
+                kafka, watchdog, limit, api_version, renewed=metrics.producer_renewals.inc
+            )
         else:
             sink = KafkaTransactionalSink(kafka, tid, watchdog, limit, api_version)
         processor = Processor(settings, sink, metrics)

@@ -125,6 +125,13 @@ class Metrics:
             registry=registry,
         )
         self.commits = Counter("forecastd_commits", "Offset commits.", registry=registry)
+        self.producer_renewals = Counter(
+            "forecastd_producer_renewals",
+            "Producers replaced because the broker failed some of a batch's outputs, which"
+            " were then sent again on the new one (a broker that lost its state, or a"
+            " delivery timeout).",
+            registry=registry,
+        )
         self.leads = Counter(
             "forecastd_ensemble_leader",
             "Predictions an ensemble published, by the member that led each.",

@@ -54,6 +54,7 @@ CONTRACT: Mapping[str, frozenset[str]] = {
     "forecastd_batches_total": frozenset(),
     "forecastd_loop_busy_seconds_total": frozenset(),
     "forecastd_commits_total": frozenset(),
+    "forecastd_producer_renewals_total": frozenset(),
     "forecastd_evicted_series_total": frozenset(),
     "forecastd_build_info": frozenset({"version"}),
     "forecastd_checkpoint_bytes": frozenset({"le"}),

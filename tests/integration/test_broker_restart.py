@@ -79,6 +79,13 @@ def test_a_broker_restarted_empty_is_used_again_by_the_same_process(
         wait_for(predicted_all, 90, "every record after the restart predicted")
         assert daemon.poll() is None, "the daemon exited"
         assert scrape(port, "/healthz")[0] == 200
+        renewals = [
+            line
+            for line in scrape(port)[1].splitlines()
+            if line.startswith("forecastd_producer_renewals_total ")
+        ]
+        assert renewals, "no forecastd_producer_renewals_total"
+        assert float(renewals[0].split()[1]) >= 1
         inputs = consume_all(broker.bootstrap, topics.input, len(then))
         outputs = consume_all(broker.bootstrap, topics.output, len(then))
         assert {orjson.loads(r.value)["source"] for r in outputs} == {

@@ -46,8 +46,11 @@ SETTINGS = KafkaSettings(flush_timeout_s=10)
 
 def test_what_failed_is_sent_once_more_on_a_new_producer() -> None:
     producers = Producers({b"v0", b"v2"}, set())
-    Renewal(SETTINGS, renewable=True).flush(producers.acknowledged, producers.renew, producers.send)
+    told: list[None] = []
+    renewal = Renewal(SETTINGS, renewable=True, renewed=lambda: told.append(None))
+    renewal.flush(producers.acknowledged, producers.renew, producers.send)
     assert producers.current == 1
+    assert len(told) == 1
     assert producers.sent_again == [RECORDS[0], RECORDS[2]]
     assert producers.waits[0] == 10
     assert 0 <= producers.waits[1] <= 10

@@ -220,8 +220,7 @@ class KafkaSink:
         )
         self._new_producer: Callable[[], KafkaProducer] = lambda: KafkaProducer(**options)
         self._producer = self._new_producer()
-        self._futures: list[Any] = []
-        self._sent: list[SentRecord] = []  # beside _futures: what to send again
+        self._pending: list[tuple[SentRecord, Any]] = []  # each record and its future
 
     def send(
         self,
@@ -241,8 +240,7 @@ class KafkaSink:
             )
         except KafkaError as exc:
             raise BrokerError(f"cannot send to {topic}: {exc}") from exc
-        self._futures.append(future)
-        self._sent.append(SentRecord(topic, key, value, headers, partition))
+        self._pending.append((SentRecord(topic, key, value, headers, partition), future))
 
     def learn_topic(self, topic: str) -> None:
         """Fetch ``topic``'s partitions now, while the broker answers: the producer's
@@ -259,8 +257,7 @@ class KafkaSink:
     def _acknowledged(self, timeout_s: float) -> list[tuple[SentRecord, object]]:
         """Wait (bounded) until the broker has answered for every record sent since the
         last wait; the records it failed, with their errors."""
-        futures, self._futures = self._futures, []
-        sent, self._sent = self._sent, []
+        pending, self._pending = self._pending, []
 
         def step(slice_s: float) -> bool:
             try:
@@ -272,7 +269,7 @@ class KafkaSink:
             return True
 
         self._watchdog.bounded("producer flush", step, timeout_s)
-        return [(r, f.exception) for r, f in zip(sent, futures, strict=True) if f.failed()]
+        return [(record, future.exception) for record, future in pending if future.failed()]
 
     def _renew(self) -> None:
         """Replace the producer; the old one holds nothing more (its records failed)."""
@@ -349,8 +346,7 @@ class KafkaTransactionalSink(KafkaSink):
             KafkaTopicPartition(topic, partition): OffsetAndMetadata(offset, None, -1)
             for (topic, partition), offset in offsets.items()
         }
-        futures, self._futures = self._futures, []
-        self._sent = []
+        pending, self._pending = self._pending, []
         settings = self._settings
         if payload:
             self._wait(
@@ -362,7 +358,7 @@ class KafkaTransactionalSink(KafkaSink):
             "transaction commit", self._producer.commit_transaction, settings.flush_timeout_s
         )
         self._open = False
-        failed = [f.exception for f in futures if f.failed()]
+        failed = [future.exception for _, future in pending if future.failed()]
         if failed:  # commit_transaction raises first; kept as a second check
             raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0]}")
 

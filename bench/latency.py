@@ -4,7 +4,8 @@
     python -m bench.latency --rate 2000 --keys 100000   # the same over 100k keys
 
 Runs the daemon as ``bench.throughput`` runs it for its latency rows (a pod of one
-worker process, the embedded Tansu broker, 3 input partitions, a warm-up of
+worker process, the embedded Tansu broker, 3 input partitions unless
+``--partitions`` says otherwise, a warm-up of
 :data:`~bench.throughput.WARM_UP` records not counted), with the worker's loop traced:
 each poll (when it started and returned, which records it brought, and the loop
 thread's CPU time inside it: the client's own work, apart from the wait for the
@@ -402,6 +403,7 @@ def run(
     keys: int | None,
     env: dict[str, str],
     keep: Path | None = None,
+    partitions: int = 3,
 ) -> Breakdown:
     """One traced paced run (module docstring)."""
     base = load_settings(config, env={})
@@ -412,7 +414,7 @@ def run(
     os.environ[TRACE_ENV] = str(trace_path)
     with EmbeddedBroker() as broker:
         topic, output = f"lat-{uuid.uuid4().hex[:6]}", f"lat-out-{uuid.uuid4().hex[:6]}"
-        broker.create_topics([topic], partitions=3)
+        broker.create_topics([topic], partitions=partitions)
         broker.create_topics([output, f"{topic}.dlq"])
         settings = _daemon_settings(config, broker.bootstrap, topic, output, "kafka-python", env)
         warm, paced = pairs[:WARM_UP], pairs[WARM_UP:]
@@ -522,11 +524,14 @@ def main() -> None:
     add_stream_options(parser)
     add_set_option(parser, "the daemon")
     parser.add_argument("--trace", type=Path, default=None, help="keep the raw trace here")
+    parser.add_argument("--partitions", type=int, default=3, help="input partitions")
     args = parser.parse_args()
     env = set_overrides(parser, args.set)
-    result = run(args.config, args.rate, args.seconds, args.dataset, args.keys, env, args.trace)
+    stream = (args.config, args.rate, args.seconds, args.dataset, args.keys)
+    result = run(*stream, env, args.trace, args.partitions)
     name = args.config.name if args.config else "built-in defaults"
     title = f"{args.rate:,.0f} events/s, {name}" + (f", {args.keys:,} keys" if args.keys else "")
+    title += f", {args.partitions} partitions"
     report(result, title, Console())
 
 

@@ -3,6 +3,7 @@
     python -m bench.pipeline                       # configs/demo.yaml on sp500
     python -m bench.pipeline --config configs/stocks.yaml --records 40000
     python -m bench.pipeline --no-ablate --set FORECASTD_KAFKA__MAX_POLL_RECORDS=33
+    python -m bench.pipeline --no-ablate --keys 20 --partitions 16   # many partition tasks
 
 Runs ``forecastd backtest``'s pipeline (decode, windows, features, every model,
 scoring, drift, intervals, encode; no broker) on the same records several times:
@@ -35,7 +36,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from bench.history import repeated_history
+from bench.history import repeated_history, spread
 from bench.specs import add_set_option, named_params, set_overrides
 from service.config import Settings, load_settings
 from service.records import RawRecord
@@ -46,10 +47,15 @@ from service.tools.backtest import run_backtest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def records_for(settings: Settings, dataset: str, count: int) -> list[RawRecord]:
-    """``count`` records of ``dataset`` (repeated, with increasing times), 3 partitions."""
+def records_for(
+    settings: Settings, dataset: str, count: int, partitions: int = 3, keys: int | None = None
+) -> list[RawRecord]:
+    """``count`` records of ``dataset`` (repeated, with increasing times), spread over
+    ``keys`` keys if given, in ``partitions`` partitions as a keyed produce places them."""
     pairs = repeated_history(dataset, settings.schema_, count)
-    return replay.as_records(pairs, settings.kafka.input_topic, partitions=3)
+    if keys is not None:
+        pairs = spread(pairs, keys)
+    return replay.as_records(pairs, settings.kafka.input_topic, partitions=partitions)
 
 
 def micros_per_event(settings: Settings, records: list[RawRecord], repeats: int) -> float:
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
     parser.add_argument("--dataset", default="sp500")
     parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--partitions", type=int, default=3, help="partition tasks")
+    parser.add_argument("--keys", type=int, default=None, help="spread over this many keys")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--variant",
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings(args.config, env=set_overrides(parser, args.set))
     set_torch_threads(settings.processing.torch_threads)
-    records = records_for(settings, args.dataset, args.records)
+    records = records_for(settings, args.dataset, args.records, args.partitions, args.keys)
     ablate = args.ablate
     variants = {"full": settings}
     if ablate:
@@ -165,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         (f"variant {name}: {model} {orjson.dumps(params).decode()}", micros[f"variant {name}"])
         for name, model, params in args.variant
     ]
-    table = Table(title=f"{args.config.name}, {args.dataset}, {len(records):,} events, offline")
+    spread_over = f", {args.keys:,} keys" if args.keys else ""
+    title = f"{args.config.name}, {args.dataset}{spread_over}, {len(records):,} events"
+    table = Table(title=f"{title}, {args.partitions} partitions, offline")
     table.add_column("part")
     table.add_column("µs / event", justify="right")
     for part, cost in rows:

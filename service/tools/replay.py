@@ -26,6 +26,7 @@ from service.config import SchemaSettings
 from service.errors import DatasetError
 from service.extras import require
 from service.io.decode import EPOCH_UNITS, ms_per_unit
+from service.io.partitioner import positive_murmur2
 from service.records import RawRecord
 from service.tools import datasets
 
@@ -124,18 +125,17 @@ def _epoch_ms(series: pd.Series) -> list[int | None]:
 def as_records(
     pairs: Sequence[tuple[bytes, bytes]], topic: str, partitions: int = 1
 ) -> list[RawRecord]:
-    """In-memory records for an offline run, partitioned by a stable hash of the key."""
+    """In-memory records for an offline run, each key in the partition Kafka's default
+    partitioner gives it (:func:`~service.io.partitioner.positive_murmur2`), as a
+    keyed produce to a topic of ``partitions`` would place it: an offline run then
+    splits keys between partition tasks as the daemon on that topic does."""
     offsets = [0] * partitions
     records = []
     for key, value in pairs:
-        partition = _stable_partition(key, partitions)
+        partition = positive_murmur2(key) % partitions if partitions > 1 else 0
         records.append(RawRecord(topic, partition, offsets[partition], key, value))
         offsets[partition] += 1
     return records
-
-
-def _stable_partition(key: bytes, partitions: int) -> int:
-    return int.from_bytes(key[:8].ljust(8, b"\0"), "little") % partitions if partitions > 1 else 0
 
 
 def paced(count: int, rate: float) -> Iterator[int]:

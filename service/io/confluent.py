@@ -35,7 +35,7 @@ from confluent_kafka import TopicPartition as ConfluentTopicPartition
 
 from service.config import KafkaSettings
 from service.errors import BrokerError, ConfigError
-from service.io.sinks import Renewal, SentRecord
+from service.io.sinks import Renewal, SentRecord, raise_unacknowledged
 from service.io.sources import RebalanceListener, TopicPartition, Watermarks
 from service.records import Headers, RawRecord
 from service.runtime.watchdog import Watchdog, close_within, in_thread
@@ -434,8 +434,7 @@ class ConfluentTransactionalSink(ConfluentSink):
         )
         self._open = False
         failures, self._failures = self._failures, []
-        if failures:  # commit_transaction raises first; kept as a second check
-            raise BrokerError(f"{len(failures)} records were not acknowledged: {failures[0][1]}")
+        raise_unacknowledged(failures)  # commit_transaction raises first; a second check
 
     def close(self) -> None:
         if self._open:

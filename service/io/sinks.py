@@ -94,6 +94,13 @@ class SentRecord:
     partition: int | None = None
 
 
+def raise_unacknowledged(failed: Sequence[tuple[SentRecord, object]]) -> None:
+    """The error every sink raises for records the broker did not acknowledge (each
+    with its error), naming how many and the first error; nothing if none failed."""
+    if failed:
+        raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0][1]}")
+
+
 class Renewal:
     """The flush of a non-transactional sink: what the producer failed goes once more
     on a new producer (module docstring), within the flush's own bound."""
@@ -136,8 +143,7 @@ class Renewal:
             for record, _ in failed:
                 send(record.topic, record.key, record.value, record.headers, record.partition)
             failed = acknowledged(max(deadline - time.monotonic(), 0.0))
-        if failed:
-            raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0][1]}")
+        raise_unacknowledged(failed)
 
 
 class ListSink:
@@ -269,7 +275,7 @@ class KafkaSink:
             return True
 
         self._watchdog.bounded("producer flush", step, timeout_s)
-        return [(record, future.exception) for record, future in pending if future.failed()]
+        return _failed(pending)
 
     def _renew(self) -> None:
         """Replace the producer; the old one holds nothing more (its records failed)."""
@@ -358,9 +364,7 @@ class KafkaTransactionalSink(KafkaSink):
             "transaction commit", self._producer.commit_transaction, settings.flush_timeout_s
         )
         self._open = False
-        failed = [future.exception for _, future in pending if future.failed()]
-        if failed:  # commit_transaction raises first; kept as a second check
-            raise BrokerError(f"{len(failed)} records were not acknowledged: {failed[0]}")
+        raise_unacknowledged(_failed(pending))  # commit_transaction raises first; a second check
 
     def close(self) -> None:
         if self._open:
@@ -390,3 +394,8 @@ class KafkaTransactionalSink(KafkaSink):
             )
         except KafkaError as exc:
             raise BrokerError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _failed(pending: Sequence[tuple[SentRecord, Any]]) -> list[tuple[SentRecord, object]]:
+    """Of kafka-python's (record, future) pairs, the failed records with their errors."""
+    return [(record, future.exception) for record, future in pending if future.failed()]

@@ -301,6 +301,8 @@ class PartitionTask:
         )
         count_at = counts_before + np.asarray(seen) + 1  # values of the key up to each event
         periods = self._periods(slot_index, count_at)
+        if not predicted:  # h = 0, target change: nothing but keys' first values, seeded
+            return TaskOutput([], invalid, self.take_counts())
         index = np.asarray(predicted, dtype=np.intp)
         new = [pushed[i] for i in predicted]
         self._fill(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import orjson
@@ -162,3 +163,26 @@ def test_an_oversized_record_is_dead_lettered_truncated_with_its_size() -> None:
     assert headers["forecastd.error.original_size"] == str(len(value)).encode()
     assert dead.value == value[:50]  # half the limit: room for key and headers
     assert headers["trace"] == b"1"
+
+
+def test_horizon_zero_polls_of_nothing_but_first_values_seed_their_keys(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With ``h = 0`` and ``target: change`` a key's first value has nothing to change
+    from: it seeds the key and gets no prediction. A poll holding nothing else (a live
+    trickle, one record per poll, as new keys arrive) is no error: the built-in
+    ensemble with every member goes on, and each later event is predicted once."""
+    settings = Settings.model_validate({"forecast": {"horizon": 0}})
+    sink = ListSink()
+    processor = Processor(settings, sink, Metrics(CollectorRegistry(), settings))
+    offsets = iter(range(100))
+    for keys in (["a"], ["b", "c"], ["a"], ["d"], ["b", "c", "d"], ["a"]):
+        values = [orjson.dumps({"ts": 1000 * i, "y": 1.0 + i, "x": {"f": i}}) for i in range(3)]
+        records = [_record(0, next(offsets), values[i], k.encode()) for i, k in enumerate(keys)]
+        processor.acknowledged(processor.process(records))
+    sink.flush()
+    assert not sink.on("ticks.dlq")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    published = [orjson.loads(r.value)["source"] for r in sink.on("predictions")]
+    # offsets 0-2 and 4 are the keys' first values; 3 and 5-8 come after one
+    assert published == [f"ticks:0:{i}" for i in (3, 5, 6, 7, 8)]

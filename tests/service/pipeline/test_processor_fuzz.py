@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import math
 import os
 from typing import Any
 
@@ -213,3 +215,92 @@ def test_corpus_all_in_one_batch_among_valid_records() -> None:
         (b"v", b'{"y": %d, "ts": %d}' % (i, 1_700_000_000_000 + i)) for i in range(50)
     ]
     HARNESS.check(valid[:25] + CORPUS + valid[25:], partition=3)
+
+
+class DefaultsHarness:
+    """The built-in defaults (the ensemble and every member, ``features: auto``,
+    seasons and calendar found per key) over a long-lived processor of four partitions,
+    fed valid events whose numbers are hostile. Every record is published, dead-lettered
+    or (``h = 0``, a key's first value) seeds its key; nothing is logged at ERROR (the
+    processor's guard logs what raised, then replays the poll event by event)."""
+
+    def __init__(self, horizon: int) -> None:
+        self.settings = Settings.model_validate({"forecast": {"horizon": horizon}})
+        self.sink = ListSink()
+        self.processor = Processor(
+            self.settings, self.sink, Metrics(CollectorRegistry(), self.settings)
+        )
+        self._offsets = itertools.count()
+        self.errors: list[str] = []
+        handler = logging.Handler(logging.ERROR)
+        handler.emit = lambda record: self.errors.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("service").addHandler(handler)
+        self._handler = handler
+
+    def close(self) -> None:
+        logging.getLogger("service").removeHandler(self._handler)
+
+    def check(self, events: list[dict[str, Any]], partition: int) -> None:
+        topic = self.settings.kafka.input_topic
+        records = [
+            RawRecord(topic, partition, next(self._offsets), str(e["key"]).encode(), _json(e))
+            for e in events
+        ]
+        seeded = sum(task.seeded_only for task in self.processor.tasks.values())
+        before = len(self.sink.records)
+        self.processor.acknowledged(self.processor.process(records))
+        self.sink.flush()
+        sent = self.sink.records[before:]
+        published = [json.loads(r.value) for r in sent if r.topic != DLQ]
+        for prediction in published:
+            assert prediction["y_hat"] is None or math.isfinite(prediction["y_hat"])
+        seeded = sum(task.seeded_only for task in self.processor.tasks.values()) - seeded
+        dead = len(sent) - len(published)
+        assert len(published) + dead + seeded == len(records), "a record lost or doubled"
+        assert len({p["source"] for p in published}) == len(published), "a record doubled"
+        assert not self.errors, self.errors
+
+
+MAGNITUDES = st.sampled_from([0.0, 5e-324, 1e-300, 1e-12, 1.0, 1e6, 1e12, 1e100, 1e300, 1.7e308])
+NUMBERS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    MAGNITUDES,
+    MAGNITUDES.map(lambda v: -v),
+    st.integers(-(10**18), 10**18),
+)
+
+
+@st.composite
+def hostile_stream(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Valid events: keys that come, go and repeat; times that stand still, jump back
+    and forth or step by a millisecond, an hour, a day, a month; features that come and
+    go; values from denormal to the largest double."""
+    count = draw(st.integers(1, 40))
+    t = draw(st.sampled_from([0, 1, 1_700_000_000_000, 10**15]))
+    step = draw(st.sampled_from([0, 1, 1000, 3_600_000, 86_400_000, 2_592_000_000, -1000]))
+    names: list[str] = draw(st.lists(st.sampled_from(["p", "q", "r"]), max_size=3, unique=True))
+    events = []
+    for _ in range(count):
+        t += step if draw(st.integers(0, 9)) else draw(st.integers(-(10**13), 10**13))
+        event: dict[str, Any] = {"key": draw(st.sampled_from("abcdefgh")), "y": draw(NUMBERS)}
+        event["ts"] = t
+        with_features: bool = draw(st.booleans())
+        if names and with_features:
+            event["x"] = {name: draw(NUMBERS) for name in names}
+        events.append(event)
+    return events
+
+
+@pytest.mark.parametrize("horizon", [0, 1])
+def test_the_defaults_survive_numerically_hostile_valid_streams(horizon: int) -> None:
+    harness = DefaultsHarness(horizon)
+
+    @settings(parent=PROFILE, max_examples=max(_EXAMPLES // 3, 1))
+    @given(hostile_stream(), st.integers(0, 3))
+    def run(events: list[dict[str, Any]], partition: int) -> None:
+        harness.check(events, partition)
+
+    try:
+        run()
+    finally:
+        harness.close()

@@ -571,6 +571,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8 YAML"
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -652,24 +656,53 @@ def _validate_model_params(settings: Settings) -> None:
             raise ConfigError(_describe(exc, prefix=("models", index, "params"))) from exc
 
 
+MORE_SHOWN = 5
+"""Further invalid keys named after a config error's first (one line stays readable)."""
+
+
 def _describe(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
-    """The first error as ``key.path[0].leaf: reason (got value)`` on one line."""
-    error = exc.errors()[0]
+    """The first invalid key as ``key.path[0].leaf: reason (got value)`` on one line
+    (a key that may take one of several forms gives the reason of each, joined by
+    "or"), then the other invalid keys (``[+2 more: kafka.acks, forecast.window]``), so
+    that a config with several mistakes is not fixed one run at a time."""
+    errors = exc.errors()
+    paths = [_dotted((*prefix, *error["loc"])) for error in errors]
+    path, error = paths[0], errors[0]
+    reasons = [_reason(e) for p, e in zip(paths, errors, strict=True) if p == path]
+    reason = " or ".join(dict.fromkeys(reasons))
+    got = ""
     loc = (*prefix, *error["loc"])
+    shown = "input" in error and not isinstance(error["input"], dict)
+    if error["type"] not in {"missing", "extra_forbidden"} and shown and not _is_sensitive(loc):
+        got = f" (got {error['input']!r})"
+    others = list(dict.fromkeys(p or "(a rule across sections)" for p in paths if p != path))
+    more = ""
+    if others:
+        named = ", ".join(others[:MORE_SHOWN]) + (", ..." if len(others) > MORE_SHOWN else "")
+        more = f" [+{len(others)} more: {named}]"
+    if not path:  # a rule across sections: its reason names the keys
+        return f"{reason}{got}{more}"
+    return f"{path}: {reason}{got}{more}"
+
+
+def _reason(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling against docs/configuration.md)"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+_UNION_TAG = frozenset("[](),' ")
+"""Characters of pydantic's names for the alternatives of a union (``tuple[str, ...]``,
+``literal['auto']``), which a config key never has."""
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    """A pydantic error location as a config key path: ``models[0].params.lr``
+    (without pydantic's names for a union's alternatives)."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        else:
-            path += ("." if path else "") + ("schema" if part == "schema_" else str(part))
-    reason = error["msg"].removeprefix("Value error, ")
-    got = ""
-    shown = "input" in error and not isinstance(error["input"], dict)
-    if error["type"] not in {"missing", "extra_forbidden"} and shown and not _is_sensitive(loc):
-        got = f" (got {error['input']!r})"
-    if error["type"] == "extra_forbidden":
-        reason = "unknown key (check the spelling against docs/configuration.md)"
-    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    if not path:  # a rule across sections: its reason names the keys
-        return f"{reason}{got}{more}"
-    return f"{path}: {reason}{got}{more}"
+        elif not _UNION_TAG.intersection(part):
+            path += ("." if path else "") + ("schema" if part == "schema_" else part)
+    return path

@@ -188,6 +188,38 @@ def test_missing_file_and_broken_yaml_are_config_errors(tmp_path: Path) -> None:
         load_settings(broken, env={})
 
 
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("forecast: {horizon: 1}  # caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 29\)"):
+        load_settings(latin, env={})
+
+
+def test_a_config_error_names_every_invalid_key_on_one_line() -> None:
+    """The first mistake with its reason; the other keys named, so a config with three
+    mistakes takes one run to see them; a key of two forms (a list, or ``auto``) gives
+    both reasons, not pydantic's names for them."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            None,
+            env={
+                "FORECASTD_SCHEMA__FEATURES": "5",
+                "FORECASTD_FORECAST__WINDOW": "1",
+                "FORECASTD_KAFKA__ACKS": "some",
+            },
+        )
+    message = str(caught.value)
+    assert "\n" not in message
+    first, more = message.split(" [+")
+    assert first.startswith("kafka.acks: ")
+    assert more == "2 more: schema.features, forecast.window]"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env={"FORECASTD_SCHEMA__FEATURES": "5"})
+    assert str(caught.value) == (
+        "schema.features: Input should be a valid tuple or Input should be 'auto' (got '5')"
+    )
+
+
 SECRET = "hunter2-Secret"  # noqa: S105 - the value the tests look for in every output
 
 

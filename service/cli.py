@@ -11,6 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatasetError, ForecastdError
@@ -57,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-c", "--config", help="config for broker, topic and field names")
     replay.add_argument("--topic", help="target topic (default: kafka.input_topic)")
     replay.add_argument("--bootstrap", help="bootstrap servers (default: from the config)")
-    replay.add_argument("--key-col", default="key")
+    replay.add_argument(
+        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
+    )
     replay.add_argument("--time-col", default="ts", help="'' to send no time field")
     replay.add_argument("--target-col", default="y")
     replay.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
@@ -73,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("source", help="file path, or a dataset: sp500, nonlinear-ar, ...")
     backtest.add_argument("-c", "--config", help="the config whose models and semantics to test")
-    backtest.add_argument("--key-col", default="key")
+    backtest.add_argument(
+        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
+    )
     backtest.add_argument("--time-col", default="ts", help="'' to use no time column")
     backtest.add_argument("--target-col", default="y")
     backtest.add_argument(
@@ -107,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         "--holdout", type=float, default=0.3, help="share of the replay held back for re-scoring"
     )
     tune.add_argument("--out", required=True, help="where to write the tuned YAML config")
-    tune.add_argument("--key-col", default="key")
+    tune.add_argument(
+        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
+    )
     tune.add_argument("--time-col", default="ts", help="'' to use no time column")
     tune.add_argument("--target-col", default="y")
     tune.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
@@ -193,7 +200,13 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
     if getattr(args, "limit", 0):
         frame = frame.head(args.limit)
     features = tuple(f for f in args.features.split(",") if f) if args.features else None
-    columns = replay.Columns(args.key_col, args.time_col or None, args.target_col, features)
+    columns = replay.Columns(
+        args.key_col or None,
+        args.time_col or None,
+        args.target_col,
+        features,
+        series=Path(args.source).stem or "series",
+    )
     return replay.encode(frame, columns, settings.schema_)
 
 

@@ -33,12 +33,15 @@ from service.tools import datasets
 
 @dataclass(frozen=True, slots=True)
 class Columns:
-    """Which columns hold what; ``features=None`` means every other numeric column."""
+    """Which columns hold what; ``features=None`` means every other numeric column.
+    ``key=None``: the file is one series, every row keyed ``series``; ``time=None``:
+    no time field is sent (the broker's record time counts)."""
 
-    key: str = "key"
+    key: str | None = "key"
     time: str | None = "ts"
     target: str = "y"
     features: tuple[str, ...] | None = None
+    series: str = "series"
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
@@ -66,26 +69,82 @@ def load_input(source: str) -> pd.DataFrame:
 def encode(
     frame: pd.DataFrame, columns: Columns, schema: SchemaSettings
 ) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs in frame order, values as input JSON (docs/messages.md)."""
-    missing = [c for c in (columns.key, columns.time, columns.target) if c and c not in frame]
+    """(key, value) pairs in frame order, values as input JSON (docs/messages.md).
+
+    A cell is sent as what it says, so that the daemon judges each row as it judges any
+    record, and a bad row costs that row only (it is dead-lettered with its reason) and
+    never the file: numbers, and numeric text, as numbers; other text as it is (a target
+    ``"n/a"`` is ``bad_target``, a time the decoder cannot read is ``bad_time``, a
+    feature that is not a number is ignored and counted); an empty target as null
+    (``bad_target``); an empty time as an empty string (``bad_time``: left out, it
+    would take the time the record is produced and put the key's later rows out of
+    order); an empty key as no key (``missing_key``); an empty feature is left out."""
+    named = (columns.key, columns.time, columns.target)
+    missing = [c for c in named if c and c not in frame]
     if missing:
-        raise DatasetError(f"columns not found: {missing}; the file has {list(frame.columns)}")
+        raise DatasetError(
+            f"columns not found: {missing}; the file has {list(frame.columns)} (name them"
+            " with --key-col, --time-col and --target-col; --key-col '' reads the file as"
+            " one series, --time-col '' sends no time)"
+        )
     features = _feature_columns(frame, columns)
-    keys = frame[columns.key].astype(str).tolist()
-    targets = frame[columns.target].astype(float).tolist()
-    times = _epoch_ms(frame[columns.time]) if columns.time else [None] * len(frame)
-    feature_rows = frame[list(features)].astype(float).to_dict("records") if features else None
+    keys = _keys(frame[columns.key]) if columns.key else [columns.series] * len(frame)
+    targets = _cells(frame[columns.target])
+    times = _times(frame[columns.time]) if columns.time else None
+    feature_cells = {name: _cells(frame[name]) for name in features}
     pairs = []
     for index, key in enumerate(keys):
-        value: dict[str, Any] = {schema.key_field: key, schema.target_field: targets[index]}
-        if times[index] is not None:
-            value[schema.time_field] = _time_value(times[index])
-        if feature_rows is not None:
-            value[schema.features_field] = {
-                k: v for k, v in feature_rows[index].items() if not math.isnan(v)
-            }
-        pairs.append((key.encode(), orjson.dumps(value)))
+        value: dict[str, Any] = {} if key is None else {schema.key_field: key}
+        value[schema.target_field] = targets[index]
+        if times is not None:
+            value[schema.time_field] = times[index]
+        if features:
+            row = ((name, cells[index]) for name, cells in feature_cells.items())
+            value[schema.features_field] = {name: cell for name, cell in row if cell is not None}
+        pairs.append((b"" if key is None else key.encode(), orjson.dumps(value)))
     return pairs
+
+
+def _keys(series: pd.Series) -> list[str | None]:
+    """A key column's cells as text (a whole number as ``7``, not the ``7.0`` a column
+    of numbers with an empty cell reads as); None for an empty cell."""
+    out: list[str | None] = []
+    for cell in series.tolist():
+        if _empty(cell):
+            out.append(None)
+        elif isinstance(cell, float) and cell.is_integer():
+            out.append(str(int(cell)))
+        else:
+            out.append(str(cell))
+    return out
+
+
+def _cells(series: pd.Series) -> list[Any]:
+    """A column's cells as numbers where they are numbers or numeric text, as the text
+    where they are other text, None where empty (see :func:`encode`)."""
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return [None if math.isnan(v) else v for v in series.astype(float).tolist()]
+    numbers = pd.to_numeric(series, errors="coerce").astype(float).tolist()
+    return [
+        None if _empty(cell) else cell if math.isnan(number) else number
+        for cell, number in zip(series.tolist(), numbers, strict=True)
+    ]
+
+
+def _empty(cell: Any) -> bool:
+    return cell is None or (not isinstance(cell, str) and bool(pd.isna(cell)))
+
+
+def _times(series: pd.Series) -> list[int | str]:
+    """A time column's cells as :func:`_time_value` sends them; a cell that is not a
+    time as its text, an empty one as ``""`` (see :func:`encode`)."""
+    out: list[int | str] = []
+    for cell, ms in zip(series.tolist(), _epoch_ms(series), strict=True):
+        if ms is not None:
+            out.append(_time_value(ms))
+        else:
+            out.append("" if _empty(cell) else str(cell))
+    return out
 
 
 def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
@@ -100,26 +159,32 @@ def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
     )
 
 
-def _time_value(ms: int | None) -> int | str | None:
+def _time_value(ms: int) -> int | str:
     """Epoch milliseconds, or an ISO-8601 string for times within about three years of
     1970, whose milliseconds the decoder would read as seconds
     (:data:`~service.io.decode.EPOCH_UNITS`). No time read from a column is past year
     5138, where milliseconds would read as microseconds."""
-    if ms is None or abs(ms) >= EPOCH_UNITS[0]:
+    if abs(ms) >= EPOCH_UNITS[0]:
         return ms
     stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _epoch_ms(series: pd.Series) -> list[int | None]:
-    """A time column as epoch milliseconds; a numeric one in the unit its largest
-    magnitude says, as the decoder reads a single time."""
-    if pd.api.types.is_numeric_dtype(series):
+    """A time column as epoch milliseconds, None for a cell that is not a time; a
+    numeric one in the unit its largest magnitude says, as the decoder reads a single
+    time. Text is read in one format for the column when it has one, else cell by cell
+    (``format="mixed"``: slower, for columns whose cells differ in format)."""
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         values = series.astype(float)
-        scale = ms_per_unit(values.abs().max())
-        return [int(v * scale) for v in values]
-    stamps = pd.to_datetime(series, utc=True)
-    return [int(t.value // 1_000_000) for t in stamps]
+        largest = values.abs().max()
+        scale = ms_per_unit(largest) if math.isfinite(largest) else 1.0
+        return [int(v * scale) if math.isfinite(v * scale) else None for v in values.tolist()]
+    try:
+        stamps = pd.to_datetime(series, utc=True)
+    except (ValueError, TypeError, OverflowError):
+        stamps = pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
+    return [None if pd.isna(t) else int(t.value // 1_000_000) for t in stamps]
 
 
 def as_records(

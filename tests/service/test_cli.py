@@ -32,3 +32,16 @@ def test_missing_column_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     data.write_text("symbol,price\nA,1\n")
     assert main(["backtest", str(data)]) == 2
     assert "columns not found" in capsys.readouterr().err
+
+
+def test_backtest_of_a_one_series_file_with_a_bad_row(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--key-col ''``: the file is one series; a row whose value is not a number is
+    dead-lettered and the rest are scored."""
+    data = tmp_path / "load.csv"
+    rows = [f"2024-01-{day:02d},{10 + day % 3}" for day in range(1, 29)]
+    rows[5] = "2024-01-06,n/a"
+    data.write_text("ts,y\n" + "\n".join(rows) + "\n")
+    assert main(["backtest", str(data), "--key-col", "", "--quiet"]) == 0
+    assert "28 records, 1 dead-lettered" in capsys.readouterr().out

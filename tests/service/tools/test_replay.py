@@ -8,6 +8,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from service.config import SchemaSettings
+from service.errors import DatasetError
 from service.io.decode import Decoder
 from service.records import Event, RawRecord
 from service.tools import replay
@@ -56,3 +57,47 @@ def test_offline_records_go_to_the_partition_a_keyed_produce_would() -> None:
         offsets = [r.offset for r in records if r.partition == partition]
         assert offsets == list(range(len(offsets)))
     assert {r.partition for r in replay.as_records(pairs, "t")} == {0}
+
+
+def test_bad_cells_cost_their_rows_only_each_with_the_decoders_reason() -> None:
+    """A file is sent as it says, and the daemon judges each row as it judges any
+    record: an empty key, target or time, a target or time that is text, and an
+    unreadable feature dead-letter (or leave out) that row's cell, never the file."""
+    frame = pd.DataFrame(
+        {
+            "key": ["a", None, "a", "a", "a", "a", "b"],
+            "ts": ["2024-01-01", "2024-01-02", "not a date", None, "2024-01-05", "2024-01-06", "7"],
+            "y": ["1", "2", "3", "4", "n/a", None, "2.5"],
+            "f": ["0.5", "1", "2", "3", "4", "5", "high"],
+        }
+    )
+    columns = replay.Columns(time="ts", features=("f",))
+    pairs = replay.encode(frame, columns, SCHEMA)
+    decoder = Decoder(SCHEMA)
+    outcomes = [decoder.decode(RawRecord("t", 0, i, k, v)) for i, (k, v) in enumerate(pairs)]
+    reasons = [getattr(o, "reason", "event") for o in outcomes]
+    assert reasons == [
+        "event",
+        "missing_key",
+        "bad_time",
+        "bad_time",
+        "bad_target",
+        "bad_target",
+        "bad_time",  # "7" is no ISO-8601 time, in a column of dates
+    ]
+    assert pairs[0][1] == b'{"key":"a","y":1.0,"ts":1704067200000,"x":{"f":0.5}}'
+    assert pairs[6][1] == b'{"key":"b","y":2.5,"ts":"7","x":{"f":"high"}}'
+
+
+def test_a_numeric_key_column_with_a_hole_keeps_its_keys_whole() -> None:
+    frame = pd.DataFrame({"key": [7, None, 12], "ts": [1, 2, 3], "y": [1.0, 2.0, 3.0]})
+    pairs = replay.encode(frame, replay.Columns(), SCHEMA)
+    assert [key for key, _ in pairs] == [b"7", b"", b"12"]
+
+
+def test_a_file_without_a_key_column_is_one_series_when_asked() -> None:
+    frame = pd.DataFrame({"y": [1.0, 2.0]})
+    with pytest.raises(DatasetError, match="--key-col '' reads the file as one series"):
+        replay.encode(frame, replay.Columns(time=None), SCHEMA)
+    pairs = replay.encode(frame, replay.Columns(key=None, time=None, series="load"), SCHEMA)
+    assert pairs == [(b"load", b'{"key":"load","y":1.0}'), (b"load", b'{"key":"load","y":2.0}')]

@@ -21,6 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+IDLE_TIMEOUT_S = 10.0
+"""How long a connection may stay silent before the server closes it: without a limit,
+a client that connects and sends nothing (a half-open probe, a port scanner, a slow
+client on purpose) holds a thread of the server for good, and enough of them exhaust
+the pod's threads. Probes and scrapes send their request at once."""
+
 
 class HealthServer:
     """Serves the registry and the two probes from a background thread."""
@@ -60,6 +66,8 @@ def _handler(
     problem: Callable[[], str | None],
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT_S
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

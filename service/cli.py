@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from kafka.errors import KafkaError
+
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatasetError, ForecastdError
 from service.extras import MissingExtra, require
@@ -34,6 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatasetError, MissingExtra) as exc:
         print(f"forecastd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except KafkaError as exc:  # a tool's client (replay, state): the daemon's are wrapped
+        said = (
+            str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
+        )
+        print(
+            f"forecastd: broker error: {said} (check kafka.bootstrap_servers, kafka.security"
+            " and that the broker is up)",
+            file=sys.stderr,
+        )
+        return 1
     except ForecastdError as exc:
         from service.runtime.app import Interrupted
 
@@ -187,7 +199,13 @@ def _replay(args: argparse.Namespace) -> int:
     topic = args.topic or settings.kafka.input_topic
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
     sent = replay.to_kafka(
-        pairs, topic, bootstrap, args.rate, not args.quiet, dict(settings.kafka.security)
+        pairs,
+        topic,
+        bootstrap,
+        args.rate,
+        not args.quiet,
+        dict(settings.kafka.security),
+        connect_timeout_s=settings.kafka.connect_timeout_s,
     )
     print(f"sent {sent} records to {topic}")
     return 0

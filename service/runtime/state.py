@@ -297,6 +297,7 @@ class StateTopic:
                     client_id="forecastd-state",
                     fetch_max_wait_ms=50,
                     max_partition_fetch_bytes=max(1_048_576, 2 * self._chunk),
+                    bootstrap_timeout_ms=int(self._settings.kafka.connect_timeout_s * 1000),
                     **client_options(self._settings.kafka),
                 )
         return self._consumer

@@ -222,10 +222,16 @@ def to_kafka(
     show_progress: bool = True,
     security: dict[str, Any] | None = None,
     should_stop: Any = None,
+    connect_timeout_s: float = 30.0,
 ) -> int:
-    """Produce ``pairs`` to ``topic``; returns how many were acknowledged."""
+    """Produce ``pairs`` to ``topic``; returns how many were acknowledged. No broker
+    within ``connect_timeout_s``: kafka-python's ``KafkaTimeoutError``."""
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5, **(security or {})
+        bootstrap_servers=bootstrap.split(","),
+        acks="all",
+        linger_ms=5,
+        bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+        **(security or {}),
     )
     progress = Progress(
         TextColumn("replay → [bold]{task.fields[topic]}"),

@@ -45,3 +45,16 @@ def test_backtest_of_a_one_series_file_with_a_bad_row(
     data.write_text("ts,y\n" + "\n".join(rows) + "\n")
     assert main(["backtest", str(data), "--key-col", "", "--quiet"]) == 0
     assert "28 records, 1 dead-lettered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["state", "ls"], ["replay", "chick-weights", "--quiet"]])
+def test_a_tool_without_a_broker_exits_1_with_one_line(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real port nobody listens on, the wait cut to ``kafka.connect_timeout_s``."""
+    monkeypatch.setenv("FORECASTD_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("FORECASTD_KAFKA__CONNECT_TIMEOUT_S", "1")
+    assert main(command) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("forecastd: broker error: KafkaTimeoutError: Unable to bootstrap")

@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from service.errors import ConfigError
+
 IDLE_TIMEOUT_S = 10.0
 """How long a connection may stay silent before the server closes it: without a limit,
 a client that connects and sends nothing (a half-open probe, a port scanner, a slow
@@ -39,9 +41,20 @@ class HealthServer:
         port: int,
         problem: Callable[[], str | None] = lambda: None,
     ) -> None:
-        """``problem()`` returns why the daemon is not live, or None."""
+        """``problem()`` returns why the daemon is not live, or None.
+
+        Raises:
+            ConfigError: the port cannot be listened on (held by another process, a
+                privileged port, an address this host does not have).
+        """
         handler = _handler(registry, ready, problem)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.port: cannot listen on {host}:{port}: {exc.strerror or exc} (another"
+                " process may hold it: set metrics.port or metrics.host)"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="forecastd-http", daemon=True

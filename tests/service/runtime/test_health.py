@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from service.errors import ConfigError
 from service.runtime import health
 from service.runtime.health import HealthServer
 
@@ -56,3 +57,12 @@ def test_a_silent_connection_is_closed_and_others_are_served(server: HealthServe
     finally:
         for connection in silent:
             connection.close()
+
+
+def test_a_port_another_process_holds_is_a_config_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"metrics.port: cannot listen on 127.0.0.1:{port}"):
+            HealthServer(CollectorRegistry(), lambda: True, "127.0.0.1", port)

@@ -34,8 +34,9 @@ from service.tools import datasets
 @dataclass(frozen=True, slots=True)
 class Columns:
     """Which columns hold what; ``features=None`` means every other numeric column.
-    ``key=None``: the file is one series, every row keyed ``series``; ``time=None``:
-    no time field is sent (the broker's record time counts)."""
+    ``key=None``: the file is one series, every row keyed ``series`` (the command line
+    names it after the file); ``time=None``: no time field is sent (the broker's record
+    time counts)."""
 
     key: str | None = "key"
     time: str | None = "ts"

@@ -279,7 +279,13 @@ class Processor:
 
     def _guarded(self, task: PartitionTask, events: list[Event]) -> TaskOutput:
         """``task.process(events)``; if that raises, the events one at a time, and
-        each event that raises alone is dead-lettered as ``internal_error``."""
+        each event that raises alone is dead-lettered as ``internal_error``.
+
+        The replay keeps a bug from costing the whole batch; it does not undo what the
+        failed attempt did: a poll that raised after its values entered their keys'
+        histories has them pushed once more by the replay. No input is known to raise
+        (``tests/service/pipeline/test_processor_fuzz.py`` holds the built-in defaults
+        to that, and fails on any ERROR this logs)."""
         try:
             return task.process(events)
         except Exception as exc:

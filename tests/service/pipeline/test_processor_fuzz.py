@@ -295,7 +295,7 @@ def hostile_stream(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_the_defaults_survive_numerically_hostile_valid_streams(horizon: int) -> None:
     harness = DefaultsHarness(horizon)
 
-    @settings(parent=PROFILE, max_examples=max(_EXAMPLES // 3, 1))
+    @settings(parent=PROFILE)
     @given(hostile_stream(), st.integers(0, 3))
     def run(events: list[dict[str, Any]], partition: int) -> None:
         harness.check(events, partition)

@@ -98,18 +98,22 @@ _ESTIMATOR_PATH = re.compile(r"[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)*\.[A-Za-z][A
 
 
 def resolve_estimator(path: str) -> type[Any]:
-    """The River regressor class named ``path``, relative to the ``river`` package.
+    """The River regressor class named ``path``, relative to the ``river`` package
+    (a leading ``river.``, as the class's full name has it, is taken too).
 
     Only public names inside ``river`` are reachable, so a config can never import
     arbitrary code.
 
     >>> resolve_estimator("linear_model.PARegressor").__name__
     'PARegressor'
+    >>> resolve_estimator("river.linear_model.PARegressor").__name__
+    'PARegressor'
     >>> resolve_estimator("preprocessing.StandardScaler")
     Traceback (most recent call last):
     ...
     ValueError: river.preprocessing.StandardScaler is not a regressor
     """
+    path = path.removeprefix("river.")
     if not _ESTIMATOR_PATH.fullmatch(path):
         raise ValueError(
             f"estimator must be 'module.ClassName' inside river "
@@ -150,7 +154,8 @@ class RiverCustomParams(ModelParams):
     """``river.custom``: any River regressor, by name.
 
     Attributes:
-        estimator: ``"module.ClassName"`` relative to ``river``.
+        estimator: ``"module.ClassName"`` relative to ``river`` (``"river.module.ClassName"``
+            too).
         args: constructor keyword arguments.
         scale: put a ``preprocessing.StandardScaler`` in front. Off by default: the
             feature pipeline already standardises inputs, and a second scaler fed

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -55,6 +56,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _at_least_zero(text: str) -> float:
+    """An argument that is a number, 0 or more (argparse reports anything else)."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _warmup(text: str) -> float:
+    """A share of the scores (below 1) or a whole number of them."""
+    value = _at_least_zero(text)
+    if value >= 1 and not value.is_integer():
+        raise argparse.ArgumentTypeError(
+            f"a share below 1 (0.2) or a whole number of scores (500), got {text}"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="forecastd", description="Streaming regression and forecasting daemon for Kafka."
@@ -77,9 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--target-col", default="y")
     replay.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
     replay.add_argument(
-        "--rate", type=float, default=0.0, help="records/s; 0 = as fast as possible"
+        "--rate", type=_at_least_zero, default=0.0, help="records/s; 0 = as fast as possible"
     )
-    replay.add_argument("--limit", type=int, default=0, help="send at most N records")
+    replay.add_argument("--limit", type=_count, default=0, help="send at most N records")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(handler=_replay)
 
@@ -97,7 +130,10 @@ def _parser() -> argparse.ArgumentParser:
         "--features", help="comma-separated feature columns (default: all numeric)"
     )
     backtest.add_argument(
-        "--warmup", type=float, default=0.2, help="leave out this fraction (<1) or count of scores"
+        "--warmup",
+        type=_warmup,
+        default=0.2,
+        help="leave out this fraction (<1) or count of scores",
     )
     backtest.add_argument(
         "--report", metavar="DIR", help="write metrics.json, predictions.parquet, plots, index.html"
@@ -117,9 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("source", help="file path, or a dataset: sp500, waterflow, ...")
     tune.add_argument("-c", "--config", help="the config to start from")
     tune.add_argument("--trials", type=int, default=20, help="trials to run")
-    tune.add_argument("--timeout", type=float, default=None, help="stop starting trials after S s")
+    tune.add_argument(
+        "--timeout", type=_positive, default=None, help="stop starting trials after S s"
+    )
     tune.add_argument("--seed", type=int, default=0, help="sampler seed")
-    tune.add_argument("--jobs", type=int, default=0, help="parallel processes (0: one per core)")
+    tune.add_argument("--jobs", type=_count, default=0, help="parallel processes (0: one per core)")
     tune.add_argument(
         "--holdout", type=float, default=0.3, help="share of the replay held back for re-scoring"
     )
@@ -130,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--time-col", default="ts", help="'' to use no time column")
     tune.add_argument("--target-col", default="y")
     tune.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
-    tune.add_argument("--limit", type=int, default=0, help="use the first N records only")
+    tune.add_argument("--limit", type=_count, default=0, help="use the first N records only")
     tune.set_defaults(handler=_tune)
 
     state = commands.add_parser("state", help="the learned state's checkpoints (state topic)")
@@ -146,10 +184,15 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="embedded broker + real data + live table")
     demo.add_argument("-c", "--config", help="YAML config (default: the built-in demo config)")
     demo.add_argument("--dataset", default="sp500", help="bundled dataset to replay")
-    demo.add_argument("--duration", type=float, default=90.0, help="stop after this many seconds")
-    demo.add_argument("--rate", type=float, default=300.0, help="records/s to replay")
     demo.add_argument(
-        "--bad-every", type=int, default=200, help="insert one malformed record every N (0: none)"
+        "--duration", type=_positive, default=90.0, help="stop after this many seconds"
+    )
+    demo.add_argument("--rate", type=_positive, default=300.0, help="records/s to replay")
+    demo.add_argument(
+        "--bad-every",
+        type=_count,
+        default=200,
+        help="insert one malformed record every N (0: none)",
     )
     demo.set_defaults(handler=_demo)
     return parser
@@ -253,11 +296,10 @@ def _backtest(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.report:
         require("workbench", "forecastd backtest --report")
+        _writable_directory(Path(args.report), "--report")
     set_torch_threads(settings.processing.torch_threads)
     records = _offline_records(args, settings)
     if args.report:
-        from pathlib import Path
-
         from service.workbench.progress import bar
         from service.workbench.report import build
 
@@ -305,7 +347,23 @@ def _tune(args: argparse.Namespace) -> int:
     from service.workbench.tune import tune
 
     settings = load_settings(args.config)
+    _writable_directory(Path(args.out).parent, "--out")
     return tune(_offline_records(args, settings), settings, args)
+
+
+def _writable_directory(directory: Path, option: str) -> None:
+    """Create ``directory`` if need be, and check it takes files, before a long run
+    whose results would go there.
+
+    Raises:
+        ConfigError: it cannot be created or written.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot create {directory}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}: cannot write into {directory}")
 
 
 def _state_ls(args: argparse.Namespace) -> int:

@@ -58,3 +58,35 @@ def test_a_tool_without_a_broker_exits_1_with_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("forecastd: broker error: KafkaTimeoutError: Unable to bootstrap")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (["backtest", "chick-weights", "--warmup", "-1"], "argument --warmup: must be 0 or more"),
+        (["backtest", "chick-weights", "--warmup", "1.5"], "a whole number of scores"),
+        (["replay", "chick-weights", "--rate", "-5"], "argument --rate: must be 0 or more"),
+        (["demo", "--duration", "0"], "argument --duration: must be more than 0"),
+        (["tune", "chick-weights", "--out", "o.yaml", "--jobs", "-1"], "argument --jobs"),
+    ],
+)
+def test_a_bad_argument_exits_2_before_anything_runs(
+    command: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(command)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["backtest", "--report"], ["tune", "--trials", "1", "--out"]])
+def test_an_output_place_that_cannot_be_written_fails_before_the_run(
+    command: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Not after minutes of backtesting or tuning: a file stands where the directory
+    would go."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("")
+    place = blocker / "out" / ("o.yaml" if command[0] == "tune" else "")
+    assert main([command[0], "chick-weights", *command[1:], str(place)]) == 2
+    assert f"cannot create {blocker / 'out'}" in capsys.readouterr().err

@@ -640,6 +640,12 @@ def _set_path(data: Any, path: list[str], value: Any) -> None:
         elif isinstance(node, dict):
             if last:
                 node[part] = value
+            elif part not in node and path[depth + 1].isdigit():
+                raise ConfigError(
+                    f"{dotted}.{path[depth + 1]}: {dotted} is not in the config file, so it has"
+                    f" no item {path[depth + 1]}: set the whole list (FORECASTD_"
+                    f"{'__'.join(path[: depth + 1]).upper()}='[...]') or write it in the file"
+                )
             else:
                 node = node.setdefault(part, {})
         else:

@@ -188,6 +188,15 @@ def test_missing_file_and_broken_yaml_are_config_errors(tmp_path: Path) -> None:
         load_settings(broken, env={})
 
 
+def test_an_item_of_a_list_the_file_does_not_have_says_to_set_the_list() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env={"FORECASTD_MODELS__0__KIND": "ewma"})
+    assert str(caught.value).startswith(
+        "models.0: models is not in the config file, so it has no item 0: set the whole list"
+        " (FORECASTD_MODELS='[...]')"
+    )
+
+
 def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     latin = tmp_path / "latin1.yaml"
     latin.write_bytes("forecast: {horizon: 1}  # caf\u00e9\n".encode("latin-1"))

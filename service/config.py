@@ -30,10 +30,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -95,6 +96,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def topic_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Kafka topic, or None: Kafka takes 1 to 249 of ``A-Z a-z
+    0-9 . _ -``, and neither ``.`` nor ``..``; a broker refuses anything else only when
+    the daemon first writes there, minutes or a rebalance after start-up."""
+    if name in {".", ".."} or not _TOPIC_NAME.fullmatch(name):
+        return (
+            f"{name!r} is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -, and not"
+            " '.' or '..')"
+        )
+    return None
+
+
+def _a_topic_name(name: str) -> str:
+    problem = topic_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+TopicName = Annotated[str, Field(min_length=1, max_length=249), AfterValidator(_a_topic_name)]
+
+
 class KafkaSettings(_Section):
     """Where records come from and go to. ``client`` picks kafka-python (default) or
     confluent-kafka (the ``confluent`` extra). ``security`` is passed to the client
@@ -141,9 +167,9 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = "localhost:9092"
     client: Literal["kafka-python", "confluent"] = "kafka-python"
     group_id: str = Field("forecastd", min_length=1)
-    input_topic: str = Field("ticks", min_length=1)
-    output_topic: str = Field("predictions", min_length=1)
-    dead_letter_topic: str = Field("ticks.dlq", min_length=1)
+    input_topic: TopicName = "ticks"
+    output_topic: TopicName = "predictions"
+    dead_letter_topic: TopicName = "ticks.dlq"
     session_timeout_ms: int = Field(10000, ge=1000, le=300000)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = Field(1000, ge=1, le=100000)
@@ -315,7 +341,7 @@ class ExplanationsSettings(_Section):
     seeded random ``sample`` share of the primary model's predictions also gets a record
     on ``topic`` with its ``top`` feature attributions."""
 
-    topic: str | None = Field(None, min_length=1)
+    topic: TopicName | None = None
     sample: float = Field(0.01, gt=0.0, le=1.0)
     top: int = Field(5, ge=1, le=1024)
 
@@ -377,7 +403,7 @@ class StateSettings(_Section):
     restores without reading the state topic; the topic stays the authority."""
 
     enabled: bool = True
-    topic: str | None = Field(None, min_length=1)
+    topic: TopicName | None = None
     interval_s: float = Field(10.0, gt=0, le=86400)
     every_events: int = Field(200_000, ge=1)
     chunk_bytes: int = Field(512 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -517,6 +543,42 @@ class Settings(_Section):
                 " kafka.exactly_once: a restore waits for a transaction that a dead process"
                 " left open to time out"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _topics_apart(self) -> Settings:
+        """One topic per role: the daemon must never read what it writes (an output or
+        dead-letter topic that is the input feeds every record back in, forever), and
+        a topic of checkpoints, predictions or dead letters must hold only those (the
+        state topic's readers, and the users of the others, take every record they
+        find there for one of theirs)."""
+        topics = {
+            "kafka.input_topic": self.kafka.input_topic,
+            "kafka.output_topic": self.kafka.output_topic,
+            "kafka.dead_letter_topic": self.kafka.dead_letter_topic,
+        }
+        if self.state.enabled:
+            problem = topic_problem(self.state_topic)
+            if self.state.topic is None and problem is not None:
+                raise ValueError(
+                    f"state.topic: the default {self.state_topic!r} (kafka.group_id + '.state')"
+                    f" is not a Kafka topic name; set state.topic"
+                )
+            topics["state.topic"] = self.state_topic
+        if self.explanations.topic is not None:
+            topics["explanations.topic"] = self.explanations.topic
+        seen: dict[str, str] = {}
+        for key, topic in topics.items():
+            if topic in seen:
+                raise ValueError(
+                    f"{seen[topic]} and {key} are both {topic!r}: give each its own topic"
+                    + (
+                        " (the daemon would read what it writes)"
+                        if seen[topic] == "kafka.input_topic"
+                        else ""
+                    )
+                )
+            seen[topic] = key
         return self
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -195,6 +196,42 @@ def test_an_item_of_a_list_the_file_does_not_have_says_to_set_the_list() -> None
         "models.0: models is not in the config file, so it has no item 0: set the whole list"
         " (FORECASTD_MODELS='[...]')"
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        (
+            {"FORECASTD_KAFKA__OUTPUT_TOPIC": "ticks"},
+            "kafka.input_topic and kafka.output_topic are both 'ticks': give each its own topic"
+            " (the daemon would read what it writes)",
+        ),
+        (
+            {"FORECASTD_KAFKA__DEAD_LETTER_TOPIC": "ticks"},
+            "kafka.input_topic and kafka.dead_letter_topic are both 'ticks'",
+        ),
+        (
+            {"FORECASTD_EXPLANATIONS__TOPIC": "predictions"},
+            "kafka.output_topic and explanations.topic are both 'predictions'",
+        ),
+        ({"FORECASTD_STATE__TOPIC": "ticks.dlq"}, "kafka.dead_letter_topic and state.topic"),
+        ({"FORECASTD_KAFKA__INPUT_TOPIC": "a/b"}, "'a/b' is not a Kafka topic name"),
+        ({"FORECASTD_KAFKA__INPUT_TOPIC": ".."}, "'..' is not a Kafka topic name"),
+        (
+            {"FORECASTD_KAFKA__GROUP_ID": "team one"},
+            "state.topic: the default 'team one.state' (kafka.group_id + '.state') is not a"
+            " Kafka topic name; set state.topic",
+        ),
+    ],
+)
+def test_each_topic_has_one_role_and_a_kafka_name(env: dict[str, str], said: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings(None, env=env)
+
+
+def test_a_state_topic_that_is_off_may_be_anything() -> None:
+    env = {"FORECASTD_KAFKA__GROUP_ID": "team one", "FORECASTD_STATE__ENABLED": "false"}
+    assert load_settings(None, env=env).kafka.group_id == "team one"
 
 
 def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from service.records import RawRecord
 log = logging.getLogger("forecastd")
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a command stopped with Ctrl-C."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except KeyboardInterrupt:  # a tool stopped with Ctrl-C (the daemon and demo stop cleanly)
+        print("forecastd: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ForecastdError as exc:
         from service.runtime.app import Interrupted
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import _thread
+import threading
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,15 @@ def test_an_output_place_that_cannot_be_written_fails_before_the_run(
     place = blocker / "out" / ("o.yaml" if command[0] == "tune" else "")
     assert main([command[0], "chick-weights", *command[1:], str(place)]) == 2
     assert f"cannot create {blocker / 'out'}" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_tool_is_one_line_and_exit_130(capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGINT while a backtest runs (``interrupt_main`` delivers it as the terminal
+    would: Python's handler raises KeyboardInterrupt wherever the main thread is)."""
+    timer = threading.Timer(0.5, _thread.interrupt_main)
+    timer.start()
+    try:
+        assert main(["backtest", "traffic-volume", "--quiet"]) == 130
+    finally:
+        timer.cancel()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "forecastd: interrupted"

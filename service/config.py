@@ -558,8 +558,7 @@ class Settings(_Section):
             "kafka.dead_letter_topic": self.kafka.dead_letter_topic,
         }
         if self.state.enabled:
-            problem = topic_problem(self.state_topic)
-            if self.state.topic is None and problem is not None:
+            if topic_problem(self.state_topic) is not None:  # a set one is checked as set
                 raise ValueError(
                     f"state.topic: the default {self.state_topic!r} (kafka.group_id + '.state')"
                     f" is not a Kafka topic name; set state.topic"
@@ -570,13 +569,10 @@ class Settings(_Section):
         seen: dict[str, str] = {}
         for key, topic in topics.items():
             if topic in seen:
+                loop = seen[topic] == "kafka.input_topic"
+                why = " (the daemon would read what it writes)" if loop else ""
                 raise ValueError(
-                    f"{seen[topic]} and {key} are both {topic!r}: give each its own topic"
-                    + (
-                        " (the daemon would read what it writes)"
-                        if seen[topic] == "kafka.input_topic"
-                        else ""
-                    )
+                    f"{seen[topic]} and {key} are both {topic!r}: give each its own topic{why}"
                 )
             seen[topic] = key
         return self

@@ -123,13 +123,18 @@ def _keys(series: pd.Series) -> list[str | None]:
 def _cells(series: pd.Series) -> list[Any]:
     """A column's cells as numbers where they are numbers or numeric text, as the text
     where they are other text, None where empty (see :func:`encode`)."""
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if _numbers(series):
         return [None if math.isnan(v) else v for v in series.astype(float).tolist()]
     numbers = pd.to_numeric(series, errors="coerce").astype(float).tolist()
     return [
         None if _empty(cell) else cell if math.isnan(number) else number
         for cell, number in zip(series.tolist(), numbers, strict=True)
     ]
+
+
+def _numbers(series: pd.Series) -> bool:
+    """Whether a column is numbers (not booleans), to be read as they are."""
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
 def _empty(cell: Any) -> bool:
@@ -176,7 +181,7 @@ def _epoch_ms(series: pd.Series) -> list[int | None]:
     numeric one in the unit its largest magnitude says, as the decoder reads a single
     time. Text is read in one format for the column when it has one, else cell by cell
     (``format="mixed"``: slower, for columns whose cells differ in format)."""
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+    if _numbers(series):
         values = series.astype(float)
         largest = values.abs().max()
         scale = ms_per_unit(largest) if math.isfinite(largest) else 1.0

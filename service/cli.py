@@ -108,12 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("-c", "--config", help="config for broker, topic and field names")
     replay.add_argument("--topic", help="target topic (default: kafka.input_topic)")
     replay.add_argument("--bootstrap", help="bootstrap servers (default: from the config)")
-    replay.add_argument(
-        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
-    )
-    replay.add_argument("--time-col", default="ts", help="'' to send no time field")
-    replay.add_argument("--target-col", default="y")
-    replay.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
+    _add_input_columns(replay, "'' to send no time field")
     replay.add_argument(
         "--rate", type=_at_least_zero, default=0.0, help="records/s; 0 = as fast as possible"
     )
@@ -126,14 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     backtest.add_argument("source", help="file path, or a dataset: sp500, nonlinear-ar, ...")
     backtest.add_argument("-c", "--config", help="the config whose models and semantics to test")
-    backtest.add_argument(
-        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
-    )
-    backtest.add_argument("--time-col", default="ts", help="'' to use no time column")
-    backtest.add_argument("--target-col", default="y")
-    backtest.add_argument(
-        "--features", help="comma-separated feature columns (default: all numeric)"
-    )
+    _add_input_columns(backtest, "'' to use no time column")
     backtest.add_argument(
         "--warmup",
         type=_warmup,
@@ -167,12 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         "--holdout", type=float, default=0.3, help="share of the replay held back for re-scoring"
     )
     tune.add_argument("--out", required=True, help="where to write the tuned YAML config")
-    tune.add_argument(
-        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
-    )
-    tune.add_argument("--time-col", default="ts", help="'' to use no time column")
-    tune.add_argument("--target-col", default="y")
-    tune.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
+    _add_input_columns(tune, "'' to use no time column")
     tune.add_argument("--limit", type=_count, default=0, help="use the first N records only")
     tune.set_defaults(handler=_tune)
 
@@ -201,6 +184,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_input_columns(parser: argparse.ArgumentParser, no_time: str) -> None:
+    """The options that map a file's columns onto input records (replay, backtest,
+    tune): :func:`_records_of` reads them."""
+    parser.add_argument(
+        "--key-col", default="key", help="'' to read the file as one series (keyed by its name)"
+    )
+    parser.add_argument("--time-col", default="ts", help=no_time)
+    parser.add_argument("--target-col", default="y")
+    parser.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
+    parser.add_argument(
+        "--sort",
+        action="store_true",
+        help="send the rows in time order (a file written newest first, say)",
+    )
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -263,8 +262,6 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
     from service.tools import replay
 
     frame = replay.load_input(args.source)
-    if getattr(args, "limit", 0):
-        frame = frame.head(args.limit)
     features = tuple(f for f in args.features.split(",") if f) if args.features else None
     columns = replay.Columns(
         args.key_col or None,
@@ -273,6 +270,19 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
         features,
         series=Path(args.source).stem or "series",
     )
+    if args.sort:
+        frame = replay.in_time_order(frame, columns)
+    if getattr(args, "limit", 0):
+        frame = frame.head(args.limit)
+    if not args.sort and settings.forecast.out_of_order == "dlq":
+        older = replay.older_rows(frame, columns)
+        if older:
+            print(
+                f"forecastd: {older} of {len(frame)} rows are older than an earlier row of"
+                " their key and will be dead-lettered as out_of_order; if the file is not in"
+                " time order (newest first, say), --sort sends its rows in time order",
+                file=sys.stderr,
+            )
     return replay.encode(frame, columns, settings.schema_)
 
 
@@ -332,7 +342,7 @@ def _backtest(args: argparse.Namespace) -> int:
     console = Console()
     console.print(table)
     console.print(
-        f"{len(records)} records, {result.dead_letters} dead-lettered, "
+        f"{len(records)} records, {result.dead_lettered()}, "
         f"{result.events_per_s:,.0f} events/s; * primary"
     )
     if args.report:

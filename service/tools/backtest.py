@@ -11,6 +11,7 @@ learn from.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
-from service.io.sinks import ListSink
+from service.io.sinks import ListSink, SentRecord
 from service.io.sources import ListSource
 from service.pipeline.processor import Processor
 from service.pipeline.scoring import FloatArray, ScoreStats
@@ -62,6 +63,23 @@ class BacktestResult:
     dead_letters: int
     events_per_s: float
     published: tuple[bytes, ...] = ()
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+    def dead_lettered(self) -> str:
+        """``N dead-lettered``, with the count of each reason: an empty table over a
+        file of rows the daemon refused says why."""
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.dead_letter_reasons.items()))
+        return f"{self.dead_letters} dead-lettered" + (f" ({reasons})" if reasons else "")
+
+
+def reasons_of(letters: Sequence[SentRecord]) -> dict[str, int]:
+    """How many dead letters give each reason (their ``forecastd.error.reason``
+    header, docs/messages.md)."""
+    reasons: Counter[str] = Counter()
+    for letter in letters:
+        found = [value for name, value in letter.headers if name == "forecastd.error.reason"]
+        reasons[found[-1].decode("utf-8", "replace") if found else "unknown"] += 1
+    return dict(reasons)
 
 
 def run_backtest(
@@ -77,10 +95,12 @@ def run_backtest(
     run_loop(settings, source, sink, processor, metrics, lambda: False)
     elapsed = time.perf_counter() - started
     published = tuple(r.value for r in sink.on(settings.kafka.output_topic))
+    dead = sink.on(settings.kafka.dead_letter_topic)
     return BacktestResult(
         scores=collector.scores(warmup),
         predictions=len(published),
-        dead_letters=len(sink.on(settings.kafka.dead_letter_topic)),
+        dead_letters=len(dead),
         events_per_s=len(records) / elapsed if elapsed > 0 else float("inf"),
         published=published,
+        dead_letter_reasons=reasons_of(dead),
     )

@@ -3,20 +3,23 @@
 Input is a CSV or Parquet file (read with pandas) or a bundled dataset
 (:mod:`service.tools.datasets`). Columns are mapped onto the input format
 (docs/messages.md) with the field names of ``schema``; time is sent as epoch
-milliseconds. Records go out in file order, at ``rate`` records per second (0: as
-fast as the broker takes them).
+milliseconds. Records go out in file order (or in time order, :func:`in_time_order`:
+the command line's ``--sort``), at ``rate`` records per second (0: as fast as the
+broker takes them).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pandas as pd
 from kafka import KafkaProducer
@@ -51,9 +54,26 @@ def read_frame(path: str | Path) -> pd.DataFrame:
         if path.suffix.lower() in {".parquet", ".pq"}:
             require("parquet", f"reading {path.name}")
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return pd.read_csv(path, sep=_delimiter(path))
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
+
+
+_OTHER_DELIMITERS = ";\t|"
+
+
+def _delimiter(path: Path) -> str:
+    """A comma, unless the header line has none and holds one of ``;``, tab or ``|``
+    instead (the one it holds most of): spreadsheets in many locales export with
+    semicolons. Only a header without a comma is looked at again, so no file that
+    reads as comma-separated reads otherwise."""
+    with path.open("rb") as file:
+        header = file.readline(1 << 16).decode("utf-8", errors="replace")
+    if "," in header:
+        return ","
+    counts = {delimiter: header.count(delimiter) for delimiter in _OTHER_DELIMITERS}
+    best = max(counts, key=lambda delimiter: counts[delimiter])
+    return best if counts[best] else ","
 
 
 def load_input(source: str) -> pd.DataFrame:
@@ -104,6 +124,40 @@ def encode(
             value[schema.features_field] = {name: cell for name, cell in row if cell is not None}
         pairs.append((b"" if key is None else key.encode(), orjson.dumps(value)))
     return pairs
+
+
+def older_rows(frame: pd.DataFrame, columns: Columns) -> int:
+    """How many rows have a time older than an earlier row of their key: sent in file
+    order, the daemon dead-letters each as ``out_of_order`` (unless
+    ``forecast.out_of_order: accept``). 0 without a time column; a time that cannot be
+    read counts for neither side (it is ``bad_time``)."""
+    if not columns.time or columns.time not in frame:
+        return 0
+    ms = _epoch_series(frame[columns.time])
+    keys = frame[columns.key].astype(str) if columns.key and columns.key in frame else None
+    if keys is None:
+        newest_before = ms.cummax().shift(1).ffill()
+    else:
+        running = ms.groupby(keys, sort=False).cummax()
+        newest_before = running.groupby(keys, sort=False).shift(1)
+        newest_before = newest_before.groupby(keys, sort=False).ffill()
+    return int((ms < newest_before).sum())
+
+
+def in_time_order(frame: pd.DataFrame, columns: Columns) -> pd.DataFrame:
+    """The rows sorted by their time, stably (rows of the same time keep their file
+    order, as keys sharing a timestamp do in a stream), for a file written newest
+    first or grouped by something else; rows whose time cannot be read go last (they
+    are ``bad_time`` wherever they are sent). Unchanged without a time column."""
+    if not columns.time or columns.time not in frame:
+        return frame
+    ms = _epoch_series(frame[columns.time]).fillna(np.inf).to_numpy()
+    return frame.iloc[np.argsort(ms, kind="stable")].reset_index(drop=True)
+
+
+def _epoch_series(series: pd.Series) -> pd.Series:
+    """:func:`_epoch_ms` as floats (NaN: not a time), on the column's index."""
+    return pd.Series(_epoch_ms(series), index=series.index, dtype="float64")
 
 
 def _keys(series: pd.Series) -> list[str | None]:
@@ -179,18 +233,31 @@ def _time_value(ms: int) -> int | str:
 def _epoch_ms(series: pd.Series) -> list[int | None]:
     """A time column as epoch milliseconds, None for a cell that is not a time; a
     numeric one in the unit its largest magnitude says, as the decoder reads a single
-    time. Text is read in one format for the column when it has one, else cell by cell
-    (``format="mixed"``: slower, for columns whose cells differ in format)."""
+    time; so is text of which at least half the cells are numbers (a column of epoch
+    numbers with a bad cell, which pandas reads as text: as dates, every cell would be
+    lost). Other text is read in one format for the column when it has one, else cell
+    by cell (``format="mixed"``: slower, for columns whose cells differ in format)."""
     if _numbers(series):
-        values = series.astype(float)
-        largest = values.abs().max()
-        scale = ms_per_unit(largest) if math.isfinite(largest) else 1.0
-        return [int(v * scale) if math.isfinite(v * scale) else None for v in values.tolist()]
-    try:
-        stamps = pd.to_datetime(series, utc=True)
-    except (ValueError, TypeError, OverflowError):
-        stamps = pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
+        return _epoch_ms_of_numbers(series.astype(float))
+    if pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series):
+        numbers = pd.to_numeric(series, errors="coerce")
+        cells = int(series.map(lambda cell: not _empty(cell) and str(cell).strip() != "").sum())
+        if numbers.notna().sum() * 2 >= cells > 0:  # epoch numbers with a few bad cells
+            return _epoch_ms_of_numbers(numbers.astype(float))
+    with warnings.catch_warnings():  # "could not infer format": the fallback says it all
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            stamps = pd.to_datetime(series, utc=True)
+        except (ValueError, TypeError, OverflowError):
+            stamps = pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
     return [None if pd.isna(t) else int(t.value // 1_000_000) for t in stamps]
+
+
+def _epoch_ms_of_numbers(values: pd.Series) -> list[int | None]:
+    """Epoch numbers (NaN: not a time) as milliseconds, in the unit the largest says."""
+    largest = values.abs().max()
+    scale = ms_per_unit(largest) if math.isfinite(largest) else 1.0
+    return [int(v * scale) if math.isfinite(v * scale) else None for v in values.tolist()]
 
 
 def as_records(

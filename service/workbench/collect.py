@@ -49,7 +49,7 @@ from service.pipeline.tasks import PartitionTask
 from service.records import Event, RawRecord
 from service.runtime.app import run_loop
 from service.runtime.metrics import Metrics
-from service.tools.backtest import BacktestResult, _Collector
+from service.tools.backtest import BacktestResult, _Collector, reasons_of
 
 SAMPLE_ROWS = 512
 """Recently learned rows a probe keeps (for re-predicting and explanations)."""
@@ -233,6 +233,7 @@ class WorkbenchRun:
     dead_letters: int
     events_per_s: float
     collector: _Collector = field(default_factory=_Collector)
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     consistent: dict[str, bool] = field(default_factory=dict)
 
     def as_backtest(self, warmup: float) -> BacktestResult:
@@ -242,6 +243,7 @@ class WorkbenchRun:
             predictions=len(self.frame),
             dead_letters=self.dead_letters,
             events_per_s=self.events_per_s,
+            dead_letter_reasons=self.dead_letter_reasons,
         )
 
 
@@ -290,6 +292,7 @@ def replay(
         dead_letters=len(dead),
         events_per_s=len(records) / elapsed if elapsed > 0 else float("inf"),
         collector=collector,
+        dead_letter_reasons=reasons_of(dead),
     )
     for model in scores:
         run.consistent[model] = _align(frame, model, collector)

@@ -49,6 +49,43 @@ def test_backtest_of_a_one_series_file_with_a_bad_row(
     assert "28 records, 1 dead-lettered" in capsys.readouterr().out
 
 
+def test_backtest_of_a_newest_first_file_says_why_and_sort_fixes_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A file written newest first: every row but the first is older than its key's
+    newest, so the daemon's rules dead-letter them; the command says so before the
+    run and counts the reason after it, and ``--sort`` scores the file as the same
+    rows in time order would be."""
+    rows = [f"k{day % 2},2024-01-{day:02d},{10 + day % 5 + day // 7}" for day in range(1, 29)]
+    forward, backward = tmp_path / "forward.csv", tmp_path / "backward.csv"
+    forward.write_text("key,ts,y\n" + "\n".join(rows) + "\n")
+    backward.write_text("key,ts,y\n" + "\n".join(reversed(rows)) + "\n")
+    assert main(["backtest", str(backward), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "26 of 28 rows are older than an earlier row of their key" in err
+    assert "--sort" in err
+    assert "28 records, 26 dead-lettered (out_of_order 26)" in out
+    assert main(["backtest", str(backward), "--quiet", "--sort"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "28 records, 0 dead-lettered" in out
+    assert main(["backtest", str(forward), "--quiet"]) == 0
+    expected = capsys.readouterr().out
+    table = [line for line in out.splitlines() if "│" in line]
+    assert table == [line for line in expected.splitlines() if "│" in line]
+    assert len(table) >= 7  # a row per model
+
+
+def test_a_semicolon_separated_file_is_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    data = tmp_path / "export.csv"
+    rows = [f"a;2024-01-{day:02d};{day % 4}" for day in range(1, 15)]
+    data.write_text("key;ts;y\n" + "\n".join(rows) + "\n")
+    assert main(["backtest", str(data), "--quiet"]) == 0
+    assert "14 records, 0 dead-lettered" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", [["state", "ls"], ["replay", "chick-weights", "--quiet"]])
 def test_a_tool_without_a_broker_exits_1_with_one_line(
     command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -3,6 +3,8 @@ the same instants."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from kafka.partitioner.default import murmur2
@@ -89,6 +91,28 @@ def test_bad_cells_cost_their_rows_only_each_with_the_decoders_reason() -> None:
     assert pairs[6][1] == b'{"key":"b","y":2.5,"ts":"7","x":{"f":"high"}}'
 
 
+def test_a_column_of_epoch_numbers_with_a_bad_cell_loses_that_row_only(tmp_path: Path) -> None:
+    """pandas reads such a column as text; read as dates, every time was lost (each
+    row sent its number as text, which the decoder refuses: the whole file
+    dead-lettered as ``bad_time``)."""
+    path = tmp_path / "epochs.csv"
+    path.write_text("key,ts,y\na,1700000000,1\na,1700000060,2\na,soon,3\na,1700000120,4\n")
+    assert _read_back(replay.read_frame(path)["ts"][[0, 1, 3]].reset_index(drop=True)) == [
+        1_700_000_000_000,
+        1_700_000_060_000,
+        1_700_000_120_000,
+    ]
+    pairs = replay.encode(replay.read_frame(path), replay.Columns(), SCHEMA)
+    decoder = Decoder(SCHEMA)
+    outcomes = [decoder.decode(RawRecord("t", 0, i, k, v)) for i, (k, v) in enumerate(pairs)]
+    assert [getattr(o, "reason", "event") for o in outcomes] == [
+        "event",
+        "event",
+        "bad_time",
+        "event",
+    ]
+
+
 def test_a_numeric_key_column_with_a_hole_keeps_its_keys_whole() -> None:
     frame = pd.DataFrame({"key": [7, None, 12], "ts": [1, 2, 3], "y": [1.0, 2.0, 3.0]})
     pairs = replay.encode(frame, replay.Columns(), SCHEMA)
@@ -101,3 +125,45 @@ def test_a_file_without_a_key_column_is_one_series_when_asked() -> None:
         replay.encode(frame, replay.Columns(time=None), SCHEMA)
     pairs = replay.encode(frame, replay.Columns(key=None, time=None, series="load"), SCHEMA)
     assert pairs == [(b"load", b'{"key":"load","y":1.0}'), (b"load", b'{"key":"load","y":2.0}')]
+
+
+def test_older_rows_counts_what_the_daemon_would_call_out_of_order() -> None:
+    frame = pd.DataFrame(
+        {
+            "key": ["a", "b", "a", "a", "b", "a"],
+            "ts": ["2020-01-03", "2020-01-01", "2020-01-02", "soon", "2020-01-01", "2020-01-02"],
+            "y": range(6),
+        }
+    )
+    # a: 3rd, then 2nd (older), an unreadable time (bad_time: neither side), 2nd (older);
+    # b: the same time twice is not older
+    assert replay.older_rows(frame, replay.Columns()) == 2
+    assert replay.older_rows(frame, replay.Columns(key=None)) == 4  # one series
+    assert replay.older_rows(frame, replay.Columns(time=None)) == 0
+
+
+def test_in_time_order_is_stable_and_puts_unreadable_times_last() -> None:
+    frame = pd.DataFrame(
+        {"key": ["a", "b", "a", "c"], "ts": [3000, 1000, "x", 1000], "y": [1.0, 2.0, 3.0, 4.0]}
+    )
+    ordered = replay.in_time_order(frame, replay.Columns())
+    assert ordered["y"].tolist() == [2.0, 4.0, 1.0, 3.0]
+    assert replay.older_rows(ordered, replay.Columns()) == 0
+    assert replay.in_time_order(frame, replay.Columns(time=None)) is frame
+
+
+@pytest.mark.parametrize(
+    ("text", "columns"),
+    [
+        ("key;ts;y\na;1;2,5\n", ["key", "ts", "y"]),  # semicolons, decimal commas as text
+        ("key\tts\ty\na\t1\t2\n", ["key", "ts", "y"]),
+        ("key,ts,y\na;b,1,2\n", ["key", "ts", "y"]),  # a comma header decides
+        ("y\n1\n2\n", ["y"]),
+    ],
+)
+def test_a_file_is_read_with_the_delimiter_its_header_uses(
+    text: str, columns: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    assert replay.read_frame(path).columns.tolist() == columns

@@ -60,13 +60,17 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 
 
 _OTHER_DELIMITERS = ";\t|"
+_COMPRESSED = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}
 
 
 def _delimiter(path: Path) -> str:
     """A comma, unless the header line has none and holds one of ``;``, tab or ``|``
     instead (the one it holds most of): spreadsheets in many locales export with
     semicolons. Only a header without a comma is looked at again, so no file that
-    reads as comma-separated reads otherwise."""
+    reads as comma-separated reads otherwise. A compressed file (pandas reads it by
+    its suffix) is comma-separated."""
+    if path.suffix.lower() in _COMPRESSED:
+        return ","
     with path.open("rb") as file:
         header = file.readline(1 << 16).decode("utf-8", errors="replace")
     if "," in header:

@@ -3,6 +3,7 @@ the same instants."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pandas as pd
@@ -167,3 +168,9 @@ def test_a_file_is_read_with_the_delimiter_its_header_uses(
     path = tmp_path / "data.csv"
     path.write_text(text)
     assert replay.read_frame(path).columns.tolist() == columns
+
+
+def test_a_compressed_file_is_read_as_comma_separated(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv.gz"
+    path.write_bytes(gzip.compress(b"key,ts,y\na,1,2\n" * 1))
+    assert replay.read_frame(path).columns.tolist() == ["key", "ts", "y"]

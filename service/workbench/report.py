@@ -71,6 +71,7 @@ def build(
         "source": source,
         "records": run.records,
         "dead_letters": run.dead_letters,
+        "dead_letter_reasons": run.dead_letter_reasons,
         "events_per_s": run.events_per_s,
         "horizon": settings.forecast.horizon,
         "warmup": warmup,
@@ -198,6 +199,8 @@ def _page(document: dict[str, Any], images: list[str], verdicts: list[fitting.Ve
         for name in images
     )
     title = f"forecastd report: {document['source']}"
+    counts = document["dead_letter_reasons"]
+    reasons = f" ({', '.join(f'{r} {n}' for r, n in sorted(counts.items()))})" if counts else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}
@@ -205,7 +208,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px;te
 td:first-child,td:nth-child(2){{text-align:left}}
 img{{max-width:100%}}</style></head><body>
 <h1>{e(title)}</h1>
-<p>{document["records"]} records, {document["dead_letters"]} dead-lettered, horizon
+<p>{document["records"]} records, {document["dead_letters"]} dead-lettered{e(reasons)}, horizon
 {document["horizon"]}; figures after a warm-up of {document["warmup"]}; * primary.
 Every number is recomputable from predictions.parquet (metrics.json holds them all).</p>
 {table}

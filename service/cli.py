@@ -194,7 +194,10 @@ def _add_input_columns(parser: argparse.ArgumentParser, no_time: str) -> None:
     )
     parser.add_argument("--time-col", default="ts", help=no_time)
     parser.add_argument("--target-col", default="y")
-    parser.add_argument("--features", help="comma-separated feature columns (default: all numeric)")
+    parser.add_argument(
+        "--features",
+        help="comma-separated feature columns (default: all numeric ones with a name)",
+    )
     parser.add_argument(
         "--sort",
         action="store_true",

@@ -11,6 +11,7 @@ broker takes them).
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -212,6 +213,10 @@ def _times(series: pd.Series) -> list[int | str]:
 
 
 def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
+    """The listed columns; else every numeric column but the key, time and target, and
+    but a column without a name (pandas calls it ``Unnamed: N``): that is the row
+    number a DataFrame saved with its index writes, a counter no forecast should learn
+    from. Listed by name, it is sent like any other."""
     if columns.features is not None:
         unknown = [c for c in columns.features if c not in frame]
         if unknown:
@@ -219,8 +224,15 @@ def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
         return columns.features
     taken = {columns.key, columns.time, columns.target}
     return tuple(
-        str(c) for c in frame.columns if c not in taken and pd.api.types.is_numeric_dtype(frame[c])
+        str(c)
+        for c in frame.columns
+        if c not in taken
+        and not _UNNAMED.fullmatch(str(c))
+        and pd.api.types.is_numeric_dtype(frame[c])
     )
+
+
+_UNNAMED = re.compile(r"Unnamed: \d+")
 
 
 def _time_value(ms: int) -> int | str:

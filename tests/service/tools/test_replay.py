@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pytest
 from kafka.partitioner.default import murmur2
@@ -174,3 +175,14 @@ def test_a_compressed_file_is_read_as_comma_separated(tmp_path: Path) -> None:
     path = tmp_path / "data.csv.gz"
     path.write_bytes(gzip.compress(b"key,ts,y\na,1,2\n"))
     assert replay.read_frame(path).columns.tolist() == ["key", "ts", "y"]
+
+
+def test_a_saved_index_is_no_feature_unless_listed(tmp_path: Path) -> None:
+    path = tmp_path / "saved.csv"
+    pd.DataFrame({"key": ["a", "a"], "ts": [1, 2], "y": [1.0, 2.0], "temp": [5, 6]}).to_csv(path)
+    frame = replay.read_frame(path)
+    assert "Unnamed: 0" in frame
+    pairs = replay.encode(frame, replay.Columns(), SCHEMA)
+    assert orjson.loads(pairs[1][1])["x"] == {"temp": 6.0}
+    listed = replay.encode(frame, replay.Columns(features=("Unnamed: 0", "temp")), SCHEMA)
+    assert orjson.loads(listed[1][1])["x"] == {"Unnamed: 0": 1.0, "temp": 6.0}

@@ -277,6 +277,7 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
         frame = replay.in_time_order(frame, columns)
     if getattr(args, "limit", 0):
         frame = frame.head(args.limit)
+    pairs = replay.encode(frame, columns, settings.schema_)  # first: it checks the columns
     if not args.sort and settings.forecast.out_of_order == "dlq":
         older = replay.older_rows(frame, columns)
         if older:
@@ -286,7 +287,7 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
                 " time order (newest first, say), --sort sends its rows in time order",
                 file=sys.stderr,
             )
-    return replay.encode(frame, columns, settings.schema_)
+    return pairs
 
 
 def _offline_records(args: argparse.Namespace, settings: Settings) -> list[RawRecord]:

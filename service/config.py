@@ -229,15 +229,32 @@ class SchemaSettings(_Section):
     ``max_auto_features`` of them, and logs them once; names that only appear later
     are ignored and counted (``forecastd_ignored_features_total``). A process
     discovers its own list: give the list explicitly where replicas must agree on
-    it from the first record."""
+    it from the first record. ``features_field: ""``: the record is flat, its features
+    are its own fields besides the key, time and target
+    (:func:`~service.io.decode.features_of`)."""
 
-    key_field: str = "key"
-    time_field: str = "ts"
-    target_field: str = "y"
+    key_field: str = Field("key", min_length=1)
+    time_field: str = Field("ts", min_length=1)
+    target_field: str = Field("y", min_length=1)
     features_field: str = "x"
     features: tuple[str, ...] | Literal["auto"] = "auto"
     max_auto_features: int = Field(32, ge=0, le=1024)
     max_message_bytes: int = Field(1_048_576, ge=64)
+
+    @model_validator(mode="after")
+    def _fields_apart(self) -> SchemaSettings:
+        """One field, one meaning: a target field that is also the time field would
+        read one number as both."""
+        seen: dict[str, str] = {}
+        for option in ("key_field", "time_field", "target_field", "features_field"):
+            name = getattr(self, option)
+            if name and name in seen:
+                raise ValueError(
+                    f"schema.{seen[name]} and schema.{option} are both {name!r}:"
+                    " each field of a record holds one thing"
+                )
+            seen[name] = option
+        return self
 
 
 class ForecastSettings(_Section):

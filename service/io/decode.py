@@ -49,6 +49,9 @@ which is how pandas and orjson write a missing value: it is imputed like an abse
 name. Any other name is not an input to anything and is ignored, whatever its value
 (a category, a flag, a note), so a record is never lost for a field nobody reads; the
 count of such names goes to ``forecastd_ignored_features_total`` in ``auto`` mode.
+With ``schema.features_field: ""`` a record is flat: its features are its own fields
+besides the key, time and target (:func:`features_of`), as a table's row or a
+sensor's reading is usually written.
 NaN and Infinity in a used feature stay ``non_finite``: the contract's numbers are
 finite, and a producer that sends them has a bug worth seeing.
 
@@ -218,11 +221,11 @@ class Decoder:
     def _exogenous(self, obj: dict[str, Any]) -> tuple[np.ndarray, int]:
         """The values of the features models use, NaN where missing, and how many
         names the record has besides them (module docstring, "Features")."""
-        field = self._schema.features_field
-        raw = obj.get(field)
+        raw = features_of(obj, self._schema)
         if raw is None:
             return self._no_features, 0
         if not isinstance(raw, dict):
+            field = self._schema.features_field
             raise _Reject("bad_features", f"'{field}' must be an object of name -> number")
         if not all(map(_is_unicode, raw)):
             raise _Reject("bad_features", "a feature name is not valid Unicode")
@@ -235,6 +238,17 @@ class Decoder:
                 values.append(_finite_number(raw, name, "bad_features", "bad_features"))
         x = np.array(values) if values else self._no_features
         return x, len(raw) - listed
+
+
+def features_of(obj: dict[str, Any], schema: SchemaSettings) -> Any:
+    """A parsed record's features: the value of its ``features_field`` (None when
+    absent; not necessarily an object); with ``features_field: ""``, its own fields
+    besides the key, time and target fields."""
+    field = schema.features_field
+    if field:
+        return obj.get(field)
+    taken = (schema.key_field, schema.time_field, schema.target_field)
+    return {name: value for name, value in obj.items() if name not in taken}
 
 
 def _parse_json(value: bytes) -> Any:

@@ -29,7 +29,7 @@ import orjson
 from models import registry
 from models.base import Model, ModelContext
 from service.config import SchemaSettings, Settings
-from service.io.decode import Decoder
+from service.io.decode import Decoder, features_of
 from service.io.sinks import Sink
 from service.io.sources import TopicPartition
 from service.pipeline.counts import TaskCounts
@@ -89,8 +89,9 @@ def build_pipeline(settings: Settings, exogenous: tuple[str, ...] = ()) -> Featu
 
 
 def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> tuple[str, ...]:
-    """``schema.features: auto``: the numeric fields of ``x`` in ``records``, sorted by
-    name, at most ``max_auto_features`` (the first names in sorted order)."""
+    """``schema.features: auto``: the numeric fields of ``x`` (or of a flat record,
+    :func:`~service.io.decode.features_of`) in ``records``, sorted by name, at most
+    ``max_auto_features`` (the first names in sorted order)."""
     names: set[str] = set()
     for record in records:
         try:
@@ -99,7 +100,7 @@ def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> t
             continue
         if not isinstance(value, dict):
             continue
-        features = value.get(schema.features_field)
+        features = features_of(value, schema)
         if not isinstance(features, dict):
             continue
         for name, number in features.items():

@@ -56,7 +56,11 @@ def synthetic_records(settings: Settings) -> list[RawRecord]:
                 schema.target_field: float(key + (step % 24) + 0.1 * (step % 7)),
             }
             if features:
-                value[schema.features_field] = {name: float(step % 5) for name in features}
+                x = {name: float(step % 5) for name in features}
+                if schema.features_field:
+                    value[schema.features_field] = x
+                else:  # a flat record
+                    value.update(x)
             records.append(
                 RawRecord(
                     "forecastd-warm-up",

@@ -114,6 +114,13 @@ def encode(
             " one series, --time-col '' sends no time)"
         )
     features = _feature_columns(frame, columns)
+    taken = {schema.key_field, schema.time_field, schema.target_field}
+    if not schema.features_field and taken.intersection(features):
+        raise DatasetError(
+            f"feature columns {sorted(taken.intersection(features))} have the names of the"
+            " key, time or target fields, and features go beside them in a flat record"
+            " (schema.features_field: ''): rename them, or leave them out with --features"
+        )
     keys = _keys(frame[columns.key]) if columns.key else [columns.series] * len(frame)
     targets = _cells(frame[columns.target])
     times = _times(frame[columns.time]) if columns.time else None
@@ -126,7 +133,11 @@ def encode(
             value[schema.time_field] = times[index]
         if features:
             row = ((name, cells[index]) for name, cells in feature_cells.items())
-            value[schema.features_field] = {name: cell for name, cell in row if cell is not None}
+            x = {name: cell for name, cell in row if cell is not None}
+            if schema.features_field:
+                value[schema.features_field] = x
+            else:  # a flat record
+                value.update(x)
         pairs.append((b"" if key is None else key.encode(), orjson.dumps(value)))
     return pairs
 

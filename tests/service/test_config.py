@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from models import registry
 from service.config import load_settings
@@ -341,3 +342,20 @@ def test_cli_never_prints_a_secret(env: dict[str, str], expected: str) -> None:
     assert SECRET not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [
+        ({"time_field": "y"}, "schema.time_field and schema.target_field are both 'y'"),
+        ({"features_field": "key"}, "schema.key_field and schema.features_field are both 'key'"),
+        ({"target_field": ""}, "schema.target_field"),
+    ],
+)
+def test_each_field_of_a_record_holds_one_thing(
+    schema: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"schema": schema}))
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings(path)

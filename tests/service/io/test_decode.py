@@ -215,3 +215,22 @@ def test_arbitrary_bytes_never_raise(value: bytes) -> None:
     if isinstance(decoded, Event):
         assert math.isfinite(decoded.y)
         assert np.all(np.isfinite(decoded.x) | np.isnan(decoded.x))
+
+
+def test_a_flat_record_has_its_features_beside_the_key_time_and_target() -> None:
+    """``features_field: ""``: every field but the key, time and target is a feature
+    name; the unused ones are ignored and counted, whatever their values."""
+    schema = SchemaSettings(
+        features_field="", features=("temp", "load"), key_field="sensor", target_field="power"
+    )
+    value = {"sensor": "a", "ts": 1_700_000_000, "power": 3.5, "temp": 21.5, "unit": "kW"}
+    event = Decoder(schema).decode(RawRecord("t", 0, 0, None, orjson.dumps(value)))
+    assert isinstance(event, Event)
+    assert (event.key, event.ts_ms, event.y) == ("a", 1_700_000_000_000, 3.5)
+    assert event.x.tolist()[0] == 21.5
+    assert math.isnan(event.x.tolist()[1])
+    assert event.ignored == 1  # unit
+    bad = {**value, "load": "high"}
+    invalid = Decoder(schema).decode(RawRecord("t", 0, 0, None, orjson.dumps(bad)))
+    assert isinstance(invalid, Invalid)
+    assert invalid.reason == "bad_features"

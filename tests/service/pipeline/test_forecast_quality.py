@@ -47,6 +47,13 @@ def _records(rows: list[tuple[str, int, float, dict[str, float] | None]]) -> lis
     return out
 
 
+def _flat(value: bytes | None) -> bytes:
+    """An input value with the fields of its ``x`` moved beside the target."""
+    record = orjson.loads(value or b"")
+    features = record.pop("x", {})
+    return orjson.dumps({**record, **features})
+
+
 def _settings(**sections: Any) -> Settings:
     return Settings.model_validate(sections)
 
@@ -250,15 +257,23 @@ def test_intervals_follow_each_keys_scale_and_cover() -> None:
         assert np.mean(covered[key]) == pytest.approx(0.9, abs=0.04), key
 
 
-def test_a_tabular_stream_learns_from_its_features_without_listing_them() -> None:
+@pytest.mark.parametrize("flat", [False, True], ids=["x", "flat"])
+def test_a_tabular_stream_learns_from_its_features_without_listing_them(flat: bool) -> None:
+    """Features in ``x``, or beside the target in a flat record
+    (``schema.features_field: ""``)."""
     rng = np.random.default_rng(11)
     rows: list[tuple[str, int, float, dict[str, float] | None]] = []
     for i in range(1500):
         a, b = rng.normal(), rng.normal()
         rows.append(("house", i * 1000, 3.0 * a - 2.0 * b + rng.normal(0, 0.1), {"a": a, "b": b}))
-    settings = _settings(forecast={"horizon": 0})
+    schema = {"features_field": ""} if flat else {}
+    settings = _settings(forecast={"horizon": 0}, schema=schema)
     assert settings.schema_.features == "auto"
-    scores = run_backtest(_records(rows), settings, warmup=0.3).scores
+    records = _records(rows)
+    if flat:
+        records = [r._replace(value=_flat(r.value)) for r in records]
+        assert set(orjson.loads(records[0].value or b"")) == {"key", "ts", "y", "a", "b"}
+    scores = run_backtest(records, settings, warmup=0.3).scores
     assert scores["ensemble"].mae < 0.2 * scores["last"].mae
     assert scores["linear"].mae < 0.2 * scores["last"].mae
 

@@ -86,3 +86,10 @@ def test_the_synthetic_records_carry_every_configured_feature() -> None:
     values = [orjson.loads(r.value or b"") for r in synthetic_records(settings)]
     assert all(set(v["x"]) == {"load", "temp"} for v in values)
     assert len({v["key"] for v in values}) >= 2
+
+
+def test_the_synthetic_records_of_a_flat_schema_carry_their_features_beside_the_target() -> None:
+    schema = {"features": ["load", "temp"], "features_field": ""}
+    settings = Settings.model_validate({"schema": schema})
+    values = [orjson.loads(r.value or b"") for r in synthetic_records(settings)]
+    assert all(set(v) == {"key", "ts", "y", "load", "temp"} for v in values)

@@ -186,3 +186,13 @@ def test_a_saved_index_is_no_feature_unless_listed(tmp_path: Path) -> None:
     assert orjson.loads(pairs[1][1])["x"] == {"temp": 6.0}
     listed = replay.encode(frame, replay.Columns(features=("Unnamed: 0", "temp")), SCHEMA)
     assert orjson.loads(listed[1][1])["x"] == {"Unnamed: 0": 1.0, "temp": 6.0}
+
+
+def test_a_flat_schema_sends_the_features_beside_the_target() -> None:
+    frame = pd.DataFrame({"key": ["a"], "ts": [2_000_000_000], "y": [1.0], "temp": [5.0]})
+    flat = SchemaSettings(features_field="")
+    pairs = replay.encode(frame, replay.Columns(), flat)
+    assert orjson.loads(pairs[0][1]) == {"key": "a", "y": 1.0, "ts": 2_000_000_000_000, "temp": 5.0}
+    clash = frame.assign(ts2=frame["ts"]).rename(columns={"ts": "when", "ts2": "ts"})
+    with pytest.raises(DatasetError, match="have the names of the key, time or target"):
+        replay.encode(clash, replay.Columns(time="when"), flat)

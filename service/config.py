@@ -231,7 +231,10 @@ class SchemaSettings(_Section):
     discovers its own list: give the list explicitly where replicas must agree on
     it from the first record. ``features_field: ""``: the record is flat, its features
     are its own fields besides the key, time and target
-    (:func:`~service.io.decode.features_of`)."""
+    (:func:`~service.io.decode.features_of`). ``numeric_text``: a target or feature
+    written as a string of a JSON number (``"43210.55"``, as exchange and many device
+    feeds send prices and readings, to keep their decimals) is that number; off, such
+    a string is ``bad_target``/``bad_features``, as the input contract says."""
 
     key_field: str = Field("key", min_length=1)
     time_field: str = Field("ts", min_length=1)
@@ -240,6 +243,7 @@ class SchemaSettings(_Section):
     features: tuple[str, ...] | Literal["auto"] = "auto"
     max_auto_features: int = Field(32, ge=0, le=1024)
     max_message_bytes: int = Field(1_048_576, ge=64)
+    numeric_text: bool = False
 
     @model_validator(mode="after")
     def _fields_apart(self) -> SchemaSettings:

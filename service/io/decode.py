@@ -10,7 +10,8 @@ header) and a human ``detail``. Reasons, in the order they are checked:
 ``missing_key``     no record key and no key field
 ``bad_key``         key field of the wrong type, empty, too long, or key bytes not UTF-8
 ``missing_target``  no target field
-``bad_target``      target is not a number (strings, booleans and null included)
+``bad_target``      target is not a number (strings, booleans and null included; but
+                    see ``schema.numeric_text``)
 ``non_finite``      NaN or ±Infinity in the target or a used feature
 ``bad_time``        time field present but not an epoch number or ISO-8601 in years 1 to 9999
 ``future_time``     event time more than ``forecast.max_future_skew_s`` ahead of the
@@ -135,6 +136,7 @@ class Decoder:
         features: tuple[str, ...] = () if schema.features == "auto" else schema.features
         self._max_future_ms = None if max_future_skew_s is None else int(max_future_skew_s * 1000)
         self._features = features
+        self._text = schema.numeric_text
         # One shared, read-only all-NaN vector for events without features (most
         # streams): no array per event.
         self._no_features = np.full(len(features), np.nan)
@@ -161,7 +163,8 @@ class Decoder:
         if not isinstance(obj, dict):
             raise _Reject("not_object", f"JSON {type(obj).__name__}, expected an object")
         key = self._key(record, obj)
-        y = _finite_number(obj, schema.target_field, "missing_target", "bad_target")
+        text = schema.numeric_text
+        y = _finite_number(obj, schema.target_field, "missing_target", "bad_target", text)
         ts_ms = self._time(record, obj)
         x, ignored = self._exogenous(obj)
         return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record, ignored=ignored)
@@ -202,7 +205,7 @@ class Decoder:
                 raise _Reject("bad_time", f"'{field}' is not finite")
             ts_ms = _epoch_ms(raw)
         elif isinstance(raw, str):
-            ts_ms = _iso_to_ms(raw, field)
+            ts_ms = self._text_time(raw, field)
         else:
             raise _Reject("bad_time", f"'{field}' is a {type(raw).__name__}")
         if not _TS_MS_MIN <= ts_ms <= _TS_MS_MAX:
@@ -217,6 +220,21 @@ class Decoder:
                     f"event time {ts_ms} is more than {self._max_future_ms} ms after {reference}",
                 )
         return ts_ms
+
+    def _text_time(self, raw: str, field: str) -> int:
+        """An ISO-8601 time; with ``schema.numeric_text``, else an epoch number written
+        as text (``"1700000000"``). ISO comes first: ``"2024"`` is a year."""
+        try:
+            return _iso_to_ms(raw, field)
+        except _Reject:
+            if not self._text or not NUMERIC_TEXT.fullmatch(raw):
+                raise
+        # a whole number of up to 19 digits stays exact (nanoseconds), others as floats
+        whole = len(raw) <= 20 and raw.lstrip("-").isdigit()
+        number: int | float = int(raw) if whole else float(raw)
+        if not math.isfinite(number):
+            raise _Reject("bad_time", f"'{field}' is not finite")
+        return _epoch_ms(number)
 
     def _exogenous(self, obj: dict[str, Any]) -> tuple[np.ndarray, int]:
         """The values of the features models use, NaN where missing, and how many
@@ -235,9 +253,23 @@ class Decoder:
             if raw.get(name) is None:  # absent, or null (pandas' and orjson's missing)
                 values.append(math.nan)  # imputed
             else:
-                values.append(_finite_number(raw, name, "bad_features", "bad_features"))
+                values.append(_finite_number(raw, name, "bad_features", "bad_features", self._text))
         x = np.array(values) if values else self._no_features
         return x, len(raw) - listed
+
+
+NUMERIC_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+"""A JSON number's grammar (RFC 8259), for text that ``schema.numeric_text`` reads as
+a number: no spaces, ``+``, ``NaN``, ``inf`` or ``1_000`` (which ``float()`` would
+take)."""
+
+
+def is_number(value: Any, text: bool) -> bool:
+    """Whether ``value`` is a number as a feature's value (a JSON number, or with
+    ``text`` a string written as one); not a boolean."""
+    if isinstance(value, str):
+        return text and NUMERIC_TEXT.fullmatch(value) is not None
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def features_of(obj: dict[str, Any], schema: SchemaSettings) -> Any:
@@ -267,10 +299,16 @@ def _parse_json(value: bytes) -> Any:
         raise _Reject("not_json", f"not UTF-8 JSON ({type(exc).__name__})") from exc
 
 
-def _finite_number(obj: dict[str, Any], field: str, missing: str, wrong: str) -> float:
+def _finite_number(
+    obj: dict[str, Any], field: str, missing: str, wrong: str, text: bool = False
+) -> float:
+    """``obj[field]`` as a finite float; ``text``: a string written as a JSON number
+    (``"43210.55"``) counts as that number (``schema.numeric_text``)."""
     if field not in obj:
         raise _Reject(missing, f"no '{field}' field")
     raw = obj[field]
+    if text and isinstance(raw, str) and NUMERIC_TEXT.fullmatch(raw):
+        raw = float(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise _Reject(wrong, f"{_quoted(field)} is {type(raw).__name__}, expected a number")
     try:

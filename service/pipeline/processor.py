@@ -29,7 +29,7 @@ import orjson
 from models import registry
 from models.base import Model, ModelContext
 from service.config import SchemaSettings, Settings
-from service.io.decode import Decoder, features_of
+from service.io.decode import Decoder, features_of, is_number
 from service.io.sinks import Sink
 from service.io.sources import TopicPartition
 from service.pipeline.counts import TaskCounts
@@ -104,7 +104,7 @@ def discover_features(records: Sequence[RawRecord], schema: SchemaSettings) -> t
         if not isinstance(features, dict):
             continue
         for name, number in features.items():
-            if isinstance(number, int | float) and not isinstance(number, bool) and _utf8(name):
+            if is_number(number, schema.numeric_text) and _utf8(name):
                 names.add(name)
     return tuple(sorted(names)[: schema.max_auto_features])
 

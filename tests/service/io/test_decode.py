@@ -234,3 +234,66 @@ def test_a_flat_record_has_its_features_beside_the_key_time_and_target() -> None
     invalid = Decoder(schema).decode(RawRecord("t", 0, 0, None, orjson.dumps(bad)))
     assert isinstance(invalid, Invalid)
     assert invalid.reason == "bad_features"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            {"y": "43210.55", "ts": "1704067200", "x": {"temp": "-1.5e1"}},
+            (43210.55, 1_704_067_200_000, -15.0),
+        ),
+        ({"y": "7", "ts": "2024"}, (7.0, 1_704_067_200_000, None)),  # ISO first: a year
+        ({"y": "7", "ts": "1704067200123456789"}, (7.0, 1_704_067_200_123, None)),  # exact
+        ({"y": " 1"}, "bad_target"),  # a JSON number's grammar only: no spaces,
+        ({"y": "+1"}, "bad_target"),  # no plus,
+        ({"y": "NaN"}, "bad_target"),  # no NaN,
+        ({"y": "1_000"}, "bad_target"),  # no underscores, all of which float() takes
+        ({"y": "1e400"}, "non_finite"),
+        ({"y": "1", "ts": "1e400"}, "bad_time"),
+        ({"y": 1, "x": {"temp": "warm"}}, "bad_features"),
+    ],
+)
+def test_numeric_text_reads_numbers_written_as_strings(
+    value: dict[str, object], expected: tuple[float, int, float | None] | str
+) -> None:
+    """``schema.numeric_text``: as exchange feeds send prices. Off (the default), each
+    of these strings is refused as the contract says."""
+    raw = RawRecord("t", 0, 0, b"k", orjson.dumps(value), timestamp_ms=1_764_000_000_000)
+    got = Decoder(SchemaSettings(features=("temp",), numeric_text=True)).decode(raw)
+    if isinstance(expected, str):
+        assert isinstance(got, Invalid)
+        assert got.reason == expected
+    else:
+        assert isinstance(got, Event)
+        y, ts_ms, temp = expected
+        assert (got.y, got.ts_ms) == (y, ts_ms)
+        assert got.x[0] == temp if temp is not None else math.isnan(got.x[0])
+    strict = Decoder(SchemaSettings(features=("temp",))).decode(raw)
+    assert isinstance(strict, Invalid)
+    assert strict.reason in {"bad_target", "bad_features"}
+
+
+_NUMBERISH = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"-?[0-9]{1,400}(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,5})?", fullmatch=True),
+)
+
+
+@given(_NUMBERISH, _NUMBERISH, _NUMBERISH, st.booleans())
+def test_numeric_text_never_raises_whatever_the_strings(
+    y: str, ts: str, temp: str, flat: bool
+) -> None:
+    """Text where numbers go, under ``schema.numeric_text`` (and a flat record): an
+    event with finite numbers, or a reason; never ``internal_error``."""
+    schema = SchemaSettings(
+        features=("temp",), numeric_text=True, features_field="" if flat else "x"
+    )
+    value = {"y": y, "ts": ts, **({"temp": temp} if flat else {"x": {"temp": temp}})}
+    raw = RawRecord("t", 0, 0, b"k", orjson.dumps(value), timestamp_ms=1_764_000_000_000)
+    decoded = Decoder(schema).decode(raw)
+    if isinstance(decoded, Invalid):
+        assert decoded.reason != "internal_error", decoded.detail
+    else:
+        assert math.isfinite(decoded.y)
+        assert np.all(np.isfinite(decoded.x) | np.isnan(decoded.x))

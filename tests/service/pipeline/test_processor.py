@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from service.config import Settings
 from service.io.sinks import ListSink
 from service.io.sources import ListSource
-from service.pipeline.processor import Processor
+from service.pipeline.processor import Processor, discover_features
 from service.pipeline.tasks import PartitionTask, TaskOutput
 from service.records import Event, RawRecord
 from service.runtime.app import run_loop
@@ -186,3 +186,29 @@ def test_horizon_zero_polls_of_nothing_but_first_values_seed_their_keys(
     published = [orjson.loads(r.value)["source"] for r in sink.on("predictions")]
     # offsets 0-2 and 4 are the keys' first values; 3 and 5-8 come after one
     assert published == [f"ticks:0:{i}" for i in (3, 5, 6, 7, 8)]
+
+
+@pytest.mark.parametrize(
+    ("schema", "found"),
+    [
+        ({}, ("load",)),
+        ({"numeric_text": True}, ("load", "price")),
+        ({"features_field": ""}, ("extra",)),
+        ({"features_field": "", "numeric_text": True}, ("extra", "quote")),
+    ],
+)
+def test_auto_features_are_the_numbers_of_x_or_of_a_flat_record(
+    schema: dict[str, object], found: tuple[str, ...]
+) -> None:
+    value = {
+        "key": "a",
+        "ts": 1_700_000_000_000,
+        "y": 1.0,
+        "extra": 3,
+        "quote": "4.25",
+        "note": "n/a",
+        "x": {"load": 2.5, "price": "43210.55", "colour": "red"},
+    }
+    settings = Settings.model_validate({"schema": schema})
+    records = [RawRecord("ticks", 0, 0, b"a", orjson.dumps(value))]
+    assert discover_features(records, settings.schema_) == found

@@ -80,6 +80,7 @@ import numpy as np
 import orjson
 
 from service.config import SchemaSettings
+from service.io.fields import ABSENT, get, top_level
 from service.records import Event, Invalid, RawRecord
 
 REASONS = (
@@ -164,7 +165,8 @@ class Decoder:
             raise _Reject("not_object", f"JSON {type(obj).__name__}, expected an object")
         key = self._key(record, obj)
         text = schema.numeric_text
-        y = _finite_number(obj, schema.target_field, "missing_target", "bad_target", text)
+        target = schema.target_field
+        y = _finite_number(get(obj, target), target, "missing_target", "bad_target", text)
         ts_ms = self._time(record, obj)
         x, ignored = self._exogenous(obj)
         return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record, ignored=ignored)
@@ -177,9 +179,9 @@ class Decoder:
                 raise _Reject("bad_key", "record key is not UTF-8") from exc
         else:
             field = self._schema.key_field
-            if field not in obj or obj[field] is None:
+            raw = get(obj, field)
+            if raw is ABSENT or raw is None:
                 raise _Reject("missing_key", f"no record key and no '{field}' field")
-            raw = obj[field]
             if isinstance(raw, bool) or not isinstance(raw, str | int):
                 raise _Reject("bad_key", f"'{field}' is a {type(raw).__name__}, expected a string")
             key = raw if isinstance(raw, str) else _int_text(raw, "bad_key", field)
@@ -191,8 +193,8 @@ class Decoder:
 
     def _time(self, record: RawRecord, obj: dict[str, Any]) -> int:
         field = self._schema.time_field
-        raw = obj.get(field)
-        if raw is None:
+        raw = get(obj, field)
+        if raw is ABSENT or raw is None:
             if record.timestamp_ms is None or record.timestamp_ms < 0:
                 raise _Reject("bad_time", f"no '{field}' field and no record timestamp")
             return record.timestamp_ms
@@ -253,7 +255,9 @@ class Decoder:
             if raw.get(name) is None:  # absent, or null (pandas' and orjson's missing)
                 values.append(math.nan)  # imputed
             else:
-                values.append(_finite_number(raw, name, "bad_features", "bad_features", self._text))
+                values.append(
+                    _finite_number(raw[name], name, "bad_features", "bad_features", self._text)
+                )
         x = np.array(values) if values else self._no_features
         return x, len(raw) - listed
 
@@ -278,8 +282,9 @@ def features_of(obj: dict[str, Any], schema: SchemaSettings) -> Any:
     besides the key, time and target fields."""
     field = schema.features_field
     if field:
-        return obj.get(field)
-    taken = (schema.key_field, schema.time_field, schema.target_field)
+        value = get(obj, field)
+        return None if value is ABSENT else value
+    taken = {top_level(f) for f in (schema.key_field, schema.time_field, schema.target_field)}
     return {name: value for name, value in obj.items() if name not in taken}
 
 
@@ -299,14 +304,12 @@ def _parse_json(value: bytes) -> Any:
         raise _Reject("not_json", f"not UTF-8 JSON ({type(exc).__name__})") from exc
 
 
-def _finite_number(
-    obj: dict[str, Any], field: str, missing: str, wrong: str, text: bool = False
-) -> float:
-    """``obj[field]`` as a finite float; ``text``: a string written as a JSON number
-    (``"43210.55"``) counts as that number (``schema.numeric_text``)."""
-    if field not in obj:
+def _finite_number(raw: Any, field: str, missing: str, wrong: str, text: bool = False) -> float:
+    """``raw``, the value of ``field`` (:data:`~service.io.fields.ABSENT`: none), as a
+    finite float; ``text``: a string written as a JSON number (``"43210.55"``) counts
+    as that number (``schema.numeric_text``)."""
+    if raw is ABSENT:
         raise _Reject(missing, f"no '{field}' field")
-    raw = obj[field]
     if text and isinstance(raw, str) and NUMERIC_TEXT.fullmatch(raw):
         raw = float(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float):

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
 
 from service.config import Settings
+from service.io.fields import put
 from service.io.sinks import ListSink
 from service.pipeline.processor import Processor
 from service.records import RawRecord
@@ -50,15 +52,14 @@ def synthetic_records(settings: Settings) -> list[RawRecord]:
     records: list[RawRecord] = []
     for step in range(EVENTS_PER_KEY):
         for key in range(KEYS):
-            value: dict[str, object] = {
-                schema.key_field: f"warm-up-{key}",
-                schema.time_field: start_ms + step * 3_600_000,
-                schema.target_field: float(key + (step % 24) + 0.1 * (step % 7)),
-            }
+            value: dict[str, Any] = {}
+            put(value, schema.key_field, f"warm-up-{key}")
+            put(value, schema.time_field, start_ms + step * 3_600_000)
+            put(value, schema.target_field, float(key + (step % 24) + 0.1 * (step % 7)))
             if features:
                 x = {name: float(step % 5) for name in features}
                 if schema.features_field:
-                    value[schema.features_field] = x
+                    put(value, schema.features_field, x)
                 else:  # a flat record
                     value.update(x)
             records.append(

@@ -30,6 +30,7 @@ from service.config import SchemaSettings
 from service.errors import DatasetError
 from service.extras import require
 from service.io.decode import EPOCH_UNITS, ms_per_unit
+from service.io.fields import put, top_level
 from service.io.partitioner import positive_murmur2
 from service.records import RawRecord
 from service.tools import datasets
@@ -114,7 +115,7 @@ def encode(
             " one series, --time-col '' sends no time)"
         )
     features = _feature_columns(frame, columns)
-    taken = {schema.key_field, schema.time_field, schema.target_field}
+    taken = {top_level(f) for f in (schema.key_field, schema.time_field, schema.target_field)}
     if not schema.features_field and taken.intersection(features):
         raise DatasetError(
             f"feature columns {sorted(taken.intersection(features))} have the names of the"
@@ -127,15 +128,15 @@ def encode(
     feature_cells = {name: _cells(frame[name]) for name in features}
     pairs = []
     for index, key in enumerate(keys):
-        value: dict[str, Any] = {} if key is None else {schema.key_field: key}
-        value[schema.target_field] = targets[index]
+        value: dict[str, Any] = {} if key is None else put({}, schema.key_field, key)
+        put(value, schema.target_field, targets[index])
         if times is not None:
-            value[schema.time_field] = times[index]
+            put(value, schema.time_field, times[index])
         if features:
             row = ((name, cells[index]) for name, cells in feature_cells.items())
             x = {name: cell for name, cell in row if cell is not None}
             if schema.features_field:
-                value[schema.features_field] = x
+                put(value, schema.features_field, x)
             else:  # a flat record
                 value.update(x)
         pairs.append((b"" if key is None else key.encode(), orjson.dumps(value)))

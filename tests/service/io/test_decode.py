@@ -297,3 +297,33 @@ def test_numeric_text_never_raises_whatever_the_strings(
     else:
         assert math.isfinite(decoded.y)
         assert np.all(np.isfinite(decoded.x) | np.isnan(decoded.x))
+
+
+def test_fields_nested_in_an_envelope_are_read_by_json_pointers() -> None:
+    """A change-data-capture record: what forecastd reads sits under
+    ``payload.after``; a plain name with a dot stays a plain name."""
+    schema = SchemaSettings(
+        key_field="/payload/after/id",
+        time_field="/payload/after/at",
+        target_field="/payload/after/price",
+        features_field="/payload/after/x",
+        features=("volume",),
+    )
+    after = {"id": "a", "at": 1_700_000_000, "price": 1.5, "x": {"volume": 10}}
+    value = {"op": "u", "payload": {"before": None, "after": after}}
+    event = Decoder(schema).decode(RawRecord("t", 0, 0, None, orjson.dumps(value)))
+    assert isinstance(event, Event)
+    assert (event.key, event.ts_ms, event.y, event.x.tolist()) == (
+        "a",
+        1_700_000_000_000,
+        1.5,
+        [10.0],
+    )
+    deleted = {"op": "d", "payload": {"before": after, "after": None}}
+    missing = Decoder(schema).decode(RawRecord("t", 0, 0, b"a", orjson.dumps(deleted)))
+    assert isinstance(missing, Invalid)
+    assert missing.reason == "missing_target"
+    dotted = SchemaSettings(target_field="temp.c")
+    plain = Decoder(dotted).decode(RawRecord("t", 0, 0, b"k", b'{"temp.c": 2.5, "ts": 1}'))
+    assert isinstance(plain, Event)
+    assert plain.y == 2.5

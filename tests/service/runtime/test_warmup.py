@@ -14,9 +14,10 @@ import multiprocessing
 import orjson
 
 from service.config import Settings
+from service.io.decode import Decoder
 from service.io.sinks import ListSink
 from service.pipeline.processor import Processor
-from service.records import RawRecord
+from service.records import Event, RawRecord
 from service.runtime.app import default_registry, frozen_heap
 from service.runtime.metrics import Metrics
 from service.runtime.warmup import synthetic_records, warm_up
@@ -93,3 +94,18 @@ def test_the_synthetic_records_of_a_flat_schema_carry_their_features_beside_the_
     settings = Settings.model_validate({"schema": schema})
     values = [orjson.loads(r.value or b"") for r in synthetic_records(settings)]
     assert all(set(v) == {"key", "ts", "y", "load", "temp"} for v in values)
+
+
+def test_the_synthetic_records_of_a_nested_schema_decode() -> None:
+    schema = {
+        "key_field": "/meta/sensor",
+        "time_field": "/meta/at",
+        "target_field": "/reading/value",
+        "features_field": "/reading/x",
+        "features": ["temp"],
+    }
+    settings = Settings.model_validate({"schema": schema})
+    decoder = Decoder(settings.schema_)
+    decoded = [decoder.decode(r) for r in synthetic_records(settings)]
+    assert all(isinstance(d, Event) for d in decoded), decoded[:1]
+    assert {d.key for d in decoded if isinstance(d, Event)} >= {"warm-up-0", "warm-up-1"}

@@ -196,3 +196,22 @@ def test_a_flat_schema_sends_the_features_beside_the_target() -> None:
     clash = frame.assign(ts2=frame["ts"]).rename(columns={"ts": "when", "ts2": "ts"})
     with pytest.raises(DatasetError, match="have the names of the key, time or target"):
         replay.encode(clash, replay.Columns(time="when"), flat)
+
+
+def test_a_nested_schema_gets_nested_records_that_decode() -> None:
+    frame = pd.DataFrame({"key": ["a"], "ts": [2_000_000_000], "y": [1.5], "temp": [5.0]})
+    nested = SchemaSettings(
+        key_field="/meta/id",
+        time_field="/meta/at",
+        target_field="/reading/value",
+        features_field="/reading/x",
+        features=("temp",),
+    )
+    pairs = replay.encode(frame, replay.Columns(), nested)
+    assert orjson.loads(pairs[0][1]) == {
+        "meta": {"id": "a", "at": 2_000_000_000_000},
+        "reading": {"value": 1.5, "x": {"temp": 5.0}},
+    }
+    event = Decoder(nested).decode(RawRecord("t", 0, 0, None, pairs[0][1]))
+    assert isinstance(event, Event)
+    assert (event.key, event.y, event.x.tolist()) == ("a", 1.5, [5.0])

@@ -234,7 +234,10 @@ class SchemaSettings(_Section):
     (:func:`~service.io.decode.features_of`). ``numeric_text``: a target or feature
     written as a string of a JSON number (``"43210.55"``, as exchange and many device
     feeds send prices and readings, to keep their decimals) is that number; off, such
-    a string is ``bad_target``/``bad_features``, as the input contract says."""
+    a string is ``bad_target``/``bad_features``, as the input contract says.
+    ``key_source``: ``record`` (the record key, else the key field) or ``field`` (the
+    key field always: for a topic partitioned by something coarser than a series, a
+    site whose sensors are each a series, or keyed in binary)."""
 
     key_field: str = Field("key", min_length=1)
     time_field: str = Field("ts", min_length=1)
@@ -244,6 +247,7 @@ class SchemaSettings(_Section):
     max_auto_features: int = Field(32, ge=0, le=1024)
     max_message_bytes: int = Field(1_048_576, ge=64)
     numeric_text: bool = False
+    key_source: Literal["record", "field"] = "record"
 
     @model_validator(mode="after")
     def _fields_apart(self) -> SchemaSettings:

@@ -172,7 +172,7 @@ class Decoder:
         return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record, ignored=ignored)
 
     def _key(self, record: RawRecord, obj: dict[str, Any]) -> str:
-        if record.key:
+        if record.key and self._schema.key_source == "record":
             try:
                 key = record.key.decode("utf-8")
             except UnicodeDecodeError as exc:

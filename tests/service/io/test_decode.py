@@ -327,3 +327,29 @@ def test_fields_nested_in_an_envelope_are_read_by_json_pointers() -> None:
     plain = Decoder(dotted).decode(RawRecord("t", 0, 0, b"k", b'{"temp.c": 2.5, "ts": 1}'))
     assert isinstance(plain, Event)
     assert plain.y == 2.5
+
+
+def test_key_source_field_takes_the_series_from_the_value_whatever_the_record_key() -> None:
+    """A topic keyed by site (or in binary, as Java's LongSerializer writes) whose
+    series are its sensors: each sensor its own series, not the site's."""
+    schema = SchemaSettings(key_field="sensor", key_source="field")
+    keys = [b"site-1", b"site-1", b"\x00\x00\x00\x00\x00\x00\x00\xff"]
+    values = [{"sensor": s, "ts": 1, "y": 1.0} for s in ("t1", "t2", "t3")]
+    decoded = [
+        Decoder(schema).decode(RawRecord("t", 0, 0, k, orjson.dumps(v)))
+        for k, v in zip(keys, values, strict=True)
+    ]
+    assert [getattr(d, "key", None) for d in decoded] == ["t1", "t2", "t3"]
+    default = Decoder(SchemaSettings(key_field="sensor"))
+    by_record = [
+        default.decode(RawRecord("t", 0, 0, k, orjson.dumps(v)))
+        for k, v in zip(keys, values, strict=True)
+    ]
+    assert [getattr(d, "key", getattr(d, "reason", None)) for d in by_record] == [
+        "site-1",
+        "site-1",
+        "bad_key",
+    ]
+    unkeyed = Decoder(schema).decode(RawRecord("t", 0, 0, b"site-1", b'{"ts": 1, "y": 1.0}'))
+    assert isinstance(unkeyed, Invalid)
+    assert unkeyed.reason == "missing_key"

@@ -164,9 +164,8 @@ class Decoder:
         if not isinstance(obj, dict):
             raise _Reject("not_object", f"JSON {type(obj).__name__}, expected an object")
         key = self._key(record, obj)
-        text = schema.numeric_text
         target = schema.target_field
-        y = _finite_number(get(obj, target), target, "missing_target", "bad_target", text)
+        y = _finite_number(get(obj, target), target, "missing_target", "bad_target", self._text)
         ts_ms = self._time(record, obj)
         x, ignored = self._exogenous(obj)
         return Event(key=key, ts_ms=ts_ms, y=y, x=x, record=record, ignored=ignored)

@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="validate a config; print it resolved (defaults, environment; secrets masked)"
     )
     check.add_argument("-c", "--config", help="YAML config (FORECASTD_* variables override it)")
+    check.add_argument(
+        "--record",
+        metavar="JSON",
+        help="an input record's value: print what the daemon reads from it (exit 1: refused)",
+    )
+    check.add_argument("--record-key", metavar="KEY", help="that record's Kafka key, if any")
     check.set_defaults(handler=_check)
 
     tune = commands.add_parser(
@@ -355,10 +361,14 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from service.workbench.check import render
+    from service.workbench.check import read_record, render
 
-    print(render(args.config), end="")
-    return 0
+    if args.record is None:
+        print(render(args.config), end="")
+        return 0
+    text, read = read_record(load_settings(args.config), args.record, args.record_key)
+    print(text, end="")
+    return 0 if read else 1
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""``forecastd check -c CONFIG``: validate a config and show it resolved.
+"""``forecastd check -c CONFIG``: validate a config and show it resolved; with
+``--record JSON``, what the daemon reads from that record under it.
 
 The resolved config is every setting with its default filled in and the ``FORECASTD_*``
 environment overrides applied, exactly what ``forecastd run`` would start with
@@ -11,14 +12,21 @@ by name, never with their value.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from service.config import ENV_PREFIX, MASK, Settings, is_secret_key, load_settings
+from service.io.decode import Decoder, features_of
+from service.pipeline.processor import discover_features
+from service.records import Invalid, RawRecord
 
 
 def resolved(settings: Settings) -> dict[str, Any]:
@@ -58,3 +66,42 @@ def render(path: str | Path | None, env: Mapping[str, str] | None = None) -> str
         lines.append("# set by the environment: " + ", ".join(keys))
     text = yaml.safe_dump(resolved(settings), sort_keys=False, default_flow_style=False)
     return "\n".join(lines) + "\n" + text
+
+
+def read_record(settings: Settings, value: str, key: str | None = None) -> tuple[str, bool]:
+    """What the daemon reads from one input record under ``settings`` (``forecastd
+    check --record``): its key, time, target and features, or the reason it would be
+    dead-lettered; and whether it is read. With ``schema.features: auto`` the
+    features are discovered from this record alone, as from a first poll of it. A
+    record without a time takes now as its broker timestamp, as a produce would."""
+    schema = settings.schema_
+    now_ms = time.time_ns() // 1_000_000
+    raw = RawRecord(
+        settings.kafka.input_topic, 0, 0, key.encode() if key else None, value.encode(), (), now_ms
+    )
+    names = discover_features([raw], schema) if schema.features == "auto" else schema.features
+    decoder = Decoder(
+        schema.model_copy(update={"features": names}), settings.forecast.max_future_skew_s
+    )
+    decoded = decoder.decode(raw)
+    if isinstance(decoded, Invalid):
+        return f"# record: dead-lettered as {decoded.reason}: {decoded.detail}\n", False
+    moment = datetime.fromtimestamp(decoded.ts_ms / 1000, UTC)
+    stamp = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    features = ", ".join(
+        f"{name} {value!r}" if math.isfinite(value) else f"{name} imputed"
+        for name, value in zip(names, decoded.x.tolist(), strict=True)
+    )
+    found = features_of(json.loads(value), schema)  # it parsed: the decoder read it
+    ignored = sorted(set(found) - set(names)) if isinstance(found, dict) else []
+    lines = [
+        "# record: read",
+        f"key       {decoded.key!r}"
+        + (" (the record key)" if key and schema.key_source == "record" else ""),
+        f"time      {stamp} ({decoded.ts_ms} ms)",
+        f"target    {decoded.y!r}",
+        f"features  {features or '(none)'}"
+        + (" (discovered: auto)" if schema.features == "auto" and names else ""),
+        f"ignored   {', '.join(ignored) or '(none)'}",
+    ]
+    return "\n".join(lines) + "\n", True

@@ -74,3 +74,38 @@ def test_missing_workbench_extra_exits_2_naming_it(
     assert len(err) == 1
     assert "'workbench' extra" in err[0]
     assert "forecastd[workbench]" in err[0]
+
+
+def test_a_record_is_read_as_the_daemon_would(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--record``: key, time, target and features (discovered from the record under
+    ``auto``), and what is ignored; exit 0."""
+    record = (
+        '{"key": "AAPL", "ts": 1700000000000, "y": 189.1, "x": {"volume": 1200, "side": "buy"}}'
+    )
+    assert main(["check", "--record", record]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "# record: read",
+        "key       'AAPL'",
+        "time      2023-11-14T22:13:20.000Z (1700000000000 ms)",
+        "target    189.1",
+        "features  volume 1200.0 (discovered: auto)",
+        "ignored   side",
+    ]
+
+
+def test_a_record_the_daemon_refuses_exits_1_with_its_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    record = '{"key": "BTC-USD", "ts": 1700000000000, "y": "43210.55"}'
+    assert main(["check", "--record", record]) == 1
+    assert capsys.readouterr().out == (
+        "# record: dead-lettered as bad_target: 'y' is str, expected a number\n"
+    )
+    config = tmp_path / "feed.yaml"
+    config.write_text("schema:\n  numeric_text: true\n  key_field: /meta/id\n  key_source: field\n")
+    nested = '{"meta": {"id": "BTC-USD"}, "ts": 1700000000000, "y": "43210.55"}'
+    assert main(["check", "-c", str(config), "--record", nested, "--record-key", "b1"]) == 0
+    out = capsys.readouterr().out
+    assert "key       'BTC-USD'\n" in out
+    assert "target    43210.55\n" in out

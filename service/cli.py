@@ -280,12 +280,12 @@ def _records_of(args: argparse.Namespace, settings: Settings) -> list[tuple[byte
         series=Path(args.source).stem or "series",
     )
     if args.sort:
-        frame = replay.in_time_order(frame, columns)
+        frame = replay.in_time_order(frame, columns, settings.schema_.time_format)
     if getattr(args, "limit", 0):
         frame = frame.head(args.limit)
     pairs = replay.encode(frame, columns, settings.schema_)  # first: it checks the columns
     if not args.sort and settings.forecast.out_of_order == "dlq":
-        older = replay.older_rows(frame, columns)
+        older = replay.older_rows(frame, columns, settings.schema_.time_format)
         if older:
             print(
                 f"forecastd: {older} of {len(frame)} rows are older than an earlier row of"

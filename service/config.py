@@ -29,8 +29,10 @@ import copy
 import os
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -248,6 +250,35 @@ class SchemaSettings(_Section):
     max_message_bytes: int = Field(1_048_576, ge=64)
     numeric_text: bool = False
     key_source: Literal["record", "field"] = "record"
+    time_format: str | None = Field(None, min_length=1)
+    time_zone: str = "UTC"
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"{name!r} is not a time zone of the IANA database (such as 'UTC',"
+                " 'Europe/Paris', 'America/New_York')"
+            ) from exc
+        return name
+
+    @field_validator("time_format")
+    @classmethod
+    def _usable_format(cls, form: str | None) -> str | None:
+        """A format that reads back what it writes, so a typo fails at start-up and
+        not as every record's ``bad_time``."""
+        if form is not None:
+            sample = datetime(2024, 3, 9, 13, 5, 7, tzinfo=UTC)
+            try:
+                datetime.strptime(sample.strftime(form), form)  # noqa: DTZ007 - a check
+            except ValueError as exc:
+                raise ValueError(
+                    f"{form!r} is not a strptime format that reads back: {exc}"
+                ) from exc
+        return form
 
     @model_validator(mode="after")
     def _fields_apart(self) -> SchemaSettings:

@@ -73,8 +73,9 @@ import json
 import math
 import re
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
@@ -138,6 +139,8 @@ class Decoder:
         self._max_future_ms = None if max_future_skew_s is None else int(max_future_skew_s * 1000)
         self._features = features
         self._text = schema.numeric_text
+        self._format = schema.time_format
+        self._zone: tzinfo = UTC if schema.time_zone == "UTC" else ZoneInfo(schema.time_zone)
         # One shared, read-only all-NaN vector for events without features (most
         # streams): no array per event.
         self._no_features = np.full(len(features), np.nan)
@@ -223,13 +226,27 @@ class Decoder:
         return ts_ms
 
     def _text_time(self, raw: str, field: str) -> int:
-        """An ISO-8601 time; with ``schema.numeric_text``, else an epoch number written
-        as text (``"1700000000"``). ISO comes first: ``"2024"`` is a year."""
+        """A time in ``schema.time_format`` when one is set, else (or failing that) an
+        ISO-8601 time; with ``schema.numeric_text``, else an epoch number written as
+        text (``"1700000000"``). ISO comes before numbers: ``"2024"`` is a year. A
+        time without a zone is in ``schema.time_zone``."""
+        if self._format is not None:
+            try:
+                # naive unless the format has %z: _moment_ms gives it time_zone then
+                moment = datetime.strptime(raw, self._format)  # noqa: DTZ007
+                return _moment_ms(moment, field, self._zone)
+            except ValueError:
+                pass
         try:
-            return _iso_to_ms(raw, field)
-        except _Reject:
+            return _iso_to_ms(raw, field, self._zone)
+        except _Reject as rejected:
             if not self._text or not NUMERIC_TEXT.fullmatch(raw):
-                raise
+                if self._format is None:
+                    raise
+                raise _Reject(
+                    "bad_time",
+                    f"'{field}' is neither {self._format!r} nor ISO-8601: {raw[:64]!a}",
+                ) from rejected
         # a whole number of up to 19 digits stays exact (nanoseconds), others as floats
         whole = len(raw) <= 20 and raw.lstrip("-").isdigit()
         number: int | float = int(raw) if whole else float(raw)
@@ -366,13 +383,18 @@ def _epoch_ms(raw: int | float) -> int:
     return int(raw * scale)
 
 
-def _iso_to_ms(text: str, field: str) -> int:
+def _iso_to_ms(text: str, field: str, zone: tzinfo = UTC) -> int:
     try:
         moment = _from_iso(text)
     except ValueError as exc:
         raise _Reject("bad_time", f"'{field}' is not ISO-8601: {text[:64]!a}") from exc
+    return _moment_ms(moment, field, zone)
+
+
+def _moment_ms(moment: datetime, field: str, zone: tzinfo) -> int:
+    """Epoch milliseconds of ``moment``, read in ``zone`` when it has no zone."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        moment = moment.replace(tzinfo=zone)
     # Exact for any year 1-9999, unlike timestamp() * 1000 through a float.
     try:
         delta = moment - _EPOCH

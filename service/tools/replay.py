@@ -124,7 +124,7 @@ def encode(
         )
     keys = _keys(frame[columns.key]) if columns.key else [columns.series] * len(frame)
     targets = _cells(frame[columns.target])
-    times = _times(frame[columns.time]) if columns.time else None
+    times = _times(frame[columns.time], schema) if columns.time else None
     feature_cells = {name: _cells(frame[name]) for name in features}
     pairs = []
     for index, key in enumerate(keys):
@@ -143,14 +143,15 @@ def encode(
     return pairs
 
 
-def older_rows(frame: pd.DataFrame, columns: Columns) -> int:
+def older_rows(frame: pd.DataFrame, columns: Columns, time_format: str | None = None) -> int:
     """How many rows have a time older than an earlier row of their key: sent in file
     order, the daemon dead-letters each as ``out_of_order`` (unless
     ``forecast.out_of_order: accept``). 0 without a time column; a time that cannot be
-    read counts for neither side (it is ``bad_time``)."""
+    read counts for neither side (it is ``bad_time``). ``time_format``: the
+    ``schema.time_format`` text times are in, tried before pandas' guess."""
     if not columns.time or columns.time not in frame:
         return 0
-    ms = _epoch_series(frame[columns.time])
+    ms = _epoch_series(frame[columns.time], time_format)
     keys = frame[columns.key].astype(str) if columns.key and columns.key in frame else None
     if keys is None:
         newest_before = ms.cummax().shift(1).ffill()
@@ -161,20 +162,23 @@ def older_rows(frame: pd.DataFrame, columns: Columns) -> int:
     return int((ms < newest_before).sum())
 
 
-def in_time_order(frame: pd.DataFrame, columns: Columns) -> pd.DataFrame:
+def in_time_order(
+    frame: pd.DataFrame, columns: Columns, time_format: str | None = None
+) -> pd.DataFrame:
     """The rows sorted by their time, stably (rows of the same time keep their file
     order, as keys sharing a timestamp do in a stream), for a file written newest
     first or grouped by something else; rows whose time cannot be read go last (they
-    are ``bad_time`` wherever they are sent). Unchanged without a time column."""
+    are ``bad_time`` wherever they are sent). Unchanged without a time column.
+    ``time_format``: as for :func:`older_rows`."""
     if not columns.time or columns.time not in frame:
         return frame
-    ms = _epoch_series(frame[columns.time]).fillna(np.inf).to_numpy()
+    ms = _epoch_series(frame[columns.time], time_format).fillna(np.inf).to_numpy()
     return frame.iloc[np.argsort(ms, kind="stable")].reset_index(drop=True)
 
 
-def _epoch_series(series: pd.Series) -> pd.Series:
+def _epoch_series(series: pd.Series, time_format: str | None = None) -> pd.Series:
     """:func:`_epoch_ms` as floats (NaN: not a time), on the column's index."""
-    return pd.Series(_epoch_ms(series), index=series.index, dtype="float64")
+    return pd.Series(_epoch_ms(series, time_format), index=series.index, dtype="float64")
 
 
 def _keys(series: pd.Series) -> list[str | None]:
@@ -212,9 +216,17 @@ def _empty(cell: Any) -> bool:
     return cell is None or (not isinstance(cell, str) and bool(pd.isna(cell)))
 
 
-def _times(series: pd.Series) -> list[int | str]:
+def _times(series: pd.Series, schema: SchemaSettings) -> list[int | str]:
     """A time column's cells as :func:`_time_value` sends them; a cell that is not a
-    time as its text, an empty one as ``""`` (see :func:`encode`)."""
+    time as its text, an empty one as ``""`` (see :func:`encode`). Under a
+    ``schema.time_format`` or a ``schema.time_zone`` other than UTC, a column of text
+    times goes as its text, for the daemon to read by those rules: pandas would guess
+    the format (a day-first date read month-first) and take a time without a zone
+    as UTC."""
+    local = schema.time_format is not None or schema.time_zone != "UTC"
+    text = pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
+    if local and text and _epoch_text(series) is None:
+        return ["" if _empty(cell) else str(cell) for cell in series.tolist()]
     out: list[int | str] = []
     for cell, ms in zip(series.tolist(), _epoch_ms(series), strict=True):
         if ms is not None:
@@ -258,27 +270,43 @@ def _time_value(ms: int) -> int | str:
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _epoch_ms(series: pd.Series) -> list[int | None]:
+def _epoch_ms(series: pd.Series, time_format: str | None = None) -> list[int | None]:
     """A time column as epoch milliseconds, None for a cell that is not a time; a
     numeric one in the unit its largest magnitude says, as the decoder reads a single
     time; so is text of which at least half the cells are numbers (a column of epoch
     numbers with a bad cell, which pandas reads as text: as dates, every cell would be
     lost). Other text is read in one format for the column when it has one, else cell
-    by cell (``format="mixed"``: slower, for columns whose cells differ in format)."""
+    by cell (``format="mixed"``: slower, for columns whose cells differ in format);
+    with ``time_format``, in that format first (as the decoder reads it), then so."""
     if _numbers(series):
         return _epoch_ms_of_numbers(series.astype(float))
-    if pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series):
-        numbers = pd.to_numeric(series, errors="coerce")
-        cells = int(series.map(lambda cell: not _empty(cell) and str(cell).strip() != "").sum())
-        if numbers.notna().sum() * 2 >= cells > 0:  # epoch numbers with a few bad cells
-            return _epoch_ms_of_numbers(numbers.astype(float))
+    numbers = _epoch_text(series)
+    if numbers is not None:
+        return _epoch_ms_of_numbers(numbers)
     with warnings.catch_warnings():  # "could not infer format": the fallback says it all
         warnings.simplefilter("ignore", UserWarning)
         try:
             stamps = pd.to_datetime(series, utc=True)
         except (ValueError, TypeError, OverflowError):
             stamps = pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
+        if time_format is not None:
+            given = pd.to_datetime(series, utc=True, errors="coerce", format=time_format)
+            stamps = pd.Series(given, index=series.index).fillna(
+                pd.Series(stamps, index=series.index)
+            )
     return [None if pd.isna(t) else int(t.value // 1_000_000) for t in stamps]
+
+
+def _epoch_text(series: pd.Series) -> pd.Series | None:
+    """A text column at least half of whose cells are numbers, as floats (NaN: the
+    others): epoch numbers with a few bad cells; None for any other column."""
+    if not (pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)):
+        return None
+    numbers = pd.to_numeric(series, errors="coerce")
+    cells = int(series.map(lambda cell: not _empty(cell) and str(cell).strip() != "").sum())
+    if numbers.notna().sum() * 2 >= cells > 0:
+        return numbers.astype(float)
+    return None
 
 
 def _epoch_ms_of_numbers(values: pd.Series) -> list[int | None]:

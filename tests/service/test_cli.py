@@ -141,3 +141,24 @@ def test_ctrl_c_in_a_tool_is_one_line_and_exit_130(capsys: pytest.CaptureFixture
     finally:
         timer.cancel()
     assert capsys.readouterr().err.strip().splitlines()[-1] == "forecastd: interrupted"
+
+
+def test_a_day_first_file_is_read_in_its_own_format(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``02/01/2024`` is 2 January here: pandas' guess reads such dates month first
+    where it can, and puts the rows out of order; ``schema.time_format`` sends them
+    as text for the daemon to read in that format."""
+    data = tmp_path / "readings.csv"
+    rows = [f"a,{day:02d}/01/2024 10:00,{day % 5}" for day in range(1, 29)]
+    data.write_text("key,ts,y\n" + "\n".join(rows) + "\n")
+    assert main(["backtest", str(data), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "out_of_order" in out
+    assert "older than an earlier row" in err
+    config = tmp_path / "local.yaml"
+    config.write_text('schema:\n  time_format: "%d/%m/%Y %H:%M"\n  time_zone: Europe/Paris\n')
+    assert main(["backtest", str(data), "-c", str(config), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "28 records, 0 dead-lettered" in out
+    assert err == ""

@@ -359,3 +359,22 @@ def test_each_field_of_a_record_holds_one_thing(
     path.write_text(yaml.safe_dump({"schema": schema}))
     with pytest.raises(ConfigError, match=re.escape(said)):
         load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [
+        (
+            {"time_zone": "Mars/Base"},
+            "schema.time_zone: 'Mars/Base' is not a time zone",
+        ),
+        ({"time_format": "%Q"}, "schema.time_format: '%Q' is not a strptime format"),
+    ],
+)
+def test_a_time_zone_or_format_that_cannot_work_is_refused_at_start(
+    schema: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"schema": schema}))
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        load_settings(path)

@@ -353,3 +353,25 @@ def test_key_source_field_takes_the_series_from_the_value_whatever_the_record_ke
     unkeyed = Decoder(schema).decode(RawRecord("t", 0, 0, b"site-1", b'{"ts": 1, "y": 1.0}'))
     assert isinstance(unkeyed, Invalid)
     assert unkeyed.reason == "missing_key"
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("02/01/2024 13:00", 1_704_196_800_000),  # 2 January, 13:00 in Paris: 12:00 UTC
+        ("02/07/2024 13:00", 1_719_918_000_000),  # in summer time: 11:00 UTC
+        ("2024-01-02T13:00:00", 1_704_196_800_000),  # ISO without a zone: Paris too
+        ("2024-01-02T13:00:00Z", 1_704_200_400_000),  # a zone given is the zone
+        ("13/01/2024", "bad_time"),  # not the format, and not ISO-8601
+    ],
+)
+def test_a_time_format_and_zone_read_local_times(ts: str, expected: int | str) -> None:
+    schema = SchemaSettings(time_format="%d/%m/%Y %H:%M", time_zone="Europe/Paris")
+    decoded = Decoder(schema).decode(RawRecord("t", 0, 0, b"k", orjson.dumps({"y": 1, "ts": ts})))
+    if isinstance(expected, str):
+        assert isinstance(decoded, Invalid)
+        assert decoded.reason == expected
+        assert "neither '%d/%m/%Y %H:%M' nor ISO-8601" in decoded.detail
+    else:
+        assert isinstance(decoded, Event)
+        assert decoded.ts_ms == expected

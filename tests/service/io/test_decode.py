@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import datetime
 
 import numpy as np
 import orjson
@@ -375,3 +376,30 @@ def test_a_time_format_and_zone_read_local_times(ts: str, expected: int | str) -
     else:
         assert isinstance(decoded, Event)
         assert decoded.ts_ms == expected
+
+
+_ZONED = {
+    (zone, form): Decoder(SchemaSettings(time_zone=zone, time_format=form, numeric_text=True))
+    for zone in ("UTC", "Europe/Paris", "Pacific/Kiritimati", "Pacific/Pago_Pago")
+    for form in (None, "%d/%m/%Y %H:%M", "%Y-%m-%dT%H:%M:%S%z")
+}
+_ANY_TIME = st.datetimes()  # naive, years 1 to 9999
+
+
+@given(
+    st.sampled_from(sorted(_ZONED, key=str)),
+    st.one_of(
+        st.text(max_size=30),
+        _ANY_TIME.map(lambda moment: moment.strftime("%d/%m/%Y %H:%M")),
+        _ANY_TIME.map(datetime.isoformat),
+    ),
+)
+def test_local_times_of_any_year_in_any_zone_never_raise(
+    decoder: tuple[str, str | None], ts: str
+) -> None:
+    """Years 1 and 9999 shifted past the calendar's ends by a zone of -11 or +14
+    hours: ``bad_time``, never ``internal_error``."""
+    raw = RawRecord("t", 0, 0, b"k", orjson.dumps({"y": 1, "ts": ts}), timestamp_ms=1)
+    decoded = _ZONED[decoder].decode(raw)
+    if isinstance(decoded, Invalid):
+        assert decoded.reason != "internal_error", decoded.detail

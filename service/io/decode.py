@@ -163,7 +163,7 @@ class Decoder:
             raise _Reject(
                 "oversized", f"{len(value)} bytes > max_message_bytes {schema.max_message_bytes}"
             )
-        obj = _parse_json(value)
+        obj = parse_json(value)
         if not isinstance(obj, dict):
             raise _Reject("not_object", f"JSON {type(obj).__name__}, expected an object")
         key = self._key(record, obj)
@@ -278,6 +278,8 @@ class Decoder:
         return x, len(raw) - listed
 
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
+
 NUMERIC_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 """A JSON number's grammar (RFC 8259), for text that ``schema.numeric_text`` reads as
 a number: no spaces, ``+``, ``NaN``, ``inf`` or ``1_000`` (which ``float()`` would
@@ -304,7 +306,10 @@ def features_of(obj: dict[str, Any], schema: SchemaSettings) -> Any:
     return {name: value for name, value in obj.items() if name not in taken}
 
 
-def _parse_json(value: bytes) -> Any:
+def parse_json(value: bytes) -> Any:
+    """A record's value as the decoder parses it (``not_json`` when it cannot)."""
+    if value.startswith(_BOM):  # one: RFC 8259 lets a parser ignore it; Windows tools add it
+        value = value[len(_BOM) :]
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:

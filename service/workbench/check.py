@@ -12,7 +12,6 @@ by name, never with their value.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import yaml
 
 from service.config import ENV_PREFIX, MASK, Settings, is_secret_key, load_settings
-from service.io.decode import Decoder, features_of
+from service.io.decode import Decoder, features_of, parse_json
 from service.pipeline.processor import discover_features
 from service.records import Invalid, RawRecord
 
@@ -92,7 +91,7 @@ def read_record(settings: Settings, value: str, key: str | None = None) -> tuple
         f"{name} {value!r}" if math.isfinite(value) else f"{name} imputed"
         for name, value in zip(names, decoded.x.tolist(), strict=True)
     )
-    found = features_of(json.loads(value), schema)  # it parsed: the decoder read it
+    found = features_of(parse_json(value.encode()), schema)  # the decoder read it
     ignored = sorted(set(found) - set(names)) if isinstance(found, dict) else []
     lines = [
         "# record: read",

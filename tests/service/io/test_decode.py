@@ -403,3 +403,15 @@ def test_local_times_of_any_year_in_any_zone_never_raise(
     decoded = _ZONED[decoder].decode(raw)
     if isinstance(decoded, Invalid):
         assert decoded.reason != "internal_error", decoded.detail
+
+
+def test_a_leading_byte_order_mark_is_ignored_once() -> None:
+    """RFC 8259 lets a parser ignore one; Windows tools write it."""
+    bom = b"\xef\xbb\xbf"
+    event = _decode(bom + b'{"key": "a", "ts": 1, "y": 2.5}')
+    assert isinstance(event, Event)
+    assert event.y == 2.5
+    for value in (bom * 2 + b'{"y": 1}', bom * 80):  # not JSON after one mark
+        invalid = _decode(value)
+        assert isinstance(invalid, Invalid)
+        assert invalid.reason == "not_json"

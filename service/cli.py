@@ -34,31 +34,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"forecastd: config error: {exc}", file=sys.stderr)
+        _say(f"forecastd: config error: {exc}")
         return EXIT_CONFIG
     except (DatasetError, MissingExtra) as exc:
-        print(f"forecastd: {exc}", file=sys.stderr)
+        _say(f"forecastd: {exc}")
         return EXIT_CONFIG
     except KafkaError as exc:  # a tool's client (replay, state): the daemon's are wrapped
         said = (
             str(exc) if str(exc).startswith(type(exc).__name__) else f"{type(exc).__name__}: {exc}"
         )
-        print(
+        _say(
             f"forecastd: broker error: {said} (check kafka.bootstrap_servers, kafka.security"
-            " and that the broker is up)",
-            file=sys.stderr,
+            " and that the broker is up)"
         )
         return 1
     except KeyboardInterrupt:  # a tool stopped with Ctrl-C (the daemon and demo stop cleanly)
-        print("forecastd: interrupted", file=sys.stderr)
+        _say("forecastd: interrupted")
         return EXIT_INTERRUPTED
     except ForecastdError as exc:
         from service.runtime.app import Interrupted
 
         if isinstance(exc, Interrupted):
             return 0
-        print(f"forecastd: {exc}", file=sys.stderr)
+        _say(f"forecastd: {exc}")
         return 1
+
+
+def _say(text: str) -> None:
+    """The last line a command writes on standard error: through the log where the log
+    is JSON (``processing.log_format: json``: a log pipeline parses every line), else
+    printed as it is (a person reads it)."""
+    from service.runtime.logs import JsonFormatter
+
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        log.error(text.removeprefix("forecastd: "))
+    else:
+        print(text, file=sys.stderr)
 
 
 def _at_least_zero(text: str) -> float:
@@ -212,10 +223,9 @@ def _add_input_columns(parser: argparse.ArgumentParser, no_time: str) -> None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.processing.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from service.runtime.logs import configure
+
+    configure(settings)
 
 
 def _run(args: argparse.Namespace) -> int:

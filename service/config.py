@@ -436,6 +436,7 @@ class ProcessingSettings(_Section):
         return count
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
 
 class StateSettings(_Section):

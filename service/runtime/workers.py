@@ -52,6 +52,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.config import Settings
 from service.runtime.health import HealthServer
+from service.runtime.logs import configure as configure_logs
 from service.runtime.podmetrics import Endpoint, PodCollector, fetch
 from service.tools.broker import free_port
 
@@ -85,10 +86,7 @@ def run_worker(settings: Settings, index: int, port: int) -> None:
     threading.Thread(
         target=_watch_parent, args=(os.getppid(), stop), name="forecastd-parent", daemon=True
     ).start()
-    logging.basicConfig(
-        level=settings.processing.log_level,
-        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
-    )
+    configure_logs(settings, worker=index)
     from service.errors import ForecastdError
     from service.runtime.app import Daemon, Interrupted
 

@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
         help="an input record's value: print what the daemon reads from it (exit 1: refused)",
     )
     check.add_argument("--record-key", metavar="KEY", help="that record's Kafka key, if any")
+    check.add_argument(
+        "--records",
+        metavar="FILE",
+        help="records' values, one a line ('-': standard input): a summary (exit 1: any refused)",
+    )
     check.set_defaults(handler=_check)
 
     tune = commands.add_parser(
@@ -371,12 +376,25 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from service.workbench.check import read_record, render
+    from service.workbench.check import read_record, read_records, render
 
-    if args.record is None:
+    if args.record is not None and args.records is not None:
+        raise ConfigError("--record and --records: give one of them")
+    if args.records is not None:
+        settings = load_settings(args.config)
+        if args.records == "-":
+            text, read = read_records(settings, sys.stdin)
+        else:
+            try:
+                with open(args.records, encoding="utf-8", errors="replace") as lines:
+                    text, read = read_records(settings, lines)
+            except OSError as exc:
+                raise DatasetError(f"cannot read {args.records}: {exc.strerror}") from exc
+    elif args.record is not None:
+        text, read = read_record(load_settings(args.config), args.record, args.record_key)
+    else:
         print(render(args.config), end="")
         return 0
-    text, read = read_record(load_settings(args.config), args.record, args.record_key)
     print(text, end="")
     return 0 if read else 1
 

@@ -1,5 +1,6 @@
 """``forecastd check -c CONFIG``: validate a config and show it resolved; with
-``--record JSON``, what the daemon reads from that record under it.
+``--record JSON`` (or ``--records FILE`` of them, a line each), what the daemon
+reads from them under it.
 
 The resolved config is every setting with its default filled in and the ``FORECASTD_*``
 environment overrides applied, exactly what ``forecastd run`` would start with
@@ -15,7 +16,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,8 +87,7 @@ def read_record(settings: Settings, value: str, key: str | None = None) -> tuple
     decoded = decoder.decode(raw)
     if isinstance(decoded, Invalid):
         return f"# record: dead-lettered as {decoded.reason}: {decoded.detail}\n", False
-    moment = datetime.fromtimestamp(decoded.ts_ms / 1000, UTC)
-    stamp = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = _stamp(decoded.ts_ms)
     features = ", ".join(
         f"{name} {value!r}" if math.isfinite(value) else f"{name} imputed"
         for name, value in zip(names, decoded.x.tolist(), strict=True)
@@ -104,3 +105,71 @@ def read_record(settings: Settings, value: str, key: str | None = None) -> tuple
         f"ignored   {', '.join(ignored) or '(none)'}",
     ]
     return "\n".join(lines) + "\n", True
+
+
+def read_records(settings: Settings, values: Iterable[str]) -> tuple[str, bool]:
+    """:func:`read_record` over many records, one JSON value a line (``forecastd check
+    --records FILE``, ``-`` for standard input: what ``kafka-console-consumer`` prints):
+    how many are read and how many dead-lettered, by reason with the first example of
+    each; the keys and times read, and how many records are older than an earlier one
+    of their key (``out_of_order`` for the daemon's tasks, which judge that); the
+    features (under ``auto``, discovered from the first ``kafka.max_poll_records``
+    records, as the daemon's first poll would) and the names ignored. Whether every
+    record is read."""
+    schema = settings.schema_
+    now_ms = time.time_ns() // 1_000_000
+    topic = settings.kafka.input_topic
+    raws = [
+        RawRecord(topic, 0, number, None, line.rstrip("\r\n").encode(), (), now_ms)
+        for number, line in enumerate(values, start=1)
+        if line.strip()
+    ]
+    first = raws[: settings.kafka.max_poll_records]
+    names = discover_features(first, schema) if schema.features == "auto" else schema.features
+    decoder = Decoder(
+        schema.model_copy(update={"features": names}), settings.forecast.max_future_skew_s
+    )
+    reasons: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    ignored: Counter[str] = Counter()
+    newest: dict[str, int] = {}  # each key's, for what the tasks would find late
+    late = 0
+    times: list[int] = []
+    for raw in raws:
+        decoded = decoder.decode(raw)
+        if isinstance(decoded, Invalid):
+            reasons[decoded.reason] += 1
+            examples.setdefault(decoded.reason, f"{decoded.detail} (line {raw.offset})")
+            continue
+        before = newest.get(decoded.key)
+        if before is not None and decoded.ts_ms < before:
+            late += 1
+        else:
+            newest[decoded.key] = decoded.ts_ms
+        times.append(decoded.ts_ms)
+        found = features_of(parse_json(raw.value or b""), schema)
+        if isinstance(found, dict):
+            ignored.update(set(found) - set(names))
+    read = len(raws) - sum(reasons.values())
+    lines = [f"# records: {read} read, {sum(reasons.values())} dead-lettered"]
+    if times:
+        lines.append(f"keys       {len(newest)}")
+        lines.append(f"time       {_stamp(min(times))} to {_stamp(max(times))}")
+    if late and settings.forecast.out_of_order == "dlq":
+        lines.append(f"late       {late}, older than an earlier record of their key: out_of_order")
+    auto = f" (discovered: auto, from the first {len(first)})" if schema.features == "auto" else ""
+    lines.append(f"features   {', '.join(names) or '(none)'}{auto}")
+    named = ", ".join(f"{name} ({count})" for name, count in sorted(ignored.items()))
+    lines.append(f"ignored    {named or '(none)'}")
+    if reasons:
+        lines.append("dead-lettered")
+        width = max(map(len, reasons))
+        for reason, count in reasons.most_common():
+            lines.append(f"  {reason:<{width}}  {count}  e.g. {examples[reason]}")
+    refused = sum(reasons.values()) + (late if settings.forecast.out_of_order == "dlq" else 0)
+    return "\n".join(lines) + "\n", not refused and bool(raws)
+
+
+def _stamp(ts_ms: int) -> str:
+    moment = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -109,3 +109,30 @@ def test_a_record_the_daemon_refuses_exits_1_with_its_reason(
     out = capsys.readouterr().out
     assert "key       'BTC-USD'\n" in out
     assert "target    43210.55\n" in out
+
+
+def test_records_from_a_file_are_summarised_with_every_reason(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--records``: one value a line, as ``kafka-console-consumer`` prints them."""
+    lines = [
+        f'{{"key": "k{i % 3}", "ts": {1_700_000_000_000 + i * 1000}, "y": {i}, "x": {{"v": {i}}}}}'
+        for i in range(20)
+    ]
+    lines[4] = '{"key": "a", "y": "n/a"}'
+    lines[9] = "not json"
+    lines[12] = '{"key": "k0", "ts": 1600000000000, "y": 1}'  # older than k0's newest
+    path = tmp_path / "sample.ndjson"
+    path.write_text("\n".join(lines) + "\n\n")
+    assert main(["check", "--records", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "# records: 18 read, 2 dead-lettered"
+    assert "keys       3" in out
+    assert "late       1, older than an earlier record of their key: out_of_order" in out
+    assert "features   v (discovered: auto, from the first 20)" in out
+    assert "  bad_target  1  e.g. 'y' is str, expected a number (line 5)" in out
+    assert "  not_json    1  e.g. not UTF-8 JSON (JSONDecodeError) (line 10)" in out
+    clean = tmp_path / "clean.ndjson"
+    clean.write_text("\n".join(lines[:4]) + "\n")
+    assert main(["check", "--records", str(clean)]) == 0
+    assert capsys.readouterr().out.startswith("# records: 4 read, 0 dead-lettered\n")

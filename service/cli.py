@@ -7,6 +7,7 @@ the key and the reason), 1 when the broker fails us (the supervisor restarts).
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import sys
@@ -383,10 +384,11 @@ def _check(args: argparse.Namespace) -> int:
     if args.records is not None:
         settings = load_settings(args.config)
         if args.records == "-":
-            text, read = read_records(settings, sys.stdin)
+            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+            text, read = read_records(settings, stdin)
         else:
             try:
-                with open(args.records, encoding="utf-8", errors="replace") as lines:
+                with open(args.records, encoding="utf-8", errors="surrogateescape") as lines:
                     text, read = read_records(settings, lines)
             except OSError as exc:
                 raise DatasetError(f"cannot read {args.records}: {exc.strerror}") from exc

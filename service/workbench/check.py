@@ -76,23 +76,17 @@ def read_record(settings: Settings, value: str, key: str | None = None) -> tuple
     features are discovered from this record alone, as from a first poll of it. A
     record without a time takes now as its broker timestamp, as a produce would."""
     schema = settings.schema_
-    now_ms = time.time_ns() // 1_000_000
-    raw = RawRecord(
-        settings.kafka.input_topic, 0, 0, key.encode() if key else None, value.encode(), (), now_ms
-    )
-    names = discover_features([raw], schema) if schema.features == "auto" else schema.features
-    decoder = Decoder(
-        schema.model_copy(update={"features": names}), settings.forecast.max_future_skew_s
-    )
+    raw = _raw(settings, 0, value, key)
+    decoder, names = _decoder(settings, [raw])
     decoded = decoder.decode(raw)
     if isinstance(decoded, Invalid):
         return f"# record: dead-lettered as {decoded.reason}: {decoded.detail}\n", False
     stamp = _stamp(decoded.ts_ms)
     features = ", ".join(
-        f"{name} {value!r}" if math.isfinite(value) else f"{name} imputed"
-        for name, value in zip(names, decoded.x.tolist(), strict=True)
+        f"{name} {number!r}" if math.isfinite(number) else f"{name} imputed"
+        for name, number in zip(names, decoded.x.tolist(), strict=True)
     )
-    found = features_of(parse_json(value.encode()), schema)  # the decoder read it
+    found = features_of(parse_json(raw.value or b""), schema)  # the decoder read it
     ignored = sorted(set(found) - set(names)) if isinstance(found, dict) else []
     lines = [
         "# record: read",
@@ -117,18 +111,13 @@ def read_records(settings: Settings, values: Iterable[str]) -> tuple[str, bool]:
     records, as the daemon's first poll would) and the names ignored. Whether every
     record is read."""
     schema = settings.schema_
-    now_ms = time.time_ns() // 1_000_000
-    topic = settings.kafka.input_topic
     raws = [
-        RawRecord(topic, 0, number, None, line.rstrip("\r\n").encode(), (), now_ms)
+        _raw(settings, number, line.rstrip("\r\n"))
         for number, line in enumerate(values, start=1)
         if line.strip()
     ]
     first = raws[: settings.kafka.max_poll_records]
-    names = discover_features(first, schema) if schema.features == "auto" else schema.features
-    decoder = Decoder(
-        schema.model_copy(update={"features": names}), settings.forecast.max_future_skew_s
-    )
+    decoder, names = _decoder(settings, first)
     reasons: Counter[str] = Counter()
     examples: dict[str, str] = {}
     ignored: Counter[str] = Counter()
@@ -168,6 +157,33 @@ def read_records(settings: Settings, values: Iterable[str]) -> tuple[str, bool]:
             lines.append(f"  {reason:<{width}}  {count}  e.g. {examples[reason]}")
     refused = sum(reasons.values()) + (late if settings.forecast.out_of_order == "dlq" else 0)
     return "\n".join(lines) + "\n", not refused and bool(raws)
+
+
+def _raw(settings: Settings, offset: int, value: str, key: str | None = None) -> RawRecord:
+    """A record as the consumer would hand it over, stamped now by its broker. Text
+    from the command line or a file goes back to its bytes as they were (argv and
+    ``errors="surrogateescape"`` keep bytes that are not UTF-8 as surrogates), so a
+    record that is not UTF-8 is judged as the daemon would judge it."""
+    now_ms = time.time_ns() // 1_000_000
+
+    def raw_bytes(text: str) -> bytes:
+        return text.encode("utf-8", "surrogateescape")
+
+    topic = settings.kafka.input_topic
+    return RawRecord(
+        topic, 0, offset, raw_bytes(key) if key else None, raw_bytes(value), (), now_ms
+    )
+
+
+def _decoder(settings: Settings, first: list[RawRecord]) -> tuple[Decoder, tuple[str, ...]]:
+    """The decoder the daemon would build after a first poll of ``first``, and its
+    features (discovered from them under ``auto``)."""
+    schema = settings.schema_
+    names = discover_features(first, schema) if schema.features == "auto" else schema.features
+    decoder = Decoder(
+        schema.model_copy(update={"features": names}), settings.forecast.max_future_skew_s
+    )
+    return decoder, names
 
 
 def _stamp(ts_ms: int) -> str:

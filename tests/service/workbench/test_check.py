@@ -136,3 +136,14 @@ def test_records_from_a_file_are_summarised_with_every_reason(
     clean.write_text("\n".join(lines[:4]) + "\n")
     assert main(["check", "--records", str(clean)]) == 0
     assert capsys.readouterr().out.startswith("# records: 4 read, 0 dead-lettered\n")
+
+
+def test_a_record_that_is_not_utf8_is_judged_not_a_crash(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "bytes.ndjson"
+    path.write_bytes(b'{"key": "a", "ts": 1, "y": 1}\n{"key": "b\xff", "ts": 1, "y": 1}\n')
+    assert main(["check", "--records", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("# records: 1 read, 1 dead-lettered\n")
+    assert "  not_json  1  e.g. not UTF-8 JSON (UnicodeDecodeError) (line 2)" in out

@@ -218,22 +218,56 @@ def _empty(cell: Any) -> bool:
 
 def _times(series: pd.Series, schema: SchemaSettings) -> list[int | str]:
     """A time column's cells as :func:`_time_value` sends them; a cell that is not a
-    time as its text, an empty one as ``""`` (see :func:`encode`). Under a
-    ``schema.time_format`` or a ``schema.time_zone`` other than UTC, a column of text
-    times goes as its text, for the daemon to read by those rules: pandas would guess
-    the format (a day-first date read month-first) and take a time without a zone
-    as UTC."""
-    local = schema.time_format is not None or schema.time_zone != "UTC"
-    text = pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
-    if local and text and _epoch_text(series) is None:
-        return ["" if _empty(cell) else str(cell) for cell in series.tolist()]
+    time as its text, an empty one as ``""`` (see :func:`encode`). Cells in
+    ``schema.time_format`` (``20240102`` as ``%Y%m%d``, a number or text alike) go as
+    their text, and so does a column of text times under a ``schema.time_zone`` other
+    than UTC, for the daemon to read by those rules: pandas would guess the format (a
+    day-first date read month-first, a date of digits read as epoch seconds) and take
+    a time without a zone as UTC."""
+    if _is_datetime(series):
+        fitting = [False] * len(series)
+    elif schema.time_format is not None:
+        fitting = [_fits(text, schema.time_format) for text in _texts(series)]
+    else:
+        words = pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
+        local = words and schema.time_zone != "UTC" and _epoch_text(series) is None
+        fitting = [local] * len(series)
     out: list[int | str] = []
-    for cell, ms in zip(series.tolist(), _epoch_ms(series), strict=True):
-        if ms is not None:
+    cells = zip(series.tolist(), _texts(series), fitting, _epoch_ms(series), strict=True)
+    for cell, text, fits, ms in cells:
+        if fits:
+            out.append(text)
+        elif ms is not None:
             out.append(_time_value(ms))
         else:
             out.append("" if _empty(cell) else str(cell))
     return out
+
+
+def _is_datetime(series: pd.Series) -> bool:
+    return bool(pd.api.types.is_datetime64_any_dtype(series))
+
+
+def _texts(series: pd.Series) -> list[str]:
+    """Each cell as text, as a producer would write it: a whole number without ``.0``
+    (a column of numbers with a hole reads as floats), an empty cell as ``""``."""
+    return [
+        ""
+        if _empty(cell)
+        else str(int(cell))
+        if isinstance(cell, float) and cell.is_integer()
+        else str(cell)
+        for cell in series.tolist()
+    ]
+
+
+def _fits(text: str, time_format: str) -> bool:
+    """Whether ``text`` is a time in ``time_format``, as the decoder tries it."""
+    try:
+        datetime.strptime(text, time_format)  # noqa: DTZ007 - a check, the zone is the daemon's
+    except ValueError:
+        return False
+    return True
 
 
 def _feature_columns(frame: pd.DataFrame, columns: Columns) -> tuple[str, ...]:
@@ -278,6 +312,14 @@ def _epoch_ms(series: pd.Series, time_format: str | None = None) -> list[int | N
     lost). Other text is read in one format for the column when it has one, else cell
     by cell (``format="mixed"``: slower, for columns whose cells differ in format);
     with ``time_format``, in that format first (as the decoder reads it), then so."""
+    if time_format is not None and not _is_datetime(series):
+        texts = pd.Series(_texts(series), index=series.index)
+        given = pd.to_datetime(texts, utc=True, errors="coerce", format=time_format)
+        general = _epoch_ms(series)
+        return [
+            general[i] if pd.isna(stamp) else int(stamp.value // 1_000_000)
+            for i, stamp in enumerate(given)
+        ]
     if _numbers(series):
         return _epoch_ms_of_numbers(series.astype(float))
     numbers = _epoch_text(series)
@@ -289,11 +331,6 @@ def _epoch_ms(series: pd.Series, time_format: str | None = None) -> list[int | N
             stamps = pd.to_datetime(series, utc=True)
         except (ValueError, TypeError, OverflowError):
             stamps = pd.to_datetime(series, utc=True, errors="coerce", format="mixed")
-        if time_format is not None:
-            given = pd.to_datetime(series, utc=True, errors="coerce", format=time_format)
-            stamps = pd.Series(given, index=series.index).fillna(
-                pd.Series(stamps, index=series.index)
-            )
     return [None if pd.isna(t) else int(t.value // 1_000_000) for t in stamps]
 
 

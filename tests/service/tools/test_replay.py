@@ -215,3 +215,26 @@ def test_a_nested_schema_gets_nested_records_that_decode() -> None:
     event = Decoder(nested).decode(RawRecord("t", 0, 0, None, pairs[0][1]))
     assert isinstance(event, Event)
     assert (event.key, event.y, event.x.tolist()) == ("a", 1.5, [5.0])
+
+
+def test_dates_written_as_digits_go_as_text_in_their_format() -> None:
+    """``20240102`` under ``time_format: "%Y%m%d"``: read as epoch seconds it is
+    1970-08-23; sent as text, the daemon reads 2 January. A cell not in the format
+    (an epoch) is converted as before; a hole stays empty (``bad_time``)."""
+    frame = pd.DataFrame({"key": "a", "ts": [20240102, 20240105, None, 1704153600], "y": 1.0})
+    pairs = replay.encode(frame, replay.Columns(), SchemaSettings(time_format="%Y%m%d"))
+    assert [orjson.loads(v)["ts"] for _, v in pairs] == [
+        "20240102",
+        "20240105",
+        "",
+        1_704_153_600_000,
+    ]
+    decoder = Decoder(SchemaSettings(time_format="%Y%m%d"))
+    events = [decoder.decode(RawRecord("t", 0, i, b"a", v)) for i, (_, v) in enumerate(pairs)]
+    assert [getattr(e, "ts_ms", None) for e in events] == [
+        1_704_153_600_000,
+        1_704_412_800_000,
+        None,
+        1_704_153_600_000,
+    ]
+    assert replay.older_rows(frame, replay.Columns(), "%Y%m%d") == 1  # the epoch: 2 January

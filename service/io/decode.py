@@ -388,6 +388,13 @@ def _epoch_ms(raw: int | float) -> int:
     return int(raw * scale)
 
 
+def iso_text(ts_ms: int) -> str:
+    """Epoch milliseconds as the ISO-8601 text :func:`_iso_to_ms` reads back (UTC,
+    ``Z``, milliseconds), exact for any year 1 to 9999."""
+    moment = _EPOCH + timedelta(milliseconds=ts_ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _iso_to_ms(text: str, field: str, zone: tzinfo = UTC) -> int:
     try:
         moment = _from_iso(text)

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from service.config import SchemaSettings
 from service.errors import DatasetError
 from service.extras import require
-from service.io.decode import EPOCH_UNITS, ms_per_unit
+from service.io.decode import EPOCH_UNITS, iso_text, ms_per_unit
 from service.io.fields import put, top_level
 from service.io.partitioner import positive_murmur2
 from service.records import RawRecord
@@ -298,10 +298,7 @@ def _time_value(ms: int) -> int | str:
     1970, whose milliseconds the decoder would read as seconds
     (:data:`~service.io.decode.EPOCH_UNITS`). No time read from a column is past year
     5138, where milliseconds would read as microseconds."""
-    if abs(ms) >= EPOCH_UNITS[0]:
-        return ms
-    stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return ms if abs(ms) >= EPOCH_UNITS[0] else iso_text(ms)
 
 
 def _epoch_ms(series: pd.Series, time_format: str | None = None) -> list[int | None]:

@@ -18,14 +18,13 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from service.config import ENV_PREFIX, MASK, Settings, is_secret_key, load_settings
-from service.io.decode import Decoder, features_of, parse_json
+from service.io.decode import Decoder, features_of, iso_text, parse_json
 from service.pipeline.processor import discover_features
 from service.records import Invalid, RawRecord
 
@@ -81,7 +80,7 @@ def read_record(settings: Settings, value: str, key: str | None = None) -> tuple
     decoded = decoder.decode(raw)
     if isinstance(decoded, Invalid):
         return f"# record: dead-lettered as {decoded.reason}: {decoded.detail}\n", False
-    stamp = _stamp(decoded.ts_ms)
+    stamp = iso_text(decoded.ts_ms)
     features = ", ".join(
         f"{name} {number!r}" if math.isfinite(number) else f"{name} imputed"
         for name, number in zip(names, decoded.x.tolist(), strict=True)
@@ -143,7 +142,7 @@ def read_records(settings: Settings, values: Iterable[str]) -> tuple[str, bool]:
     lines = [f"# records: {read} read, {sum(reasons.values())} dead-lettered"]
     if times:
         lines.append(f"keys       {len(newest)}")
-        lines.append(f"time       {_stamp(min(times))} to {_stamp(max(times))}")
+        lines.append(f"time       {iso_text(min(times))} to {iso_text(max(times))}")
     if late and settings.forecast.out_of_order == "dlq":
         lines.append(f"late       {late}, older than an earlier record of their key: out_of_order")
     auto = f" (discovered: auto, from the first {len(first)})" if schema.features == "auto" else ""
@@ -184,8 +183,3 @@ def _decoder(settings: Settings, first: list[RawRecord]) -> tuple[Decoder, tuple
         schema.model_copy(update={"features": names}), settings.forecast.max_future_skew_s
     )
     return decoder, names
-
-
-def _stamp(ts_ms: int) -> str:
-    moment = datetime.fromtimestamp(ts_ms / 1000, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -224,24 +224,17 @@ def _times(series: pd.Series, schema: SchemaSettings) -> list[int | str]:
     than UTC, for the daemon to read by those rules: pandas would guess the format (a
     day-first date read month-first, a date of digits read as epoch seconds) and take
     a time without a zone as UTC."""
+    texts = _texts(series)
     if _is_datetime(series):
         fitting = [False] * len(series)
     elif schema.time_format is not None:
-        fitting = [_fits(text, schema.time_format) for text in _texts(series)]
+        fitting = [_fits(text, schema.time_format) for text in texts]
     else:
         words = pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
         local = words and schema.time_zone != "UTC" and _epoch_text(series) is None
         fitting = [local] * len(series)
-    out: list[int | str] = []
-    cells = zip(series.tolist(), _texts(series), fitting, _epoch_ms(series), strict=True)
-    for cell, text, fits, ms in cells:
-        if fits:
-            out.append(text)
-        elif ms is not None:
-            out.append(_time_value(ms))
-        else:
-            out.append("" if _empty(cell) else str(cell))
-    return out
+    cells = zip(texts, fitting, _epoch_ms(series), strict=True)
+    return [_time_value(ms) if ms is not None and not fits else text for text, fits, ms in cells]
 
 
 def _is_datetime(series: pd.Series) -> bool:

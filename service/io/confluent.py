@@ -102,6 +102,8 @@ class ConfluentSource:
                 "partition.assignment.strategy": "cooperative-sticky",
                 # librdkafka's default, spelt out: kafka.exactly_once relies on it
                 "isolation.level": "read_committed",
+                # librdkafka's default too: never create the input topic (app.await_topic)
+                "allow.auto.create.topics": False,
                 "client.id": "forecastd",
                 "error_cb": self._on_error,
             }

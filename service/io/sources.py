@@ -173,6 +173,7 @@ class KafkaSource:
             partition_assignment_strategy=[CooperativeStickyAssignor],
             isolation_level="read_committed" if settings.exactly_once else "read_uncommitted",
             client_id="forecastd",
+            allow_auto_create_topics=False,  # see app.await_topic
             api_version=api_version,
             **client_options(settings),
         )

@@ -100,6 +100,8 @@ class Daemon:
         log.info("metrics on port %d", self.server.port)
         try:
             client = connect(self.settings.kafka, self.stop_event)
+            listed = await_topic(client, self.settings.kafka.input_topic, self.stop_event)
+            warn_absent_outputs(self.settings, listed)
             api_version = client.config.get("api_version")
             self.sink, self.processor, self.source, self.state = _connect(
                 self.settings, self.metrics, self.watchdog, api_version
@@ -202,6 +204,79 @@ def connect(settings: KafkaSettings, stop_event: threading.Event) -> Any:
         if time.monotonic() > deadline:
             raise BrokerError(
                 f"no broker answered at {settings.bootstrap_servers} within {timeout:.0f}s"
+            )
+
+
+TOPIC_RECHECK_S = 2.0
+"""How often a daemon waiting for its input topic asks the broker again."""
+
+
+def await_topic(
+    client: Any, topic: str, stop_event: threading.Event, recheck_s: float = TOPIC_RECHECK_S
+) -> set[str]:
+    """Return once ``topic`` exists, with the cluster's topics as then listed; until
+    then ``/readyz`` stays 503 and a warning says what is missing.
+
+    The decision: forecastd never creates its input topic, and does not exit when it
+    is missing. A broker with ``auto.create.topics.enable`` (Kafka's default) creates
+    any topic a client's metadata request names, so a misspelt ``kafka.input_topic``
+    used to become a new, empty topic with the broker's default partition count, and
+    the daemon sat on it, ready and idle. Its clients now ask not to create topics
+    (``allow_auto_create_topics``); and since some brokers create them regardless
+    (Tansu, the embedded broker, does), nothing names the input topic to the broker
+    until a metadata request for every topic, which creates nothing, lists it. Waiting
+    rather than exiting fits a deployment where the topic is created alongside the
+    daemon (a Strimzi ``KafkaTopic`` applied with the Deployment): the pod becomes
+    ready when the topic appears, instead of a restart loop.
+
+    Raises:
+        Interrupted: a stop was requested while waiting.
+    """
+    warned = False
+    while True:
+        if stop_event.is_set():
+            raise Interrupted(f"stopped while waiting for the input topic {topic!r}")
+        try:
+            listed: set[str] = set(client.topics())
+        except Exception as exc:  # the broker is away: the wait goes on, the log says so
+            log.debug("listing topics failed: %s", type(exc).__name__)
+            listed = set()
+        if topic in listed:
+            if warned:
+                log.info("input topic %r exists now", topic)
+            return listed
+        if not warned:
+            log.warning(
+                "kafka.input_topic %r does not exist on the broker (or this client may not"
+                " describe it); waiting for it to be created. forecastd does not create it:"
+                " check the name, or create the topic",
+                topic,
+            )
+            warned = True
+        stop_event.wait(recheck_s)
+
+
+def warn_absent_outputs(settings: Settings, listed: set[str]) -> None:
+    """One warning per topic forecastd writes that is not in ``listed``: a broker with
+    ``auto.create.topics.enable`` creates it on the first write (with its default
+    partitions and retention), one without refuses every write to it, and the daemon
+    stops at the first such write with a broker error. Said at start-up, where it is
+    cheap to fix. (The state topic is created by the
+    daemon itself, :mod:`service.runtime.state`.)"""
+    kafka = settings.kafka
+    writes = {
+        "kafka.output_topic": kafka.output_topic,
+        "kafka.dead_letter_topic": kafka.dead_letter_topic,
+        "explanations.topic": settings.explanations.topic,
+    }
+    for key, topic in writes.items():
+        if topic is not None and topic not in listed:
+            log.warning(
+                "%s %r does not exist on the broker: only a broker that creates topics on"
+                " first write (auto.create.topics.enable) will take what forecastd writes"
+                " there; create it beforehand",
+                key,
+                topic,
             )
 
 

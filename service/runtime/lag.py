@@ -66,6 +66,7 @@ def lag_client(
         group_id=settings.group_id,  # for committed(); it never subscribes, never joins
         enable_auto_commit=False,
         client_id="forecastd-lag",
+        allow_auto_create_topics=False,  # see app.await_topic
         fetch_max_wait_ms=10,  # 0 makes Tansu answer no fetch at all
         max_partition_fetch_bytes=65_536,
         request_timeout_ms=max(timeout_ms, 1000),

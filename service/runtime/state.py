@@ -295,6 +295,7 @@ class StateTopic:
                     group_id=None,
                     isolation_level="read_committed" if committed else "read_uncommitted",
                     client_id="forecastd-state",
+                    allow_auto_create_topics=False,  # see app.await_topic
                     fetch_max_wait_ms=50,
                     max_partition_fetch_bytes=max(1_048_576, 2 * self._chunk),
                     bootstrap_timeout_ms=int(self._settings.kafka.connect_timeout_s * 1000),

@@ -1,6 +1,7 @@
 """Start-up without a broker: the health port answers at once (not ready), the daemon
 retries for ``kafka.connect_timeout_s``, then exits 1 with one line on stderr; and a
-broker that comes up within that time is used.
+broker that comes up within that time is used. Start-up without the input topic: the
+daemon waits for it, not ready, and does not create it.
 
 Before: no port until connected, and after ~36 s a 43-line traceback.
 """
@@ -15,10 +16,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient
 
 from service.tools.broker import EmbeddedBroker, free_port
 from tests.integration.kafka_helpers import (
     Topics,
+    consume_all,
+    produce,
     reaped,
     scrape,
     settings_env,
@@ -84,3 +88,54 @@ def test_a_broker_that_comes_up_while_retrying_is_used(client: str) -> None:
             daemon.terminate()
             daemon.communicate(timeout=60)
     assert daemon.returncode == 0
+
+
+def _topics(broker: EmbeddedBroker) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
+def test_a_missing_input_topic_is_waited_for_not_created(
+    broker: EmbeddedBroker, client: str, tmp_path: Path
+) -> None:
+    """Before: the lag probe's metadata request named the topic, and Tansu (as Kafka
+    with ``auto.create.topics.enable``) created it with 4 partitions; the daemon was
+    ready on an empty topic nobody writes to. Tansu creates a topic a metadata request
+    names even when the client asks it not to, so this holds only because nothing
+    names the topic before it exists. The dead-letter topic is missing too: a warning
+    names it (a broker that does not create topics on write would refuse it)."""
+    tag = uuid.uuid4().hex[:8]
+    topics = Topics(f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"group-{tag}")
+    broker.create_topics([topics.output])
+    env = settings_env(broker, topics, client)
+    port = int(env["FORECASTD_METRICS__PORT"])
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as output:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "service", "run", "-c", CONFIG],
+            env={**os.environ, **env},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        with reaped(daemon):
+            wait_for(lambda: "does not exist" in log.read_text(), 60, "the warning")
+            time.sleep(3)  # more than one recheck and one lag interval
+            assert _probe(port, "/readyz") == 503
+            assert topics.input not in _topics(broker)
+            broker.create_topics([topics.input], partitions=2)
+            wait_for(lambda: _probe(port, "/readyz") == 200, 60, "ready once the topic exists")
+            values = [b'{"ts": 1700000000000, "y": 1.0}', b'{"ts": 1700000060000, "y": 2.0}']
+            produce(broker.bootstrap, topics.input, [(b"a", value, []) for value in values])
+            assert len(consume_all(broker.bootstrap, topics.output, 1)) >= 1
+            daemon.terminate()
+            daemon.wait(timeout=60)
+    text = log.read_text()
+    assert daemon.returncode == 0, text
+    warning = next(line for line in text.splitlines() if "does not exist" in line)
+    assert f"kafka.input_topic 'in-{tag}' does not exist" in warning
+    assert "input topic" in text.split(warning, 1)[1]  # "... exists now"
+    assert f"kafka.dead_letter_topic 'dlq-{tag}' does not exist" in text
+    assert "kafka.output_topic" not in text

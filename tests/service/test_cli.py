@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _thread
+import signal
 import threading
 from pathlib import Path
 
@@ -133,13 +134,17 @@ def test_an_output_place_that_cannot_be_written_fails_before_the_run(
 
 def test_ctrl_c_in_a_tool_is_one_line_and_exit_130(capsys: pytest.CaptureFixture[str]) -> None:
     """SIGINT while a backtest runs (``interrupt_main`` delivers it as the terminal
-    would: Python's handler raises KeyboardInterrupt wherever the main thread is)."""
+    would: Python's handler raises KeyboardInterrupt wherever the main thread is).
+    Python's own handler is set for the test: with another one left in place (by
+    whatever ran before in this process) the interrupt would never reach the tool."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.5, _thread.interrupt_main)
     timer.start()
     try:
         assert main(["backtest", "traffic-volume", "--quiet"]) == 130
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err.strip().splitlines()[-1] == "forecastd: interrupted"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import socket
+import threading
 import time
 from collections.abc import Sequence
 
@@ -17,7 +18,13 @@ from service.io.sinks import ListSink
 from service.io.sources import ListSource
 from service.pipeline.processor import BatchResult, Processor
 from service.records import RawRecord
-from service.runtime.app import frozen_heap, run_loop, transactional_id
+from service.runtime.app import (
+    Interrupted,
+    await_topic,
+    frozen_heap,
+    run_loop,
+    transactional_id,
+)
 from service.runtime.metrics import Metrics
 
 
@@ -96,3 +103,53 @@ def test_loop_busy_counts_the_turns_outside_the_poll() -> None:
     assert busy is not None
     assert busy >= batches * _SlowBatches.WORK_S
     assert busy <= wall - batches * _SlowPolls.WAIT_S
+
+
+class _Listing:
+    """Stands in for the lag client's ``topics()`` (the broker side of the wait is
+    tests/integration/test_startup.py's): answers in turn, an exception raised."""
+
+    def __init__(self, *answers: set[str] | Exception) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def topics(self) -> set[str]:
+        self.asked += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_the_input_topic_is_waited_for_through_broker_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = _Listing({"other"}, OSError("broker away"), {"other", "ticks"})
+    with caplog.at_level("INFO", logger="service.runtime.app"):
+        listed = await_topic(client, "ticks", threading.Event(), recheck_s=0.0)
+    assert listed == {"other", "ticks"}
+    assert client.asked == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # once, not per recheck
+    assert "kafka.input_topic 'ticks' does not exist" in warnings[0]
+    assert any("exists now" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stop_ends_the_wait_for_the_input_topic() -> None:
+    stop = threading.Event()
+    client = _Listing({"other"})
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="waiting for the input topic 'ticks'"):
+        await_topic(client, "ticks", stop, recheck_s=60.0)
+    assert time.monotonic() - started < 10  # not the 60 s recheck
+    timer.join()
+
+
+def test_an_existing_input_topic_is_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    client = _Listing({"ticks"})
+    with caplog.at_level("INFO", logger="service.runtime.app"):
+        assert await_topic(client, "ticks", threading.Event()) == {"ticks"}
+    assert client.asked == 1
+    assert not caplog.records

@@ -28,7 +28,11 @@ one that changes over time:
   percent apart) is too small for a series of a hundred values, whose best member
   must stand out within a few dozen; the count is the one behind the key's running
   errors, so a key that starts from its task's pooled weights inherits their count
-  and their rate;
+  and their rate (and their running errors, which are in the series' own scale: at
+  its first learned event they are rescaled to the key's, by the ratio of that
+  event's mean error over the members to theirs. Taken as they were, a key of
+  errors around 0.01 among keys of errors around 10 had its losses divided by a
+  thousand times its own unit, so its weights never left the pool's);
 * *discounting*: past losses fade with a memory of ``memory`` events. With
   ``drift.action: shrink`` (not the default) a confirmed drift of a member whose
   errors fell also forgets that member's past on every key, so it takes over at
@@ -161,6 +165,8 @@ class Hedge:
         self._known = np.zeros(0, dtype=np.bool_)
         self._seen = np.zeros(0, dtype=np.int64)  # own events learned, up to prior_events
         self._past = np.zeros((0, members))  # recent average weights (mixing past posteriors)
+        # running errors taken from the pool and not yet rescaled to the key's units
+        self._foreign = np.zeros(0, dtype=np.bool_)
         self._drifts = [0] * members
         self._drifted = False
         self.learned = 0
@@ -180,12 +186,16 @@ class Hedge:
             self._known = np.concatenate([self._known, np.zeros(missing, dtype=np.bool_)])
             self._seen = np.concatenate([self._seen, np.zeros(missing, dtype=np.int64)])
             self._past = np.concatenate([self._past, np.zeros((missing, self.members))])
+            self._foreign = np.concatenate([self._foreign, np.zeros(missing, dtype=np.bool_)])
 
     def __setstate__(self, state: dict[str, object]) -> None:
         """A checkpoint from before ``prior_events`` counts its known keys as grown;
         one from before ``past_share`` starts each key's past average at its current
-        weights; one from before ``eta_warmup`` takes its default."""
+        weights; one from before ``eta_warmup`` takes its default; one from before the
+        rescaling of inherited errors has every key's errors its own."""
         self.__dict__.update(state)
+        if "_foreign" not in state:
+            self._foreign = np.zeros(len(self._known), dtype=np.bool_)
         defaults = EnsembleParams()
         if "eta_warmup" not in state:
             self.eta_warmup = defaults.eta_warmup
@@ -252,6 +262,7 @@ class Hedge:
             self._known[slot] = True
             self._log_w[slot] = self._pool_log_w
             self._mse[slot] = self._pool_mse
+            self._foreign[slot] = self._pool_mse[-1] > 0  # the pool has learned something
             self._past[slot] = self._pool_past
             self._epoch[slot] = self._drifts
             return list(self._pool_log_w)
@@ -320,9 +331,10 @@ class Hedge:
         self.learned += 1
         errors = [(y - p) ** 2 for p in row] if self.squared else [abs(y - p) for p in row]
         log_w = self._row(slot)
-        log_w, stats, past = self._update(
-            log_w, self._mse[slot].tolist(), errors, self._past[slot].tolist()
-        )
+        stats = self._mse[slot].tolist()
+        if self._foreign[slot]:
+            stats = self._own_units(slot, stats, errors)
+        log_w, stats, past = self._update(log_w, stats, errors, self._past[slot].tolist())
         self._log_w[slot] = log_w
         self._mse[slot] = stats
         self._past[slot] = past
@@ -331,6 +343,19 @@ class Hedge:
         self._pool_log_w, self._pool_mse, self._pool_past = self._update(
             self._pool_log_w, self._pool_mse, errors, self._pool_past
         )
+
+    def _own_units(self, slot: int, stats: list[float], errors: list[float]) -> list[float]:
+        """The pool's running errors ``stats`` inherited by ``slot``, rescaled to its
+        units by this event's ``errors`` (module docstring); as they are, and still
+        foreign, while either side is all zeros (an exact event says nothing of a
+        scale)."""
+        inherited = sum(stats[:-1])
+        own = sum(errors)
+        if not (inherited > 0 and own > 0 and math.isfinite(own)):
+            return stats
+        self._foreign[slot] = False
+        factor = own / inherited
+        return [v * factor for v in stats[:-1]] + [stats[-1]]
 
     def _update(
         self, log_w: list[float], stats: list[float], errors: list[float], past: list[float]

@@ -1,4 +1,5 @@
-"""The ensemble's per-key weights: a young key leans on its task's pooled weights."""
+"""The ensemble's per-key weights: a young key leans on its task's pooled weights, in
+its own units."""
 
 from __future__ import annotations
 
@@ -99,6 +100,74 @@ def test_a_checkpoint_from_before_the_prior_counts_its_keys_as_grown() -> None:
     assert restored.weights(0) == pytest.approx(
         ((1 - hedge.share) * own / own.sum() + hedge.share / 2).tolist()
     )
+
+
+def _scaled(hedge: Hedge, slot: int, scale: float, best: int, rounds: int) -> None:
+    """``rounds`` events of ``slot``: member ``best`` errs by ``scale``, the other by
+    ten times that."""
+    slots = np.array([slot], dtype=np.intp)
+    errs = [10.0 * scale, 10.0 * scale]
+    errs[best] = scale
+    for _ in range(rounds):
+        learned = np.array([errs])  # members' outputs; the truth is 0
+        hedge.run(slots[:0], np.empty((0, 2)), slots, learned, np.zeros(1), np.zeros(1, np.intp))
+
+
+def test_a_new_key_among_keys_of_another_scale_learns_its_own_best_member() -> None:
+    """A task whose first key errs in the tens (member 0 the better) for a thousand
+    events; then a key whose errors are a thousand times smaller, on which member 1
+    is the better. Before: the new key took the pool's running errors as they were,
+    in the first key's units, so its losses were divided by a thousand times its own
+    unit and its weights stayed the pool's (member 0 leading) for good."""
+    hedge = Hedge(2, EnsembleParams())
+    hedge.ensure(2)
+    _scaled(hedge, slot=0, scale=10.0, best=0, rounds=1000)
+    assert hedge.pool_weights()[0] > 0.9
+    _scaled(hedge, slot=1, scale=0.01, best=1, rounds=30)
+    assert hedge.weights(1)[1] > 0.9
+    # in its own units (the pool's ranking of the members, at the key's scale), not
+    # in the first key's, where member 0's running error is about 10
+    assert 0.001 < hedge._mse[1, 0] < hedge._mse[1, 1] < 1.0
+
+
+def test_a_new_key_of_the_same_scale_keeps_the_pool_s_running_errors() -> None:
+    """Rescaling by the ratio of its first errors to the pool's changes nothing where
+    they agree: the key starts from what the task learned, at the task's rate."""
+    hedge = Hedge(2, EnsembleParams())
+    hedge.ensure(2)
+    _scaled(hedge, slot=0, scale=1.0, best=0, rounds=500)
+    pool = list(hedge._pool_mse)
+    hedge._row(1)
+    assert hedge._foreign[1]
+    expected = hedge._own_units(1, pool, [1.0, 10.0])
+    assert not hedge._foreign[1]
+    assert expected == pytest.approx(pool)
+
+
+def test_an_exact_first_event_leaves_the_inherited_errors_until_one_says_a_scale() -> None:
+    hedge = Hedge(2, EnsembleParams())
+    hedge.ensure(2)
+    _scaled(hedge, slot=0, scale=1.0, best=0, rounds=50)
+    hedge._row(1)
+    assert hedge._own_units(1, [5.5, 50.0, 50.0], [0.0, 0.0]) == [5.5, 50.0, 50.0]
+    assert hedge._foreign[1]
+    factor = (0.1 + 1.0) / (5.5 + 50.0)  # the event's errors over the inherited ones
+    rescaled = hedge._own_units(1, [5.5, 50.0, 50.0], [0.1, 1.0])
+    assert rescaled == pytest.approx([5.5 * factor, 50.0 * factor, 50.0])  # count kept
+    assert not hedge._foreign[1]
+
+
+def test_a_checkpoint_from_before_the_rescaling_has_every_key_s_errors_its_own() -> None:
+    hedge = Hedge(2, EnsembleParams())
+    hedge.ensure(3)
+    _round_robin(hedge, keys=2, rounds=2)
+    state = hedge.__dict__.copy()
+    del state["_foreign"]
+    old = Hedge.__new__(Hedge)
+    old.__setstate__(state)
+    assert old._foreign.tolist() == [False, False, False]
+    _round_robin(old, keys=3, rounds=1)  # a new key in the restored task
+    assert old._foreign.tolist() == [False, False, False]
 
 
 def _random_walk_weights(params: EnsembleParams, steps: int = 4000) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from tests.integration.kafka_helpers import (
     reaped,
     scrape,
     settings_env,
+    start_daemon,
     wait_for,
 )
 
@@ -114,12 +115,7 @@ def test_a_missing_input_topic_is_waited_for_not_created(
     port = int(env["FORECASTD_METRICS__PORT"])
     log = tmp_path / "daemon.log"
     with log.open("wb") as output:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "service", "run", "-c", CONFIG],
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+        daemon = start_daemon(env, CONFIG, output)
         with reaped(daemon):
             wait_for(lambda: "does not exist" in log.read_text(), 60, "the warning")
             time.sleep(3)  # more than one recheck and one lag interval

@@ -161,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="records' values, one a line ('-': standard input): a summary (exit 1: any refused)",
     )
+    check.add_argument(
+        "--broker",
+        action="store_true",
+        help="ask the broker: do the config's topics exist, with how many partitions; the"
+        " group's committed offsets (exit 1: the daemon could not start)",
+    )
     check.set_defaults(handler=_check)
 
     tune = commands.add_parser(
@@ -379,9 +385,15 @@ def _backtest(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from service.workbench.check import read_record, read_records, render
 
-    if args.record is not None and args.records is not None:
-        raise ConfigError("--record and --records: give one of them")
-    if args.records is not None:
+    given = [n for n in ("record", "records") if getattr(args, n) is not None]
+    given += ["broker"] if args.broker else []
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join('--' + n for n in given)}: give one of them")
+    if args.broker:
+        from service.workbench.preflight import preflight
+
+        text, read = preflight(load_settings(args.config))
+    elif args.records is not None:
         settings = load_settings(args.config)
         if args.records == "-":
             stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")

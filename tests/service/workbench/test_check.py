@@ -147,3 +147,8 @@ def test_a_record_that_is_not_utf8_is_judged_not_a_crash(
     out = capsys.readouterr().out
     assert out.startswith("# records: 1 read, 1 dead-lettered\n")
     assert "  not_json  1  e.g. not UTF-8 JSON (UnicodeDecodeError) (line 2)" in out
+
+
+def test_one_kind_of_check_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--broker", "--records", "-"]) == 2
+    assert "--records and --broker: give one of them" in capsys.readouterr().err

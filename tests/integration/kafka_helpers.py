@@ -54,6 +54,15 @@ def reaped(process: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]
             process.wait()
 
 
+def topic_names(bootstrap: str) -> set[str]:
+    """The broker's topics, by a request that names none (so creates none)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
+
+
 def committed_offsets(bootstrap: str, group: str) -> dict[int, int]:
     """The group's committed offset per input partition (those it committed)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)

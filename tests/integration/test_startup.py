@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
 
 from service.tools.broker import EmbeddedBroker, free_port
 from tests.integration.kafka_helpers import (
@@ -27,6 +26,7 @@ from tests.integration.kafka_helpers import (
     scrape,
     settings_env,
     start_daemon,
+    topic_names,
     wait_for,
 )
 
@@ -91,14 +91,6 @@ def test_a_broker_that_comes_up_while_retrying_is_used(client: str) -> None:
     assert daemon.returncode == 0
 
 
-def _topics(broker: EmbeddedBroker) -> set[str]:
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
-
-
 def test_a_missing_input_topic_is_waited_for_not_created(
     broker: EmbeddedBroker, client: str, tmp_path: Path
 ) -> None:
@@ -120,7 +112,7 @@ def test_a_missing_input_topic_is_waited_for_not_created(
             wait_for(lambda: "does not exist" in log.read_text(), 60, "the warning")
             time.sleep(3)  # more than one recheck and one lag interval
             assert _probe(port, "/readyz") == 503
-            assert topics.input not in _topics(broker)
+            assert topics.input not in topic_names(broker.bootstrap)
             broker.create_topics([topics.input], partitions=2)
             wait_for(lambda: _probe(port, "/readyz") == 200, 60, "ready once the topic exists")
             values = [b'{"ts": 1700000000000, "y": 1.0}', b'{"ts": 1700000060000, "y": 2.0}']

@@ -9,12 +9,13 @@ import sys
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaConsumer
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from service.config import Settings
 from service.tools.broker import EmbeddedBroker
 from service.workbench.preflight import topic_checks
+from tests.integration.kafka_helpers import topic_names
 
 pytestmark = pytest.mark.integration
 
@@ -33,14 +34,6 @@ def _check(broker: EmbeddedBroker, **env: str) -> tuple[int, str]:
 
 def _line(text: str, setting: str) -> str:
     return next(line for line in text.splitlines() if line.startswith(setting + " "))
-
-
-def _topics(broker: EmbeddedBroker) -> set[str]:
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    try:
-        return set(admin.list_topics())
-    finally:
-        admin.close()
 
 
 def test_a_cluster_that_holds_the_config_s_topics_is_ready(broker: EmbeddedBroker) -> None:
@@ -76,7 +69,7 @@ def test_a_misspelt_input_topic_is_a_problem_and_is_not_created(broker: Embedded
     assert status == 1, text
     assert "PROBLEM  missing: the daemon waits for it" in _line(text, "kafka.input_topic")
     assert "kafka.group_id" not in text  # no input partitions to have offsets for
-    assert f"in-{tag}" not in _topics(broker)
+    assert f"in-{tag}" not in topic_names(broker.bootstrap)
     assert text.rstrip().endswith("not ready to run: see PROBLEM above")
 
 

@@ -609,11 +609,7 @@ class Settings(_Section):
         a topic of checkpoints, predictions or dead letters must hold only those (the
         state topic's readers, and the users of the others, take every record they
         find there for one of theirs)."""
-        topics = {
-            "kafka.input_topic": self.kafka.input_topic,
-            "kafka.output_topic": self.kafka.output_topic,
-            "kafka.dead_letter_topic": self.kafka.dead_letter_topic,
-        }
+        topics = {"kafka.input_topic": self.kafka.input_topic, **self.written_topics}
         if self.state.enabled:
             if topic_problem(self.state_topic) is not None:  # a set one is checked as set
                 raise ValueError(
@@ -621,8 +617,6 @@ class Settings(_Section):
                     f" is not a Kafka topic name; set state.topic"
                 )
             topics["state.topic"] = self.state_topic
-        if self.explanations.topic is not None:
-            topics["explanations.topic"] = self.explanations.topic
         seen: dict[str, str] = {}
         for key, topic in topics.items():
             if topic in seen:
@@ -633,6 +627,18 @@ class Settings(_Section):
                 )
             seen[topic] = key
         return self
+
+    @property
+    def written_topics(self) -> dict[str, str]:
+        """The topics the daemon's producer writes, by setting: outputs, dead letters,
+        and explanations when set (the state topic is made by the daemon itself)."""
+        topics = {
+            "kafka.output_topic": self.kafka.output_topic,
+            "kafka.dead_letter_topic": self.kafka.dead_letter_topic,
+        }
+        if self.explanations.topic is not None:
+            topics["explanations.topic"] = self.explanations.topic
+        return topics
 
     @property
     def state_topic(self) -> str:

@@ -261,16 +261,10 @@ def warn_absent_outputs(settings: Settings, listed: set[str]) -> None:
     ``auto.create.topics.enable`` creates it on the first write (with its default
     partitions and retention), one without refuses every write to it, and the daemon
     stops at the first such write with a broker error. Said at start-up, where it is
-    cheap to fix. (The state topic is created by the
-    daemon itself, :mod:`service.runtime.state`.)"""
-    kafka = settings.kafka
-    writes = {
-        "kafka.output_topic": kafka.output_topic,
-        "kafka.dead_letter_topic": kafka.dead_letter_topic,
-        "explanations.topic": settings.explanations.topic,
-    }
-    for key, topic in writes.items():
-        if topic is not None and topic not in listed:
+    cheap to fix. (The state topic is created by the daemon itself,
+    :mod:`service.runtime.state`.)"""
+    for key, topic in settings.written_topics.items():
+        if topic not in listed:
             log.warning(
                 "%s %r does not exist on the broker: only a broker that creates topics on"
                 " first write (auto.create.topics.enable) will take what forecastd writes"

@@ -50,14 +50,7 @@ def topic_checks(settings: Settings, partitions: dict[str, int]) -> list[TopicCh
             inputs is None,
         )
     ]
-    writes = {
-        "kafka.output_topic": kafka.output_topic,
-        "kafka.dead_letter_topic": kafka.dead_letter_topic,
-        "explanations.topic": settings.explanations.topic,
-    }
-    for setting, topic in writes.items():
-        if topic is None:
-            continue
+    for setting, topic in settings.written_topics.items():
         count = partitions.get(topic)
         note = (
             "written"

@@ -218,7 +218,7 @@ def default_settings(
     return data
 
 
-def _published(values: tuple[bytes, ...], model: str, n: int) -> tuple[FloatArray, ...]:
+def published(values: tuple[bytes, ...], model: str, n: int) -> tuple[FloatArray, ...]:
     """Per input row: the model's published y_hat, lower, upper (NaN if none)."""
     columns = np.full((3, n), np.nan)
     for value in values:
@@ -245,7 +245,7 @@ def daemon_forecasts(
     result = run_backtest(records, settings)
     if result.dead_letters:
         raise RuntimeError(f"{result.dead_letters} events dead-lettered: fix the loader")
-    y_hat, lower, upper = _published(result.published, settings.primary.name, len(records))
+    y_hat, lower, upper = published(result.published, settings.primary.name, len(records))
     return y_hat[truth.rows], lower[truth.rows], upper[truth.rows]
 
 

@@ -3,6 +3,7 @@
     python -m bench.together                          # the default suite's series
     python -m bench.together --suite fresh --limit 3000
     python -m bench.together --datasets ppg,co2-weekly,sp500
+    python -m bench.together --suite outside --members   # and every member's ratio
 
 A partition task's learned members ``river.linear``, ``torch.mlp`` and ``knn`` are
 one model for all of the task's keys (the default ``rls`` one per hash bucket of the
@@ -18,6 +19,11 @@ together over alone, scored as :mod:`bench.quality` scores them (the first
 :data:`~bench.quality.WARMUP` of each key left out). Exogenous features are left out
 (the datasets' differ, and ``schema.features: auto`` takes the first events' names),
 and so are tables (``horizon: 0``).
+
+``--members`` runs both again with every model published and prints each member's
+ratio too: whether a dataset loses because its members forecast it worse beside the
+others (a shared learned model learning a blend) or because the ensemble combines them
+worse (its per-key weights).
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ from bench.quality import (
     daemon_forecasts,
     default_settings,
     geometric_mean,
+    published,
 )
 from service.config import Settings
 from service.tools import datasets, replay
+from service.tools.backtest import run_backtest
 
 
 def series_frame(name: str, limit: int) -> pd.DataFrame:
@@ -72,11 +80,53 @@ def mae_by_dataset(frame: pd.DataFrame) -> dict[str, float]:
     return {name: float(np.mean(errors[dataset == name])) for name in dict.fromkeys(dataset)}
 
 
+def model_maes_by_dataset(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Every model's MAE per dataset (the prefix of the keys) over one backtest of
+    ``frame`` with every model published, scored as :func:`mae_by_dataset` scores the
+    primary."""
+    frame = frame.reset_index(drop=True)
+    y = frame["y"].to_numpy(dtype=float)
+    truth = Truth.of(frame["key"], y, 1)
+    settings = Settings.model_validate(default_settings(1, ()))
+    models = tuple(m.model_copy(update={"publish": True}) for m in settings.models)
+    settings = settings.model_copy(update={"models": models})
+    pairs = replay.encode(frame, replay.Columns(), settings.schema_)
+    records = replay.as_records(pairs, settings.kafka.input_topic)
+    result = run_backtest(records, settings)
+    dataset = frame["key"].str.split(":", n=1).str[0].to_numpy()[truth.rows]
+    out: dict[str, dict[str, float]] = {name: {} for name in dict.fromkeys(dataset)}
+    for model in settings.models:
+        y_hat = published(result.published, model.name, len(records))[0][truth.rows]
+        errors = np.abs(y_hat - truth.y)
+        for name in out:
+            out[name][model.name] = float(np.mean(errors[dataset == name]))
+    return out
+
+
+def _members_table(names: list[str], frames: list[pd.DataFrame]) -> Table:
+    """Each model's MAE together over alone, per dataset."""
+    alone = {
+        name: model_maes_by_dataset(frame)[name] for name, frame in zip(names, frames, strict=True)
+    }
+    together = model_maes_by_dataset(interleaved(frames))
+    models = list(next(iter(alone.values())))
+    out = Table(title="every model's MAE together over alone")
+    out.add_column("dataset")
+    for model in models:
+        out.add_column(model, justify="right")
+    for name in names:
+        out.add_row(name, *[f"{together[name][m] / alone[name][m]:.3f}" for m in models])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--suite", choices=tuple(SUITES), default="default")
     parser.add_argument("--datasets", help=f"comma-separated, of: {', '.join(ALL_CASES)}")
     parser.add_argument("--limit", type=int, default=3000, help="each dataset's last events")
+    parser.add_argument(
+        "--members", action="store_true", help="every member's ratio too (runs twice as long)"
+    )
     args = parser.parse_args(argv)
     if args.limit < 10:
         parser.error("--limit must be at least 10")
@@ -108,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     out.add_section()
     out.add_row("geometric mean", "", "", "", f"{geometric_mean(ratios):.3f}")
     console.print(out)
+    if args.members:
+        console.print(_members_table(names, frames))
     worst = max(ratios) if ratios else math.nan
     console.print(
         f"{time.perf_counter() - started:.0f} s in all; the most a dataset lost: {worst:.3f}"

@@ -48,3 +48,24 @@ def test_unlike_series_in_one_partition_are_scored_apart(
 def test_a_table_alone_is_refused() -> None:
     with pytest.raises(SystemExit):
         together.main(["--datasets", "diabetes"])
+
+
+def test_every_member_is_scored_apart_and_the_per_key_ones_lose_nothing() -> None:
+    """``--members``: persistence, the seasonal naive and the EWMA keep no state across
+    keys, so sharing a partition changes none of their forecasts; the ensemble's row
+    is the primary's, as ``mae_by_dataset`` scores it."""
+    names = ("nile", "airline-passengers")
+    frames = [together.series_frame(n, limit=1000) for n in names]
+    mixed = together.interleaved(frames)
+    every = together.model_maes_by_dataset(mixed)
+    primary = together.mae_by_dataset(mixed)
+    alone = {
+        name: together.model_maes_by_dataset(frame)[name]
+        for name, frame in zip(names, frames, strict=True)
+    }
+    for name in names:
+        for member in ("last", "seasonal", "ewma"):
+            assert every[name][member] == pytest.approx(alone[name][member], rel=1e-12)
+        assert every[name]["ensemble"] == pytest.approx(primary[name], rel=1e-12)
+    airline = "airline-passengers"  # the shared window of rows holds few of its own
+    assert every[airline]["knn"] > 1.2 * alone[airline]["knn"]

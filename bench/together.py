@@ -41,7 +41,6 @@ from bench.quality import (
     ALL_CASES,
     SUITES,
     Truth,
-    daemon_forecasts,
     default_settings,
     geometric_mean,
     published,
@@ -68,34 +67,35 @@ def interleaved(frames: list[pd.DataFrame]) -> pd.DataFrame:
 def mae_by_dataset(frame: pd.DataFrame) -> dict[str, float]:
     """The default's MAE per dataset (the prefix of the keys) over one backtest of
     ``frame``, scored as :mod:`bench.quality` scores it."""
-    frame = frame.reset_index(drop=True)
-    y = frame["y"].to_numpy(dtype=float)
-    truth = Truth.of(frame["key"], y, 1)
-    settings = Settings.model_validate(default_settings(1, ()))
-    pairs = replay.encode(frame, replay.Columns(), settings.schema_)
-    records = replay.as_records(pairs, settings.kafka.input_topic)
-    y_hat, _, _ = daemon_forecasts(records, settings, truth)
-    errors = np.abs(y_hat - truth.y)
-    dataset = frame["key"].str.split(":", n=1).str[0].to_numpy()[truth.rows]
-    return {name: float(np.mean(errors[dataset == name])) for name in dict.fromkeys(dataset)}
+    primary = Settings.model_validate(default_settings(1, ())).primary.name
+    return {name: maes[primary] for name, maes in _maes(frame, every_model=False).items()}
 
 
 def model_maes_by_dataset(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Every model's MAE per dataset (the prefix of the keys) over one backtest of
-    ``frame`` with every model published, scored as :func:`mae_by_dataset` scores the
-    primary."""
+    """Every model's MAE per dataset over one backtest of ``frame`` with every model
+    published, scored as :func:`mae_by_dataset` scores the primary."""
+    return _maes(frame, every_model=True)
+
+
+def _maes(frame: pd.DataFrame, every_model: bool) -> dict[str, dict[str, float]]:
+    """Per dataset (the prefix of the keys), the MAE of the primary, or of every model
+    (then all published), over one backtest of ``frame`` with the built-in defaults."""
     frame = frame.reset_index(drop=True)
     y = frame["y"].to_numpy(dtype=float)
     truth = Truth.of(frame["key"], y, 1)
     settings = Settings.model_validate(default_settings(1, ()))
-    models = tuple(m.model_copy(update={"publish": True}) for m in settings.models)
-    settings = settings.model_copy(update={"models": models})
+    scored = [settings.primary]
+    if every_model:
+        scored = [m.model_copy(update={"publish": True}) for m in settings.models]
+        settings = settings.model_copy(update={"models": tuple(scored)})
     pairs = replay.encode(frame, replay.Columns(), settings.schema_)
     records = replay.as_records(pairs, settings.kafka.input_topic)
     result = run_backtest(records, settings)
+    if result.dead_letters:
+        raise RuntimeError(f"{result.dead_letters} events dead-lettered: fix the loader")
     dataset = frame["key"].str.split(":", n=1).str[0].to_numpy()[truth.rows]
     out: dict[str, dict[str, float]] = {name: {} for name in dict.fromkeys(dataset)}
-    for model in settings.models:
+    for model in scored:
         y_hat = published(result.published, model.name, len(records))[0][truth.rows]
         errors = np.abs(y_hat - truth.y)
         for name in out:

@@ -230,8 +230,7 @@ def _times(series: pd.Series, schema: SchemaSettings) -> list[int | str]:
     elif schema.time_format is not None:
         fitting = [_fits(text, schema.time_format) for text in texts]
     else:
-        words = pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)
-        local = words and schema.time_zone != "UTC" and _epoch_text(series) is None
+        local = _is_text(series) and schema.time_zone != "UTC" and _epoch_text(series) is None
         fitting = [local] * len(series)
     cells = zip(texts, fitting, _epoch_ms(series), strict=True)
     return [_time_value(ms) if ms is not None and not fits else text for text, fits, ms in cells]
@@ -239,6 +238,10 @@ def _times(series: pd.Series, schema: SchemaSettings) -> list[int | str]:
 
 def _is_datetime(series: pd.Series) -> bool:
     return bool(pd.api.types.is_datetime64_any_dtype(series))
+
+
+def _is_text(series: pd.Series) -> bool:
+    return bool(pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series))
 
 
 def _texts(series: pd.Series) -> list[str]:
@@ -305,7 +308,8 @@ def _epoch_ms(series: pd.Series, time_format: str | None = None) -> list[int | N
     if time_format is not None and not _is_datetime(series):
         texts = pd.Series(_texts(series), index=series.index)
         given = pd.to_datetime(texts, utc=True, errors="coerce", format=time_format)
-        general = _epoch_ms(series)
+        # the column as a whole, for the cells the format misses (none: not needed)
+        general = _epoch_ms(series) if bool(given.isna().any()) else []
         return [
             general[i] if pd.isna(stamp) else int(stamp.value // 1_000_000)
             for i, stamp in enumerate(given)
@@ -327,7 +331,7 @@ def _epoch_ms(series: pd.Series, time_format: str | None = None) -> list[int | N
 def _epoch_text(series: pd.Series) -> pd.Series | None:
     """A text column at least half of whose cells are numbers, as floats (NaN: the
     others): epoch numbers with a few bad cells; None for any other column."""
-    if not (pd.api.types.is_string_dtype(series) or pd.api.types.is_object_dtype(series)):
+    if not _is_text(series):
         return None
     numbers = pd.to_numeric(series, errors="coerce")
     cells = int(series.map(lambda cell: not _empty(cell) and str(cell).strip() != "").sum())

@@ -23,7 +23,14 @@ from typing import Any
 
 import yaml
 
-from service.config import ENV_PREFIX, MASK, Settings, is_secret_key, load_settings
+from service.config import (
+    ENV_PREFIX,
+    MASK,
+    SchemaSettings,
+    Settings,
+    is_secret_key,
+    load_settings,
+)
 from service.io.decode import Decoder, features_of, iso_text, parse_json
 from service.pipeline.processor import discover_features
 from service.records import Invalid, RawRecord
@@ -85,8 +92,7 @@ def read_record(settings: Settings, value: str, key: str | None = None) -> tuple
         f"{name} {number!r}" if math.isfinite(number) else f"{name} imputed"
         for name, number in zip(names, decoded.x.tolist(), strict=True)
     )
-    found = features_of(parse_json(raw.value or b""), schema)  # the decoder read it
-    ignored = sorted(set(found) - set(names)) if isinstance(found, dict) else []
+    ignored = sorted(_ignored(raw, schema, names))
     lines = [
         "# record: read",
         f"key       {decoded.key!r}"
@@ -135,9 +141,7 @@ def read_records(settings: Settings, values: Iterable[str]) -> tuple[str, bool]:
         else:
             newest[decoded.key] = decoded.ts_ms
         times.append(decoded.ts_ms)
-        found = features_of(parse_json(raw.value or b""), schema)
-        if isinstance(found, dict):
-            ignored.update(set(found) - set(names))
+        ignored.update(_ignored(raw, schema, names))
     read = len(raws) - sum(reasons.values())
     lines = [f"# records: {read} read, {sum(reasons.values())} dead-lettered"]
     if times:
@@ -156,6 +160,13 @@ def read_records(settings: Settings, values: Iterable[str]) -> tuple[str, bool]:
             lines.append(f"  {reason:<{width}}  {count}  e.g. {examples[reason]}")
     refused = sum(reasons.values()) + (late if settings.forecast.out_of_order == "dlq" else 0)
     return "\n".join(lines) + "\n", not refused and bool(raws)
+
+
+def _ignored(raw: RawRecord, schema: SchemaSettings, names: tuple[str, ...]) -> set[str]:
+    """The feature names of a record the decoder read that are not among ``names``
+    (the decoder counts them; this names them)."""
+    found = features_of(parse_json(raw.value or b""), schema)
+    return set(found) - set(names) if isinstance(found, dict) else set()
 
 
 def _raw(settings: Settings, offset: int, value: str, key: str | None = None) -> RawRecord:

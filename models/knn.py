@@ -47,13 +47,15 @@ class KNNParams(ModelParams):
 
     Attributes:
         neighbors: rows averaged per prediction.
-        window: latest learned rows searched (the task's, across its keys).
+        window: latest learned rows searched (the task's, across its keys: with
+            ten keys in a task, each keeps about a hundred of its own rows, four
+            days of an hourly series, eight years of a monthly one).
         aggregate: ``mean`` of the neighbours' targets, or their ``median`` (less
             pulled by one neighbour that was an outlier).
     """
 
     neighbors: int = Field(default=5, ge=1, le=1000)
-    window: int = Field(default=100, ge=1, le=100_000)
+    window: int = Field(default=1000, ge=1, le=100_000)
     aggregate: Literal["mean", "median"] = "mean"
 
 
@@ -157,8 +159,14 @@ class KNN(Model):
         k = min(self.params.neighbors, b - a)
         kth = np.partition(dist, k - 1, axis=1)[:, k - 1 : k]
         closer, tied = dist < kth, dist == kth
-        wanted = k - closer.sum(axis=1, keepdims=True)
-        chosen = (closer | (tied & (np.cumsum(tied, axis=1) <= wanted))) & seen
+        wanted = k - closer.sum(axis=1)
+        # the newest ``wanted`` of the rows tied at the k-th distance; only rows with
+        # more ties than that need the running count (equal rows, or unseen ones
+        # while fewer than k are seen)
+        crowded = np.flatnonzero(tied.sum(axis=1) > wanted)
+        if len(crowded):
+            tied[crowded] &= np.cumsum(tied[crowded], axis=1) <= wanted[crowded, None]
+        chosen = (closer | tied) & seen
         counts = chosen.sum(axis=1)
         row, col = np.nonzero(chosen)  # row-major: each row's neighbours, newest first
         values = cand_y[col]

@@ -254,6 +254,35 @@ def test_unlike_keys_in_one_partition_each_get_the_default_rls_of_their_own() ->
         assert mae[("rls", key)] < 0.25 * blend[("rls", key)]
 
 
+def _cycle_among_walks(hours: int, walks: int, seed: int = 6) -> list[RawRecord]:
+    """An irregular daily profile (hourly, plus a little noise) interleaved with
+    ``walks`` random walks, all in one partition."""
+    rng = np.random.default_rng(seed)
+    profile = rng.normal(0.0, 1.0, 24)
+    levels = [100.0] * walks
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(hours):
+        hourly = 50.0 + 10.0 * profile[i % 24] + rng.normal(0.0, 0.3)
+        rows.append(("cycle", i * HOUR_MS, hourly, None))
+        for w in range(walks):
+            levels[w] += rng.normal()
+            rows.append((f"walk{w}", i * HOUR_MS, levels[w], None))
+    return _records(rows)
+
+
+def test_knn_finds_a_keys_cycle_among_the_rows_of_other_keys() -> None:
+    """``knn`` searches its task's latest rows, all keys' together: a daily profile
+    sharing its partition with three random walks has a quarter of them. The default
+    window keeps weeks of the profile's own hours among them; a window of 100 rows
+    kept one day of it, and its forecasts were twenty times the seasonal naive's
+    error."""
+    records = _cycle_among_walks(600, walks=3)
+    settings = _publish_all(_settings())
+    mae = _per_key_mae(run_backtest(records, settings), records, horizon=1, skip=200)
+    assert mae[("knn", "cycle")] < 2.0 * mae[("seasonal", "cycle")], mae
+    assert mae[("knn", "cycle")] < 0.2 * mae[("last", "cycle")], mae
+
+
 def test_intervals_follow_each_keys_scale_and_cover() -> None:
     rng = np.random.default_rng(5)
     rows: list[tuple[str, int, float, dict[str, float] | None]] = []

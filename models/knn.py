@@ -9,11 +9,21 @@ sliding window of the task's latest learned rows (River's ``KNNRegressor`` with 
 fit and forgets by itself, at the cost of a distance per stored row per prediction.
 
 The rows are the shared, standardised feature vectors (:mod:`service.pipeline.features`)
-and their learning targets (a change in key units, by default), so one window serves
-every key of a task, as the task's other learned models do. Distances are Euclidean;
-ties go to the newer row. A prediction averages the targets of the ``neighbors``
-nearest rows among the ``window`` rows learned last (fewer while the window fills; 0,
-no change, before any).
+and their learning targets (a change in key units, by default). Distances are
+Euclidean; ties go to the newer row. A prediction averages the targets of the
+``neighbors`` nearest rows among the ``window`` rows learned last (fewer while the
+window fills; 0, no change, before any).
+
+Which rows a key searches (:class:`KeyedKNN`, the default): a window of the task's
+rows, all keys' together, serves a panel of alike series (growth curves, firms,
+stocks), each of which has too few rows of its own; but beside a dozen unlike keys a
+key keeps a twelfth of it, a few days of an hourly cycle, and its neighbours are found
+among too few repetitions of its own (``bench.together``). So rows are also kept per
+hash bucket of the key (``key_buckets``, as :class:`~models.rls.KeyedRLS` keeps its
+fits): a key searches its bucket's latest ``window`` rows once the bucket has learned
+``shared_until`` rows, and the task's shared window before. A task of one key is not
+changed by it (its bucket's rows are the shared ones). Memory stays bounded whatever
+the number of keys: at most ``key_buckets + 1`` windows a task.
 
 It works through a poll in event order (:class:`~models.base.PlanRunner`): a row is
 compared with exactly the rows learned before it arrived, whatever the poll size, and
@@ -25,16 +35,17 @@ gives the same numbers in any batching.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from models.base import FeatureBatch, FloatArray, Model, ModelContext, Plan
+from models.base import FeatureBatch, FloatArray, IntArray, Model, ModelContext, Plan
+from models.keys import key_bucket
 from models.registry import ModelParams, ModelSpec, register
 
-__all__ = ["KNN", "KNNParams"]
+__all__ = ["KNN", "KNNParams", "KeyedKNN"]
 
 _BLOCK = 64
 """Rows predicted per block: a block is compared with the stored rows any of its rows
@@ -47,16 +58,24 @@ class KNNParams(ModelParams):
 
     Attributes:
         neighbors: rows averaged per prediction.
-        window: latest learned rows searched (the task's, across its keys: with
-            ten keys in a task, each keeps about a hundred of its own rows, four
-            days of an hourly series, eight years of a monthly one).
+        window: latest learned rows searched, of the key's bucket (of the task's,
+            all keys' together, while the bucket is young or with one bucket): weeks
+            of an hourly series, decades of a monthly one.
         aggregate: ``mean`` of the neighbours' targets, or their ``median`` (less
             pulled by one neighbour that was an outlier).
+        key_buckets: rows are also kept per hash bucket of the key, a window each
+            (module docstring); 1: one window for every key of the task.
+        shared_until: rows a bucket learns before its keys search its window
+            rather than the task's.
     """
 
     neighbors: int = Field(default=5, ge=1, le=1000)
     window: int = Field(default=1000, ge=1, le=100_000)
     aggregate: Literal["mean", "median"] = "mean"
+    key_buckets: int = Field(default=32, ge=1, le=4096)
+    shared_until: int = Field(default=20, ge=0, le=100_000)
+    # a checkpoint's rows go on under other values of these (KNN.adopt, KeyedKNN.adopt)
+    state_neutral: ClassVar[frozenset[str]] = frozenset({"window", "key_buckets", "shared_until"})
 
 
 class KNN(Model):
@@ -186,6 +205,20 @@ class KNN(Model):
     def clone(self) -> KNN:
         return KNN(self.params, self.n_features)
 
+    def adopt(self, restored: Model) -> Model:
+        """A checkpoint's rows go on under these params: a window of another size
+        keeps its latest rows that fit; a keyed model's shared window is taken."""
+        if isinstance(restored, KeyedKNN):
+            restored = restored.shared
+        if not isinstance(restored, KNN):
+            return restored
+        if restored.params == self.params:
+            return restored
+        model = self.clone()
+        model._keep(restored._x, restored._y)
+        model._seen = restored._seen
+        return model
+
     def state_dict(self) -> dict[str, Any]:
         return {"x": self._x.copy(), "y": self._y.copy(), "seen": self._seen}
 
@@ -201,7 +234,133 @@ class KNN(Model):
         self._seen = int(state["seen"])
 
 
+class KeyedKNN(Model):
+    """A shared :class:`KNN` over every row of the task, and one per hash bucket of
+    the key over its bucket's rows (module docstring).
+
+    A row is predicted by its bucket's window once the bucket has learned
+    ``shared_until`` rows before it, by the shared one before; every learned row goes
+    to both. Whatever the poll size a row sees the same rows: the count that decides
+    is of the rows learned before it.
+
+    >>> import numpy as np
+    >>> from models.base import FeatureBatch
+    >>> def batch(keys):
+    ...     n = len(keys)
+    ...     return FeatureBatch(x=np.zeros((n, 1)), window=np.zeros((n, 1)),
+    ...                         offset=np.zeros(n), keys=keys, feature_names=["a"])
+    >>> model = KeyedKNN(KNNParams(neighbors=2, key_buckets=64, shared_until=2), 1)
+    >>> model.learn(batch(["up", "down"] * 2), np.array([1.0, -1.0, 1.0, -1.0]))
+    >>> model.predict(batch(["up", "down"])).tolist()  # each key by its own rows
+    [1.0, -1.0]
+    """
+
+    def __init__(self, params: KNNParams, n_features: int) -> None:
+        self.params = params
+        self.n_features = n_features
+        self.shared = KNN(params, n_features)
+        self._fits: dict[int, KNN] = {}
+
+    @property
+    def updates(self) -> int:
+        return self.shared.updates
+
+    def _fit(self, bucket: int) -> KNN:
+        fit = self._fits.get(bucket)
+        if fit is None:
+            fit = self._fits[bucket] = KNN(self.params, self.n_features)
+        return fit
+
+    def _buckets(self, batch: FeatureBatch) -> npt.NDArray[np.int64]:
+        return key_bucket(batch.keys, self.params.key_buckets)
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        return self.run(Plan(batch, batch.take(np.zeros(0, dtype=np.intp)), np.zeros(0), _NONE))
+
+    def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
+        none = batch.take(np.zeros(0, dtype=np.intp))
+        self.run(Plan(none, batch, target, np.zeros(len(target), dtype=np.intp)))
+
+    def run(self, plan: Plan) -> FloatArray:
+        """The plan in event order: each bucket's rows through its window (the
+        predict rows whose bucket had learned enough before them), the rest and every
+        learned row through the shared window."""
+        asks, learns = self._buckets(plan.predict), self._buckets(plan.learn)
+        out = np.zeros(len(plan.predict))
+        by_shared: list[IntArray] = []
+        for bucket in np.union1d(asks, learns).tolist():
+            mine = np.flatnonzero(asks == bucket)
+            taught = np.flatnonzero(learns == bucket)
+            fit = self._fit(bucket)
+            arrivals = plan.before[taught]  # non-decreasing, as plan.before
+            known = fit.updates + np.searchsorted(arrivals, mine, side="right")
+            own = mine[known >= self.params.shared_until]
+            by_shared.append(mine[known < self.params.shared_until])
+            if len(own) or len(taught):
+                out[own] = fit.run(_part(plan, own, taught))
+        rest = np.concatenate(by_shared) if by_shared else np.zeros(0, dtype=np.intp)
+        rest.sort()
+        out[rest] = self.shared.run(_part(plan, rest, np.arange(len(plan.target))))
+        return out
+
+    def clone(self) -> KeyedKNN:
+        return KeyedKNN(self.params, self.n_features)
+
+    def adopt(self, restored: Model) -> Model:
+        """A checkpoint of one window (or of other params) goes on as this model's
+        shared window; its buckets' windows are kept only under the same buckets."""
+        if isinstance(restored, KeyedKNN) and restored.params == self.params:
+            return restored
+        model = self.clone()
+        if isinstance(restored, KNN | KeyedKNN):
+            shared = restored.shared if isinstance(restored, KeyedKNN) else restored
+            model.shared = _adopted(model.shared, shared)
+            if isinstance(restored, KeyedKNN) and (
+                restored.params.key_buckets == self.params.key_buckets
+            ):
+                model._fits = {b: _adopted(model._fit(b), f) for b, f in restored._fits.items()}
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "shared": self.shared.state_dict(),
+            "buckets": {str(b): fit.state_dict() for b, fit in self._fits.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        shared = KNN(self.params, self.n_features)
+        shared.load_state_dict(state["shared"])
+        fits: dict[int, KNN] = {}
+        for bucket, saved in state["buckets"].items():
+            fit = fits[int(bucket)] = KNN(self.params, self.n_features)
+            fit.load_state_dict(saved)
+        self.shared, self._fits = shared, fits
+
+
+_NONE = np.zeros(0, dtype=np.intp)
+
+
+def _part(plan: Plan, predict: IntArray, learn: IntArray) -> Plan:
+    """The plan's rows ``predict`` and ``learn`` (each ascending) as a plan of their
+    own: a learn row arrives after the kept predict rows that came before it."""
+    if len(predict) == len(plan.predict) and len(learn) == len(plan.learn):
+        return plan  # all of it (one bucket in the poll): no copies
+    return Plan(
+        predict=plan.predict.take(predict),
+        learn=plan.learn.take(learn),
+        target=plan.target[learn],
+        before=np.searchsorted(predict, plan.before[learn], side="left").astype(np.intp),
+    )
+
+
+def _adopted(fresh: KNN, restored: KNN) -> KNN:
+    adopted = fresh.adopt(restored)
+    return adopted if isinstance(adopted, KNN) else fresh
+
+
 def _build(params: KNNParams, context: ModelContext) -> Model:
+    if params.key_buckets > 1:
+        return KeyedKNN(params, context.n_features)
     return KNN(params, context.n_features)
 
 

@@ -24,6 +24,6 @@ def test_every_stage_is_timed_once_per_task_turn_and_the_timers_come_out() -> No
         assert 0 < micros < whole, label
         assert calls == 1.0, label
     members = [label for label in rows if label.startswith("member ")]
-    assert {"member Persistence", "member KNN", "member OnlineRegressor"} <= set(members)
+    assert {"member Persistence", "member KeyedKNN", "member OnlineRegressor"} <= set(members)
     assert {name: getattr(PartitionTask, name) for name in TASK_STAGES} == before
     assert vars(tasks)["run_plan"] is run_plan

@@ -8,7 +8,7 @@ import pytest
 
 from models import registry
 from models.base import FeatureBatch, ModelContext, Plan, run_plan
-from models.knn import KNN, KNNParams
+from models.knn import KNN, KeyedKNN, KNNParams
 
 NAMES = tuple(f"f{i}" for i in range(32))
 
@@ -118,3 +118,79 @@ def test_a_repeating_pattern_is_learned_from_a_few_repetitions() -> None:
         errors[kind] = float(np.abs(run_plan(model, plan) - y)[48:].mean())
     assert errors["knn"] < 0.5, errors
     assert errors["knn"] < 0.2 * errors["rls"], errors
+
+
+def keyed_rows(x: np.ndarray, keys: list[str]) -> FeatureBatch:
+    return FeatureBatch(
+        x=x,
+        window=np.zeros((len(x), 1)),
+        offset=np.zeros(len(x)),
+        keys=keys,
+        feature_names=NAMES[: x.shape[1]],
+    )
+
+
+def keyed_polled(x: np.ndarray, y: np.ndarray, keys: list[str], poll: int) -> np.ndarray:
+    """A one-step stream of interleaved keys (each row's truth arrives with the next
+    row), in polls of ``poll``, through the default keyed model."""
+    model = registry.build("knn", {"window": 30, "shared_until": 10}, context_of(x))
+    out = []
+    for start in range(0, len(y), poll):
+        stop = min(start + poll, len(y))
+        learned = np.arange(max(start - 1, 0), stop - 1)
+        plan = Plan(
+            predict=keyed_rows(x[start:stop], keys[start:stop]),
+            learn=keyed_rows(x[learned], [keys[i] for i in learned]),
+            target=y[learned],
+            before=(learned + 1 - start).astype(np.intp),
+        )
+        out.append(run_plan(model, plan))
+    return np.concatenate(out)
+
+
+def context_of(x: np.ndarray) -> ModelContext:
+    return ModelContext(feature_names=NAMES[: x.shape[1]], window=1, horizon=1, seed=0)
+
+
+def test_the_keyed_default_gives_the_same_numbers_in_any_poll_size() -> None:
+    rng = np.random.default_rng(4)
+    keys = [f"key-{i % 7}" for i in range(700)]
+    x = rng.normal(size=(700, 27))
+    x[::9] = x[5]  # exact ties
+    y = rng.normal(size=700)
+    one = keyed_polled(x, y, keys, 1)
+    for poll in (5, 64, 1000):
+        np.testing.assert_array_equal(keyed_polled(x, y, keys, poll), one)
+
+
+def test_a_young_bucket_searches_the_tasks_rows_and_a_grown_one_its_own() -> None:
+    params = KNNParams(neighbors=1, key_buckets=64, shared_until=3)
+    model = KeyedKNN(params, n_features=1)
+    zeros = np.zeros((1, 1))
+    model.learn(keyed_rows(np.zeros((3, 1)), ["up"] * 3), np.array([1.0, 1.0, 1.0]))
+    # "down" has learned nothing: its row is predicted from every key's rows
+    assert model.predict(keyed_rows(zeros, ["down"])).tolist() == [1.0]
+    model.learn(keyed_rows(np.zeros((3, 1)), ["down"] * 3), np.array([-1.0, -1.0, -1.0]))
+    # each has learned three rows now: its own are searched, although the newest
+    # rows of the task (ties go to newer rows) are the other key's for "up"
+    assert model.predict(keyed_rows(np.zeros((2, 1)), ["up", "down"])).tolist() == [1.0, -1.0]
+    assert model.updates == 6
+
+
+def test_a_checkpoint_of_one_window_goes_on_as_the_shared_window() -> None:
+    """A checkpoint from before the buckets (or with another window) is adopted:
+    its rows become the shared window, trimmed to the configured size, and the
+    buckets fill from the next rows on."""
+    rng = np.random.default_rng(5)
+    old = KNN(KNNParams(window=100, key_buckets=1), n_features=2)
+    old.learn(keyed_rows(rng.normal(size=(150, 2)), ["k"] * 150), rng.normal(size=150))
+    fresh = KeyedKNN(KNNParams(window=50), n_features=2)
+    adopted = fresh.adopt(old)
+    assert isinstance(adopted, KeyedKNN)
+    assert adopted.updates == 150
+    probe = keyed_rows(rng.normal(size=(4, 2)), ["k"] * 4)
+    trimmed = KNN(KNNParams(window=50), n_features=2)
+    trimmed.learn(keyed_rows(old._x[-50:], ["k"] * 50), old._y[-50:])
+    np.testing.assert_array_equal(adopted.predict(probe), trimmed.predict(probe))
+    # a keyed checkpoint under the same params goes on as it is
+    assert fresh.adopt(adopted) is adopted

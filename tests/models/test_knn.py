@@ -130,6 +130,10 @@ def keyed_rows(x: np.ndarray, keys: list[str]) -> FeatureBatch:
     )
 
 
+def context_of(x: np.ndarray) -> ModelContext:
+    return ModelContext(feature_names=NAMES[: x.shape[1]], window=1, horizon=1, seed=0)
+
+
 def keyed_polled(x: np.ndarray, y: np.ndarray, keys: list[str], poll: int) -> np.ndarray:
     """A one-step stream of interleaved keys (each row's truth arrives with the next
     row), in polls of ``poll``, through the default keyed model."""
@@ -148,10 +152,6 @@ def keyed_polled(x: np.ndarray, y: np.ndarray, keys: list[str], poll: int) -> np
     return np.concatenate(out)
 
 
-def context_of(x: np.ndarray) -> ModelContext:
-    return ModelContext(feature_names=NAMES[: x.shape[1]], window=1, horizon=1, seed=0)
-
-
 def test_the_keyed_default_gives_the_same_numbers_in_any_poll_size() -> None:
     rng = np.random.default_rng(4)
     keys = [f"key-{i % 7}" for i in range(700)]
@@ -166,10 +166,9 @@ def test_the_keyed_default_gives_the_same_numbers_in_any_poll_size() -> None:
 def test_a_young_bucket_searches_the_tasks_rows_and_a_grown_one_its_own() -> None:
     params = KNNParams(neighbors=1, key_buckets=64, shared_until=3)
     model = KeyedKNN(params, n_features=1)
-    zeros = np.zeros((1, 1))
     model.learn(keyed_rows(np.zeros((3, 1)), ["up"] * 3), np.array([1.0, 1.0, 1.0]))
     # "down" has learned nothing: its row is predicted from every key's rows
-    assert model.predict(keyed_rows(zeros, ["down"])).tolist() == [1.0]
+    assert model.predict(keyed_rows(np.zeros((1, 1)), ["down"])).tolist() == [1.0]
     model.learn(keyed_rows(np.zeros((3, 1)), ["down"] * 3), np.array([-1.0, -1.0, -1.0]))
     # each has learned three rows now: its own are searched, although the newest
     # rows of the task (ties go to newer rows) are the other key's for "up"

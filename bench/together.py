@@ -5,9 +5,10 @@
     python -m bench.together --datasets ppg,co2-weekly,sp500
     python -m bench.together --suite outside --members   # and every member's ratio
 
-A partition task's learned members ``river.linear``, ``torch.mlp`` and ``knn`` are
-one model for all of the task's keys (the default ``rls`` one per hash bucket of the
-key, :class:`models.rls.KeyedRLS`): the features are in each key's own units, so a
+A partition task's learned members ``river.linear`` and ``torch.mlp`` are one model
+for all of the task's keys (the default ``rls`` keeps a fit per hash bucket of the
+key, :class:`models.rls.KeyedRLS`, and ``knn`` a window per bucket beside the task's,
+:class:`models.knn.KeyedKNN`): the features are in each key's own units, so a
 panel of alike series teaches one model more than each series alone would. A topic
 often carries unlike series too (sensors of different kinds, a dashboard's
 metrics), and then one model learns a blend. This runs the built-in

@@ -275,11 +275,10 @@ class KeyedKNN(Model):
         return key_bucket(batch.keys, self.params.key_buckets)
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
-        return self.run(Plan(batch, batch.take(np.zeros(0, dtype=np.intp)), np.zeros(0), _NONE))
+        return self.run(Plan(batch, batch.take(_NONE), np.zeros(0), _NONE))
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
-        none = batch.take(np.zeros(0, dtype=np.intp))
-        self.run(Plan(none, batch, target, np.zeros(len(target), dtype=np.intp)))
+        self.run(Plan(batch.take(_NONE), batch, target, np.zeros(len(target), dtype=np.intp)))
 
     def run(self, plan: Plan) -> FloatArray:
         """The plan in event order: each bucket's rows through its window (the
@@ -312,13 +311,11 @@ class KeyedKNN(Model):
         if isinstance(restored, KeyedKNN) and restored.params == self.params:
             return restored
         model = self.clone()
-        if isinstance(restored, KNN | KeyedKNN):
-            shared = restored.shared if isinstance(restored, KeyedKNN) else restored
-            model.shared = _adopted(model.shared, shared)
-            if isinstance(restored, KeyedKNN) and (
-                restored.params.key_buckets == self.params.key_buckets
-            ):
-                model._fits = {b: _adopted(model._fit(b), f) for b, f in restored._fits.items()}
+        model.shared = _adopted(model.shared, restored)  # a keyed one's: its shared window
+        if isinstance(restored, KeyedKNN) and (
+            restored.params.key_buckets == self.params.key_buckets
+        ):
+            model._fits = {b: _adopted(model._fit(b), f) for b, f in restored._fits.items()}
         return model
 
     def state_dict(self) -> dict[str, Any]:
@@ -338,6 +335,7 @@ class KeyedKNN(Model):
 
 
 _NONE = np.zeros(0, dtype=np.intp)
+"""No rows: the index of an empty part of a plan."""
 
 
 def _part(plan: Plan, predict: IntArray, learn: IntArray) -> Plan:
@@ -353,7 +351,9 @@ def _part(plan: Plan, predict: IntArray, learn: IntArray) -> Plan:
     )
 
 
-def _adopted(fresh: KNN, restored: KNN) -> KNN:
+def _adopted(fresh: KNN, restored: Model) -> KNN:
+    """``fresh`` going on with ``restored``'s rows (itself when it has none: another
+    kind of model)."""
     adopted = fresh.adopt(restored)
     return adopted if isinstance(adopted, KNN) else fresh
 

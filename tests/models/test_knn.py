@@ -13,7 +13,7 @@ from models.knn import KNN, KeyedKNN, KNNParams
 NAMES = tuple(f"f{i}" for i in range(32))
 
 
-def rows(x: np.ndarray) -> FeatureBatch:
+def rows(x: np.ndarray, keys: list[str] | None = None) -> FeatureBatch:
     x = np.asarray(x, dtype=float)
     if x.ndim == 1:
         x = x[:, None]
@@ -21,7 +21,7 @@ def rows(x: np.ndarray) -> FeatureBatch:
         x=x,
         window=np.zeros((len(x), 1)),
         offset=np.zeros(len(x)),
-        keys=["k"] * len(x),
+        keys=["k"] * len(x) if keys is None else keys,
         feature_names=NAMES[: x.shape[1]],
     )
 
@@ -120,16 +120,6 @@ def test_a_repeating_pattern_is_learned_from_a_few_repetitions() -> None:
     assert errors["knn"] < 0.2 * errors["rls"], errors
 
 
-def keyed_rows(x: np.ndarray, keys: list[str]) -> FeatureBatch:
-    return FeatureBatch(
-        x=x,
-        window=np.zeros((len(x), 1)),
-        offset=np.zeros(len(x)),
-        keys=keys,
-        feature_names=NAMES[: x.shape[1]],
-    )
-
-
 def context_of(x: np.ndarray) -> ModelContext:
     return ModelContext(feature_names=NAMES[: x.shape[1]], window=1, horizon=1, seed=0)
 
@@ -143,8 +133,8 @@ def keyed_polled(x: np.ndarray, y: np.ndarray, keys: list[str], poll: int) -> np
         stop = min(start + poll, len(y))
         learned = np.arange(max(start - 1, 0), stop - 1)
         plan = Plan(
-            predict=keyed_rows(x[start:stop], keys[start:stop]),
-            learn=keyed_rows(x[learned], [keys[i] for i in learned]),
+            predict=rows(x[start:stop], keys[start:stop]),
+            learn=rows(x[learned], [keys[i] for i in learned]),
             target=y[learned],
             before=(learned + 1 - start).astype(np.intp),
         )
@@ -166,13 +156,13 @@ def test_the_keyed_default_gives_the_same_numbers_in_any_poll_size() -> None:
 def test_a_young_bucket_searches_the_tasks_rows_and_a_grown_one_its_own() -> None:
     params = KNNParams(neighbors=1, key_buckets=64, shared_until=3)
     model = KeyedKNN(params, n_features=1)
-    model.learn(keyed_rows(np.zeros((3, 1)), ["up"] * 3), np.array([1.0, 1.0, 1.0]))
+    model.learn(rows(np.zeros((3, 1)), ["up"] * 3), np.array([1.0, 1.0, 1.0]))
     # "down" has learned nothing: its row is predicted from every key's rows
-    assert model.predict(keyed_rows(np.zeros((1, 1)), ["down"])).tolist() == [1.0]
-    model.learn(keyed_rows(np.zeros((3, 1)), ["down"] * 3), np.array([-1.0, -1.0, -1.0]))
+    assert model.predict(rows(np.zeros((1, 1)), ["down"])).tolist() == [1.0]
+    model.learn(rows(np.zeros((3, 1)), ["down"] * 3), np.array([-1.0, -1.0, -1.0]))
     # each has learned three rows now: its own are searched, although the newest
     # rows of the task (ties go to newer rows) are the other key's for "up"
-    assert model.predict(keyed_rows(np.zeros((2, 1)), ["up", "down"])).tolist() == [1.0, -1.0]
+    assert model.predict(rows(np.zeros((2, 1)), ["up", "down"])).tolist() == [1.0, -1.0]
     assert model.updates == 6
 
 
@@ -182,14 +172,14 @@ def test_a_checkpoint_of_one_window_goes_on_as_the_shared_window() -> None:
     buckets fill from the next rows on."""
     rng = np.random.default_rng(5)
     old = KNN(KNNParams(window=100, key_buckets=1), n_features=2)
-    old.learn(keyed_rows(rng.normal(size=(150, 2)), ["k"] * 150), rng.normal(size=150))
+    old.learn(rows(rng.normal(size=(150, 2)), ["k"] * 150), rng.normal(size=150))
     fresh = KeyedKNN(KNNParams(window=50), n_features=2)
     adopted = fresh.adopt(old)
     assert isinstance(adopted, KeyedKNN)
     assert adopted.updates == 150
-    probe = keyed_rows(rng.normal(size=(4, 2)), ["k"] * 4)
+    probe = rows(rng.normal(size=(4, 2)), ["k"] * 4)
     trimmed = KNN(KNNParams(window=50), n_features=2)
-    trimmed.learn(keyed_rows(old._x[-50:], ["k"] * 50), old._y[-50:])
+    trimmed.learn(rows(old._x[-50:], ["k"] * 50), old._y[-50:])
     np.testing.assert_array_equal(adopted.predict(probe), trimmed.predict(probe))
     # a keyed checkpoint under the same params goes on as it is
     assert fresh.adopt(adopted) is adopted

@@ -96,9 +96,24 @@ class KNN(Model):
     def __init__(self, params: KNNParams, n_features: int) -> None:
         self.params = params
         self.n_features = n_features
-        self._x = np.zeros((0, n_features))
-        self._y = np.zeros(0)
+        # The window is rows start:end of buffers with room to append after it, so a
+        # poll's learned rows are written once, not copied with the whole window
+        # (a live poll of a row or two would otherwise pay for the window each time);
+        # when the room runs out the window moves to the front.
+        self._bx = np.zeros((0, n_features))
+        self._by = np.zeros(0)
+        self._start = self._end = 0
         self._seen = 0
+
+    @property
+    def _x(self) -> FloatArray:
+        """The window's rows, oldest first (a view)."""
+        return self._bx[self._start : self._end]
+
+    @property
+    def _y(self) -> FloatArray:
+        """The window's targets, oldest first (a view)."""
+        return self._by[self._start : self._end]
 
     @property
     def updates(self) -> int:
@@ -106,32 +121,70 @@ class KNN(Model):
 
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """Each row's neighbours among the stored rows."""
-        n, m = len(batch), len(self._y)
-        hi = np.full(n, m, dtype=np.intp)
-        return self._predict(batch.x, self._x, self._y, np.maximum(hi - self.params.window, 0), hi)
+        hi = np.full(len(batch), self._end, dtype=np.intp)
+        lo = np.full(len(batch), self._start, dtype=np.intp)
+        return self._predict(batch.x, self._bx, self._by, lo, hi)
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Append the rows; keep the latest ``window``."""
-        if len(target):
-            self._keep(np.concatenate([self._x, batch.x]), np.concatenate([self._y, target]))
-            self._seen += len(target)
+        self._append(batch.x, target)
 
     def run(self, plan: Plan) -> FloatArray:
         """The plan in event order, in blocks: predict row ``i`` sees the stored rows
         and the plan's learn rows that arrived before it (``before[j] <= i``)."""
-        x = np.concatenate([self._x, plan.learn.x])
-        y = np.concatenate([self._y, plan.target])
-        n = len(plan.predict)
-        seen = np.searchsorted(plan.before, np.arange(n), side="right")
-        hi = (len(self._y) + seen).astype(np.intp)
-        out = self._predict(plan.predict.x, x, y, np.maximum(hi - self.params.window, 0), hi)
-        if len(plan.target):
-            self._keep(x, y)
-            self._seen += len(plan.target)
-        return out
+        return self._run(plan.predict.x, plan.learn.x, plan.target, plan.before)
+
+    def _run(
+        self, queries: FloatArray, learn: FloatArray, target: FloatArray, before: IntArray
+    ) -> FloatArray:
+        """:meth:`run` on a plan's arrays: the rows to predict, the learned rows, their
+        targets and arrivals."""
+        stored = self._end - self._start
+        first = self._append(learn, target)
+        seen = np.searchsorted(before, np.arange(len(queries)), side="right")
+        hi = (first + seen).astype(np.intp)
+        lo = np.maximum(hi - self.params.window, first - stored)
+        return self._predict(queries, self._bx, self._by, lo, hi)
+
+    def _append(self, x: FloatArray, y: FloatArray) -> int:
+        """Rows ``x`` and targets ``y`` after the window, which then keeps its latest
+        ``window``; returns the buffer index of the first of them. The rows before
+        that index, back to a window's length, stay in the buffer until the next
+        call (a plan's first predictions search them)."""
+        count, window = len(y), self.params.window
+        if count == 0:
+            return self._end
+        kept = min(self._end - self._start, window)
+        if self._end + count > len(self._by):  # no room: the window to the front
+            size = max(2 * window, kept + count)
+            bx, by = np.empty((size, self.n_features)), np.empty(size)
+            bx[:kept] = self._bx[self._end - kept : self._end]
+            by[:kept] = self._by[self._end - kept : self._end]
+            self._bx, self._by, self._start, self._end = bx, by, 0, kept
+        first = self._end
+        self._end += count
+        self._bx[first : self._end] = x
+        self._by[first : self._end] = y
+        self._start = max(self._start, self._end - window)
+        self._seen += count
+        return first
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The window's rows alone, as ``_x`` and ``_y`` (as pickled before the
+        buffers: checkpoints restore across either version)."""
+        state = {k: v for k, v in self.__dict__.items() if k not in _BUFFER}
+        return {**state, "_x": self._x.copy(), "_y": self._y.copy()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        rest = {k: v for k, v in state.items() if k not in ("_x", "_y")}
+        self.__dict__.update(rest)
+        self._keep(np.asarray(state["_x"], dtype=np.float64), np.asarray(state["_y"]))
 
     def _keep(self, x: FloatArray, y: FloatArray) -> None:
-        self._x, self._y = x[-self.params.window :].copy(), y[-self.params.window :].copy()
+        """The window set to the latest ``window`` of ``x`` and ``y``."""
+        x, y = x[-self.params.window :], y[-self.params.window :]
+        self._bx, self._by = x.copy(), y.copy()
+        self._start, self._end = 0, len(y)
 
     def _predict(
         self,
@@ -229,8 +282,7 @@ class KNN(Model):
                 f"knn state has rows of {x.shape[-1]} features, this model {self.n_features}:"
                 " the feature list changed since the state was saved"
             )
-        self._x = x.copy()
-        self._y = np.asarray(state["y"], dtype=np.float64).copy()
+        self._keep(x, np.asarray(state["y"], dtype=np.float64))
         self._seen = int(state["seen"])
 
 
@@ -285,21 +337,29 @@ class KeyedKNN(Model):
         predict rows whose bucket had learned enough before them), the rest and every
         learned row through the shared window."""
         asks, learns = self._buckets(plan.predict), self._buckets(plan.learn)
-        out = np.zeros(len(plan.predict))
+        queries, rows, target, before = plan.predict.x, plan.learn.x, plan.target, plan.before
+        out = np.zeros(len(queries))
         by_shared: list[IntArray] = []
         for bucket in np.union1d(asks, learns).tolist():
             mine = np.flatnonzero(asks == bucket)
             taught = np.flatnonzero(learns == bucket)
             fit = self._fit(bucket)
-            arrivals = plan.before[taught]  # non-decreasing, as plan.before
+            arrivals = before[taught]  # non-decreasing, as plan.before
             known = fit.updates + np.searchsorted(arrivals, mine, side="right")
-            own = mine[known >= self.params.shared_until]
-            by_shared.append(mine[known < self.params.shared_until])
+            grown = known >= self.params.shared_until
+            own = mine[grown]
+            by_shared.append(mine[~grown])
             if len(own) or len(taught):
-                out[own] = fit.run(_part(plan, own, taught))
-        rest = np.concatenate(by_shared) if by_shared else np.zeros(0, dtype=np.intp)
+                # a learn row arrives after the bucket's predict rows that came before it
+                arrived = np.searchsorted(own, arrivals, side="left").astype(np.intp)
+                out[own] = fit._run(queries[own], rows[taught], target[taught], arrived)
+        rest = np.concatenate(by_shared) if by_shared else _NONE
         rest.sort()
-        out[rest] = self.shared.run(_part(plan, rest, np.arange(len(plan.target))))
+        if len(rest) == len(queries):
+            out = self.shared._run(queries, rows, target, before)
+        else:
+            arrived = np.searchsorted(rest, before, side="left").astype(np.intp)
+            out[rest] = self.shared._run(queries[rest], rows, target, arrived)
         return out
 
     def clone(self) -> KeyedKNN:
@@ -334,21 +394,11 @@ class KeyedKNN(Model):
         self.shared, self._fits = shared, fits
 
 
+_BUFFER = frozenset({"_bx", "_by", "_start", "_end"})
+""":class:`KNN`'s attributes that hold its window in a buffer (not pickled as such)."""
+
 _NONE = np.zeros(0, dtype=np.intp)
 """No rows: the index of an empty part of a plan."""
-
-
-def _part(plan: Plan, predict: IntArray, learn: IntArray) -> Plan:
-    """The plan's rows ``predict`` and ``learn`` (each ascending) as a plan of their
-    own: a learn row arrives after the kept predict rows that came before it."""
-    if len(predict) == len(plan.predict) and len(learn) == len(plan.learn):
-        return plan  # all of it (one bucket in the poll): no copies
-    return Plan(
-        predict=plan.predict.take(predict),
-        learn=plan.learn.take(learn),
-        target=plan.target[learn],
-        before=np.searchsorted(predict, plan.before[learn], side="left").astype(np.intp),
-    )
 
 
 def _adopted(fresh: KNN, restored: Model) -> KNN:

@@ -3,6 +3,8 @@ a pattern that repeats learned from a few repetitions, where a linear fit cannot
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,25 @@ def test_a_checkpoint_of_one_window_goes_on_as_the_shared_window() -> None:
     np.testing.assert_array_equal(adopted.predict(probe), trimmed.predict(probe))
     # a keyed checkpoint under the same params goes on as it is
     assert fresh.adopt(adopted) is adopted
+
+
+def test_a_pickled_model_holds_its_window_and_goes_on_as_the_original() -> None:
+    """The rows sit in a buffer with room to append; a checkpoint pickles the window
+    alone, under the names it had before the buffer (``_x``, ``_y``), so checkpoints
+    restore across versions, and the restored model goes on with the same numbers."""
+    rng = np.random.default_rng(6)
+    model = KNN(KNNParams(window=30), n_features=3)
+    for _ in range(7):  # through the buffer's moves to the front
+        model.learn(rows(rng.normal(size=(11, 3))), rng.normal(size=11))
+    state = model.__getstate__()
+    assert state["_x"].shape == (30, 3)
+    assert state["_y"].shape == (30,)
+    assert not {"_bx", "_by", "_start", "_end"} & set(state)
+    restored = pickle.loads(pickle.dumps(model))  # noqa: S301 - our own bytes
+    for _ in range(3):
+        probe = rows(rng.normal(size=(5, 3)))
+        np.testing.assert_array_equal(restored.predict(probe), model.predict(probe))
+        x, y = rng.normal(size=(9, 3)), rng.normal(size=9)
+        model.learn(rows(x), y)
+        restored.learn(rows(x), y)
+    assert restored.updates == model.updates == 104

@@ -99,9 +99,11 @@ class KNN(Model):
         # The window is rows start:end of buffers with room to append after it, so a
         # poll's learned rows are written once, not copied with the whole window
         # (a live poll of a row or two would otherwise pay for the window each time);
-        # when the room runs out the window moves to the front.
+        # when the room runs out the window moves to the front. Each row's squared
+        # norm is kept beside it, computed once rather than in every search.
         self._bx = np.zeros((0, n_features))
         self._by = np.zeros(0)
+        self._bn = np.zeros(0)
         self._start = self._end = 0
         self._seen = 0
 
@@ -123,7 +125,7 @@ class KNN(Model):
         """Each row's neighbours among the stored rows."""
         hi = np.full(len(batch), self._end, dtype=np.intp)
         lo = np.full(len(batch), self._start, dtype=np.intp)
-        return self._predict(batch.x, self._bx, self._by, lo, hi)
+        return self._predict(batch.x, lo, hi)
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """Append the rows; keep the latest ``window``."""
@@ -144,7 +146,7 @@ class KNN(Model):
         seen = np.searchsorted(before, np.arange(len(queries)), side="right")
         hi = (first + seen).astype(np.intp)
         lo = np.maximum(hi - self.params.window, first - stored)
-        return self._predict(queries, self._bx, self._by, lo, hi)
+        return self._predict(queries, lo, hi)
 
     def _append(self, x: FloatArray, y: FloatArray) -> int:
         """Rows ``x`` and targets ``y`` after the window, which then keeps its latest
@@ -157,14 +159,16 @@ class KNN(Model):
         kept = min(self._end - self._start, window)
         if self._end + count > len(self._by):  # no room: the window to the front
             size = max(2 * window, kept + count)
-            bx, by = np.empty((size, self.n_features)), np.empty(size)
+            bx, by, bn = np.empty((size, self.n_features)), np.empty(size), np.empty(size)
             bx[:kept] = self._bx[self._end - kept : self._end]
             by[:kept] = self._by[self._end - kept : self._end]
-            self._bx, self._by, self._start, self._end = bx, by, 0, kept
+            bn[:kept] = self._bn[self._end - kept : self._end]
+            self._bx, self._by, self._bn, self._start, self._end = bx, by, bn, 0, kept
         first = self._end
         self._end += count
         self._bx[first : self._end] = x
         self._by[first : self._end] = y
+        self._bn[first : self._end] = _norms(self._bx[first : self._end])
         self._start = max(self._start, self._end - window)
         self._seen += count
         return first
@@ -184,33 +188,28 @@ class KNN(Model):
         """The window set to the latest ``window`` of ``x`` and ``y``."""
         x, y = x[-self.params.window :], y[-self.params.window :]
         self._bx, self._by = x.copy(), y.copy()
+        self._bn = _norms(self._bx)
         self._start, self._end = 0, len(y)
 
     def _predict(
         self,
         queries: FloatArray,
-        x: FloatArray,
-        y: FloatArray,
         lo: npt.NDArray[np.intp],
         hi: npt.NDArray[np.intp],
     ) -> FloatArray:
-        """Row ``i`` of ``queries`` against stored rows ``lo[i]:hi[i]`` (both
+        """Row ``i`` of ``queries`` against the buffer's rows ``lo[i]:hi[i]`` (both
         non-decreasing in ``i``)."""
         n = len(queries)
         out = np.zeros(n)
         for start in range(0, n, _BLOCK):
             stop = min(start + _BLOCK, n)
             if hi[stop - 1] > lo[start]:
-                out[start:stop] = self._block(
-                    queries[start:stop], x, y, lo[start:stop], hi[start:stop]
-                )
+                out[start:stop] = self._block(queries[start:stop], lo[start:stop], hi[start:stop])
         return out
 
     def _block(
         self,
         queries: FloatArray,
-        x: FloatArray,
-        y: FloatArray,
         lo: npt.NDArray[np.intp],
         hi: npt.NDArray[np.intp],
     ) -> FloatArray:
@@ -219,10 +218,11 @@ class KNN(Model):
         candidate, in an order that does not depend on the block (``einsum`` sums
         without BLAS), so a query gets the same neighbours in any batching."""
         rows, a, b = len(queries), int(lo[0]), int(hi[-1])
-        cand_x, cand_y = x[a:b][::-1], y[a:b][::-1]  # newest first: ties go to newer rows
+        # newest first: ties go to newer rows
+        cand_x, cand_y = self._bx[a:b][::-1], self._by[a:b][::-1]
         dist = (
-            np.einsum("ik,ik->i", queries, queries)[:, None]
-            + np.einsum("jk,jk->j", cand_x, cand_x)[None, :]
+            _norms(queries)[:, None]
+            + self._bn[a:b][::-1][None, :]
             - 2.0 * np.einsum("ik,jk->ij", queries, cand_x)
         )
         index = np.arange(b - 1, a - 1, -1)
@@ -394,11 +394,18 @@ class KeyedKNN(Model):
         self.shared, self._fits = shared, fits
 
 
-_BUFFER = frozenset({"_bx", "_by", "_start", "_end"})
+_BUFFER = frozenset({"_bx", "_by", "_bn", "_start", "_end"})
 """:class:`KNN`'s attributes that hold its window in a buffer (not pickled as such)."""
 
 _NONE = np.zeros(0, dtype=np.intp)
 """No rows: the index of an empty part of a plan."""
+
+
+def _norms(x: FloatArray) -> FloatArray:
+    """Each row's squared norm, summed per row by ``einsum`` (the same number for a
+    row whatever the rows around it)."""
+    out: FloatArray = np.einsum("jk,jk->j", x, x)
+    return out
 
 
 def _adopted(fresh: KNN, restored: Model) -> KNN:

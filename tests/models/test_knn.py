@@ -198,7 +198,7 @@ def test_a_pickled_model_holds_its_window_and_goes_on_as_the_original() -> None:
     state = model.__getstate__()
     assert state["_x"].shape == (30, 3)
     assert state["_y"].shape == (30,)
-    assert not {"_bx", "_by", "_start", "_end"} & set(state)
+    assert not {"_bx", "_by", "_bn", "_start", "_end"} & set(state)
     restored = pickle.loads(pickle.dumps(model))  # noqa: S301 - our own bytes
     for _ in range(3):
         probe = rows(rng.normal(size=(5, 3)))

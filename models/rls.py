@@ -60,7 +60,7 @@ import numpy as np
 from pydantic import Field
 from scipy.linalg.blas import daxpy, ddot, dgemv, dger
 
-from models.base import FeatureBatch, FloatArray, Model, ModelContext
+from models.base import FeatureBatch, FloatArray, Model, ModelContext, Plan
 from models.keys import key_bucket
 from models.registry import ModelParams, ModelSpec, register
 
@@ -336,11 +336,18 @@ class KeyedRLS(Model):
     def predict(self, batch: FeatureBatch) -> FloatArray:
         """Each row by its bucket's fit (a batch of one bucket exactly as one shared
         fit predicts it: a plan predicts one row at a time between learned rows)."""
-        buckets = self._buckets(batch)
+        x = self._fresh._inputs(batch)
+        return self._predict_rows(self._buckets(batch), x, batch.offset, batch.units)
+
+    def _predict_rows(
+        self, buckets: list[int], x: FloatArray, offset: FloatArray, units: FloatArray
+    ) -> FloatArray:
+        """:meth:`predict` of rows given by their buckets, inputs, offsets and units."""
         if len(set(buckets)) <= 1:
-            return self._fits.get(buckets[0] if buckets else 0, self._fresh).predict(batch)
-        x, offset, units = self._fresh._inputs(batch), batch.offset, batch.units
-        out = np.empty(len(batch))
+            return self._fits.get(buckets[0] if buckets else 0, self._fresh)._output(
+                x, offset, units
+            )
+        out = np.empty(len(buckets))
         of_row = np.asarray(buckets)
         for bucket in sorted(set(buckets)):
             rows = np.flatnonzero(of_row == bucket)
@@ -351,14 +358,42 @@ class KeyedRLS(Model):
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """One RLS step per row, in order, on the row's bucket's fit."""
         rows, target = self._fresh._prepared(batch, target)
+        self._learn_rows(self._buckets(batch), rows, target.tolist())
+
+    def _learn_rows(self, buckets: list[int], rows: FloatArray, target: list[float]) -> None:
+        """:meth:`learn` of prepared rows (:meth:`RLS._prepared`) given by their buckets."""
         fits = self._fits
-        for bucket, x, y in zip(self._buckets(batch), rows, target.tolist(), strict=True):
+        for bucket, x, y in zip(buckets, rows, target, strict=True):
             fit = fits.get(bucket)
             if fit is None:
                 fit = fits[bucket] = copy.deepcopy(self._fresh)
                 fit._restarts = 0  # the start's own were counted where they happened
             fit._learn_one(x, y)
         self._learned += len(rows)
+
+    def run(self, plan: Plan) -> FloatArray:
+        """:func:`~models.base.run_plan`'s calls, the same rows in each, with the
+        buckets, inputs and learned rows of the whole plan taken once: a live poll
+        alternates a prediction and a learned row, and per call those were most of
+        the cost."""
+        n = len(plan.predict)
+        out = np.zeros(n)
+        asks = self._buckets(plan.predict)
+        x = self._fresh._inputs(plan.predict)
+        offset, units = plan.predict.offset, plan.predict.units
+        rows, target = self._fresh._prepared(plan.learn, plan.target)
+        learns, targets = self._buckets(plan.learn), target.tolist()
+        done = 0
+        for before, start, stop in plan.groups():
+            if before > done:
+                out[done:before] = self._predict_rows(
+                    asks[done:before], x[done:before], offset[done:before], units[done:before]
+                )
+                done = before
+            self._learn_rows(learns[start:stop], rows[start:stop], targets[start:stop])
+        if done < n:
+            out[done:] = self._predict_rows(asks[done:], x[done:], offset[done:], units[done:])
+        return out
 
     def clone(self) -> KeyedRLS:
         return KeyedRLS(self.params, self.n_features, self.columns)

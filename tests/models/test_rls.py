@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 
 from models import registry
-from models.base import FeatureBatch, ModelContext
+from models.base import FeatureBatch, Model, ModelContext, Plan, run_plan
 from models.rls import RLS, KeyedRLS, RLSParams
 
 CONTEXT = ModelContext(feature_names=("x1", "x2", "x3"), window=1, horizon=0, seed=3)
@@ -220,6 +222,45 @@ def test_unlike_keys_each_get_their_own_fit() -> None:
     keyed_error = np.mean(np.abs(keyed.predict(probe) - truth))
     shared_error = np.mean(np.abs(shared.predict(probe) - truth))
     assert keyed_error < 0.1 < shared_error
+
+
+class WithoutRunner:
+    """A model behind ``predict`` and ``learn`` alone: :func:`run_plan` drives it with
+    its generic loop."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def predict(self, batch: FeatureBatch) -> np.ndarray:
+        return self.model.predict(batch)
+
+    def learn(self, batch: FeatureBatch, target: np.ndarray) -> None:
+        self.model.learn(batch, target)
+
+
+def test_its_plan_runner_makes_the_generic_loops_calls_to_the_bit() -> None:
+    """``KeyedRLS.run`` takes the buckets and learned rows of a whole plan at once;
+    its numbers are those of :func:`run_plan`'s generic loop (predict the rows up to
+    each learned row, learn it), row for row and bit for bit, for a level model too."""
+    rng = np.random.default_rng(4)
+    n = 300
+    x, y = stream(rng, n, np.array([1.0, -0.5, 2.0]))
+    keys = [f"k{i % 5}" for i in range(n)]
+    batch = keyed_rows(x, keys)
+    for params in (RLSParams(key_buckets=4), RLSParams(key_buckets=4, target="level")):
+        planned, looped = KeyedRLS(params, 3), KeyedRLS(params, 3)
+        for start in range(0, n, 60):  # polls of 60, each learning the rows of the last
+            stop = min(start + 60, n)
+            learned = np.arange(max(start - 3, 0), stop - 3)
+            plan = Plan(
+                predict=batch.rows(start, stop),
+                learn=batch.take(learned),
+                target=y[learned],
+                before=np.clip(learned + 3 - start, 0, stop - start).astype(np.intp),
+            )
+            generic = run_plan(cast(Model, WithoutRunner(looped)), plan)
+            np.testing.assert_array_equal(planned.run(plan), generic)
+        assert planned.updates == looped.updates
 
 
 def test_buckets_are_made_as_keys_learn_and_bounded() -> None:

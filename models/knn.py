@@ -158,7 +158,11 @@ class KNN(Model):
             return self._end
         kept = min(self._end - self._start, window)
         if self._end + count > len(self._by):  # no room: the window to the front
-            size = max(2 * window, kept + count)
+            # room for as many rows again as it holds, up to a quarter window: a
+            # move's copy is paid for by the rows appended before the next one, and a
+            # full window takes a quarter more memory than its rows
+            need = kept + count
+            size = need + min(max(need, 64), max(window // 4, 1))
             bx, by, bn = np.empty((size, self.n_features)), np.empty(size), np.empty(size)
             bx[:kept] = self._bx[self._end - kept : self._end]
             by[:kept] = self._by[self._end - kept : self._end]

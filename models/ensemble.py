@@ -385,13 +385,19 @@ class Hedge:
             decay * v - eta * (e / unit if e < limit else cap)
             for v, e in zip(log_w, errors, strict=True)
         ]
-        log = math.log
-        weights = _normalised(moved, self.share)
+        log, exp = math.log, math.exp
         back = self.past_share
-        if back > 0.0:
-            weights = [(1.0 - back) * w + back * p for w, p in zip(weights, past, strict=True)]
+        if back > 0.0:  # _normalised's weights, mixed with the past ones, in one pass
+            top, share = max(moved), self.share
+            raw = [exp(v - top) for v in moved]
+            keep, even = (1.0 - share) / sum(raw), share / len(raw)
+            rest = 1.0 - back
+            weights = [rest * (keep * r + even) + back * p for r, p in zip(raw, past, strict=True)]
             fade = self.past_decay
-            past = [fade * p + (1.0 - fade) * w for p, w in zip(past, weights, strict=True)]
+            gain = 1.0 - fade
+            past = [fade * p + gain * w for p, w in zip(past, weights, strict=True)]
+        else:
+            weights = _normalised(moved, self.share)
         return [log(w) if w > 1e-300 else _LOG_FLOOR for w in weights], new, past
 
 

@@ -249,7 +249,7 @@ def test_its_plan_runner_makes_the_generic_loops_calls_to_the_bit() -> None:
     batch = keyed_rows(x, keys)
     for params in (RLSParams(key_buckets=4), RLSParams(key_buckets=4, target="level")):
         planned, looped = KeyedRLS(params, 3), KeyedRLS(params, 3)
-        for start in range(0, n, 60):  # polls of 60, each learning the rows of the last
+        for start in range(0, n, 60):  # polls of 60; a row resolves the one 3 before it
             stop = min(start + 60, n)
             learned = np.arange(max(start - 3, 0), stop - 3)
             plan = Plan(

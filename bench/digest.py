@@ -29,20 +29,13 @@ import orjson
 
 from bench.pipeline import records_for
 from bench.specs import add_set_option, set_overrides
-from service.config import Settings, load_settings
+from service.config import load_settings
 from service.runtime.app import set_torch_threads
 from service.tools.backtest import run_backtest
+from service.workbench.collect import publish_all
 
 WALL_CLOCK = frozenset({"produced_at"})
 """Fields of a prediction that say when it was made, not what it says."""
-
-
-def every_model_published(settings: Settings) -> Settings:
-    """``settings`` with every model published (the primary's output alone hides a
-    member that changed behind an ensemble weight)."""
-    data = settings.model_dump(by_alias=True)
-    data["models"] = [{**model, "publish": True} for model in data["models"]]
-    return Settings.model_validate(data)
 
 
 def digest(published: Iterable[bytes]) -> tuple[int, str]:
@@ -66,9 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keys", type=int, default=20)
     add_set_option(parser, "the config")
     args = parser.parse_args(argv)
-    settings = every_model_published(
-        load_settings(args.config, env=set_overrides(parser, args.set))
-    )
+    # every model: the primary's output alone hides a member that moved behind a weight
+    settings = publish_all(load_settings(args.config, env=set_overrides(parser, args.set)))
     set_torch_threads(settings.processing.torch_threads)
     records = records_for(settings, args.dataset, args.records, args.partitions, args.keys)
     count, hexdigest = digest(run_backtest(records, settings).published)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bench.digest import digest, every_model_published, main
-from service.config import load_settings
+from bench.digest import digest, main
 
 
 def prediction(y_hat: float, produced_at: int) -> bytes:
@@ -21,12 +20,6 @@ def test_the_wall_clock_is_left_out_and_every_bit_of_a_value_counts() -> None:
     assert first == later
     assert first[0] == moved[0] == 2
     assert moved[1] != first[1]
-
-
-def test_every_model_is_published() -> None:
-    settings = every_model_published(load_settings(None, env={}))
-    assert len(settings.models) > 1
-    assert all(model.publish for model in settings.models)
 
 
 def test_two_runs_print_the_same_digest_and_another_stream_another(

@@ -385,19 +385,13 @@ class Hedge:
             decay * v - eta * (e / unit if e < limit else cap)
             for v, e in zip(log_w, errors, strict=True)
         ]
-        log, exp = math.log, math.exp
+        log = math.log
         back = self.past_share
-        if back > 0.0:  # _normalised's weights, mixed with the past ones, in one pass
-            top, share = max(moved), self.share
-            raw = [exp(v - top) for v in moved]
-            keep, even = (1.0 - share) / sum(raw), share / len(raw)
-            rest = 1.0 - back
-            weights = [rest * (keep * r + even) + back * p for r, p in zip(raw, past, strict=True)]
+        weights = _normalised(moved, self.share, past, back)
+        if back > 0.0:
             fade = self.past_decay
             gain = 1.0 - fade
             past = [fade * p + gain * w for p, w in zip(past, weights, strict=True)]
-        else:
-            weights = _normalised(moved, self.share)
         return [log(w) if w > 1e-300 else _LOG_FLOOR for w in weights], new, past
 
 
@@ -409,12 +403,19 @@ def _shrunk(log_w: list[float], member: int, factor: float) -> list[float]:
     return out
 
 
-def _normalised(log_w: list[float], share: float) -> list[float]:
-    """Weights from log-weights, with ``share`` of the mass spread evenly."""
+def _normalised(
+    log_w: list[float], share: float, past: list[float] | None = None, back: float = 0.0
+) -> list[float]:
+    """Weights from log-weights, with ``share`` of the mass spread evenly; and, with
+    ``back`` > 0, a fraction ``back`` handed to ``past`` (mixing past posteriors), in
+    the same pass."""
     top, exp = max(log_w), math.exp
     raw = [exp(v - top) for v in log_w]
     keep, even = (1.0 - share) / sum(raw), share / len(raw)
-    return [keep * r + even for r in raw]
+    if past is None or back <= 0.0:
+        return [keep * r + even for r in raw]
+    rest = 1.0 - back
+    return [rest * (keep * r + even) + back * p for r, p in zip(raw, past, strict=True)]
 
 
 def _build(params: EnsembleParams, context: ModelContext) -> Model:

@@ -92,6 +92,46 @@ to scale a learning target (which is clipped to :data:`OUTPUT_LIMIT` anyway), no
 reject an event."""
 
 
+REACH = 1.0
+"""How far past a key's recent range a model's forecast may go, in widths of that range
+(:func:`reach_bounds`)."""
+
+
+def reach_bounds(
+    histories: FloatArray, offset: FloatArray, scale: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Per row, the lowest and the highest output any model may give, in learning-target
+    space: the range of the key's recent values (``histories``, its statistics span, NaN
+    where it has fewer), widened on each side by :data:`REACH` times its width; no bound
+    (NaN) while the key has fewer than :data:`SCREEN_VALUES` values.
+
+    A forecast beyond that is a model's extrapolation, not something the key has shown
+    it does. A change model that learned one outlier jump of a young key (a table's
+    odd row, a sensor's first spike) repeats it, scaled by whatever its inputs then
+    say: on a table of a few dozen rows the learned members forecast several times
+    the largest value seen, and the ensemble's first weights, still near even,
+    published a share of that (README, "Small tables"). One width of room leaves a
+    series' own behaviour alone: a trend moves past its range by a step, a cycle the
+    span holds stays inside its range, and a level shift widens the range as soon as
+    it is seen. Applied to every model's output (:data:`OUTPUT_LIMIT` bounds a change
+    in key units as well), so the ensemble, a convex mix, stays within it too.
+
+    >>> history = np.array([[np.nan, 10.0, 12.0, 11.0, 14.0], [np.nan, np.nan, np.nan, 1.0, 2.0]])
+    >>> low, high = reach_bounds(history, offset=np.array([14.0, 2.0]), scale=np.array([2.0, 1.0]))
+    >>> low.tolist(), high.tolist()  # levels 6 and 18, as changes from 14 in units of 2
+    ([-4.0, nan], [2.0, nan])
+    """
+    finite = np.isfinite(histories)
+    known = finite.sum(axis=1) >= SCREEN_VALUES
+    lowest = np.min(np.where(finite, histories, np.inf), axis=1)
+    highest = np.max(np.where(finite, histories, -np.inf), axis=1)
+    with np.errstate(invalid="ignore"):  # rows without values: inf - inf, masked below
+        room = REACH * (highest - lowest)
+        low: FloatArray = np.where(known, (lowest - room - offset) / scale, np.nan)
+        high: FloatArray = np.where(known, (highest + room - offset) / scale, np.nan)
+    return low, high
+
+
 def learnable(
     mature: npt.NDArray[np.bool_], measured: npt.NDArray[np.bool_], target: FloatArray
 ) -> npt.NDArray[np.bool_]:
@@ -305,7 +345,7 @@ class PartitionTask:
             return TaskOutput([], invalid, self.take_counts())
         index = np.asarray(predicted, dtype=np.intp)
         new = [pushed[i] for i in predicted]
-        self._fill(
+        reach = self._fill(
             rows,
             index,
             new,
@@ -330,6 +370,7 @@ class PartitionTask:
             np.asarray(truth, dtype=np.float64)[made],
             index,
             np.asarray(resolved_at, dtype=np.intp)[made],
+            reach,
         )
         self._batches += 1
         # offset by partition: the tasks of one poll do not all compact in the same poll
@@ -450,14 +491,15 @@ class PartitionTask:
         ts: npt.NDArray[np.int64],
         count_at: npt.NDArray[np.int64],
         periods: IntArray,
-    ) -> None:
-        """Features of the new rows, into ``rows`` (outputs filled later)."""
+    ) -> tuple[FloatArray, FloatArray]:
+        """Features of the new rows, into ``rows`` (outputs filled later); returns the
+        bounds of their outputs (:func:`reach_bounds`)."""
         n = len(new)
         if n == 0:
             rows.outputs = np.zeros((0, len(self._slots)))
             rows.halves = np.zeros((0, len(self._slots)))
             rows.mature = rows.settled = np.zeros(0, np.bool_)
-            return
+            return np.empty(0), np.empty(0)
         spacing = self._seasons.spacing(slots)
         spacing = np.where(count_at > SPACING_GAPS, spacing, np.nan)
         if not self._calendar:
@@ -498,6 +540,7 @@ class PartitionTask:
         rows.settled = values >= SCREEN_VALUES
         rows.measured = np.isfinite(computed.unit) if self._change else np.ones(n, np.bool_)
         self._seasons.units[slots] = np.where(rows.settled, computed.unit, np.nan)
+        return reach_bounds(histories, rows.offset, rows.scale)
 
     def _run(
         self,
@@ -508,10 +551,12 @@ class PartitionTask:
         truth: FloatArray,
         predicted_at: IntArray,
         resolved_at: IntArray,
+        reach: tuple[FloatArray, FloatArray],
     ) -> list[Prediction]:
         """Every model through the poll in event order, then scores (module docstring).
         ``gather``: the rows the poll resolves (None: none); ``same_poll``: for each,
-        its index among this poll's rows, -1 for a row of an earlier poll."""
+        its index among this poll's rows, -1 for a row of an earlier poll; ``reach``:
+        the lowest and highest output of each row (:func:`reach_bounds`)."""
         names = self._pipeline.names
         learned = (
             gather.rows()
@@ -544,6 +589,7 @@ class PartitionTask:
         plan = Plan(rows.batch(names), learned.batch(names).take(keep), target[keep], before[keep])
         learn_slots, learn_target, learn_before = learned.slots[keep], target[keep], before[keep]
         counts = self._counts
+        low, high = reach
         for column in self._base:
             slot = self._slots[column]
             model = slot.model
@@ -554,7 +600,7 @@ class PartitionTask:
             out = finite_or_zero(out)
             if self._change:  # in key units: a change of 100 typical changes is no forecast
                 out = np.clip(out, -OUTPUT_LIMIT, OUTPUT_LIMIT)
-            rows.outputs[:, column] = out
+            rows.outputs[:, column] = np.fmin(np.fmax(out, low), high)  # NaN: no bound
             counts.updates[slot.name] += model.updates - updates
             counts.nonfinite[slot.name] += model.nonfinite_events - nonfinite
         if gather is not None:

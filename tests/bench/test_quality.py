@@ -177,6 +177,7 @@ def test_short_suite_runs_its_own_datasets(
     assert set(quality.OUTSIDE_CASES).isdisjoint(set(quality.CASES) | set(quality.SHORT_CASES))
     earlier = set(quality.CASES) | set(quality.SHORT_CASES) | set(quality.OUTSIDE_CASES)
     assert set(quality.FRESH_CASES).isdisjoint(earlier)
+    assert set(quality.SMALL_CASES).isdisjoint(earlier | set(quality.FRESH_CASES))
     for result in payload["datasets"]:
         assert result["default_predicted"] == result["scored"] > 0
         # the README's table: at worst a hair behind the last value

@@ -21,6 +21,7 @@ ensemble, intervals) on in-memory streams, with the built-in default models.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -30,6 +31,7 @@ import pytest
 
 from models.ensemble import Hedge
 from service.config import SchemaSettings, Settings
+from service.pipeline import tasks
 from service.records import RawRecord
 from service.tools import datasets, replay
 from service.tools.backtest import BacktestResult, run_backtest
@@ -371,6 +373,49 @@ def test_a_small_table_is_forecast_by_a_regression_on_its_features() -> None:
     before = run_backtest(_records(rows), without, warmup=0.3).scores
     assert scores["ensemble"].mae <= 1.05 * scores["regression"].mae
     assert scores["ensemble"].mae < 0.9 * before["ensemble"].mae
+
+
+def _beyond_reach(result: BacktestResult, values: list[float]) -> tuple[float, float]:
+    """The farthest any published forecast of a table's row lies outside the range of
+    the rows before it, in widths of that range (rows after the fourth), and the
+    ensemble's MAE."""
+    farthest = 0.0
+    for raw in result.published:
+        p = orjson.loads(raw)
+        row = int(p["source"].rsplit(":", 1)[1])
+        if row < 4:
+            continue
+        low, high = min(values[:row]), max(values[:row])
+        width = high - low
+        farthest = max(farthest, (low - p["y_hat"]) / width, (p["y_hat"] - high) / width)
+    return farthest, result.scores["ensemble"].mae
+
+
+def test_no_model_forecasts_far_beyond_what_its_key_has_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A table of 30 rows whose fourth value is fifteen times the others': the members
+    that learn the change from the previous row learned that jump and repeated it,
+    scaled, at up to ten times the largest value seen, and the ensemble, its weights
+    still near even, published a share of it. Every model's forecast now stays within
+    the range of the key's earlier values widened by its width on each side
+    (:func:`~service.pipeline.tasks.reach_bounds`); lifting the bound shows the
+    stream does break it."""
+    rng = np.random.default_rng(1)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(30):
+        a, b = rng.normal(size=2)
+        y = 600.0 if i == 3 else 40.0 + 15.0 * a + rng.normal(0, 5.0)
+        rows.append(("row", i * 1000, y, {"a": a, "b": b}))
+    values = [y for _, _, y, _ in rows]
+    settings = _publish_all(_settings(forecast={"horizon": 0}))
+    reach = tasks.REACH
+    bounded, mae = _beyond_reach(run_backtest(_records(rows), settings), values)
+    monkeypatch.setattr(tasks, "REACH", math.inf)
+    unbounded, unbounded_mae = _beyond_reach(run_backtest(_records(rows), settings), values)
+    assert unbounded > 3.0  # the stream does provoke forecasts far out
+    assert bounded <= reach + 1e-9
+    assert mae < 0.8 * unbounded_mae
 
 
 def test_after_a_regime_switch_the_ensemble_follows_the_new_best_member() -> None:

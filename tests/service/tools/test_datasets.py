@@ -65,6 +65,14 @@ REAL = {
     "stocks-monthly": (3325, ()),
     "grunfeld": (11 * 20, ("value", "capital")),
     "istanbul-returns": (536, ()),
+    "longley": (16, ("GNPDEFL", "GNP", "UNEMP", "ARMED", "POP", "YEAR")),
+    "stackloss": (21, ("AIRFLOW", "WATERTEMP", "ACIDCONC")),
+    "scotland-vote": (32, ("COUTAX", "UNEMPF", "MOR", "ACT", "GDP", "AGE", "COUTAX_FEMALEUNEMP")),
+    "copper": (25, ("COPPERPRICE", "INCOMEINDEX", "ALUMPRICE", "INVENTORYINDEX", "TIME")),
+    "credit-card": (72, ("AGE", "INCOME", "INCOMESQ", "OWNRENT")),
+    "state-crime": (51, ("murder", "hs_grad", "poverty", "single", "white", "urban")),
+    "executions": (17, ("INCOME", "PERPOVERTY", "PERBLACK", "VC100k96", "SOUTH", "DEGREE")),
+    "committee-bills": (20, ("SIZE", "SUBS", "STAFF", "PRESTIGE", "BILLS103")),
 }
 
 

@@ -102,8 +102,9 @@ def reach_bounds(
 ) -> tuple[FloatArray, FloatArray]:
     """Per row, the lowest and the highest output any model may give, in learning-target
     space: the range of the key's recent values (``histories``, its statistics span, NaN
-    where it has fewer), widened on each side by :data:`REACH` times its width; no bound
-    (NaN) while the key has fewer than :data:`SCREEN_VALUES` values.
+    where it has fewer), widened on each side by :data:`REACH` times its width, and not
+    below 0 where those values are all 0 or more; no bound (NaN) while the key has
+    fewer than :data:`SCREEN_VALUES` values.
 
     A forecast beyond that is a model's extrapolation, not something the key has shown
     it does. A change model that learned one outlier jump of a young key (a table's
@@ -113,13 +114,20 @@ def reach_bounds(
     published a share of that (README, "Small tables"). One width of room leaves a
     series' own behaviour alone: a trend moves past its range by a step, a cycle the
     span holds stays inside its range, and a level shift widens the range as soon as
-    it is seen. Applied to every model's output (:data:`OUTPUT_LIMIT` bounds a change
-    in key units as well), so the ensemble, a convex mix, stays within it too.
+    it is seen. Counts, volumes, prices and loads are never negative, and a model of
+    their changes does not know it: the floor at 0 keeps a night of zeros, or a
+    count's quiet stretch, from being forecast below them (a series that turns
+    negative after a long positive stretch loses its floor with its first negative
+    value). Applied to every model's output (:data:`OUTPUT_LIMIT` bounds a change in
+    key units as well), so the ensemble, a convex mix, stays within it too.
 
     >>> history = np.array([[np.nan, 10.0, 12.0, 11.0, 14.0], [np.nan, np.nan, np.nan, 1.0, 2.0]])
     >>> low, high = reach_bounds(history, offset=np.array([14.0, 2.0]), scale=np.array([2.0, 1.0]))
     >>> low.tolist(), high.tolist()  # levels 6 and 18, as changes from 14 in units of 2
     ([-4.0, nan], [2.0, nan])
+    >>> low, _ = reach_bounds(np.array([[3.0, 0.0, 1.0, 2.0]]), np.zeros(1), np.ones(1))
+    >>> low.tolist()  # never below 0: not -3
+    [0.0]
     """
     finite = np.isfinite(histories)
     known = finite.sum(axis=1) >= SCREEN_VALUES
@@ -127,7 +135,9 @@ def reach_bounds(
     highest = np.max(np.where(finite, histories, -np.inf), axis=1)
     with np.errstate(invalid="ignore"):  # rows without values: inf - inf, masked below
         room = REACH * (highest - lowest)
-        low: FloatArray = np.where(known, (lowest - room - offset) / scale, np.nan)
+        floor = lowest - room
+        floor = np.where(lowest >= 0.0, np.maximum(floor, 0.0), floor)
+        low: FloatArray = np.where(known, (floor - offset) / scale, np.nan)
         high: FloatArray = np.where(known, (highest + room - offset) / scale, np.nan)
     return low, high
 

@@ -409,13 +409,53 @@ def test_no_model_forecasts_far_beyond_what_its_key_has_shown(
         rows.append(("row", i * 1000, y, {"a": a, "b": b}))
     values = [y for _, _, y, _ in rows]
     settings = _publish_all(_settings(forecast={"horizon": 0}))
-    reach = tasks.REACH
     bounded, mae = _beyond_reach(run_backtest(_records(rows), settings), values)
-    monkeypatch.setattr(tasks, "REACH", math.inf)
+    _lift_the_bounds(monkeypatch)
     unbounded, unbounded_mae = _beyond_reach(run_backtest(_records(rows), settings), values)
     assert unbounded > 3.0  # the stream does provoke forecasts far out
-    assert bounded <= reach + 1e-9
+    assert bounded <= tasks.REACH + 1e-9
     assert mae < 0.8 * unbounded_mae
+
+
+def test_a_series_that_never_went_below_zero_is_not_forecast_below_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hourly output that is 0 every night (solar power, a shop's sales): the models of
+    its changes forecast a dip below the night's zeros as the evening falls; every
+    forecast now stays at or above 0, and the ensemble's error falls with it."""
+    rng = np.random.default_rng(2)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    for i in range(24 * 30):
+        hour = i % 24
+        day = 10.0 * math.sin(2 * math.pi * (hour - 6) / 24) + rng.normal(0.0, 1.0)
+        rows.append(("sun", i * HOUR_MS, max(0.0, day) if 6 < hour < 18 else 0.0, None))
+    settings = _publish_all(_settings(forecast={"horizon": 1}))
+
+    def below_zero(result: BacktestResult) -> int:
+        """Forecasts below 0 after the key's fourth value (by more than the rounding of
+        a level taken to a change in key units and back)."""
+        made = (orjson.loads(raw) for raw in result.published)
+        return sum(
+            1 for p in made if int(p["source"].rsplit(":", 1)[1]) >= 4 and p["y_hat"] < -1e-12
+        )
+
+    floored = run_backtest(_records(rows), settings)
+    _lift_the_bounds(monkeypatch)
+    free = run_backtest(_records(rows), settings)
+    assert below_zero(free) > 100  # the stream does provoke forecasts below 0
+    assert below_zero(floored) == 0
+    assert floored.scores["ensemble"].mae < 0.98 * free.scores["ensemble"].mae
+
+
+def _lift_the_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bound on any model's output (as before :func:`~service.pipeline.tasks.reach_bounds`)."""
+
+    def unbounded(
+        histories: np.ndarray, offset: np.ndarray, scale: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(offset), np.nan), np.full(len(offset), np.nan)
+
+    monkeypatch.setattr(tasks, "reach_bounds", unbounded)
 
 
 def test_after_a_regime_switch_the_ensemble_follows_the_new_best_member() -> None:

@@ -183,6 +183,7 @@ it is (:func:`service.pipeline.tasks.reach_bounds`, found on ``committee-bills``
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -656,44 +657,18 @@ def _statsmodels_table(
     return _tabular(name, raw[target].astype(float), features)
 
 
-def longley() -> pd.DataFrame:
-    """Tabular, 16 rows: employment from six economic series."""
-    return _statsmodels_table("longley", "longley", "TOTEMP", drop=("Obs",))
-
-
-def stackloss() -> pd.DataFrame:
-    """Tabular, 21 rows: a plant's ammonia loss from its operating conditions."""
-    return _statsmodels_table("stackloss", "stackloss", "STACKLOSS")
-
-
-def scotland_vote() -> pd.DataFrame:
-    """Tabular, 32 rows: a district's vote share from seven local figures."""
-    return _statsmodels_table("scotland", "scotvote", "YES", drop=("COUNCILDIST",))
-
-
-def copper() -> pd.DataFrame:
-    """Tabular, 25 rows: world copper consumption from prices and income."""
-    return _statsmodels_table("copper", "copper", "WORLDCONSUMPTION", drop=("YEAR",))
-
-
-def credit_card() -> pd.DataFrame:
-    """Tabular, 72 rows: credit card spending from age and income."""
-    return _statsmodels_table("ccard", "ccard", "AVGEXP")
-
-
-def state_crime() -> pd.DataFrame:
-    """Tabular, 51 rows: a state's violent crime rate from six figures."""
-    return _statsmodels_table("statecrime", "statecrime", "violent", drop=("state",))
-
-
-def executions() -> pd.DataFrame:
-    """Tabular, 17 rows: a state's executions from six figures."""
-    return _statsmodels_table("cpunish", "cpunish", "EXECUTIONS", drop=("STATE",))
-
-
-def committee_bills() -> pd.DataFrame:
-    """Tabular, 20 rows: a committee's bills from its size, staff and past bills."""
-    return _statsmodels_table("committee", "committee", "BILLS104", drop=("COMMITTEE",))
+_SMALL_TABLES: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    # name: (statsmodels' dataset, its file, the target, columns that are not features)
+    "longley": ("longley", "longley", "TOTEMP", ("Obs",)),
+    "stackloss": ("stackloss", "stackloss", "STACKLOSS", ()),
+    "scotland-vote": ("scotland", "scotvote", "YES", ("COUNCILDIST",)),
+    "copper": ("copper", "copper", "WORLDCONSUMPTION", ("YEAR",)),
+    "credit-card": ("ccard", "ccard", "AVGEXP", ()),
+    "state-crime": ("statecrime", "statecrime", "violent", ("state",)),
+    "executions": ("cpunish", "cpunish", "EXECUTIONS", ("STATE",)),
+    "committee-bills": ("committee", "committee", "BILLS104", ("COMMITTEE",)),
+}
+"""The small tables (module docstring), each a :func:`_statsmodels_table`."""
 
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
@@ -746,14 +721,9 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "stocks-monthly": stocks_monthly,
     "grunfeld": grunfeld,
     "istanbul-returns": istanbul_returns,
-    "longley": longley,
-    "stackloss": stackloss,
-    "scotland-vote": scotland_vote,
-    "copper": copper,
-    "credit-card": credit_card,
-    "state-crime": state_crime,
-    "executions": executions,
-    "committee-bills": committee_bills,
+    **{
+        name: functools.partial(_statsmodels_table, *table) for name, table in _SMALL_TABLES.items()
+    },
 }
 
 

@@ -27,7 +27,7 @@ poll of 1,000 records gives the numbers a poll of one record at a time gives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Protocol, runtime_checkable
@@ -234,16 +234,32 @@ def run_plan(model: Model, plan: Plan) -> FloatArray:
     if callable(runner):
         out: FloatArray = runner(plan)
         return out
+    return interleaved(
+        plan,
+        lambda start, stop: model.predict(plan.predict.rows(start, stop)),
+        lambda start, stop: model.learn(plan.learn.rows(start, stop), plan.target[start:stop]),
+    )
+
+
+def interleaved(
+    plan: Plan,
+    predict: Callable[[int, int], FloatArray],
+    learn: Callable[[int, int], None],
+) -> FloatArray:
+    """:func:`run_plan`'s order of calls, for a plan runner that makes them its own way:
+    ``predict(start, stop)`` gives predict rows ``start:stop`` (each run of them
+    between two learned rows in one call), ``learn(start, stop)`` learns learn rows
+    ``start:stop`` (each run with no prediction between them)."""
     n = len(plan.predict)
     out = np.zeros(n)
     done = 0
     for before, start, stop in plan.groups():
         if before > done:
-            out[done:before] = model.predict(plan.predict.rows(done, before))
+            out[done:before] = predict(done, before)
             done = before
-        model.learn(plan.learn.rows(start, stop), plan.target[start:stop])
+        learn(start, stop)
     if done < n:
-        out[done:] = model.predict(plan.predict.rows(done, n))
+        out[done:] = predict(done, n)
     return out
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from river import compose
 
-from models.base import FeatureBatch, FloatArray, Model, Plan
+from models.base import FeatureBatch, FloatArray, Model, Plan, interleaved
 
 __all__ = ["MANY_MIN_ROWS", "RiverModel", "RiverRegressor", "supports_mini_batch"]
 
@@ -162,11 +162,11 @@ class RiverModel(Model):
             raise ValueError("run() got non-finite targets")
         estimator, done = self._estimator, 0
         if self._mini_batch:  # mean-gradient steps: one learn_many per run of rows
-            for before, start, stop in plan.groups():
-                if before > done:
-                    out[done:before] = self.predict(plan.predict.rows(done, before))
-                    done = before
-                self.learn(plan.learn.rows(start, stop), plan.target[start:stop])
+            out = interleaved(
+                plan,
+                lambda a, b: self.predict(plan.predict.rows(a, b)),
+                lambda a, b: self.learn(plan.learn.rows(a, b), plan.target[a:b]),
+            )
         else:
             for j, before in enumerate(plan.before.tolist()):
                 while done < before:
@@ -176,8 +176,8 @@ class RiverModel(Model):
                     done += 1
                 estimator.learn_one(dict(zip(names, learned[j], strict=True)), targets[j])
             self._updates += len(targets)
-        if done < n:
-            out[done:] = self.predict(plan.predict.rows(done, n))
+            if done < n:
+                out[done:] = self.predict(plan.predict.rows(done, n))
         result: FloatArray = np.where(np.isfinite(out), out, 0.0)
         return result
 

@@ -60,7 +60,7 @@ import numpy as np
 from pydantic import Field
 from scipy.linalg.blas import daxpy, ddot, dgemv, dger
 
-from models.base import FeatureBatch, FloatArray, Model, ModelContext, Plan
+from models.base import FeatureBatch, FloatArray, Model, ModelContext, Plan, interleaved
 from models.keys import key_bucket
 from models.registry import ModelParams, ModelSpec, register
 
@@ -376,24 +376,16 @@ class KeyedRLS(Model):
         buckets, inputs and learned rows of the whole plan taken once: a live poll
         alternates a prediction and a learned row, and per call those were most of
         the cost."""
-        n = len(plan.predict)
-        out = np.zeros(n)
         asks = self._buckets(plan.predict)
         x = self._fresh._inputs(plan.predict)
         offset, units = plan.predict.offset, plan.predict.units
         rows, target = self._fresh._prepared(plan.learn, plan.target)
         learns, targets = self._buckets(plan.learn), target.tolist()
-        done = 0
-        for before, start, stop in plan.groups():
-            if before > done:
-                out[done:before] = self._predict_rows(
-                    asks[done:before], x[done:before], offset[done:before], units[done:before]
-                )
-                done = before
-            self._learn_rows(learns[start:stop], rows[start:stop], targets[start:stop])
-        if done < n:
-            out[done:] = self._predict_rows(asks[done:], x[done:], offset[done:], units[done:])
-        return out
+        return interleaved(
+            plan,
+            lambda a, b: self._predict_rows(asks[a:b], x[a:b], offset[a:b], units[a:b]),
+            lambda a, b: self._learn_rows(learns[a:b], rows[a:b], targets[a:b]),
+        )
 
     def clone(self) -> KeyedRLS:
         return KeyedRLS(self.params, self.n_features, self.columns)

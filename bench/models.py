@@ -19,6 +19,7 @@ import itertools
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,21 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
         "w32 h4, all rows",
         {"width": 32, "heads": 4, "learn_every": 1, "max_step_rows": None},
     ),
+    (
+        "rls",
+        "exogenous, level (the tables' member before ridge)",
+        {"inputs": "exogenous", "target": "level", "ridge": 1.0},
+    ),
 ]
 
 
-def events_per_second(kind: str, params: dict[str, Any], size: int, seconds: float) -> float:
+def events_per_second(
+    kind: str, params: dict[str, Any], size: int, seconds: float, context: ModelContext = CONTEXT
+) -> float:
     """Predict + learn events/s of one fresh model on batches of ``size`` rows."""
-    model = registry.build(kind, params, CONTEXT)
+    model = registry.build(kind, params, context)
     n_batches = max(4, min(200, 4096 // size))
-    stream = list(synthetic_batches(CONTEXT, n_batches=n_batches, batch_size=size, seed=1))
+    stream = list(synthetic_batches(context, n_batches=n_batches, batch_size=size, seed=1))
     for batch, target in stream[:5]:  # warm-up: first calls allocate and dispatch slowly
         model.predict(batch)
         model.learn(batch, target)
@@ -89,7 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="cpu", help="the torch.* kinds' device param (cpu, cuda, cuda:1)"
     )
+    parser.add_argument(
+        "--exogenous",
+        type=int,
+        default=0,
+        help="the last N features are the events' own (what ridge and rls's exogenous read)",
+    )
     args = parser.parse_args(argv)
+    names = CONTEXT.feature_names
+    if not 0 <= args.exogenous <= len(names):
+        parser.error(f"--exogenous: from 0 to {len(names)}")
+    context = replace(CONTEXT, exogenous=names[len(names) - args.exogenous :])
     torch.set_num_threads(args.threads)
     kinds = args.kinds or registry.kinds()
     rows = [(kind, "defaults", REQUIRED.get(kind, {})) for kind in kinds]
@@ -106,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         f"predict + learn, events/s (higher is better) - torch {torch.__version__}, "
         f"{args.threads} torch thread(s), {platform.processor() or platform.machine()}"
         f"{device_name(args.device)}, "
-        f"window {CONTEXT.window}, {CONTEXT.n_features} features, "
+        f"window {CONTEXT.window}, {CONTEXT.n_features} features"
+        f" ({args.exogenous} the events' own), "
         f"{args.seconds:g} s per cell"
     )
     table = Table(show_lines=False)
@@ -118,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind, label, params in rows:
         cells = []
         for size in args.sizes:
-            rate = events_per_second(kind, params, size, args.seconds)
+            rate = events_per_second(kind, params, size, args.seconds, context)
             cells.append(f"{rate:,.0f}")
         table.add_row(kind, label, *cells)
     console.print(table)

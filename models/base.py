@@ -58,6 +58,9 @@ class FeatureBatch:
         seasonal: ``(n,)`` the seasonal naive forecast of the target (the last value
             plus the key's change over the same stretch of recent seasons), in the
             original scale, NaN where no season is known (``None``: none known).
+        exogenous: ``(n, E)`` the event's own features as it carried them, before
+            any scaling, NaN where missing (``None``: not kept; a model that needs
+            them reads their scaled columns of ``x``).
     """
 
     x: FloatArray
@@ -67,6 +70,7 @@ class FeatureBatch:
     feature_names: Sequence[str]
     scale: FloatArray | None = None
     seasonal: FloatArray | None = None
+    exogenous: FloatArray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -100,6 +104,7 @@ class FeatureBatch:
             feature_names=self.feature_names,
             scale=None if self.scale is None else self.scale[start:stop],
             seasonal=None if self.seasonal is None else self.seasonal[start:stop],
+            exogenous=None if self.exogenous is None else self.exogenous[start:stop],
         )
 
     @property
@@ -117,6 +122,7 @@ class FeatureBatch:
             feature_names=self.feature_names,
             scale=None if self.scale is None else self.scale[rows],
             seasonal=None if self.seasonal is None else self.seasonal[rows],
+            exogenous=None if self.exogenous is None else self.exogenous[rows],
         )
 
 

@@ -51,6 +51,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
     "models.baselines",
     "models.knn",
     "models.rls",
+    "models.ridge",
     "models.river_kinds",
     "models.torch_kinds",
     "models.ensemble",

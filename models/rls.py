@@ -34,18 +34,15 @@ It learns one event at a time (the update is sequential by nature), so how fast 
 learns does not depend on batching.
 
 ``inputs: exogenous`` with ``target: level`` makes it a plain online regression of
-the value on the event's own features (``schema.features``) and an intercept: what a
-table at ``forecast.horizon: 0`` asks for, and what the built-in default adds to its
-ensemble there (:mod:`service.config`). The pipeline's target there is the change
-from the key's previous row, an unrelated row in a table, which doubles the noise a
-model must see through, and its window features describe that row; a model of the
-level from the row's own features sees neither. It shares one fit across a topic's
-keys, as a regression on a table does: on a table whose keys stand at different
-levels that the features do not explain (a panel of sensors, each nowcast from its
-own inputs), it is a poor member, which the ensemble weighs down on each key at a
-small cost. Giving it the key's level (the mean of its window) as one more input
-mended that on a synthetic panel but took back much of what the member gains on the
-quality suite's tables (boston housing most), so it was left out. On series
+the value on the event's own features (``schema.features``) and an intercept, on the
+pipeline's scaled features. The built-in default's member for tables is
+:mod:`models.ridge` instead: the pipeline scales each row with the statistics of the
+rows before it, and on a table whose rows come in an order that scale keeps moving,
+while RLS keeps its past rows in the scale of their day; ``ridge`` keeps raw sums and
+solves in their own frame. It shares one fit across a topic's keys, as a regression
+on a table does: on a table whose keys stand at different levels that the features
+do not explain (a panel of sensors, each nowcast from its own inputs), it is a poor
+member, which the ensemble weighs down on each key at a small cost. On series
 (``horizon >= 1``) the other members already see the exogenous features beside the
 key's history.
 """

@@ -488,20 +488,17 @@ _DEFAULT_MODELS = (
     {"name": "knn", "kind": "knn"},
 )
 # With ``forecast.horizon: 0`` (a table: each event's value from its own features) the
-# default ensemble also has a regression of the value on those features
-# (models/rls.py, ``inputs: exogenous``): the other members learn the change from the
-# key's previous row, an unrelated row in a table. One prior pseudo-row (``ridge: 1``),
-# not rls's ten: ten rows' worth of "no effect" hold the slopes back on a table of a
-# few hundred rows (README, "Forecast quality"). Not at horizon >= 1, where the other
-# members already see the features beside the key's history, and a default that
-# changed there would cost every series' learned state (the settings fingerprint).
-_TABLE_MODELS = (
-    {
-        "name": "regression",
-        "kind": "rls",
-        "params": {"inputs": "exogenous", "target": "level", "ridge": 1.0},
-    },
-)
+# default ensemble also has a ridge regression of the value on those features
+# (models/ridge.py): the other members learn the change from the key's previous row, an
+# unrelated row in a table. It keeps its sums in the features' raw units and solves in
+# their own running frame: the pipeline's scaled features move with each row's scale,
+# and on a table whose rows come in an order (cars by model year) a fit of them held
+# its past rows in coordinates that had moved (README, "Forecast quality"). One
+# pseudo-row of prior (``ridge: 1``): more holds the slopes back on a table of a few
+# hundred rows. Not at horizon >= 1, where the other members already see the features
+# beside the key's history, and a default that changed there would cost every series'
+# learned state (the settings fingerprint).
+_TABLE_MODELS = ({"name": "regression", "kind": "ridge", "params": {"ridge": 1.0}},)
 
 
 def default_models(horizon: int) -> tuple[dict[str, Any], ...]:

@@ -47,7 +47,8 @@ class Rows:
     had a change to size its unit); ``measured``: that unit was measured, not guessed
     (a row in a guessed unit is learned only if its value did not change);
     ``settled``: its key had enough values for its unit to judge outliers and calibrate
-    intervals (see :mod:`service.pipeline.tasks`).
+    intervals (see :mod:`service.pipeline.tasks`). ``exogenous``: the events' own
+    features as they came, unscaled (``FeatureBatch.exogenous``).
     """
 
     keys: list[str] = field(default_factory=list)
@@ -62,6 +63,12 @@ class Rows:
     mature: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
     settled: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
     measured: npt.NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, np.bool_))
+    exogenous: FloatArray = field(default_factory=lambda: _empty(0, 0))  # (n, E)
+
+    def __post_init__(self) -> None:
+        """Rows built without their raw features have none (``E = 0``)."""
+        if len(self.exogenous) != len(self.keys):
+            self.exogenous = _empty(len(self.keys), 0)
 
     def __setstate__(self, state: tuple[None, dict[str, Any]]) -> None:
         """Pickled rows; from before ``settled``, a mature row was a settled one; from
@@ -73,6 +80,8 @@ class Rows:
             self.settled = self.mature.copy()
         if "measured" not in fields:
             self.measured = np.ones(len(self.mature), np.bool_)
+        if "exogenous" not in fields:  # as missing; PendingBook.widen gives them a width
+            self.exogenous = _empty(len(self.mature), 0)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -92,6 +101,7 @@ class Rows:
             self.mature[start:stop],
             self.settled[start:stop],
             self.measured[start:stop],
+            self.exogenous[start:stop],
         )
 
     @classmethod
@@ -121,7 +131,14 @@ class Rows:
 
     def batch(self, names: Sequence[str]) -> FeatureBatch:
         return FeatureBatch(
-            self.x, self.window, self.offset, self.keys, names, self.scale, self.seasonal
+            self.x,
+            self.window,
+            self.offset,
+            self.keys,
+            names,
+            self.scale,
+            self.seasonal,
+            self.exogenous,
         )
 
 
@@ -161,6 +178,7 @@ class Gather:
             self(lambda r: r.mature).astype(np.bool_, copy=False),
             self(lambda r: r.settled).astype(np.bool_, copy=False),
             self(lambda r: r.measured).astype(np.bool_, copy=False),
+            self.floats(lambda r: r.exogenous),
         )
 
 
@@ -244,6 +262,13 @@ class PendingBook:
                 self._waiting[base] = left
             else:
                 del self._waiting[base], self._polls[base]
+
+    def widen(self, width: int) -> None:
+        """Give rows kept without their raw features (a checkpoint from before
+        ``Rows.exogenous``) ``width`` missing ones, so that they gather with new rows."""
+        for rows in self._polls.values():
+            if rows.exogenous.shape[1] != width:
+                rows.exogenous = np.full((len(rows), width), np.nan)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop the waiting predictions of ``keys`` (evicted)."""

@@ -509,6 +509,7 @@ class PartitionTask:
             rows.outputs = np.zeros((0, len(self._slots)))
             rows.halves = np.zeros((0, len(self._slots)))
             rows.mature = rows.settled = np.zeros(0, np.bool_)
+            rows.exogenous = np.empty((0, len(self._pipeline.exogenous)))
             return np.empty(0), np.empty(0)
         spacing = self._seasons.spacing(slots)
         spacing = np.where(count_at > SPACING_GAPS, spacing, np.nan)
@@ -549,6 +550,7 @@ class PartitionTask:
         rows.mature = values >= MATURE_VALUES
         rows.settled = values >= SCREEN_VALUES
         rows.measured = np.isfinite(computed.unit) if self._change else np.ones(n, np.bool_)
+        rows.exogenous = exogenous.reshape(n, -1)
         self._seasons.units[slots] = np.where(rows.settled, computed.unit, np.nan)
         return reach_bounds(histories, rows.offset, rows.scale)
 
@@ -583,6 +585,7 @@ class PartitionTask:
                 mature=np.empty(0, np.bool_),
                 settled=np.empty(0, np.bool_),
                 measured=np.empty(0, np.bool_),
+                exogenous=np.empty((0, len(self._pipeline.exogenous))),
             )
         )
         target = (truth - learned.offset) / learned.scale
@@ -886,6 +889,7 @@ class PartitionTask:
         pending = state["pending"]  # older checkpoints: per-key queues of (rows, index)
         if not isinstance(pending, PendingBook):
             pending = PendingBook.of_queues(pending)
+        pending.widen(len(self._pipeline.exogenous))
         self._pending = pending
         self._strikes = state["strikes"]
         self._batches = int(state["batches"])

@@ -18,10 +18,17 @@ from service.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "stocks.yaml", "sensors.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "stocks.yaml", "sensors.yaml", "table.yaml"])
 def test_shipped_configs_are_valid(name: str) -> None:
     settings = load_settings(ROOT / "configs" / name, env={})
     assert sum(m.primary for m in settings.models) == 1
+
+
+def test_the_table_config_is_the_built_in_default_for_tables() -> None:
+    settings = load_settings(ROOT / "configs" / "table.yaml", env={})
+    assert settings.forecast.horizon == 0
+    assert settings.primary.kind == "ensemble"
+    assert {m.name: m.kind for m in settings.models}["regression"] == "ridge"
 
 
 def test_packaged_demo_config_equals_the_one_in_configs() -> None:

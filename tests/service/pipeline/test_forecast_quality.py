@@ -375,6 +375,37 @@ def test_a_small_table_is_forecast_by_a_regression_on_its_features() -> None:
     assert scores["ensemble"].mae < 0.9 * before["ensemble"].mae
 
 
+def test_a_table_whose_rows_come_sorted_is_regressed_on_its_raw_features() -> None:
+    """Rows sorted by a feature (cars by model year): the pipeline scales each row
+    with the statistics of the rows before it, and that scale moves all along. The
+    tables' member reads the raw features the task keeps beside the scaled ones, so
+    its fit stays the truth's; an ``rls`` on the scaled features, run beside it,
+    holds its past rows in the scale of their day and drifts away."""
+    rng = np.random.default_rng(13)
+    rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+    years = np.sort(rng.uniform(1970.0, 1982.0, 400))
+    for i, year in enumerate(years):
+        weight = rng.normal(3000.0, 500.0)
+        y = 1.5 * (year - 1970.0) - 0.01 * weight + 50.0 + rng.normal(0, 1.0)
+        rows.append(("car", i * 1000, y, {"year": year, "weight": weight}))
+    settings = _settings(forecast={"horizon": 0})
+    scaled = {
+        "name": "scaled",
+        "kind": "rls",
+        "params": {"inputs": "exogenous", "target": "level", "ridge": 1.0},
+    }
+    settings = Settings.model_validate(
+        {
+            **settings.model_dump(by_alias=True, exclude={"models"}),
+            "models": [*(m.model_dump() for m in settings.models), scaled],
+        }
+    )
+    scores = run_backtest(_records(rows), settings, warmup=0.3).scores
+    assert scores["regression"].mae < 1.2  # the noise's MAE is 0.8
+    assert scores["regression"].mae < 0.6 * scores["scaled"].mae
+    assert scores["ensemble"].mae < 1.1 * scores["regression"].mae
+
+
 def _beyond_reach(result: BacktestResult, values: list[float]) -> tuple[float, float]:
     """The farthest any published forecast of a table's row lies outside the range of
     the rows before it, in widths of that range (rows after the fourth), and the

@@ -185,3 +185,30 @@ def test_rows_pickled_before_measured_are_learned_as_they_were() -> None:
     restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - own bytes
     assert restored.measured.tolist() == [True, True]
     assert len(restored.slice(0, 1).measured) == 1
+
+
+def test_rows_pickled_before_their_raw_features_gather_with_new_rows() -> None:
+    """Rows checkpointed before ``exogenous`` existed have none; the restoring task
+    widens them to its feature count (missing values), so that a gather across an
+    old poll and a new one reads one array, and the raw features of new rows stay."""
+    book = PendingBook()
+    old_rows = _rows(["a", "b"])
+    fields = {name: getattr(old_rows, name) for name in Rows.__slots__ if name != "exogenous"}
+    old = Rows.__new__(Rows)
+    old.__setstate__((None, fields))
+    restored = pickle.loads(pickle.dumps(old))  # noqa: S301 - own bytes
+    assert restored.exogenous.shape == (2, 0)
+    book.push("a", 0, 1)
+    book.push("b", 1, 1)
+    book.add(restored, 0)
+    book.widen(3)
+    new = _rows(["a", "b"])
+    new.exogenous = np.arange(6.0).reshape(2, 3)
+    resolved = [book.push("a", 2, 1), book.push("b", 3, 1)]
+    book.add(new, 2)
+    book.push("a", 4, 1)
+    gathered = book.gather(np.array([*resolved, 2], dtype=np.int64)).rows()
+    assert gathered.exogenous.shape == (3, 3)
+    assert np.isnan(gathered.exogenous[:2]).all()
+    assert gathered.exogenous[2].tolist() == [0.0, 1.0, 2.0]
+    assert gathered.batch(["x1", "x2"]).exogenous is gathered.exogenous

@@ -203,3 +203,42 @@ def test_rls_key_buckets_leave_the_settings_fingerprint_alone() -> None:
 
     assert fingerprint({"key_buckets": 1}) == fingerprint({"key_buckets": 64}) == fingerprint({})
     assert fingerprint({"ridge": 1.0}) != fingerprint({})
+
+
+def test_pending_rows_of_a_checkpoint_from_before_raw_features_are_learned_after_it() -> None:
+    """Rows checkpointed before they kept their events' raw features come back with
+    none; the restoring task gives them its feature count, missing, so that they gather
+    with the rows of new polls and the model that reads raw features learns on."""
+    settings = Settings.model_validate(
+        {
+            "kafka": {"max_poll_records": 50},
+            "schema": {"features": ["a"]},
+            "models": [
+                {"name": "last", "kind": "persistence", "primary": True},
+                {"name": "reg", "kind": "ridge", "publish": True},
+            ],
+        }
+    )
+
+    def with_feature(records: list[RawRecord]) -> list[RawRecord]:
+        out = []
+        for record in records:
+            event = orjson.loads(record.value or b"")
+            event["x"] = {"a": event["y"] * 0.5}
+            out.append(record._replace(value=orjson.dumps(event)))
+        return out
+
+    original = _processor(settings)
+    _feed(original, with_feature(_records(0, 400)))
+    header, state = snapshot.decode(_checkpoint(original, settings))
+    for rows in state["pending"]._polls.values():
+        assert rows.exogenous.shape[1] == 1
+        rows.exogenous = rows.exogenous[:, :0]  # as a Rows pickled before the field
+    restored = _processor(settings)
+    restored.restore(TP, header.features, state)
+    later = with_feature(_records(400, 200))
+    expected, got = _feed(original, later), _feed(restored, later)
+    assert [(p.source, p.model) for p in got] == [(p.source, p.model) for p in expected]
+    assert all(p.y_hat is not None and math.isfinite(p.y_hat) for p in got)
+    learned = restored.tasks[TP].scores()["reg"][0].n
+    assert learned == original.tasks[TP].scores()["reg"][0].n > 0

@@ -38,7 +38,7 @@ def test_prints_the_resolved_config_with_defaults_and_overrides(
     assert resolved["models"][0]["name"] == "a"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "stocks.yaml", "sensors.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "stocks.yaml", "sensors.yaml", "table.yaml"])
 def test_accepts_the_shipped_configs(capsys: pytest.CaptureFixture[str], name: str) -> None:
     assert main(["check", "-c", str(ROOT / "configs" / name)]) == 0
     assert "valid" in capsys.readouterr().out.splitlines()[0]

@@ -247,6 +247,15 @@ def run_plan(model: Model, plan: Plan) -> FloatArray:
     )
 
 
+def reads_raw_features(model: Model) -> bool:
+    """Whether ``model`` (or the model a :class:`PassThrough` wraps) reads
+    :attr:`FeatureBatch.exogenous`: a task keeps its rows' raw features only then (they
+    cost a pending row 8 bytes each, and its checkpoint as much)."""
+    while isinstance(model, PassThrough):
+        model = model.inner
+    return bool(getattr(model, "reads_raw_features", False))
+
+
 def interleaved(
     plan: Plan,
     predict: Callable[[int, int], FloatArray],

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -99,7 +99,7 @@ class OnlineRidge(Model):
     """Ridge regression of the level on ``columns`` of the event's features.
 
     It reads :attr:`FeatureBatch.exogenous` (the raw features), or, where a batch
-    carries none, its columns of ``x``.
+    carries none (or not as many), its columns of ``x``.
 
     >>> import numpy as np
     >>> from models.base import FeatureBatch
@@ -115,6 +115,8 @@ class OnlineRidge(Model):
     >>> bool(np.all(np.abs(model.predict(probe) - level[:3]) < 0.2))  # slopes a little shrunk
     True
     """
+
+    reads_raw_features: ClassVar[bool] = True  # models.base.reads_raw_features
 
     def __init__(self, params: RidgeParams, columns: Sequence[int]) -> None:
         self.params = params
@@ -147,7 +149,9 @@ class OnlineRidge(Model):
     def _features(self, batch: FeatureBatch) -> FloatArray:
         """The rows' raw features (scaled ones where the batch kept none); NaN where
         missing or too large."""
-        raw = batch.exogenous if batch.exogenous is not None else batch.x[:, self._take]
+        raw = batch.exogenous
+        if raw is None or raw.shape[1] != len(self.columns):  # not kept: the scaled ones
+            raw = batch.x[:, self._take]
         out: FloatArray = np.where(np.abs(raw) <= RAW_LIMIT, raw, np.nan)
         return out
 

@@ -48,7 +48,8 @@ class Rows:
     (a row in a guessed unit is learned only if its value did not change);
     ``settled``: its key had enough values for its unit to judge outliers and calibrate
     intervals (see :mod:`service.pipeline.tasks`). ``exogenous``: the events' own
-    features as they came, unscaled (``FeatureBatch.exogenous``).
+    features as they came, unscaled (``FeatureBatch.exogenous``), where a model of the
+    task reads them (none, ``(n, 0)``, otherwise).
     """
 
     keys: list[str] = field(default_factory=list)

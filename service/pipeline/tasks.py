@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.base import FloatArray, Model, Plan, run_plan
+from models.base import FloatArray, Model, Plan, reads_raw_features, run_plan
 from models.ensemble import EnsembleParams, Hedge
 from service.config import ModelSettings, Settings
 from service.pipeline.counts import TaskCounts
@@ -220,6 +220,9 @@ class PartitionTask:
         names = [m.name for m in settings.models]
         self._slots = [self._slot(m, settings, prototypes, names) for m in settings.models]
         self._base = [i for i, s in enumerate(self._slots) if s.model is not None]
+        # the events' raw features, kept with the rows only for a model that reads them
+        raw = any(s.model is not None and reads_raw_features(s.model) for s in self._slots)
+        self._raw_width = len(pipeline.exogenous) if raw else 0
         self._combined = [i for i, s in enumerate(self._slots) if s.model is None]
         self._primary_first = sorted(
             range(len(self._slots)), key=lambda i: not settings.models[i].primary
@@ -509,7 +512,7 @@ class PartitionTask:
             rows.outputs = np.zeros((0, len(self._slots)))
             rows.halves = np.zeros((0, len(self._slots)))
             rows.mature = rows.settled = np.zeros(0, np.bool_)
-            rows.exogenous = np.empty((0, len(self._pipeline.exogenous)))
+            rows.exogenous = np.empty((0, self._raw_width))
             return np.empty(0), np.empty(0)
         spacing = self._seasons.spacing(slots)
         spacing = np.where(count_at > SPACING_GAPS, spacing, np.nan)
@@ -550,7 +553,7 @@ class PartitionTask:
         rows.mature = values >= MATURE_VALUES
         rows.settled = values >= SCREEN_VALUES
         rows.measured = np.isfinite(computed.unit) if self._change else np.ones(n, np.bool_)
-        rows.exogenous = exogenous.reshape(n, -1)
+        rows.exogenous = exogenous.reshape(n, -1) if self._raw_width else np.empty((n, 0))
         self._seasons.units[slots] = np.where(rows.settled, computed.unit, np.nan)
         return reach_bounds(histories, rows.offset, rows.scale)
 
@@ -585,7 +588,7 @@ class PartitionTask:
                 mature=np.empty(0, np.bool_),
                 settled=np.empty(0, np.bool_),
                 measured=np.empty(0, np.bool_),
-                exogenous=np.empty((0, len(self._pipeline.exogenous))),
+                exogenous=np.empty((0, self._raw_width)),
             )
         )
         target = (truth - learned.offset) / learned.scale
@@ -889,7 +892,7 @@ class PartitionTask:
         pending = state["pending"]  # older checkpoints: per-key queues of (rows, index)
         if not isinstance(pending, PendingBook):
             pending = PendingBook.of_queues(pending)
-        pending.widen(len(self._pipeline.exogenous))
+        pending.widen(self._raw_width)
         self._pending = pending
         self._strikes = state["strikes"]
         self._batches = int(state["batches"])

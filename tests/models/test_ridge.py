@@ -4,6 +4,7 @@ their own running frame, so that the order rows come in does not skew the fit.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -143,6 +144,8 @@ def test_without_raw_features_it_reads_their_columns_of_x() -> None:
     model = registry.build("ridge", {}, CONTEXT)
     model.learn(batch, level)
     np.testing.assert_allclose(model.predict(batch), level, atol=0.1)  # ridge: a small shrink
+    none_kept = dataclasses.replace(batch, exogenous=np.empty((300, 0)))  # a task's (n, 0)
+    np.testing.assert_array_equal(model.predict(none_kept), model.predict(batch))
 
 
 def test_one_outlier_row_moves_the_fit_by_a_bounded_step() -> None:

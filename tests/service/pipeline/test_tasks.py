@@ -302,3 +302,32 @@ def test_a_restored_shared_rls_goes_on_as_every_key_buckets_start() -> None:
     assert model.updates == shared.updates > 0
     # no bucket learned yet: each would start from (a copy of) the restored fit
     assert np.array_equal(model.most_learned().weights, shared.weights)
+
+
+@pytest.mark.parametrize(("kind", "width"), [("ridge", 2), ("rls", 0)])
+def test_rows_keep_their_raw_features_only_for_a_model_that_reads_them(
+    kind: str, width: int
+) -> None:
+    """A pending row keeps its event's raw features (8 B each, in memory and in the
+    checkpoint) only in a task with a model that reads them, such as ``ridge``."""
+    settings = Settings.model_validate(
+        {
+            "schema": {"features": ["p", "q"]},
+            "forecast": {"window": 4, "lags": 2, "history": 4, "outliers": "accept"},
+            "models": [{"name": "m", "kind": kind, "primary": True}],
+        }
+    )
+    pipeline = FeaturePipeline(2, settings.forecast.target, ("p", "q"), 4, 1)
+    task = PartitionTask("t", 0, settings, build_prototypes(settings, pipeline), pipeline)
+    events = [
+        Event(
+            "a", i * 1000, float(i % 3), np.array([i * 10.0, -1.0]), RawRecord("t", 0, i, b"a", b"")
+        )
+        for i in range(6)
+    ]
+    task.process(events)
+    polls = list(task.state()["pending"]._polls.values())
+    assert polls
+    assert {rows.exogenous.shape[1] for rows in polls} == {width}
+    if width:
+        assert polls[-1].exogenous[-1].tolist() == [50.0, -1.0]

@@ -286,6 +286,9 @@ class OnlineRidge(Model):
             "sxy": self._sxy.copy(),
             "mae": self._mae,
             "seen": self._seen,
+            # the solve in use and its age: a restored model goes on exactly
+            "solution": None if self._solution is None else [*self._solution],
+            "since": self._since,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -304,7 +307,18 @@ class OnlineRidge(Model):
         self._sxy = np.asarray(state["sxy"], dtype=np.float64).copy()
         self._mae = float(state["mae"])
         self._seen = int(state["seen"])
-        self._solution, self._since = None, 0
+        solution = state.get("solution")
+        if solution is None:
+            self._solution, self._since = None, 0
+        else:
+            mean, inverse, slopes, intercept = solution
+            self._solution = (
+                np.asarray(mean, dtype=np.float64).copy(),
+                np.asarray(inverse, dtype=np.float64).copy(),
+                np.asarray(slopes, dtype=np.float64).copy(),
+                float(intercept),
+            )
+            self._since = int(state.get("since", 0))
 
 
 def _levels(batch: FeatureBatch, target: FloatArray) -> list[float]:

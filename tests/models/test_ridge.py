@@ -195,17 +195,25 @@ def test_with_no_features_it_forecasts_the_levels_mean() -> None:
 
 
 def test_its_state_goes_on_where_it_stopped_and_refuses_another_feature_list() -> None:
+    """Past 1,024 rows it solves every 4th: a state saved between two solves carries
+    the solve in use and its age, so the restored model's forecasts are the
+    original's to the bit."""
     rng = np.random.default_rng(7)
-    raw = rng.normal(size=(100, 2))
-    level = raw @ np.array([1.0, -3.0]) + rng.normal(0, 0.1, 100)
+    n = 1200
+    raw = rng.normal(size=(n, 2))
+    level = raw @ np.array([1.0, -3.0]) + np.linspace(0.0, 3.0, n) + rng.normal(0, 0.1, n)
     model = OnlineRidge(RidgeParams(), (1, 2))
-    model.learn(table(raw[:60]), level[:60])
+    model.learn(table(raw[:1030]), level[:1030])
+    model.predict(table(raw[:1]))  # a solve, now in use
+    model.learn(table(raw[1030:1031]), level[1030:1031])  # one row learned since
+    assert solve_every(model.updates) == 4
     restored = model.clone()
     restored.load_state_dict(copy.deepcopy(model.state_dict()))
-    model.learn(table(raw[60:]), level[60:])
-    restored.learn(table(raw[60:]), level[60:])
-    np.testing.assert_array_equal(model.predict(table(raw)), restored.predict(table(raw)))
-    assert restored.updates == 100
+    rest = table(raw[1031:])
+    np.testing.assert_array_equal(
+        one_by_one(restored, rest, level[1031:]), one_by_one(model, rest, level[1031:])
+    )
+    assert restored.updates == n
     narrow = OnlineRidge(RidgeParams(), (1,))
     with pytest.raises(ValueError, match="feature list changed"):
         narrow.load_state_dict(model.state_dict())

@@ -85,6 +85,7 @@ _MODEL_SPACE: dict[str, list[tuple[str, str, float, float, tuple[Any, ...]]]] = 
     "river.tree": [("grace_period", "int", 20, 400, ()), ("max_depth", "int", 3, 16, ())],
     "river.forest": [("n_models", "int", 3, 10, ())],
     "ewma": [("alpha", "float", 0.05, 0.95, ())],
+    "ridge": [("ridge", "log", 0.1, 30.0, ()), ("memory", "int", 50, 5000, ())],
     "torch.mlp": [
         ("lr", "log", 1e-4, 3e-2, ()),
         ("weight_decay", "log", 1e-7, 1e-2, ()),

@@ -11,7 +11,7 @@ import yaml
 from service.cli import main
 from service.config import load_settings
 from service.tools import replay
-from service.workbench.tune import score
+from service.workbench.tune import score, search_space, starting_values
 
 START = """\
 forecast: {horizon: 1, window: 32}
@@ -59,3 +59,15 @@ def test_bad_holdout_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tune", "waterflow", "--trials", "1", "--holdout", "1.5", "--out", str(out)]) == 2
     assert "--holdout" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_tables_default_searches_its_regressions_penalty_and_memory() -> None:
+    """``configs/table.yaml`` (the built-in default for tables): the tune searches the
+    ``ridge`` member's penalty and memory beside the ensemble's settings, starting from
+    the kind's defaults."""
+    settings = load_settings(Path(__file__).resolve().parents[3] / "configs" / "table.yaml", {})
+    index = [m.name for m in settings.models].index("regression")
+    dims = {dim.path: dim for dim in search_space(settings)}
+    assert {("models", index, "params", p) for p in ("ridge", "memory")} <= set(dims)
+    start = starting_values(list(dims.values()), settings)
+    assert start[dims[("models", index, "params", "ridge")].name] == 1.0

@@ -94,6 +94,12 @@ class FeatureBatch:
         out: FloatArray = (level - self.offset) / self.units
         return out
 
+    def to_level(self, target: FloatArray) -> FloatArray:
+        """Learning targets as levels in the original scale, ``offset + scale * target``
+        (the inverse of :meth:`to_target`)."""
+        out: FloatArray = self.offset + self.units * target
+        return out
+
     def rows(self, start: int, stop: int) -> FeatureBatch:
         """Rows ``start:stop`` as views (cheap; for readers that do not mutate)."""
         return FeatureBatch(

@@ -209,7 +209,7 @@ class OnlineRidge(Model):
 
     def learn(self, batch: FeatureBatch, target: FloatArray) -> None:
         """One row at a time, in order: its a-priori error, clipped, into the sums."""
-        self._learn_rows(self._features(batch), _levels(batch, target))
+        self._learn_rows(self._features(batch), batch.to_level(target).tolist())
 
     def run(self, plan: Plan) -> FloatArray:
         """:func:`~models.base.run_plan`'s calls, the same rows in each, with the
@@ -217,7 +217,7 @@ class OnlineRidge(Model):
         alternates a prediction and a learned row, and building a batch per call
         cost more than the arithmetic."""
         asked, offset, scale = self._features(plan.predict), plan.predict.offset, plan.predict.scale
-        learned, levels = self._features(plan.learn), _levels(plan.learn, plan.target)
+        learned, levels = self._features(plan.learn), plan.learn.to_level(plan.target).tolist()
         return interleaved(
             plan,
             lambda a, b: self._predicted(
@@ -319,13 +319,6 @@ class OnlineRidge(Model):
                 float(intercept),
             )
             self._since = int(state.get("since", 0))
-
-
-def _levels(batch: FeatureBatch, target: FloatArray) -> list[float]:
-    """The levels that ``target`` (learning targets of ``batch``'s rows) stands for."""
-    level = target if batch.scale is None else batch.scale * target
-    out: list[float] = (batch.offset + level).tolist()
-    return out
 
 
 def _build(params: RidgeParams, context: ModelContext) -> Model:

@@ -190,7 +190,7 @@ class RLS(Model):
         """The rows ``[x, 1]`` and what they learn: the target, or for a level model
         the level (its anchor not yet taken off)."""
         if self.level:
-            target = batch.offset + batch.units * target
+            target = batch.to_level(target)
         rows = np.empty((len(target), self.n_features + 1))
         rows[:, :-1] = self._inputs(batch)
         rows[:, -1] = 1.0

@@ -1,4 +1,5 @@
-"""Baselines that every learned model must beat: persistence, seasonal naive and EWMA.
+"""Baselines that every learned model must beat: persistence, seasonal naive, EWMA and
+Holt's damped trend.
 
 They think in levels: each computes a level from the raw window and returns it in the
 learning-target space of :mod:`models.base` (``FeatureBatch.to_target``). They do not learn:
@@ -22,11 +23,14 @@ from models.registry import ModelParams, ModelSpec, register
 __all__ = [
     "EWMA",
     "EWMAParams",
+    "Holt",
+    "HoltParams",
     "Persistence",
     "PersistenceParams",
     "SeasonalNaive",
     "SeasonalNaiveParams",
     "ewm_level",
+    "holt_level",
 ]
 
 
@@ -202,6 +206,147 @@ class EWMA(_Baseline):
         return EWMA(alpha=self.alpha)
 
 
+def holt_level(
+    window: FloatArray, alpha: float, beta: float, damping: float, horizon: int
+) -> FloatArray:
+    """Holt's damped-trend forecast ``horizon`` steps past the newest value of each row
+    of ``window``, skipping NaN; NaN for a row without a finite value.
+
+    The recursion (Hyndman & Athanasopoulos, *Forecasting: Principles and Practice*,
+    8.2, with ``phi`` = ``damping``) starts from ``level = v_0``, ``trend = 0`` at the
+    oldest finite value: the window slides, so the start is taken again at every
+    forecast, and a trend taken from its first two values would pass their noise on
+    to every forecast (no trend is the prior the recent changes must overcome). Then,
+    for each newer finite value ``v``::
+
+        level' = alpha * v + (1 - alpha) * (level + phi * trend)
+        trend' = beta * (level' - level) + (1 - beta) * phi * trend
+
+    and the forecast ``level + (phi + phi**2 + ... + phi**horizon) * trend`` (``level``
+    at horizon 0). It is linear in the values, so a window whose finite values are its
+    newest ``m`` (a mature key's: all of them; a young key's: NaN before its first
+    value) is one dot product with weights computed once per ``m``
+    (:func:`_holt_weights`); only a row with a gap runs the recursion.
+
+    >>> holt_level(np.array([[1.0, 2.0, 3.0, 4.0]]), 0.5, 0.5, 1.0, 1).round(4).tolist()
+    [4.2969]
+    >>> holt_level(np.array([[np.nan, 5.0], [np.nan, np.nan]]), 0.3, 0.1, 0.98, 1).tolist()
+    [5.0, nan]
+    """
+    finite = np.isfinite(window)
+    if window.size and bool(finite.all()):
+        full: FloatArray = window @ _holt_weights(alpha, beta, damping, horizon, window.shape[1])
+        return full
+    width = window.shape[1]
+    count = finite.sum(axis=1)
+    newest = np.cumprod(finite[:, ::-1], axis=1).sum(axis=1) == count
+    out: FloatArray = np.full(window.shape[0], np.nan)
+    for m in np.unique(count[newest & (count > 0)]).tolist():
+        rows = newest & (count == m)
+        weights = _holt_weights(alpha, beta, damping, horizon, m)
+        out[rows] = window[rows, width - m :] @ weights
+    gaps = ~newest
+    if gaps.any():
+        out[gaps] = _holt_recursion(window[gaps], alpha, beta, damping, horizon)
+    return out
+
+
+def _holt_recursion(
+    window: FloatArray, alpha: float, beta: float, damping: float, horizon: int
+) -> FloatArray:
+    """:func:`holt_level` run value by value, skipping NaN wherever it lies."""
+    finite = np.isfinite(window)
+    n = window.shape[0]
+    level = np.zeros(n)
+    trend = np.zeros(n)
+    started = np.zeros(n, dtype=np.bool_)
+    for column in range(window.shape[1]):
+        value = window[:, column]
+        seen = finite[:, column]
+        step = seen & started
+        damped = damping * trend
+        smoothed = alpha * value + (1.0 - alpha) * (level + damped)
+        trend = np.where(step, beta * (smoothed - level) + (1.0 - beta) * damped, trend)
+        level = np.where(step, smoothed, np.where(seen & ~started, value, level))
+        started |= seen
+    out: FloatArray = np.where(started, level + _damped_steps(damping, horizon) * trend, np.nan)
+    return out
+
+
+def _damped_steps(damping: float, horizon: int) -> float:
+    """``phi + phi**2 + ... + phi**horizon``: how many trend steps a forecast adds."""
+    return float(sum(damping**step for step in range(1, horizon + 1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _holt_weights(
+    alpha: float, beta: float, damping: float, horizon: int, width: int
+) -> FloatArray:
+    """:func:`holt_level`'s weights for a window without NaN, oldest first: the
+    recursion run on the unit vectors (each value's share of the level and trend)."""
+    level = np.zeros(width)
+    trend = np.zeros(width)
+    level[0] = 1.0
+    for column in range(1, width):
+        unit = np.zeros(width)
+        unit[column] = 1.0
+        new_level = alpha * unit + (1.0 - alpha) * (level + damping * trend)
+        trend = beta * (new_level - level) + (1.0 - beta) * damping * trend
+        level = new_level
+    weights: FloatArray = level + _damped_steps(damping, horizon) * trend
+    weights.flags.writeable = False
+    return weights
+
+
+class Holt(_Baseline):
+    """Predict the window's level plus its damped trend (see :func:`holt_level`).
+
+    The exponential smoothing of a trend (Holt, 1957; damped: Gardner & McKenzie,
+    1985), the benchmark of short trending series, where the learned members have not
+    yet seen enough changes to learn a drift: a few dozen monthly sales. Not in the
+    default ensemble (README, "Outside data": on longer trending series the learned
+    members already follow the trend, and one more member costs a little everywhere);
+    add it as a member where series are short and trend. ``damping`` below 1 bends
+    the trend flat over long horizons, the safer choice when it is not known to last.
+
+    >>> batch = FeatureBatch(
+    ...     x=np.zeros((1, 0)),
+    ...     window=np.array([[1.0, 2.0, 3.0, 4.0]]),
+    ...     offset=np.array([4.0]),
+    ...     keys=["a"],
+    ...     feature_names=[],
+    ... )
+    >>> Holt(alpha=0.5, beta=0.5, damping=1.0, horizon=1).predict(batch).round(4).tolist()
+    [0.2969]
+    """
+
+    def __init__(
+        self, alpha: float = 0.3, beta: float = 0.1, damping: float = 0.98, horizon: int = 1
+    ) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        if not 0.0 < damping <= 1.0:
+            raise ValueError(f"damping must be in (0, 1], got {damping}")
+        if horizon < 0:
+            raise ValueError(f"horizon must be at least 0, got {horizon}")
+        self.alpha = alpha
+        self.beta = beta
+        self.damping = damping
+        self.horizon = horizon
+
+    def predict(self, batch: FeatureBatch) -> FloatArray:
+        """``holt(window) - offset`` per row; 0 where the key has no history yet."""
+        level = holt_level(batch.window, self.alpha, self.beta, self.damping, self.horizon)
+        out: FloatArray = np.where(np.isfinite(level), batch.to_target(level), 0.0)
+        return out
+
+    def clone(self) -> Holt:
+        """A new Holt with the same parameters."""
+        return Holt(self.alpha, self.beta, self.damping, self.horizon)
+
+
 class PersistenceParams(ModelParams):
     """``persistence`` takes no params."""
 
@@ -219,6 +364,20 @@ class EWMAParams(ModelParams):
     """
 
     alpha: float = Field(default=0.3, gt=0.0, le=1.0)
+
+
+class HoltParams(ModelParams):
+    """Params of ``holt``.
+
+    Attributes:
+        alpha: the level's smoothing factor: the weight of the newest value.
+        beta: the trend's smoothing factor: the weight of the newest change of level.
+        damping: ``phi``, each further step's share of the trend (1: a straight line).
+    """
+
+    alpha: float = Field(default=0.3, gt=0.0, le=1.0)
+    beta: float = Field(default=0.1, ge=0.0, le=1.0)
+    damping: float = Field(default=0.98, gt=0.0, le=1.0)
 
 
 def _build_persistence(params: PersistenceParams, context: ModelContext) -> Model:
@@ -247,6 +406,20 @@ register(
         params=EWMAParams,
         build=_build_ewma,
         summary="exponentially weighted mean of the window",
+    )
+)
+
+
+def _build_holt(params: HoltParams, context: ModelContext) -> Model:
+    return Holt(params.alpha, params.beta, params.damping, context.horizon)
+
+
+register(
+    ModelSpec(
+        kind="holt",
+        params=HoltParams,
+        build=_build_holt,
+        summary="Holt's damped trend: the window's smoothed level plus its smoothed trend",
     )
 )
 register(

@@ -85,6 +85,11 @@ _MODEL_SPACE: dict[str, list[tuple[str, str, float, float, tuple[Any, ...]]]] = 
     "river.tree": [("grace_period", "int", 20, 400, ()), ("max_depth", "int", 3, 16, ())],
     "river.forest": [("n_models", "int", 3, 10, ())],
     "ewma": [("alpha", "float", 0.05, 0.95, ())],
+    "holt": [
+        ("alpha", "float", 0.05, 0.95, ()),
+        ("beta", "float", 0.01, 0.5, ()),
+        ("damping", "float", 0.8, 1.0, ()),
+    ],
     "ridge": [("ridge", "log", 0.1, 30.0, ()), ("memory", "int", 50, 5000, ())],
     "torch.mlp": [
         ("lr", "log", 1e-4, 3e-2, ()),

@@ -1,4 +1,4 @@
-"""Persistence and EWMA against hand computations, pandas, and invariants."""
+"""Persistence, EWMA and Holt against hand computations, pandas, and invariants."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from models.base import FeatureBatch
-from models.baselines import EWMA, Persistence, ewm_level
+from models.baselines import EWMA, Holt, Persistence, ewm_level, holt_level
 
 
 def make_batch(window: np.ndarray, offset: np.ndarray | None = None) -> FeatureBatch:
@@ -78,8 +78,8 @@ def test_ewma_rejects_alpha_outside_unit_interval(alpha: float) -> None:
         EWMA(alpha=alpha)
 
 
-@pytest.mark.parametrize("model", [Persistence(), EWMA()])
-def test_baselines_do_not_learn(model: Persistence | EWMA) -> None:
+@pytest.mark.parametrize("model", [Persistence(), EWMA(), Holt()])
+def test_baselines_do_not_learn(model: Persistence | EWMA | Holt) -> None:
     batch = make_batch(WINDOW)
     before = model.predict(batch)
     model.learn(batch, np.full(len(batch), 100.0))
@@ -88,11 +88,73 @@ def test_baselines_do_not_learn(model: Persistence | EWMA) -> None:
     assert model.state_dict() == {}
 
 
-@pytest.mark.parametrize("model", [Persistence(), EWMA()])
-def test_baselines_refuse_foreign_state(model: Persistence | EWMA) -> None:
+@pytest.mark.parametrize("model", [Persistence(), EWMA(), Holt()])
+def test_baselines_refuse_foreign_state(model: Persistence | EWMA | Holt) -> None:
     model.load_state_dict({})
     with pytest.raises(ValueError, match="another model kind"):
         model.load_state_dict({"estimator": b"..."})
+
+
+def holt_by_hand(
+    values: list[float], alpha: float, beta: float, damping: float, horizon: int
+) -> float:
+    """The damped-trend recursion written out, one value at a time, NaN skipped."""
+    finite = [v for v in values if np.isfinite(v)]
+    level, trend = finite[0], 0.0
+    for value in finite[1:]:
+        previous = level
+        level = alpha * value + (1 - alpha) * (level + damping * trend)
+        trend = beta * (level - previous) + (1 - beta) * damping * trend
+    return level + sum(damping**step for step in range(1, horizon + 1)) * trend
+
+
+@pytest.mark.parametrize(("damping", "horizon"), [(1.0, 1), (0.98, 1), (0.9, 3), (0.98, 0)])
+def test_holt_matches_the_recursion_by_hand_with_and_without_gaps(
+    damping: float, horizon: int
+) -> None:
+    rng = np.random.default_rng(1)
+    window = rng.normal(0.0, 1.0, size=(40, 24)).cumsum(axis=1) + np.arange(24.0)
+    full = holt_level(window, 0.3, 0.1, damping, horizon)  # the weights' path
+    expected = [holt_by_hand(list(row), 0.3, 0.1, damping, horizon) for row in window]
+    np.testing.assert_allclose(full, expected, rtol=1e-10, atol=1e-10)
+    for row, pad in enumerate(rng.integers(0, 24, size=40)):
+        window[row, :pad] = np.nan  # a young key's window
+    window[5, 20] = np.nan  # an interior gap is skipped
+    gappy = holt_level(window, 0.3, 0.1, damping, horizon)  # the recursion's path
+    expected = [holt_by_hand(list(row), 0.3, 0.1, damping, horizon) for row in window]
+    np.testing.assert_allclose(gappy, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_holt_follows_a_straight_line_that_ewma_trails() -> None:
+    line = np.arange(32, dtype=float)[None, :] * 2.0 + 10.0  # the next value is 74
+    batch = make_batch(line, line[:, -1].copy())
+    straight = Holt(alpha=0.3, beta=0.1, damping=1.0, horizon=1).predict(batch)
+    assert 1.8 < straight[0] < 2.0  # most of the step of 2, from a start of no trend
+    assert EWMA(alpha=0.3).predict(batch)[0] < -4.0  # a smoother trails a trend
+    two = Holt(alpha=0.3, beta=0.1, damping=1.0, horizon=2).predict(batch)
+    damped = Holt(alpha=0.3, beta=0.1, damping=0.98, horizon=2).predict(batch)
+    assert two[0] > straight[0] + 1.5  # one more step of the trend
+    assert 0.0 < damped[0] < two[0]  # damped: upwards, by less than the straight trend
+
+
+def test_holt_with_no_history_predicts_the_offset_and_flat_windows_stay_flat() -> None:
+    window = np.array([[np.nan, np.nan], [5.0, 5.0]])
+    out = Holt().predict(make_batch(window, np.array([3.0, 5.0])))
+    np.testing.assert_array_equal(out, [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"beta": 1.5}, "beta"),
+        ({"damping": 0.0}, "damping"),
+        ({"horizon": -1}, "horizon"),
+    ],
+)
+def test_holt_rejects_params_outside_their_range(params: dict[str, float], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        Holt(**params)  # type: ignore[arg-type]
 
 
 windows = hnp.arrays(
@@ -122,3 +184,22 @@ def test_ewma_lies_within_the_finite_window_values(
             assert value == 0.0
         else:
             assert finite.min() - shift <= value <= finite.max() - shift
+
+
+@given(
+    window=windows,
+    damping=st.floats(0.01, 1.0),
+    horizon=st.integers(0, 48),
+)
+def test_holt_is_finite_and_a_single_value_is_persistence(
+    window: np.ndarray, damping: float, horizon: int
+) -> None:
+    offset = np.zeros(window.shape[0])
+    out = Holt(damping=damping, horizon=horizon).predict(make_batch(window, offset))
+    assert np.all(np.isfinite(out))
+    for row, value in zip(window, out, strict=True):
+        finite = row[np.isfinite(row)]
+        if finite.size == 0:
+            assert value == 0.0
+        elif finite.size == 1:
+            assert value == finite[0]

@@ -15,6 +15,7 @@ from models.river_kinds import RiverLinearParams
 CONTEXT = ModelContext(feature_names=("a",), window=4, horizon=1)
 BUILTIN = [
     "ewma",
+    "holt",
     "knn",
     "persistence",
     "river.custom",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from service.cli import main
-from service.config import load_settings
+from service.config import Settings, load_settings
 from service.tools import replay
 from service.workbench.tune import score, search_space, starting_values
 
@@ -59,6 +59,23 @@ def test_bad_holdout_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tune", "waterflow", "--trials", "1", "--holdout", "1.5", "--out", str(out)]) == 2
     assert "--holdout" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_holt_member_has_its_smoothing_and_damping_searched_from_its_values() -> None:
+    settings = Settings.model_validate(
+        {
+            "models": [
+                {"name": "ensemble", "kind": "ensemble", "primary": True},
+                {"name": "last", "kind": "persistence"},
+                {"name": "trend", "kind": "holt", "params": {"damping": 0.9}},
+            ]
+        }
+    )
+    dims = {dim.path: dim for dim in search_space(settings)}
+    paths = {("models", 2, "params", p) for p in ("alpha", "beta", "damping")}
+    assert paths <= set(dims)
+    start = starting_values(list(dims.values()), settings)
+    assert start[dims[("models", 2, "params", "damping")].name] == 0.9
 
 
 def test_a_tables_default_searches_its_regressions_penalty_and_memory() -> None:

@@ -33,7 +33,8 @@ unlearned (:func:`~service.pipeline.tasks.learnable`) and the replay learns. So 
 first row, the default replayed, is within a fraction of a percent of
 ``bench.quality``'s *default* column; compare variants with that row.
 Printed: each variant's MAE over the default variant's, per dataset (the first
-:data:`bench.quality.WARMUP` of each key left out, as there), and their geometric mean.
+:data:`bench.quality.WARMUP` of each key left out, as there), and their geometric mean;
+a row per variant, or a row per dataset when there are more datasets than variants.
 """
 
 from __future__ import annotations
@@ -215,13 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = [("default", default_params)] if default_params not in grid else []
     runs += [(name, params) for name in variants for params in grid]
 
-    table = Table(title="ensemble MAE replayed, over the default's replayed MAE")
-    table.add_column("variant")
-    table.add_column("eta / share / memory / past share / past memory / prior / eta warm-up")
     names = [n for n in args.datasets.split(",") if n]
-    for name in names:
-        table.add_column(name, justify="right")
-    table.add_column("geometric mean", justify="right")
     ratios: dict[int, list[float]] = {i: [] for i in range(len(runs))}
     for dataset in names:
         data = forecasts(dataset, args.member)
@@ -229,15 +224,47 @@ def main(argv: list[str] | None = None) -> None:
         base = replayed_mae(data, members["default"], default_params)
         for i, (variant, params) in enumerate(runs):
             ratios[i].append(replayed_mae(data, members[variant], params) / base)
-    for i, (variant, params) in enumerate(runs):
-        table.add_row(
-            variant,
-            f"{params.eta:g} / {params.share:g} / {params.memory} / {params.past_share:g}"
-            f" / {params.past_memory} / {params.prior_events} / {params.eta_warmup}",
-            *[f"{r:.3f}" for r in ratios[i]],
-            f"{geometric_mean(ratios[i]):.3f}",
-        )
+    table = ratio_table(runs, names, [ratios[i] for i in range(len(runs))])
     Console(width=max(Console().width, 200)).print(table)
+
+
+_SETTINGS = "eta / share / memory / past share / past memory / prior / eta warm-up"
+
+
+def ratio_table(
+    runs: Sequence[tuple[str, EnsembleParams]],
+    datasets: Sequence[str],
+    ratios: Sequence[list[float]],
+) -> Table:
+    """Each run's MAE ratio per dataset and their geometric mean, a row per run, or a
+    row per dataset where there are more datasets than runs (36 datasets as columns
+    do not fit any terminal)."""
+    title = "ensemble MAE replayed, over the default's replayed MAE"
+    settings = [
+        f"{p.eta:g} / {p.share:g} / {p.memory} / {p.past_share:g} / {p.past_memory}"
+        f" / {p.prior_events} / {p.eta_warmup}"
+        for _, p in runs
+    ]
+    means = [f"{geometric_mean(r):.3f}" for r in ratios]
+    if len(datasets) > len(runs):
+        table = Table(title=title, caption=f"settings: {_SETTINGS}")
+        table.add_column("dataset")
+        for (variant, _), setting in zip(runs, settings, strict=True):
+            table.add_column(f"{variant}\n{setting}", justify="right")
+        for j, dataset in enumerate(datasets):
+            table.add_row(dataset, *[f"{r[j]:.3f}" for r in ratios])
+        table.add_section()
+        table.add_row("geometric mean", *means)
+        return table
+    table = Table(title=title)
+    table.add_column("variant")
+    table.add_column(_SETTINGS)
+    for dataset in datasets:
+        table.add_column(dataset, justify="right")
+    table.add_column("geometric mean", justify="right")
+    for (variant, _), setting, row, mean in zip(runs, settings, ratios, means, strict=True):
+        table.add_row(variant, setting, *[f"{r:.3f}" for r in row], mean)
+    return table
 
 
 if __name__ == "__main__":

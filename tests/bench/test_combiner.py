@@ -9,7 +9,14 @@ import numpy as np
 import orjson
 import pytest
 
-from bench.combiner import Forecasts, _member, default_members, forecasts, replayed_mae
+from bench.combiner import (
+    Forecasts,
+    _member,
+    default_members,
+    forecasts,
+    ratio_table,
+    replayed_mae,
+)
 from bench.quality import ALL_CASES, Truth, default_settings, feature_columns
 from models.ensemble import EnsembleParams
 from service.config import Settings
@@ -62,3 +69,17 @@ def test_a_member_is_given_as_name_kind_and_params() -> None:
     }
     with pytest.raises(argparse.ArgumentTypeError, match="NAME=KIND"):
         _member("torch.mlp")
+
+
+def test_many_datasets_print_a_row_each_and_few_a_column_each() -> None:
+    """36 datasets as columns did not fit any terminal: rich squeezed each to a few
+    characters. With more datasets than runs, each dataset is a row."""
+    runs = [("default", EnsembleParams()), ("other", EnsembleParams(eta=0.6))]
+    ratios = [[1.0, 1.0, 1.0], [0.5, 2.0, 1.0]]
+    wide = ratio_table(runs, ["a", "b", "c"], ratios)
+    assert [str(c.header).split("\n")[0] for c in wide.columns] == ["dataset", "default", "other"]
+    assert list(wide.columns[0].cells) == ["a", "b", "c", "geometric mean"]
+    assert list(wide.columns[2].cells) == ["0.500", "2.000", "1.000", "1.000"]
+    narrow = ratio_table(runs[:1] * 3, ["a"], [[0.9]] * 3)
+    assert [c.header for c in narrow.columns][::2] == ["variant", "a"]
+    assert list(narrow.columns[2].cells) == ["0.900"] * 3

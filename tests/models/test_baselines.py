@@ -117,10 +117,14 @@ def test_holt_matches_the_recursion_by_hand_with_and_without_gaps(
     full = holt_level(window, 0.3, 0.1, damping, horizon)  # the weights' path
     expected = [holt_by_hand(list(row), 0.3, 0.1, damping, horizon) for row in window]
     np.testing.assert_allclose(full, expected, rtol=1e-10, atol=1e-10)
+    full_window = window.copy()
     for row, pad in enumerate(rng.integers(0, 24, size=40)):
-        window[row, :pad] = np.nan  # a young key's window
-    window[5, 20] = np.nan  # an interior gap is skipped
-    gappy = holt_level(window, 0.3, 0.1, damping, horizon)  # the recursion's path
+        window[row, :pad] = np.nan  # young keys: the weights of their own length
+    window[5] = full_window[5]
+    window[5, 20] = np.nan  # gaps, skipped by the recursion
+    window[6] = full_window[6]
+    window[6, :4] = window[6, 10] = np.nan
+    gappy = holt_level(window, 0.3, 0.1, damping, horizon)
     expected = [holt_by_hand(list(row), 0.3, 0.1, damping, horizon) for row in window]
     np.testing.assert_allclose(gappy, expected, rtol=1e-10, atol=1e-10)
 

@@ -64,6 +64,14 @@ SOLVE_EVERY_MAX = 16
 miss, as ``torch.mlp``'s ``learn_every``."""
 _CLIP_Z = 10.0  # standardised inputs are clipped here, as the pipeline's are
 _FLAT = 1e-12  # a spread below this fraction of the feature's size is rounding
+_UNSOLVED: tuple[FloatArray, FloatArray, FloatArray, float] = (
+    np.zeros(0),
+    np.ones(0),
+    np.zeros(0),
+    0.0,
+)
+"""What predicts until a solve succeeds: no slopes (:meth:`OnlineRidge._relative`
+then predicts the anchor)."""
 
 
 def solve_every(seen: int) -> int:
@@ -170,25 +178,19 @@ class OnlineRidge(Model):
         inverse = 1.0 / np.where(flat, 1.0, spread)
         intercept = self._sy / (n + ridge)
         if d == 0:  # no features: the level's weighted mean, shrunk to the anchor
-            self._solution = self._last_good = (mean, inverse, np.zeros(0), intercept)
+            self._solution = (mean, inverse, np.zeros(0), intercept)
             return self._solution
         gram = cov * (n * inverse)[:, None] * inverse
         gram.flat[:: d + 1] += ridge
         moment = (self._sxy - mean * self._sy) * inverse
         _, slopes, info = dposv(gram, moment, overwrite_a=True, overwrite_b=True)
         if info != 0 or not (np.isfinite(slopes).all() and math.isfinite(intercept)):
-            self._failed += 1
-            self._solution = self._last_good
-            return self._last_good
-        self._solution = self._last_good = (mean, inverse, slopes, intercept)
+            self._failed += 1  # the last good solve stays (restored ones too)
+            if self._solution is None:
+                self._solution = _UNSOLVED
+            return self._solution
+        self._solution = (mean, inverse, slopes, intercept)
         return self._solution
-
-    _last_good: tuple[FloatArray, FloatArray, FloatArray, float] = (
-        np.zeros(0),
-        np.ones(0),
-        np.zeros(0),
-        0.0,
-    )
 
     def _relative(self, rows: FloatArray, complete: bool = False) -> FloatArray:
         """The fit's level about the anchor for rows of features about the origin

@@ -219,6 +219,29 @@ def test_its_state_goes_on_where_it_stopped_and_refuses_another_feature_list() -
         narrow.load_state_dict(model.state_dict())
 
 
+def test_a_failed_solve_keeps_the_solve_in_use_restored_or_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A solve that fails (LAPACK refuses the system) leaves the last good one in use
+    and is counted; a restored model falls back to the solve its state carried, as
+    the original does, not to no solve at all."""
+    rng = np.random.default_rng(9)
+    raw = rng.normal(size=(600, 2))
+    level = raw @ np.array([2.0, -1.0]) + 5.0
+    model = OnlineRidge(RidgeParams(), (1, 2))
+    model.learn(table(raw[:520]), level[:520])
+    probe = table(raw[:5])
+    before = model.predict(probe)  # a solve, now in use
+    restored = model.clone()
+    restored.load_state_dict(copy.deepcopy(model.state_dict()))
+    refused = (None, np.zeros(2), 1)  # dposv's (factor, solution, info != 0)
+    monkeypatch.setattr("models.ridge.dposv", lambda *args, **kwargs: refused)
+    for fitted in (model, restored):
+        fitted.learn(table(raw[520:530]), level[520:530])  # solves due, each refused
+        np.testing.assert_array_equal(fitted.predict(probe), before)
+    assert model.nonfinite_events == restored.nonfinite_events > 0
+
+
 @pytest.mark.parametrize("poll", [7, 1000])
 def test_its_forecasts_do_not_depend_on_how_rows_are_batched(poll: int) -> None:
     """Solves are due by the count of rows learned alone: a stream of 3,000 rows at

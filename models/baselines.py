@@ -282,18 +282,10 @@ def _damped_steps(damping: float, horizon: int) -> float:
 def _holt_weights(
     alpha: float, beta: float, damping: float, horizon: int, width: int
 ) -> FloatArray:
-    """:func:`holt_level`'s weights for a window without NaN, oldest first: the
-    recursion run on the unit vectors (each value's share of the level and trend)."""
-    level = np.zeros(width)
-    trend = np.zeros(width)
-    level[0] = 1.0
-    for column in range(1, width):
-        unit = np.zeros(width)
-        unit[column] = 1.0
-        new_level = alpha * unit + (1.0 - alpha) * (level + damping * trend)
-        trend = beta * (new_level - level) + (1.0 - beta) * damping * trend
-        level = new_level
-    weights: FloatArray = level + _damped_steps(damping, horizon) * trend
+    """:func:`holt_level`'s weights for ``width`` finite values, oldest first: the
+    forecast is linear in the values, so each value's weight is the forecast of the
+    window that holds 1 there and 0 elsewhere."""
+    weights = _holt_recursion(np.eye(width), alpha, beta, damping, horizon)
     weights.flags.writeable = False
     return weights
 

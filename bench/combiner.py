@@ -35,6 +35,7 @@ first row, the default replayed, is within a fraction of a percent of
 Printed: each variant's MAE over the default variant's, per dataset (the first
 :data:`bench.quality.WARMUP` of each key left out, as there), and their geometric mean;
 a row per variant, or a row per dataset when there are more datasets than variants.
+``--head N`` replays each key's first ``N`` events alone (``bench.quality --head``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ from bench.quality import (
     default_settings,
     feature_columns,
     geometric_mean,
+    key_heads,
+    positive_int,
 )
 from bench.specs import named_params
 from models.ensemble import EnsembleParams, Hedge
@@ -80,10 +83,15 @@ class Forecasts:
     truth: Truth
 
 
-def forecasts(dataset: str, extra: Sequence[dict[str, Any]] = ()) -> Forecasts:
-    """Run the default (and ``extra`` models) with every model published."""
+def forecasts(
+    dataset: str, extra: Sequence[dict[str, Any]] = (), head: int | None = None
+) -> Forecasts:
+    """Run the default (and ``extra`` models) with every model published; on each
+    key's first ``head`` events only, if given."""
     case = ALL_CASES[dataset]
     frame = datasets.load(dataset)
+    if head is not None:
+        frame = key_heads(frame, head)
     features = feature_columns(frame)
     data = default_settings(case.horizon, features)
     models = [*default_models(case.horizon), *extra]
@@ -168,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", default=",".join(CASES))
     parser.add_argument("--member", type=_member, action="append", default=[])
     parser.add_argument(
+        "--head",
+        type=positive_int,
+        metavar="N",
+        help="each key's first N events alone (every series as a short one)",
+    )
+    parser.add_argument(
         "--variant", action="append", default=[], help="NAME=member,member,... (repeatable)"
     )
     defaults = EnsembleParams()
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     names = [n for n in args.datasets.split(",") if n]
     ratios: dict[int, list[float]] = {i: [] for i in range(len(runs))}
     for dataset in names:
-        data = forecasts(dataset, args.member)
+        data = forecasts(dataset, args.member, args.head)
         members = {**variants, "default": default_members(data.horizon)}
         base = replayed_mae(data, members["default"], default_params)
         for i, (variant, params) in enumerate(runs):

@@ -192,9 +192,11 @@ def _models_section(registry: Any) -> list[str]:
         ),
         "```",
         "",
-        "With `forecast.horizon: 0` (a table) it also has, as a member of the ensemble:",
+        "With `forecast.horizon: 0` (a table) it is, with one EWMA and a regression on the"
+        " event's features as members:",
         "",
         "```yaml",
+        "models:",
         *(f"  - {yaml.safe_dump(dict(m), default_flow_style=True).strip()}" for m in _TABLE_MODELS),
         "```",
         "",

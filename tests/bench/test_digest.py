@@ -31,6 +31,6 @@ def test_two_runs_print_the_same_digest_and_another_stream_another(
     main(["--records", "400", "--keys", "5", "--partitions", "2"])
     first, second, other = capsys.readouterr().out.splitlines()
     assert first == second
-    assert first.startswith(f"{400 * 8} predictions")  # 8 models, one each per record
-    assert other.startswith(f"{400 * 8} predictions")
+    assert first.startswith(f"{400 * 9} predictions")  # 9 models, one each per record
+    assert other.startswith(f"{400 * 9} predictions")
     assert other != first

@@ -28,15 +28,16 @@ def test_removing_a_member_keeps_the_ensemble_and_removing_the_primary_promotes(
         "last",
         "seasonal",
         "ewma",
+        "holt",
         "linear",
         "rls",
         "knn",
     ]
-    members = ("last", "seasonal", "ewma", "linear", "rls", "knn")
+    members = ("last", "seasonal", "ewma", "holt", "linear", "rls", "knn")
     assert without_mlp.members(without_mlp.primary) == members
     assert without_mlp.forecast == DEMO.forecast
     alone = variant(DEMO, _without("ensemble"))
-    assert [m.primary for m in alone.models] == [True] + [False] * 6
+    assert [m.primary for m in alone.models] == [True] + [False] * 7
 
 
 def test_plumbing_keeps_the_pipeline_and_drops_models_and_detectors() -> None:

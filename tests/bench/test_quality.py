@@ -178,6 +178,8 @@ def test_short_suite_runs_its_own_datasets(
     earlier = set(quality.CASES) | set(quality.SHORT_CASES) | set(quality.OUTSIDE_CASES)
     assert set(quality.FRESH_CASES).isdisjoint(earlier)
     assert set(quality.SMALL_CASES).isdisjoint(earlier | set(quality.FRESH_CASES))
+    before = earlier | set(quality.FRESH_CASES) | set(quality.SMALL_CASES)
+    assert set(quality.LATER_CASES).isdisjoint(before)
     for result in payload["datasets"]:
         assert result["default_predicted"] == result["scored"] > 0
         # the README's table: at worst a hair behind the last value
@@ -187,6 +189,19 @@ def test_short_suite_runs_its_own_datasets(
     # and the held-out check's bound on the whole (without the knn member, it is above)
     assert payload["geometric_mean_ratio"] <= 0.95
     capsys.readouterr()
+
+
+def test_head_scores_each_key_as_if_it_had_started_n_events_ago(tmp_path: Path) -> None:
+    """``--head N``: each key's first N events alone, a panel's keys each their own."""
+    out = tmp_path / "head.json"
+    quality.main(["--datasets", "nile,danish-macro", "--head", "30", "--json", str(out)])
+    nile, danish = json.loads(out.read_text())["datasets"]
+    assert (nile["events"], nile["keys"]) == (30, 1)
+    assert (danish["events"], danish["keys"]) == (5 * 30, 5)
+    # per key: 29 scorable (horizon 1), the first fifth of them (5) left out
+    assert (nile["scored"], danish["scored"]) == (24, 5 * 24)
+    with pytest.raises(SystemExit):
+        quality.main(["--datasets", "nile", "--head", "0"])
 
 
 @pytest.mark.parametrize("name", ["diabetes", "sunspots-yearly"])

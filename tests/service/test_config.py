@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from models import registry
-from service.config import load_settings
+from service.config import Settings, load_settings
 from service.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,17 +47,26 @@ def test_defaults_follow_the_spec() -> None:
     assert settings.metrics.port == 9108
 
 
+def _ewma_alphas(settings: Settings) -> list[float]:
+    return [m.params["alpha"] for m in settings.models if m.kind == "ewma"]
+
+
 def test_a_table_gets_a_regression_member_by_default(tmp_path: Path) -> None:
     """At horizon 0 the built-in ensemble also combines a regression of the value on
-    the event's features (from a file or the environment); at horizon 1 the default
-    is the one of before; models given by the user are theirs, whatever the horizon."""
+    the event's features (from a file or the environment), and its smoothers are not a
+    series' (one EWMA, a faster one, and no trend); models given by the user are
+    theirs, whatever the horizon."""
     series = load_settings(None, env={})
     assert "regression" not in [m.name for m in series.models]
     for env in ({"FORECASTD_FORECAST__HORIZON": "0"}, {}):
         path = tmp_path / "table.yaml"
         path.write_text("forecast: {horizon: 0}\n" if not env else "")
         table = load_settings(path, env=env)
-        assert [m.name for m in table.models] == [m.name for m in series.models] + ["regression"]
+        # a table's rows are not a series: one EWMA, no trend, and the regression
+        names = [m.name for m in series.models if m.name != "holt"] + ["regression"]
+        assert [m.name for m in table.models] == names
+        assert _ewma_alphas(table) == [0.5]
+        assert _ewma_alphas(series) == [0.1]
         assert "regression" in table.members(table.primary)
     path = tmp_path / "mine.yaml"
     path.write_text("forecast: {horizon: 0}\nmodels: [{name: lin, kind: rls, primary: true}]\n")

